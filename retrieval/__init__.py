@@ -1,0 +1,45 @@
+"""retrieval: image instance retrieval on DINOv2 features, FAISS and SQLite.
+
+The public API is imported lazily, so `import retrieval.images` (as decoder worker
+processes do) does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_backbone": "retrieval.backbone",
+    "Backbone": "retrieval.backbone",
+    "backbone_names": "retrieval.backbone",
+    "load_image": "retrieval.images",
+    "TokenBatch": "retrieval.types",
+    "BackboneSpec": "retrieval.types",
+    "RetrievalError": "retrieval.errors",
+    "BadImageError": "retrieval.errors",
+    "UnknownBackboneError": "retrieval.errors",
+    "WeightsError": "retrieval.errors",
+    "ArtifactMismatchError": "retrieval.errors",
+    "SchemaVersionError": "retrieval.errors",
+    "EngineConfig": "retrieval.config",
+    "load_config": "retrieval.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .backbone import Backbone, backbone_names, load_backbone
+    from .config import EngineConfig, load_config
+    from .errors import (ArtifactMismatchError, BadImageError, RetrievalError, SchemaVersionError,
+                         UnknownBackboneError, WeightsError)
+    from .images import load_image
+    from .types import BackboneSpec, TokenBatch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""Shared value types. Arrays are row-major `(n, d)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Backbone output after the final norm.
+
+    cls: (n, d); patches: (n, h*w, d), registers excluded, row-major over the grid;
+    grid: (h, w) patches per column and row.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    grid: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        n, d = self.cls.shape
+        h, w = self.grid
+        if tuple(self.patches.shape) != (n, h * w, d):
+            raise ValueError(
+                f"patches shape {tuple(self.patches.shape)} does not match cls {(n, d)} and grid {self.grid}"
+            )
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a caller needs to know about a backbone to feed it and read it."""
+
+    name: str
+    dim: int
+    patch_size: int
+    num_registers: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
