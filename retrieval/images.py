@@ -1,0 +1,240 @@
+"""Decode any image file a user may have into an upright RGB picture, then into a model input.
+
+Every failure becomes a `BadImageError` that names the file, the reason and the fix. Nothing
+here touches global Pillow settings outside a scoped context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import DEFAULT_MAX_PIXELS
+from .errors import BadImageError
+
+log = logging.getLogger(__name__)
+
+# Formats decoded and indexed. PSD is left out on purpose: a layered document's "merged"
+# picture may be missing or stale, so a result from it would mislead.
+ALLOWED_FORMATS = frozenset(
+    {"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "HEIF", "AVIF", "JPEG2000", "PPM", "TGA"}
+)
+# File name endings worth opening when a folder is scanned (content decides what they are).
+# PSD is listed so that users learn why it is refused rather than finding it silently ignored.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib",
+     ".heic", ".heif", ".hif", ".avif", ".avifs", ".jp2", ".j2k", ".jpf", ".jpx", ".mpo", ".ppm", ".pgm",
+     ".pbm", ".pnm", ".tga", ".psd"}
+)
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_WHITE = (255, 255, 255)
+
+
+def register_heif() -> bool:
+    """Let Pillow open HEIC/HEIF (and AVIF where Pillow lacks it). Safe to call repeatedly."""
+    try:
+        import pillow_heif
+    except ImportError:  # pragma: no cover - pillow-heif is a hard dependency
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Scoped Pillow bomb limit: our own check rejects above `max_pixels`; Pillow only guards far above."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:  # Pillow's chatter (corrupt EXIF, odd MPO headers) is not the user's problem
+            if not issubclass(w.category, (Image.DecompressionBombWarning, ResourceWarning)):
+                log.debug("%s", w.message)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_image(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side_hint: int | None = None,
+) -> Image.Image:
+    """Open `path` by content and return an upright RGB image.
+
+    EXIF orientation is applied once (libtiff already applies TIFF orientation itself); any
+    mode becomes RGB with alpha composited over white; 16-bit and float data are stretched
+    to the full 8-bit range. With `min_side_hint`, JPEGs are decoded at a reduced DCT scale
+    whose longer side stays at least that many pixels (much faster, same result after resizing).
+
+    Raises BadImageError naming the file, the reason and the fix.
+    """
+    return decode(path, max_pixels=max_pixels, min_side_hint=min_side_hint)[0]
+
+
+def decode(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side_hint: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Like `load_image`, also returning the upright (width, height) of the full-size original."""
+    path = Path(path)
+    try:
+        nbytes = path.stat().st_size
+    except OSError as e:
+        raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
+    if nbytes == 0:
+        raise BadImageError(path, "empty file (0 bytes)", fix="re-copy it from its source or delete it")
+    register_heif()
+    try:
+        with pixel_limit(max_pixels), Image.open(path) as im:
+            _check_header(path, im, max_pixels)
+            full = im.size
+            if min_side_hint is not None and im.format == "JPEG":
+                _draft(im, min_side_hint)
+            im.load()
+            decoded = im.size
+            upright = _exif_upright(im)
+            if upright.size != decoded:  # a 90-degree EXIF rotation swapped the sides
+                full = (full[1], full[0])
+            return to_rgb(upright), full
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError(path, f"decompression bomb ({e})", fix="leave it out, or raise --max-pixels if it is genuine") from e
+    except UnidentifiedImageError as e:
+        raise BadImageError(path, "not a recognised image (unknown format, corrupt header or not an image at all)") from e
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        reason = str(e) or type(e).__name__
+        reason = f"file is truncated ({reason})" if "truncated" in reason else f"cannot decode: {reason}"
+        raise BadImageError(path, reason) from e
+
+
+def _check_header(path: Path, im: Image.Image, max_pixels: int) -> None:
+    if im.format not in ALLOWED_FORMATS:
+        raise BadImageError(
+            path, f"{im.format} files are not supported", fix="export a flattened JPEG or PNG"
+        )
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise BadImageError(path, f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise BadImageError(
+            path,
+            f"image is {w}x{h} = {w * h / 1e6:.0f} MP, above the pixel budget of {max_pixels / 1e6:.0f} MP",
+            fix="downscale it, or raise the budget (--max-pixels)",
+        )
+
+
+def _draft(im: Image.Image, min_side: int) -> None:
+    """Ask libjpeg for a DCT-scaled decode that keeps the longer side >= min_side."""
+    w, h = im.size
+    scale = min_side / max(w, h)
+    if scale < 1:
+        im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def _exif_upright(im: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a corrupt or invalid orientation counts as upright."""
+    try:
+        out = ImageOps.exif_transpose(im)
+    except Exception:  # corrupt EXIF must never make a good picture unusable
+        return im
+    return im if out is None else out
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency composited over white."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in _WIDE_MODES:
+        return _wide_to_rgb(im)
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _wide_to_rgb(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float samples: stretch min..max to 0..255 (never clip)."""
+    a = np.asarray(im, dtype=np.float64)
+    finite = np.isfinite(a)
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+    scaled = np.zeros(a.shape, np.uint8)
+    if hi > lo:
+        stretched = (np.where(finite, a, lo) - lo) * (255.0 / (hi - lo))
+        scaled = np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+    rgb = Image.fromarray(scaled, mode="L").convert("RGB")
+    key = im.info.get("transparency")
+    if isinstance(key, int):
+        rgb.paste(_WHITE, mask=Image.fromarray((np.asarray(im) == key).astype(np.uint8) * 255, mode="L"))
+    return rgb
+
+
+def target_size(width: int, height: int, *, size: int, patch_size: int) -> tuple[int, int]:
+    """(w, h) with the longer side `size` (rounded to a patch multiple), aspect kept, both multiples of the patch."""
+    if size < patch_size:
+        raise ValueError(f"size {size} is smaller than the patch size {patch_size}")
+    longer = (size // patch_size) * patch_size
+    scale = longer / max(width, height)
+
+    def snap(v: int) -> int:
+        return max(patch_size, int(round(v * scale / patch_size)) * patch_size)
+
+    return (longer, snap(height)) if width >= height else (snap(width), longer)
+
+
+def resize_for_model(im: Image.Image, *, size: int, patch_size: int) -> Image.Image:
+    """Resize (bicubic, antialiased) so the longer side is `size`; no crop."""
+    w, h = target_size(im.width, im.height, size=size, patch_size=patch_size)
+    if (w, h) == im.size:
+        return im
+    return im.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def normalize(im: Image.Image, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """RGB image -> float32 array (3, H, W) normalised with the backbone's mean/std."""
+    a = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    out = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
+def crop_box(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """Crop to (x1, y1, x2, y2) in image pixels, clamped to the image; raises ValueError if empty."""
+    x1, y1, x2, y2 = box
+    x1, x2 = max(0.0, min(x1, x2)), min(float(im.width), max(x1, x2))
+    y1, y2 = max(0.0, min(y1, y2)), min(float(im.height), max(y1, y2))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise ValueError(f"box {box} leaves no pixels inside the {im.width}x{im.height} image")
+    return im.crop((int(math.floor(x1)), int(math.floor(y1)), int(math.ceil(x2)), int(math.ceil(y2))))
+
+
+def preprocess(
+    path: str | Path,
+    *,
+    size: int,
+    patch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    box: tuple[float, float, float, float] | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Load, (crop), resize and normalise one file. Returns (x (3, H, W) float32, original (w, h))."""
+    im, original = decode(path, max_pixels=max_pixels, min_side_hint=None if box is not None else size)
+    if box is not None:
+        im = crop_box(im, box)
+    im = resize_for_model(im, size=size, patch_size=patch_size)
+    return normalize(im, mean=mean, std=std), original

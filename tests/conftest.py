@@ -1,0 +1,61 @@
+"""Shared fixtures: the tiny random backbone, synthetic photos, and the shared test data."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+AWKWARD = SHARED / "awkward-images"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from retrieval import load_backbone
+
+    return load_backbone("test_tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def awkward_dir() -> Path:
+    if not (AWKWARD / "MANIFEST.tsv").is_file():
+        pytest.fail(f"shared test data missing: {AWKWARD} (the repository expects ../shared beside it)")
+    return AWKWARD
+
+
+def manifest_rows() -> list[dict[str, str]]:
+    with open(AWKWARD / "MANIFEST.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def synth_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A seeded picture with shapes and texture, so that tokens differ between seeds."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 255, size=(3,))
+    a = np.empty((h, w, 3), np.uint8)
+    a[:] = base
+    a = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
+    im = Image.fromarray(a, "RGB")
+    draw = ImageDraw.Draw(im)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        x1, y1 = x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))
+        color = tuple(int(c) for c in rng.integers(0, 255, size=3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
+    return im
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> list[Path]:
+    out = []
+    for i, size in enumerate([(320, 240), (240, 320), (320, 240), (500, 200)]):
+        p = tmp_path / f"photo_{i}.jpg"
+        synth_photo(i, size).save(p, quality=92)
+        out.append(p)
+    return out
