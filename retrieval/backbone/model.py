@@ -1,0 +1,183 @@
+"""A DINOv2 ViT (timm modules) whose tokens match the official implementation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnknownBackboneError
+from ..types import BackboneSpec, TokenBatch
+from . import weights as W
+from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+TEST_TINY_SEED = 0
+
+
+def interpolate_pos_embed(
+    patch_pos: torch.Tensor, grid: tuple[int, int], *, antialias: bool
+) -> torch.Tensor:
+    """Resize the patch position embeddings `(1, M*M, d)` to `grid` = (h, w), as the official code does.
+
+    antialias=False (original DINOv2): bicubic with scale factor (grid + 0.1) / M, no antialiasing.
+    antialias=True (register models): bicubic to the exact target size with antialiasing.
+    Computed in float32; returns `(1, h*w, d)`.
+    """
+    _, n, d = patch_pos.shape
+    m = int(math.isqrt(n))
+    assert m * m == n, "pretrained position grid must be square"
+    h, w = grid
+    if (h, w) == (m, m):
+        return patch_pos
+    src = patch_pos.float().reshape(1, m, m, d).permute(0, 3, 1, 2)
+    if antialias:
+        out = F.interpolate(src, size=(h, w), mode="bicubic", antialias=True)
+    else:
+        out = F.interpolate(src, scale_factor=((h + 0.1) / m, (w + 0.1) / m), mode="bicubic", antialias=False)
+    assert tuple(out.shape[-2:]) == (h, w)
+    return out.permute(0, 2, 3, 1).reshape(1, h * w, d).to(patch_pos.dtype)
+
+
+class Backbone(torch.nn.Module):
+    """`encode(x)` -> TokenBatch (cls, patches, grid) after the final norm.
+
+    Attributes: name, dim, patch_size, mean, std, num_registers, device, dtype, weights_id.
+    """
+
+    def __init__(self, arch: Arch, vit: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
+                 weights_id: str) -> None:
+        super().__init__()
+        self.arch = arch
+        self.vit = vit.eval().to(device)
+        self.device = device
+        self.dtype = dtype
+        self.weights_id = weights_id
+        self.name = arch.name
+        self.dim = arch.dim
+        self.patch_size = 14
+        self.num_registers = arch.num_registers
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.name, self.dim, self.patch_size, self.num_registers, self.mean, self.std)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        vit: Any = self.vit  # timm VisionTransformer
+        b, _, height, width = x.shape
+        grid = (height // self.patch_size, width // self.patch_size)
+        t = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        t = vit.patch_embed.norm(t)
+        cls = vit.cls_token.expand(b, -1, -1)
+        if vit.no_embed_class:  # register models: cls already carries its position embedding
+            t = t + interpolate_pos_embed(vit.pos_embed, grid, antialias=self.arch.antialias_pos).to(t.dtype)
+            t = torch.cat([cls, vit.reg_token.expand(b, -1, -1), t], dim=1)
+        else:
+            pos = vit.pos_embed
+            patch_pos = interpolate_pos_embed(pos[:, 1:], grid, antialias=self.arch.antialias_pos)
+            t = torch.cat([cls, t], dim=1) + torch.cat([pos[:, :1], patch_pos.to(pos.dtype)], dim=1)
+        t = vit.norm_pre(t)
+        t = vit.blocks(t)
+        return vit.norm(t)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> TokenBatch:
+        """x: normalised float `(n, 3, H, W)`, H and W multiples of 14."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a float tensor (n, 3, H, W), got shape {tuple(x.shape)}")
+        _, _, height, width = x.shape
+        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0:
+            raise ValueError(
+                f"input {height}x{width} is not a multiple of the patch size {self.patch_size}; "
+                f"resize with retrieval.images.resize_for_model"
+            )
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.dtype != torch.float32:
+            autocast = torch.autocast(self.device.type, dtype=self.dtype)
+        with autocast:
+            t = self._tokens(x)
+        t = t.float()
+        grid = (height // self.patch_size, width // self.patch_size)
+        return TokenBatch(cls=t[:, 0], patches=t[:, 1 + self.num_registers:], grid=grid)
+
+    def forward(self, x: torch.Tensor) -> TokenBatch:  # pragma: no cover - alias
+        return self.encode(x)
+
+
+def backbone_names() -> list[str]:
+    return list(registry())
+
+
+def _build_vit(arch: Arch) -> torch.nn.Module:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if arch.timm_name is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEST_TINY_SEED)
+            return VisionTransformer(
+                img_size=arch.pretrain_grid * 14, patch_size=14, embed_dim=arch.dim, depth=arch.depth,
+                num_heads=arch.heads, init_values=1e-5, num_classes=0, global_pool="token",
+            )
+    return timm.create_model(arch.timm_name, pretrained=False, img_size=arch.pretrain_grid * 14, num_classes=0)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: fp32, bf16, fp16") from None
+
+
+def load_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+) -> Backbone:
+    """Create a DINOv2 backbone by short name with official (or local) weights.
+
+    name: one of `backbone_names()`; `test_tiny` is a random 2-block ViT for tests.
+    weights: a local checkpoint (official `.pth` key layout, or safetensors); None fetches the
+    official checkpoint once into the torch hub cache (a clear error when offline).
+    dtype: fp32 (default), or bf16/fp16 run by autocast.
+    """
+    archs = registry()
+    if name not in archs:
+        raise UnknownBackboneError(name, list(archs))
+    arch = archs[name]
+    vit = _build_vit(arch)
+    if weights is not None:
+        W.load_into(vit, W.read_checkpoint(weights, arch), arch, str(weights))
+        weights_id = "sha256:" + W.file_sha256(weights)
+    elif arch.random_only:
+        log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
+        weights_id = f"random:{name}:seed{TEST_TINY_SEED}"
+    else:
+        path = W.fetch_official(arch, cache_dir=cache_dir)
+        W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
+        weights_id = "sha256:" + W.file_sha256(path)
+    return Backbone(arch, vit, device=resolve_device(device), dtype=resolve_dtype(dtype), weights_id=weights_id)

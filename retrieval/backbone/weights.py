@@ -1,0 +1,158 @@
+"""Find, fetch, read and check DINOv2 weights.
+
+Official checkpoints are cached where `torch.hub.load_state_dict_from_url` keeps them
+(`$TORCH_HOME/hub/checkpoints/`), so a file fetched by torch hub or by this project is
+reused by both. A local file may be in the official key layout (`.pth` or safetensors)
+or in timm's layout (safetensors from the timm hub repositories).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import WeightsError
+from .registry import Arch
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+def cache_path(arch: Arch, cache_dir: str | Path | None = None) -> Path:
+    root = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    return root / arch.checkpoint_file
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_official(
+    arch: Arch, *, cache_dir: str | Path | None = None, url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S
+) -> Path:
+    """Path of the official checkpoint, downloading it once (atomically) if it is not cached."""
+    dest = cache_path(arch, cache_dir)
+    if dest.is_file():
+        return dest
+    url = url or arch.url
+    how_to = (
+        f"download {arch.url} on a machine with internet access and either put it at {dest} "
+        f"or pass --weights PATH (Python: weights=PATH)"
+    )
+    log.info("downloading %s weights from %s", arch.name, url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(f"no {arch.name} weights: cannot download {url} ({reason}); {how_to}") from e
+    return dest
+
+
+def read_checkpoint(path: str | Path, arch: Arch) -> dict[str, torch.Tensor]:
+    """Read a .pth (weights_only) or safetensors file into a flat state dict."""
+    path = Path(path)
+    expected = f"expected the official {arch.checkpoint_file} ({arch.url}) or a safetensors file of {arch.name}"
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; {expected}")
+    sd: Any
+    try:
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/safetensors raise many types for a damaged file
+        raise WeightsError(f"weights file {path} is unreadable or truncated ({type(e).__name__}); {expected}") from e
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors; {expected}")
+    return {re.sub(r"^(module\.|backbone\.)", "", k): v for k, v in sd.items()}
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
+    """Best guess at which variant a state dict holds, for error messages."""
+    cls = sd.get("cls_token")
+    if cls is None:
+        return "no DINOv2 backbone (no cls_token)"
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    regs = sd.get("register_tokens", sd.get("reg_token"))
+    nreg = 0 if regs is None else int(regs.shape[1])
+    reg = f"{nreg} registers" if nreg else "no registers"
+    return f"dim {int(cls.shape[-1])}, {len(blocks)} blocks, {reg}"
+
+
+def is_official_layout(sd: dict[str, torch.Tensor]) -> bool:
+    return "mask_token" in sd or "register_tokens" in sd or any(".mlp.w12." in k for k in sd)
+
+
+def official_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the official key layout onto timm's VisionTransformer.
+
+    timm's register models keep no position embedding for prefix tokens, so the class
+    token's position embedding is folded into the class token (the same sum the official
+    code computes on every forward pass).
+    """
+    out: dict[str, torch.Tensor] = {}
+    sd = dict(sd)
+    sd.pop("mask_token", None)
+    if "register_tokens" in sd:
+        out["reg_token"] = sd.pop("register_tokens")
+        pos = sd.pop("pos_embed")
+        out["cls_token"] = sd.pop("cls_token") + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    for k, v in sd.items():
+        out[k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = v
+    return out
+
+
+def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch: Arch, source: str) -> None:
+    """Check names and shapes, then load; a mismatch names both variants and the fix."""
+    if is_official_layout(sd):
+        sd = official_to_timm(sd)
+    target = model.state_dict()
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    wrong = sorted(k for k in set(target) & set(sd) if tuple(target[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise WeightsError(
+            f"weights {source} do not fit {arch.describe()}: they look like {describe_state_dict(sd)} "
+            f"({detail}); pass the matching --model, or the official {arch.checkpoint_file} ({arch.url})"
+        )
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items()}, strict=True)
