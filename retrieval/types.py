@@ -45,3 +45,12 @@ class BackboneSpec:
     num_registers: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A file found on disk: absolute path, size in bytes, modification time in ns."""
+
+    path: str
+    size: int
+    mtime_ns: int
