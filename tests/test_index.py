@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval import index as vindex
+from retrieval.errors import ArtifactMismatchError
+
+
+def _unit(n, d, seed):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(xb, ids, xq, k):
+    s = xq @ xb.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), d=st.integers(2, 16), k=st.integers(1, 10), seed=st.integers(0, 10_000))
+def test_flat_equals_brute_force(n, d, k, seed):
+    xb, xq = _unit(n, d, seed), _unit(5, d, seed + 1)
+    ids = np.random.default_rng(seed).permutation(10_000)[:n].astype(np.int64)
+    idx = vindex.build(xb, ids, kind="flat", fingerprint="f", generation=1)
+    scores, got = idx.search(xq, k)
+    want_s, want_i = _brute(xb, ids, xq, min(k, n))
+    np.testing.assert_allclose(scores[:, :min(k, n)], want_s, atol=1e-5)
+    assert (got[:, :min(k, n)] == want_i).all()
+    if k > n:  # padded, never invented
+        assert (got[:, n:] == -1).all() and np.isneginf(scores[:, n:]).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_kinds_have_high_recall(kind):
+    xb, xq = _unit(3000, 32, 0), _unit(50, 32, 1)
+    ids = np.arange(3000, dtype=np.int64) * 7
+    idx = vindex.build(xb, ids, kind=kind, fingerprint="f", generation=1)
+    _, got = idx.search(xq, 10)
+    _, want = _brute(xb, ids, xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)])
+    assert recall > 0.8
+
+
+def test_bytes_round_trip_and_staleness():
+    xb = _unit(20, 8, 3)
+    idx = vindex.build(xb, np.arange(20), kind="flat", fingerprint="abc", generation=4)
+    data = vindex.to_bytes(idx)
+    back = vindex.from_bytes(data, fingerprint="abc", generation=4)
+    assert back.ntotal == 20 and back.kind == "flat"
+    np.testing.assert_array_equal(back.search(xb[:3], 2)[1], idx.search(xb[:3], 2)[1])
+    with pytest.raises(ArtifactMismatchError, match="generation"):
+        vindex.from_bytes(data, fingerprint="abc", generation=5)
+    with pytest.raises(ArtifactMismatchError, match="another configuration"):
+        vindex.from_bytes(data, fingerprint="xyz", generation=4)
+    with pytest.raises(ArtifactMismatchError, match="unreadable"):
+        vindex.from_bytes(data[: len(data) // 2], fingerprint="abc", generation=4)
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="unique"):
+        vindex.build(_unit(3, 4, 0), np.array([1, 1, 2]), fingerprint="f", generation=0)
+    idx = vindex.build(_unit(3, 4, 0), np.arange(3), fingerprint="f", generation=0)
+    with pytest.raises(ValueError, match=r"\(n, 4\)"):
+        idx.search(np.zeros((1, 5), np.float32), 1)
+    assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "hnsw"
