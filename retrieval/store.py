@@ -1,0 +1,209 @@
+"""SQLite store (sqlite-utils): the source of truth of an index.
+
+One row per file: path, size, mtime_ns, sha256, width, height, status ('ok' | 'skipped'),
+error, and the raw (pre-whitening) global descriptor as a float32 blob. A `meta` table holds
+the schema version, the index configuration and fingerprint, the whitening, and a generation
+number that every committed change increments (and a data version that only row changes do). WAL journal: a crash loses at most the batch
+in flight, never a committed one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from .errors import SchemaVersionError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """A file's new state. descriptor is None for skipped files."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    descriptor: np.ndarray | None = None
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db.table("images").create(
+        {"id": int, "path": str, "size": int, "mtime_ns": int, "sha256": str, "width": int, "height": int,
+         "status": str, "error": str, "descriptor": bytes},
+        pk="id", not_null={"path", "status"}, if_not_exists=True,
+    )
+    db.table("images").create_index(["path"], unique=True, if_not_exists=True)
+    db.table("images").create_index(["status"], if_not_exists=True)
+
+
+# version reached -> step from the version before it; add a step per schema change
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+
+
+class Store:
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} uses schema version {version}, newer than this program's {SCHEMA_VERSION}; "
+                f"upgrade retrieval"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[target](self.db)
+                self.db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def transaction(self) -> Any:
+        """`with store.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        return _Transaction(self.db.conn)
+
+    # --- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        [key, json.dumps(value)])
+
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction():
+            for k, v in values.items():
+                self._set_meta(k, v)
+            self._bump()
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation", 0))
+
+    def _bump(self) -> None:
+        self._set_meta("generation", self.generation + 1)
+
+    @property
+    def data_version(self) -> int:
+        """Changes only when rows are added, replaced or deleted (not on meta or timestamp updates):
+        what derived artefacts (whitening, vectors) must be rebuilt for."""
+        return int(self.get_meta("data_version", 0))
+
+    # --- rows ---------------------------------------------------------------------------------
+    def rows(self, *, under: Sequence[str] | None = None) -> Iterator[FileRow]:
+        """Every file row, or those whose path is under one of `under` (absolute folders or files)."""
+        sql = "SELECT id, path, size, mtime_ns, sha256, status, error FROM images"
+        for r in self.db.execute(sql + " ORDER BY path").fetchall():
+            row = FileRow(*r)
+            if under is None or any(_is_under(row.path, u) for u in under):
+                yield row
+
+    def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
+              touches: Iterable[tuple[int, int, int]] = ()) -> None:
+        """One transaction: insert/replace files by path, delete ids, update (id, size, mtime_ns)."""
+        upserts, deletes = list(upserts), list(deletes)
+        with self.transaction():
+            if upserts or deletes:
+                self._set_meta("data_version", self.data_version + 1)
+            for u in upserts:
+                blob = None if u.descriptor is None else np.ascontiguousarray(u.descriptor, np.float32).tobytes()
+                self.db.execute(
+                    "INSERT INTO images(path, size, mtime_ns, sha256, width, height, status, error, descriptor) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                    "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, width=excluded.width, "
+                    "height=excluded.height, status=excluded.status, error=excluded.error, "
+                    "descriptor=excluded.descriptor",
+                    [u.path, u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, u.error, blob],
+                )
+            for i in deletes:
+                self.db.execute("DELETE FROM images WHERE id = ?", [int(i)])
+            for i, size, mtime_ns in touches:
+                self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", [size, mtime_ns, int(i)])
+            self._bump()
+
+    def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,) int64, raw descriptors (n, d) float32) of every indexed file, by id."""
+        rows = self.db.execute("SELECT id, descriptor FROM images WHERE status = 'ok' ORDER BY id").fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.array([r[0] for r in rows], np.int64)
+        x = np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+        return ids, x
+
+    def paths(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall())
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
+        return int(self.db.execute("SELECT count(*) FROM images WHERE status = ?", [status]).fetchone()[0])
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self.db.execute(
+            "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+def _is_under(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval.errors import SchemaVersionError
+from retrieval.store import SCHEMA_VERSION, Store, Upsert
+
+
+@pytest.fixture()
+def store(tmp_path):
+    with Store(tmp_path / "s.sqlite", create=True) as s:
+        yield s
+
+
+def test_new_store_is_at_current_schema(store):
+    assert store.schema_version == SCHEMA_VERSION and store.generation == 0
+    assert {"images", "meta"} <= set(store.db.table_names())
+
+
+def test_newer_schema_refused(tmp_path):
+    p = tmp_path / "s.sqlite"
+    Store(p, create=True).close()
+    conn = sqlite3.connect(p)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="upgrade"):
+        Store(p)
+
+
+def test_missing_store_not_created(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Store(tmp_path / "nope.sqlite")
+
+
+@settings(max_examples=20, deadline=None)
+@given(vecs=st.lists(st.lists(st.floats(-1e6, 1e6, width=32), min_size=4, max_size=4), min_size=1, max_size=8))
+def test_descriptor_round_trip(tmp_path_factory, vecs):
+    with Store(tmp_path_factory.mktemp("s") / "s.sqlite", create=True) as s:
+        arr = np.array(vecs, np.float32)
+        s.apply([Upsert(f"/p/{i}.jpg", 1, 2, "h", "ok", descriptor=v) for i, v in enumerate(arr)])
+        ids, x = s.descriptors()
+        assert len(ids) == len(arr)
+        np.testing.assert_array_equal(x, arr)
+
+
+def test_upsert_delete_touch_and_generation(store):
+    store.apply([Upsert("/a/x.jpg", 1, 10, "h1", "ok", width=3, height=4, descriptor=np.ones(2)),
+                 Upsert("/a/y.jpg", 1, 10, "h2", "skipped", "broken"),
+                 Upsert("/ab/z.jpg", 1, 10, "h3", "ok", descriptor=np.zeros(2))])
+    assert store.generation == 1
+    assert [r.path for r in store.rows(under=["/a"])] == ["/a/x.jpg", "/a/y.jpg"]  # not /ab
+    x = next(store.rows(under=["/a/x.jpg"]))
+    store.apply([Upsert("/a/x.jpg", 5, 20, "h9", "ok", descriptor=np.full(2, 3.0))], touches=[])
+    again = next(store.rows(under=["/a/x.jpg"]))
+    assert again.id == x.id and again.sha256 == "h9"  # same row, replaced
+    store.apply(deletes=[x.id], touches=[(3, 7, 70)])
+    assert store.count("ok") == 1 and store.skipped() == [("/a/y.jpg", "broken")]
+    assert next(store.rows(under=["/ab"])).mtime_ns == 70
+    assert store.generation == 3
+
+
+def test_failed_transaction_rolls_back(store):
+    store.apply([Upsert("/a/x.jpg", 1, 10, "h1", "ok", descriptor=np.ones(2))])
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.db.execute("DELETE FROM images")
+            raise RuntimeError("crash mid-batch")
+    assert store.count() == 1 and store.generation == 1
+
+
+def test_meta_json(store):
+    store.set_meta(config={"a": [1, 2]}, weights_id="sha256:x")
+    assert store.get_meta("config") == {"a": [1, 2]} and store.get_meta("missing", 5) == 5
