@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,15 +14,16 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from . import engine
 from .backbone import registry
-from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig
+from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
 
 app = typer.Typer(
     name="retrieve",
-    help="Image instance retrieval on DINOv2 features.",
+    help="Image instance retrieval on DINOv2 features: `retrieve index DIR`, then `retrieve query IMG`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -63,11 +66,12 @@ def _errors(fn: F) -> F:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,  # third-party chatter (faiss loader) stays quiet
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
         force=True,
     )
+    logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _progress(total: int) -> Progress:
@@ -154,6 +158,186 @@ def pca(
         logging.getLogger("retrieval").warning("skipped %s: %s", s.path, s.reason)
     engine.save_png(picture, out)
     typer.echo(f"wrote {out}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
+
+
+IndexDir = Annotated[
+    Path | None,
+    typer.Option("--index", help="Index folder (default: $RETRIEVAL_INDEX, else ~/.local/share/retrieval/index)."),
+]
+
+
+def _index_dir(index: Path | None) -> Path:
+    return index if index is not None else default_index_dir()
+
+
+def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text!r}") from None
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"--bbox needs x2 > x1 and y2 > y1, got {text!r}")
+    return x1, y1, x2, y2
+
+
+class _StopAfterBatch:
+    """First Ctrl-C: finish the current batch, save, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _StopAfterBatch:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        Console(stderr=True).print("stopping after the current batch (Ctrl-C again to stop now)")
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+@app.command()
+@_errors
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
+    index: IndexDir = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (new index only; default dinov2_vits14).")] = None,
+    weights: Weights = None,
+    size: Annotated[int | None, typer.Option("--size", help=f"Longer side (new index only; default {DEFAULT_SIZE}).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default 16).")] = None,
+    workers: Workers = None,
+    device: Device = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 (default), bf16, fp16 (new index only).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
+    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
+    kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this dimension.")] = None,
+    no_whitening: Annotated[bool, typer.Option("--no-whitening", help="L2 only, never PCA-whiten.")] = False,
+    refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
+    retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default 100 MP).")] = None,
+) -> None:
+    """Index the images under FOLDERS; re-running only embeds new or changed files."""
+    overrides: dict[str, Any] = {}
+
+    def put(section: str | None, key: str, value: Any) -> None:
+        if value is not None:
+            (overrides.setdefault(section, {}) if section else overrides)[key] = value
+
+    put("backbone", "name", model)
+    put("backbone", "weights", None if weights is None else str(weights.resolve()))
+    put("backbone", "device", device)
+    put("backbone", "dtype", dtype)
+    put("image", "size", size)
+    put("image", "max_pixels", max_pixels)
+    put("pooling", "pooling", pooling)
+    put("pooling", "scales", [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else None)
+    put("index", "kind", kind)
+    put("whitening", "dim", whiten_dim)
+    put("whitening", "enabled", False if no_whitening else None)
+    put(None, "batch_size", batch)
+    put(None, "workers", workers)
+    where = _index_dir(index)
+    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress(0) as bar:
+        task = bar.add_task("indexing", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+
+        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress)
+        if refit_whitening:
+            idx.refresh(refit=True)
+        images_now = idx.store.count("ok")
+    log = logging.getLogger("retrieval")
+    for path, reason in summary.skipped:
+        log.warning("skipped %s: %s", path, reason)
+    typer.echo(
+        f"{where}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)} | "
+        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
+    )
+    if summary.interrupted:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+
+
+@app.command()
+@_errors
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image (may live outside the indexed folders).")],
+    index: IndexDir = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results.")] = 10,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}.")] = False,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
+    device: Device = None,
+) -> None:
+    """Find the indexed images most like IMAGE. Model, size, pooling and whitening come from the index."""
+    if k < 1:
+        raise ValueError(f"-k must be at least 1, got {k}")
+    box = _parse_bbox(bbox)
+    with engine.Index.open(_index_dir(index)) as idx:
+        idx.backbone(weights=None if weights is None else str(weights), device=device)
+        result = idx.search(image, k=k, bbox=box)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table("rank", "score", "path", box=None)
+    for h in result.hits:
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.path)
+    Console(soft_wrap=True).print(table)
+
+
+@app.command()
+@_errors
+def info(
+    index: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """What an index holds: configuration, counts, skipped files, size on disk."""
+    with engine.Index.open(_index_dir(index)) as idx:
+        data = idx.info()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    cfg = data["config"]
+    typer.echo(f"index        {data['index']}")
+    typer.echo(f"images       {data['images']} indexed, {len(data['skipped'])} skipped")
+    typer.echo(f"model        {cfg['backbone']['name']} ({cfg['backbone']['dtype']}), size {cfg['image']['size']}, "
+               f"pooling {cfg['pooling']['pooling']}, scales {cfg['pooling']['scales']}")
+    w = data["whitening"]
+    typer.echo("whitening    " + ("none (L2 only)" if w is None else f"PCA {w['dim_in']} -> {w['dim_out']}, "
+                                                                    f"fitted on {w['fitted_on']}"))
+    v = data["vector_index"]
+    typer.echo("vectors      " + (f"{v['kind']}, {v['vectors']} x {v['dim']}" if v["fresh"] else "stale (rebuilt on next use)"))
+    typer.echo(f"on disk      {data['bytes_on_disk'] / 1e6:.1f} MB")
+    for s in data["skipped"]:
+        typer.echo(f"skipped      {s['path']}: {s['reason']}")
+
+
+@app.command()
+@_errors
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.", show_default=False)],
+    index: IndexDir = None,
+) -> None:
+    """Remove files (or everything under folders) from an index."""
+    with engine.Index.open(_index_dir(index)) as idx:
+        n = idx.remove(paths)
+        left = idx.store.count("ok")
+    typer.echo(f"removed {n} entries; {left} images indexed")
 
 
 @app.command()

@@ -7,6 +7,7 @@ defaults and rejects unknown keys, so a typo never silently falls back to a defa
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,69 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class PoolingConfig:
+    pooling: str = "cls+gem"  # cls+gem | cls | gem
+    gem_p: float = 3.0
+    scales: tuple[float, ...] = (1.0,)  # e.g. (1.0, 0.7071, 1.4142) for multi-scale
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls+gem", "cls", "gem"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; valid: cls+gem, cls, gem")
+        if self.gem_p <= 0:
+            raise ValueError(f"gem_p must be positive, got {self.gem_p}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+
+@dataclass(frozen=True)
+class WhiteningConfig:
+    enabled: bool = True
+    min_images: int = 1000  # fit only with at least max(min_images, 2 x descriptor dim) images
+    dim: int | None = None  # reduce to this many dimensions (None: keep all)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "auto"  # auto | flat | ivf | hnsw
+    gpu: bool | None = None  # None: on GPU when faiss has GPU support and a GPU is present
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"unknown index kind {self.kind!r}; valid: auto, flat, ivf, hnsw")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     batch_size: int = 16
+    workers: int | None = None  # decoder processes; None: cores - 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
+        """Inverse of to_dict (unknown keys are errors, missing keys take defaults)."""
+        return _merge(EngineConfig, EngineConfig(), data, "")
+
+
+def default_index_dir() -> Path:
+    """Where `retrieve index` / `retrieve query` keep the index when --index is not given:
+    $RETRIEVAL_INDEX if set, else $XDG_DATA_HOME/retrieval/index (~/.local/share/retrieval/index)."""
+    explicit = os.environ.get("RETRIEVAL_INDEX")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "retrieval" / "index"
 
 
 def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
@@ -58,7 +115,7 @@ def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"config key {where}{key!r} must be a table")
             updates[key] = _merge(type(current), current, value, f"{where}{key}.")
         else:
-            updates[key] = value
+            updates[key] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(base, **updates)
 
 

@@ -7,6 +7,7 @@ here touches global Pillow settings outside a scoped context manager.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import warnings
@@ -87,18 +88,26 @@ def decode(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side_hint: int | None = None,
+    data: bytes | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Like `load_image`, also returning the upright (width, height) of the full-size original."""
+    """Like `load_image`, also returning the upright (width, height) of the full-size original.
+
+    With `data`, the file's bytes already read by the caller are decoded (`path` names it in errors).
+    """
     path = Path(path)
-    try:
-        nbytes = path.stat().st_size
-    except OSError as e:
-        raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
+    if data is None:
+        try:
+            nbytes = path.stat().st_size
+        except OSError as e:
+            raise BadImageError(path, f"cannot read the file ({e.strerror or e})",
+                                fix="check the path and permissions") from e
+    else:
+        nbytes = len(data)
     if nbytes == 0:
         raise BadImageError(path, "empty file (0 bytes)", fix="re-copy it from its source or delete it")
     register_heif()
     try:
-        with pixel_limit(max_pixels), Image.open(path) as im:
+        with pixel_limit(max_pixels), Image.open(path if data is None else io.BytesIO(data)) as im:
             _check_header(path, im, max_pixels)
             full = im.size
             if min_side_hint is not None and im.format == "JPEG":
@@ -112,7 +121,8 @@ def decode(
     except BadImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"decompression bomb ({e})", fix="leave it out, or raise --max-pixels if it is genuine") from e
+        raise BadImageError(path, f"decompression bomb ({e})",
+                            fix="leave it out, or raise --max-pixels if it is genuine") from e
     except UnidentifiedImageError as e:
         raise BadImageError(path, "not a recognised image (unknown format, corrupt header or not an image at all)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
@@ -222,6 +232,26 @@ def crop_box(im: Image.Image, box: tuple[float, float, float, float]) -> Image.I
     return im.crop((int(math.floor(x1)), int(math.floor(y1)), int(math.ceil(x2)), int(math.ceil(y2))))
 
 
+def prepare(
+    im: Image.Image,
+    *,
+    size: int,
+    patch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """Decoded RGB image -> model input (3, H, W) float32: optional crop, resize, normalise."""
+    if box is not None:
+        im = crop_box(im, box)
+    return normalize(resize_for_model(im, size=size, patch_size=patch_size), mean=mean, std=std)
+
+
+def scaled_size(size: int, scale: float, patch_size: int) -> int:
+    """Longer side for one scale of a multi-scale pass: size x scale rounded to a patch multiple."""
+    return max(patch_size, int(round(size * scale / patch_size)) * patch_size)
+
+
 def preprocess(
     path: str | Path,
     *,
@@ -234,7 +264,4 @@ def preprocess(
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Load, (crop), resize and normalise one file. Returns (x (3, H, W) float32, original (w, h))."""
     im, original = decode(path, max_pixels=max_pixels, min_side_hint=None if box is not None else size)
-    if box is not None:
-        im = crop_box(im, box)
-    im = resize_for_model(im, size=size, patch_size=patch_size)
-    return normalize(im, mean=mean, std=std), original
+    return prepare(im, size=size, patch_size=patch_size, mean=mean, std=std, box=box), original

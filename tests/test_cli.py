@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from retrieval.cli import app
 from retrieval.images import preprocess
 
 runner = CliRunner()
-COMMANDS = ["extract", "pca", "models"]
+COMMANDS = ["index", "query", "info", "remove", "extract", "pca", "models"]
 
 
 def test_every_command_has_help():
@@ -97,3 +99,47 @@ def test_bad_threshold(photos, tmp_path):
     result = runner.invoke(app, ["pca", str(photos[0]), "--model", "test_tiny", "--threshold", "2",
                                  "--out", str(tmp_path / "p.png")])
     assert result.exit_code == 2 and "--threshold" in result.output
+
+
+def _run(args, env_index):
+    return runner.invoke(app, args, env={"RETRIEVAL_INDEX": str(env_index)})
+
+
+def test_index_then_query_with_no_flags(photos, tmp_path, awkward_dir):
+    ix = tmp_path / "default-index"
+    shutil.copy(awkward_dir / "zero_bytes.jpg", photos[0].parent / "zero.jpg")
+    r = _run(["index", str(photos[0].parent), "--model", "test_tiny", "--size", "112", "--workers", "0"], ix)
+    assert r.exit_code == 0, r.output
+    assert "4 images indexed" in r.output and "added 4" in r.output and "skipped 1" in r.output
+    assert "zero.jpg" in r.output  # the skip is reported with its reason
+    q = _run(["query", str(photos[2]), "-k", "3", "--json"], ix)
+    assert q.exit_code == 0, q.output
+    hits = json.loads(q.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["path"] == str(photos[2].resolve()) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert all(Path(h["path"]).is_absolute() for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    table = _run(["query", str(photos[2]), "-k", "2", "--bbox", "10,10,200,150"], ix)
+    assert table.exit_code == 0 and "rank" in table.output
+    info = json.loads(_run(["info", "--json"], ix).stdout)
+    assert info["images"] == 4 and info["skipped"][0]["path"].endswith("zero.jpg") and info["skipped"][0]["reason"]
+    again = _run(["index", str(photos[0].parent)], ix)
+    assert "unchanged 5" in again.output and "added 0" in again.output
+    rm = _run(["remove", str(photos[3])], ix)
+    assert rm.exit_code == 0 and "removed 1" in rm.output
+    assert json.loads(_run(["info", "--json"], ix).stdout)["images"] == 3
+    assert "images       3 indexed" in _run(["info"], ix).output
+
+
+def test_query_errors_are_one_line(photos, tmp_path, awkward_dir):
+    missing = _run(["query", str(photos[0])], tmp_path / "nothing-here")
+    assert missing.exit_code == 1 and "no index at" in missing.output
+    assert len([x for x in missing.output.splitlines() if x.strip()]) == 1
+    ix = tmp_path / "ix"
+    _run(["index", str(photos[0].parent), "--model", "test_tiny", "--size", "112", "--workers", "0"], ix)
+    bad = _run(["query", str(awkward_dir / "png_truncated.png")], ix)
+    assert bad.exit_code == 1 and "png_truncated.png" in bad.output and "fix:" in bad.output
+    box = _run(["query", str(photos[0]), "--bbox", "1,2,3"], ix)
+    assert box.exit_code == 2 and "x1,y1,x2,y2" in box.output
+    other = _run(["index", str(photos[0].parent), "--size", "224"], ix)
+    assert other.exit_code == 1 and "another --index" in other.output

@@ -1,0 +1,106 @@
+"""Research outputs: raw tokens to .npz (`retrieve extract`) and the PCA picture (`retrieve pca`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import images, visualize
+from ..backbone import Backbone, load_backbone
+from ..config import BackboneConfig, ImageConfig
+from ..errors import RetrievalError
+from .embedding import Batch, Skipped, decoded_stream, forward_batches
+from .files import atomic_write
+
+
+def open_backbone(cfg: BackboneConfig) -> Backbone:
+    return load_backbone(cfg.name, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Tokens of one image. cls: (d,); patches: (h*w, d); grid (h, w); size: original (w, h)."""
+
+    index: int
+    path: str
+    cls: np.ndarray
+    patches: np.ndarray
+    grid: tuple[int, int]
+    size: tuple[int, int]
+
+
+def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
+          workers: int | None = None) -> Iterator[Embedded | Skipped]:
+    """Tokens of each file at one scale, as batches complete (not in input order).
+
+    Every input yields exactly one Embedded or Skipped.
+    """
+    stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers)
+    for out in forward_batches(stream, backbone=backbone, batch_size=batch_size):
+        if isinstance(out, Skipped):
+            yield out
+            continue
+        cls = out.tokens.cls.cpu().numpy()
+        patches = out.tokens.patches.cpu().numpy()
+        for j, (d, _) in enumerate(out.items):
+            yield Embedded(d.index, d.path, cls[j], patches[j], out.tokens.grid, d.size)
+
+
+def embed_all(paths: Sequence[str | Path], *, on_result: Callable[[Embedded | Skipped], None] | None = None,
+              **kwargs: object) -> tuple[list[Embedded], list[Skipped]]:
+    """`embed`, collected and put back in input order; `on_result` sees each result as it comes."""
+    done: list[Embedded] = []
+    skipped: list[Skipped] = []
+    for r in embed(paths, **kwargs):  # type: ignore[arg-type]
+        if on_result is not None:
+            on_result(r)
+        if isinstance(r, Embedded):
+            done.append(r)
+        else:
+            skipped.append(r)
+    return sorted(done, key=lambda r: r.index), sorted(skipped, key=lambda r: r.index)
+
+
+def write_features(out: str | Path, results: Sequence[Embedded], skipped: Sequence[Skipped], *,
+                   backbone: Backbone, image: ImageConfig) -> Path:
+    """Save tokens as .npz (atomically); keys in docs/features.md."""
+    if not results:
+        raise RetrievalError("no image could be embedded, so no feature file was written")
+    counts = [r.patches.shape[0] for r in results]
+    arrays = dict(
+        paths=np.array([r.path for r in results]),
+        cls=np.stack([r.cls for r in results]).astype(np.float32),
+        grid=np.array([r.grid for r in results], np.int32),
+        size=np.array([r.size for r in results], np.int32),
+        patches=np.concatenate([r.patches for r in results]).astype(np.float32),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        model=np.array(backbone.name),
+        weights_id=np.array(backbone.weights_id),
+        input_size=np.array(image.size),
+        skipped_paths=np.array([s.path for s in skipped], dtype=str),
+        skipped_reasons=np.array([s.reason for s in skipped], dtype=str),
+    )
+    return atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+
+
+def pca_picture(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, threshold: float = 0.5,
+                workers: int | None = None) -> tuple[Image.Image, list[Skipped]]:
+    """The DINOv2 PCA visualisation over all `paths` (see visualize.pca_rgb), one row per image."""
+    done, skipped = embed_all(paths, backbone=backbone, image=image, workers=workers)
+    if not done:
+        raise RetrievalError("no image could be loaded, so there is nothing to draw")
+    maps = visualize.pca_rgb([r.patches for r in done], [r.grid for r in done], threshold=threshold)
+    pictures = [images.load_image(r.path, max_pixels=image.max_pixels, min_side_hint=image.size) for r in done]
+    return visualize.pca_panel(pictures, maps), skipped
+
+
+def save_png(picture: Image.Image, out: str | Path) -> Path:
+    """Write a PNG atomically."""
+    return atomic_write(out, lambda f: picture.save(f, format="PNG"))
+
+
+__all__ = ["Batch", "Embedded", "open_backbone", "embed", "embed_all", "pca_picture", "save_png", "write_features"]

@@ -1,0 +1,456 @@
+"""An index folder: SQLite store (truth) + whitening + FAISS vectors (derived), kept in step.
+
+    idx = Index.open_or_create(path, config)   # or Index.open(path) for an existing one
+    summary = idx.update(["photos/"])          # only new/changed files reach the model
+    hits = idx.search("query.jpg", k=10, bbox=None)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import images, pooling
+from .. import index as vindex
+from .. import whitening as wh
+from ..backbone import Backbone, load_backbone
+from ..config import EngineConfig
+from ..discover import discover
+from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
+from ..store import Store, Upsert
+from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches
+from .files import atomic_write
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.sqlite"
+VECTORS_FILE = "vectors.npz"
+LOCK_FILE = "lock"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1-based
+    score: float
+    path: str
+    id: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked hits: scores non-increasing, ids unique, ranks 1..n."""
+
+    hits: tuple[Hit, ...]
+
+    def __post_init__(self) -> None:
+        scores = [h.score for h in self.hits]
+        if any(a < b - 1e-6 for a, b in zip(scores, scores[1:])):
+            raise ValueError("hits must be sorted by decreasing score")
+        if len({h.id for h in self.hits}) != len(self.hits):
+            raise ValueError("hit ids must be unique")
+        if [h.rank for h in self.hits] != list(range(1, len(self.hits) + 1)):
+            raise ValueError("ranks must be 1..n")
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"rank": h.rank, "score": h.score, "path": h.path} for h in self.hits]
+
+
+@dataclass
+class UpdateSummary:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    to_embed: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    whitened: bool = False
+
+
+def fingerprint_fields(config: EngineConfig) -> dict[str, Any]:
+    """What the stored descriptors depend on (besides the weights, hashed separately)."""
+    return {"backbone": config.backbone.name, "dtype": config.backbone.dtype, "size": config.image.size,
+            "pooling": dataclasses.asdict(config.pooling)}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Index:
+    def __init__(self, path: str | Path, store: Store, config: EngineConfig) -> None:
+        self.path = Path(path)
+        self.store = store
+        self.config = config
+        self._backbone: Backbone | None = None
+        self._vectors: vindex.VectorIndex | None = None
+
+    # --- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> Index:
+        """An existing index; RetrievalError if there is none."""
+        path = Path(path)
+        db = path / STORE_FILE
+        if not db.is_file():
+            raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
+        store = Store(db)
+        stored = store.get_meta("config")
+        if stored is None:
+            store.close()
+            raise RetrievalError(f"index at {path} was never configured; run `retrieve index DIR --index {path}`")
+        return cls(path, store, EngineConfig.from_dict(stored))
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Index:
+        """Open with `overrides` (nested dict of config fields) merged over the stored config.
+
+        A new index takes defaults + overrides. An existing one refuses overrides that would
+        change its descriptors (model, dtype, size, pooling), naming the fix.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        store = Store(path / STORE_FILE, create=True)
+        stored = store.get_meta("config")
+        base = EngineConfig() if stored is None else EngineConfig.from_dict(stored)
+        try:
+            config = EngineConfig.from_dict({**_deep_merge(base.to_dict(), overrides or {})})
+        except ValueError:
+            store.close()
+            raise
+        if store.count() == 0 and store.get_meta("weights_id") is not None:
+            store.set_meta(weights_id=None)  # an empty index may change its model freely
+        if stored is not None and store.count() > 0 and fingerprint_fields(config) != fingerprint_fields(base):
+            store.close()
+            raise ArtifactMismatchError(
+                f"index at {path} holds descriptors made with {fingerprint_fields(base)}; the options ask for "
+                f"{fingerprint_fields(config)}; use another --index folder for a different setup"
+            )
+        as_stored = json.loads(json.dumps(config.to_dict()))
+        if as_stored != stored:
+            store.set_meta(config=as_stored)
+        return cls(path, store, config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- backbone ---------------------------------------------------------------------------
+    def backbone(self, *, weights: str | None = None, device: str | None = None) -> Backbone:
+        """The index's backbone; its weights must hash to what the index was built with."""
+        if self._backbone is None:
+            cfg = self.config.backbone
+            bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or cfg.device, dtype=cfg.dtype)
+            known = self.store.get_meta("weights_id")
+            if known is None:
+                self.store.set_meta(weights_id=bb.weights_id, fingerprint=self.fingerprint(bb.weights_id))
+            elif known != bb.weights_id:
+                raise ArtifactMismatchError(
+                    f"weights {weights or cfg.weights or 'official ' + cfg.name} ({bb.weights_id[:20]}...) differ "
+                    f"from those the index at {self.path} was built with ({known[:20]}...); pass the original "
+                    f"file with --weights"
+                )
+            self._backbone = bb
+        return self._backbone
+
+    def fingerprint(self, weights_id: str | None = None) -> str:
+        return _digest({**fingerprint_fields(self.config), "weights": weights_id or self.store.get_meta("weights_id")})
+
+    # --- embedding --------------------------------------------------------------------------
+    def _complete(self, batch: Batch, partial: dict[int, list[np.ndarray]]) -> list[tuple[Decoded, np.ndarray]]:
+        """Pool one forward pass; return files whose every scale is now done, with their raw
+        descriptor (averaged over scales, then L2-normalised)."""
+        pcfg = self.config.pooling
+        desc = pooling.global_descriptor(batch.tokens.cls, batch.tokens.patches, pooling=pcfg.pooling, p=pcfg.gem_p)
+        desc_np = desc.cpu().numpy()
+        done = []
+        for j, (d, _) in enumerate(batch.items):
+            got = partial.setdefault(d.index, [])
+            got.append(desc_np[j])
+            if len(got) == len(pcfg.scales):
+                del partial[d.index]
+                done.append((d, wh.l2n(np.mean(got, axis=0, keepdims=True))[0]))
+        return done
+
+    def embed_files(self, paths: Sequence[str], *, workers: int | None = None
+                    ) -> Iterator[list[tuple[Decoded, np.ndarray] | Skipped]]:
+        """Descriptor results, grouped per forward pass (the unit committed to the store)."""
+        bb = self.backbone()
+        stream = decoded_stream(paths, backbone=bb, image=self.config.image, scales=self.config.pooling.scales,
+                                workers=self.config.workers if workers is None else workers)
+        partial: dict[int, list[np.ndarray]] = {}
+        group: list[tuple[Decoded, np.ndarray] | Skipped] = []
+        for out in forward_batches(stream, backbone=bb, batch_size=self.config.batch_size):
+            if isinstance(out, Skipped):
+                group.append(out)
+                if len(group) < self.config.batch_size:
+                    continue
+            else:
+                group.extend(self._complete(out, partial))
+            if group:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    # --- update -----------------------------------------------------------------------------
+    def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
+               should_stop: Callable[[], bool] = lambda: False,
+               on_progress: Callable[[int, int], None] | None = None) -> UpdateSummary:
+        """Bring the index in line with the files under `roots` (see docs/index.md)."""
+        start = time.monotonic()
+        summary = UpdateSummary()
+        with _lock(self.path / LOCK_FILE):
+            roots_abs = [os.path.abspath(r) for r in roots]
+            for r in roots_abs:
+                if not os.path.exists(r):
+                    raise RetrievalError(f"{r} does not exist; pass a folder of images")
+            found = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS, exclude=[self.path]))
+            existing = {row.path: row for row in self.store.rows(under=roots_abs)}
+            todo: list[str] = []
+            known: set[str] = set()
+            touches: list[tuple[int, int, int]] = []
+            for ref in found:
+                row = existing.pop(ref.path, None)
+                if row is None:
+                    todo.append(ref.path)
+                    continue
+                known.add(ref.path)
+                if row.size == ref.size and row.mtime_ns == ref.mtime_ns:
+                    if row.status == "skipped" and retry_skipped:
+                        todo.append(ref.path)
+                    else:
+                        summary.unchanged += 1
+                    continue
+                if row.sha256 and row.size == ref.size and _file_sha256(ref.path) == row.sha256:
+                    touches.append((row.id, ref.size, ref.mtime_ns))  # same bytes, new timestamp
+                    summary.unchanged += 1
+                    continue
+                todo.append(ref.path)
+            if existing or touches:
+                self.store.apply(deletes=[r.id for r in existing.values()], touches=touches)
+                summary.removed = len(existing)
+            summary.to_embed = len(todo)
+            stats = {os.path.abspath(r.path): r for r in found}
+            done = 0
+            if todo:
+                for group in self.embed_files(todo):
+                    upserts = []
+                    for item in group:
+                        path = item.path if isinstance(item, Skipped) else item[0].path
+                        ref_ = stats[path]
+                        if isinstance(item, Skipped):
+                            summary.skipped.append((path, item.reason))
+                            upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, item.sha256, "skipped", item.reason))
+                        else:
+                            d, desc = item
+                            upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, d.sha256, "ok",
+                                                  width=d.size[0], height=d.size[1], descriptor=desc))
+                            if path in known:
+                                summary.updated += 1
+                            else:
+                                summary.added += 1
+                    self.store.apply(upserts)
+                    done += len(group)
+                    if on_progress is not None:
+                        on_progress(done, len(todo))
+                    if should_stop():
+                        summary.interrupted = True
+                        break
+            summary.whitened = self.refresh() is not None
+        summary.seconds = time.monotonic() - start
+        return summary
+
+    # --- derived artefacts ------------------------------------------------------------------
+    def whitening(self) -> wh.Whitening | None:
+        state = self.store.get_meta("whitening")
+        if not state or state.get("data") is None:
+            return None
+        return wh.Whitening.from_bytes(base64.b64decode(state["data"]))
+
+    def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
+        """Refit whitening if the data changed since it was fitted (or when asked), then make
+        sure the FAISS index matches the store's data version; returns the whitening in force."""
+        state = self.store.get_meta("whitening")
+        stale = state is None or state.get("for_data_version") != self.store.data_version
+        if refit or stale:
+            ids, x = self.store.descriptors()
+            w = self._fit_whitening(x)
+            data = None if w is None else base64.b64encode(w.to_bytes()).decode()
+            self.store.set_meta(whitening={"for_data_version": self.store.data_version, "data": data,
+                                           "digest": None if w is None else w.digest(),
+                                           "config": dataclasses.asdict(self.config.whitening)})
+        self.vectors(rebuild_if_stale=True)
+        return self.whitening()
+
+    def _fit_whitening(self, x: np.ndarray) -> wh.Whitening | None:
+        cfg = self.config.whitening
+        n = x.shape[0]
+        if not cfg.enabled or n == 0 or n < max(cfg.min_images, 2 * x.shape[1]):
+            return None
+        dim = None if cfg.dim is None else min(cfg.dim, x.shape[1])
+        return wh.fit(x, dim=dim)
+
+    def _vectors_fingerprint(self) -> str:
+        state = self.store.get_meta("whitening") or {}
+        return _digest({"store": self.fingerprint(), "whitening": state.get("digest"), "kind": self.config.index.kind})
+
+    def _version(self) -> int:
+        return self.store.data_version
+
+    def vectors(self, *, rebuild_if_stale: bool = True) -> vindex.VectorIndex:
+        """The FAISS index for the store's current data version: loaded, or rebuilt and saved."""
+        gen = self._version()
+        fp = self._vectors_fingerprint()
+        if self._vectors is not None and self._vectors.generation == gen and self._vectors.fingerprint == fp:
+            return self._vectors
+        file = self.path / VECTORS_FILE
+        try:
+            self._vectors = self._load_vectors(fp, gen, use_gpu=self.config.index.gpu)
+            return self._vectors
+        except ArtifactMismatchError as e:
+            if not rebuild_if_stale:
+                raise
+            if file.exists():
+                log.info("rebuilding the vector index from the store: %s", e)
+        ids, x = self.store.descriptors()
+        w = self.whitening()
+        xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else wh.l2n(x))
+        built = vindex.build(xb, ids, kind=self.config.index.kind, fingerprint=fp, generation=gen,
+                             use_gpu=self.config.index.gpu)
+        try:
+            atomic_write(file, lambda f: f.write(vindex.to_bytes(built)))
+        except OSError as e:  # a read-only index folder still answers queries
+            log.warning("could not save the vector index (%s); it will be rebuilt next time", e)
+        self._vectors = built
+        return built
+
+    def _load_vectors(self, fingerprint: str, generation: int, *, use_gpu: bool | None) -> vindex.VectorIndex:
+        file = self.path / VECTORS_FILE
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e
+        return vindex.from_bytes(data, fingerprint=fingerprint, generation=generation, use_gpu=use_gpu,
+                                 source=f"vector index {file}")
+
+    # --- query ------------------------------------------------------------------------------
+    def embed_query(self, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None) -> np.ndarray:
+        """(1, D) raw descriptor of a query file, embedded exactly like the database (box-cropped if given)."""
+        bb = self.backbone()
+        im, _ = images.decode(path, max_pixels=self.config.image.max_pixels)
+        descs = []
+        for s in self.config.pooling.scales:
+            size = images.scaled_size(self.config.image.size, s, bb.patch_size)
+            try:
+                x = images.prepare(im, size=size, patch_size=bb.patch_size, mean=bb.mean, std=bb.std, box=bbox)
+            except ValueError as e:
+                raise BadImageError(path, str(e), fix="pass a --bbox inside the image") from e
+            t = bb.encode(torch.from_numpy(x)[None])
+            d = pooling.global_descriptor(t.cls, t.patches, pooling=self.config.pooling.pooling,
+                                          p=self.config.pooling.gem_p)
+            descs.append(d.cpu().numpy()[0])
+        return wh.l2n(np.mean(descs, axis=0, keepdims=True))
+
+    def search(self, path: str | Path, *, k: int = 10,
+               bbox: tuple[float, float, float, float] | None = None) -> SearchResult:
+        if self.store.count("ok") == 0:
+            raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
+        raw = self.embed_query(path, bbox=bbox)
+        vec = self.vectors()
+        w = self.whitening()
+        xq = w.apply(raw) if w is not None else raw
+        scores, ids = vec.search(xq, k)
+        valid = ids[0] >= 0
+        found = self.store.paths(ids[0][valid])
+        hits = tuple(Hit(rank=r + 1, score=float(s), path=found[int(i)], id=int(i))
+                     for r, (s, i) in enumerate(zip(scores[0][valid], ids[0][valid])))
+        return SearchResult(hits)
+
+    # --- maintenance ------------------------------------------------------------------------
+    def remove(self, paths: Sequence[str | Path]) -> int:
+        """Forget files (or everything under folders); returns how many rows went."""
+        with _lock(self.path / LOCK_FILE):
+            targets = [os.path.abspath(p) for p in paths]
+            rows = list(self.store.rows(under=targets))
+            if rows:
+                self.store.apply(deletes=[r.id for r in rows])
+            self.refresh()
+            return len(rows)
+
+    def info(self) -> dict[str, Any]:
+        w = self.whitening()
+        files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
+        vec_meta: dict[str, Any] = {"fresh": False}
+        try:
+            v = self._load_vectors(self._vectors_fingerprint(), self._version(), use_gpu=False)
+            vec_meta = {"fresh": True, "kind": v.kind, "vectors": v.ntotal, "dim": v.dim}
+        except ArtifactMismatchError:
+            pass
+        return {
+            "index": str(self.path.resolve()),
+            "images": self.store.count("ok"),
+            "skipped": [{"path": p, "reason": r} for p, r in self.store.skipped()],
+            "config": self.config.to_dict(),
+            "weights_id": self.store.get_meta("weights_id"),
+            "fingerprint": self.fingerprint(),
+            "schema_version": self.store.schema_version,
+            "generation": self.store.generation,
+            "whitening": None if w is None else {"fitted_on": w.fitted_on, "dim_in": w.dim_in, "dim_out": w.dim_out},
+            "vector_index": vec_meta,
+            "bytes_on_disk": sum(files.values()),
+            "files": files,
+        }
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _lock:
+    """Exclusive advisory lock on the index folder, so two writers never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RetrievalError(f"another `retrieve` is updating {self.path.parent}; wait for it to finish") from None
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

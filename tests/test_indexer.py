@@ -1,0 +1,301 @@
+"""The index folder end to end: incremental updates, whitening, staleness, crashes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval import BadImageError, RetrievalError
+from retrieval.engine import Index
+from retrieval.engine import indexer as indexer_mod
+from retrieval.errors import ArtifactMismatchError
+
+from .conftest import synth_photo
+from .test_images import CHOSEN, ROWS, expected
+
+TINY = {"backbone": {"name": "test_tiny"}, "image": {"size": 112}, "workers": 0, "batch_size": 4}
+
+
+def make_folder(root: Path, seeds, size=(160, 120)) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for s in seeds:
+        p = root / f"img_{s:03d}.png"
+        synth_photo(s, size).save(p)
+        out.append(p)
+    return out
+
+
+def ranking(idx: Index, queries, k=5):
+    return [[(h.path, h.score) for h in idx.search(q, k=k).hits] for q in queries]
+
+
+def assert_same_ranking(a, b):
+    for qa, qb in zip(a, b):
+        assert [p for p, _ in qa] == [p for p, _ in qb]
+        np.testing.assert_allclose([s for _, s in qa], [s for _, s in qb], atol=1e-4)
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fail loudly if anything tries to load a backbone."""
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+
+
+def test_incremental_equals_full_rebuild(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(10))
+    queries = [synth_photo(100 + i).save(tmp_path / f"q{i}.png") or tmp_path / f"q{i}.png" for i in range(3)]
+    with Index.open_or_create(tmp_path / "inc", TINY) as idx:
+        first = idx.update([photos])
+        assert (first.added, first.unchanged) == (10, 0)
+        # add two, change one's content, delete one, touch one (new mtime, same bytes)
+        make_folder(photos, [20, 21])
+        synth_photo(55).save(files[3])
+        files[5].unlink()
+        os.utime(files[7], ns=(time.time_ns(), time.time_ns() + 10**9))
+        s = idx.update([photos])
+        assert (s.added, s.updated, s.removed, s.unchanged) == (2, 1, 1, 8)
+        inc = ranking(idx, queries + [files[3]])
+        inc_paths = sorted(r.path for r in idx.store.rows())
+    with Index.open_or_create(tmp_path / "full", TINY) as full:
+        full.update([photos])
+        assert sorted(r.path for r in full.store.rows()) == inc_paths
+        assert_same_ranking(inc, ranking(full, queries + [files[3]]))
+
+
+def test_unchanged_folder_does_no_model_work(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(4))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        gen = idx.store.generation
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+    os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 5 * 10**9))  # timestamp only
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        s = idx.update([photos])
+        assert (s.added, s.updated, s.unchanged) == (0, 0, 4)
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        assert idx.store.generation == gen + 1  # only the touched timestamp was written
+        assert idx.info()["vector_index"]["fresh"] is True  # and nothing derived was rebuilt
+
+
+def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(70), size=(64, 48))
+    cfg = {**TINY, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
+    with Index.open_or_create(tmp_path / "ix", cfg) as idx:
+        s = idx.update([photos])
+        assert s.whitened
+        w = idx.whitening()
+        assert w is not None and w.fitted_on == 70 and w.dim_out == 32
+        # search == brute force over whitened stored descriptors
+        ids, raw = idx.store.descriptors()
+        q = photos / "img_005.png"
+        xq = w.apply(idx.embed_query(q))
+        order = np.argsort(-(w.apply(raw) @ xq[0]))[:5]
+        hits = idx.search(q, k=5).hits
+        assert [h.id for h in hits] == list(ids[order])
+    # refit with a reduced dimension, without touching the model
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+    with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"min_images": 10, "dim": 8}}) as idx:
+        idx.refresh(refit=True)
+        assert idx.whitening().dim_out == 8
+        assert idx.info()["vector_index"] == {"fresh": True, "kind": "flat", "vectors": 70, "dim": 8}
+
+
+def test_below_threshold_no_whitening(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(3))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        assert idx.update([photos]).whitened is False
+        assert idx.info()["whitening"] is None
+
+
+@pytest.mark.parametrize("damage", ["garbage", "old_generation", "missing"])
+def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(5))
+    ix = tmp_path / "ix"
+    with Index.open_or_create(ix, TINY) as idx:
+        idx.update([photos])
+        old = (ix / "vectors.npz").read_bytes()
+        make_folder(photos, [40])
+        idx.update([photos])
+        want_after = ranking(idx, [photos / "img_002.png"])
+    if damage == "garbage":
+        (ix / "vectors.npz").write_bytes(b"not an index")
+    elif damage == "old_generation":
+        (ix / "vectors.npz").write_bytes(old)  # one image short: must not be used
+    else:
+        (ix / "vectors.npz").unlink()
+    with Index.open(ix) as idx:
+        assert idx.info()["vector_index"]["fresh"] is False
+        got = ranking(idx, [photos / "img_002.png"])
+        assert_same_ranking(got, want_after)
+        assert idx.vectors().ntotal == 6
+        assert idx.info()["vector_index"]["fresh"] is True  # rebuilt and saved
+
+
+def test_awkward_images_end_to_end(tmp_path, awkward_dir):
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "workers": 1}) as idx:
+        s = idx.update([awkward_dir])
+        info = idx.info()
+    to_index = {r["file"] for r in ROWS if expected(r) == "index"}
+    to_reject = {r["file"] for r in ROWS if expected(r) == "reject"}
+    assert (len(to_index), len(to_reject)) == (60 + len(CHOSEN), 20 - len(CHOSEN))
+    assert info["images"] == len(to_index)
+    skipped = {Path(x["path"]).name: x["reason"] for x in info["skipped"]}
+    assert set(skipped) == to_reject and all(skipped.values())
+    assert len(s.skipped) == len(to_reject)
+
+
+def test_skipped_files_not_retried_unless_asked(tmp_path, awkward_dir, monkeypatch):
+    photos = tmp_path / "p"
+    photos.mkdir()
+    shutil.copy(awkward_dir / "zero_bytes.jpg", photos / "z.jpg")
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        assert len(idx.update([photos]).skipped) == 1
+        assert idx.update([photos]).unchanged == 1
+        assert len(idx.update([photos], retry_skipped=True).skipped) == 1
+
+
+def test_query_errors(tmp_path, awkward_dir):
+    with pytest.raises(RetrievalError, match="no index at"):
+        Index.open(tmp_path / "none")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([empty])
+        with pytest.raises(RetrievalError, match="holds no images"):
+            idx.search(awkward_dir / "bmp_24bit.bmp")
+    make_folder(empty, [1])
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([empty])
+        with pytest.raises(BadImageError, match="png_truncated.png"):
+            idx.search(awkward_dir / "png_truncated.png")
+        with pytest.raises(BadImageError, match="bbox"):
+            idx.search(empty / "img_001.png", bbox=(500, 500, 600, 600))
+
+
+def test_config_and_weights_mismatch(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(2))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+    with pytest.raises(ArtifactMismatchError, match="another --index"):
+        Index.open_or_create(tmp_path / "ix", {"image": {"size": 224}})
+    with Index.open(tmp_path / "ix") as idx:
+        idx.store.set_meta(weights_id="sha256:other")
+        with pytest.raises(ArtifactMismatchError, match="--weights"):
+            idx.backbone()
+
+
+def test_bbox_query_equals_cropped_file(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(4), size=(200, 150))
+    crop = tmp_path / "crop.png"
+    Image.open(files[1]).crop((20, 10, 150, 120)).save(crop)
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        a = idx.embed_query(files[1], bbox=(20, 10, 150, 120))
+        b = idx.embed_query(crop)
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        assert ranking(idx, [crop]) == [[(h.path, h.score) for h in idx.search(files[1], bbox=(20, 10, 150, 120)).hits]]
+
+
+def test_stop_after_batch_then_resume(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(12))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        s = idx.update([photos], should_stop=lambda: True)
+        done = idx.store.count("ok")
+        assert s.interrupted and s.added == done and 0 < done < 12
+        assert idx.info()["vector_index"]["fresh"] is True  # what was done is queryable
+        s2 = idx.update([photos])
+        assert not s2.interrupted and (s2.added, s2.unchanged) == (12 - done, done)
+        assert idx.store.count("ok") == 12
+
+
+def test_remove_and_lock(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(4))
+    make_folder(photos / "sub", [9])
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        assert idx.remove([photos / "sub"]) == 1
+        assert idx.remove([photos / "img_000.png"]) == 1
+        assert idx.store.count("ok") == 3 and idx.info()["vector_index"]["vectors"] == 3
+        with indexer_mod._lock(tmp_path / "ix" / "lock"):
+            with pytest.raises(RetrievalError, match="another"):
+                idx.update([photos])
+
+
+def _count(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _index_cmd(folder: Path, ix: Path) -> list[str]:
+    return [sys.executable, "-m", "retrieval", "index", str(folder), "--index", str(ix), "--model", "test_tiny",
+            "--size", "112", "--batch", "2", "--workers", "0"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_loses_nothing_committed(tmp_path, sig):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(60), size=(320, 240))
+    ix = tmp_path / "ix"
+    proc = subprocess.Popen(_index_cmd(photos, ix), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while _count(ix / "store.sqlite") < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "indexing finished before it could be interrupted"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    committed = _count(ix / "store.sqlite")
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again" in out
+        assert committed < 60
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert committed >= 4
+    # the partial index answers queries
+    with Index.open(ix) as idx:
+        assert len(idx.search(photos / "img_001.png", k=3).hits) == 3
+    rerun = subprocess.run(_index_cmd(photos, ix), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    with Index.open(ix) as idx:
+        rows = list(idx.store.rows())
+        assert len(rows) == 60 and len({r.path for r in rows}) == 60
+        assert idx.store.count("ok") == 60
+        resumed = ranking(idx, [photos / "img_010.png"])
+    with Index.open_or_create(tmp_path / "fresh", {**TINY, "batch_size": 2}) as fresh:
+        fresh.update([photos])
+        assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
