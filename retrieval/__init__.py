@@ -24,6 +24,9 @@ _EXPORTS = {
     "WeightsError": "retrieval.errors",
     "ArtifactMismatchError": "retrieval.errors",
     "SchemaVersionError": "retrieval.errors",
+    "Index": "retrieval.engine",
+    "SearchResult": "retrieval.engine",
+    "Hit": "retrieval.engine",
     "EngineConfig": "retrieval.config",
     "load_config": "retrieval.config",
 }
@@ -33,6 +36,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .backbone import Backbone, backbone_names, load_backbone
     from .config import EngineConfig, load_config
+    from .engine import Hit, Index, SearchResult
     from .errors import (ArtifactMismatchError, BadImageError, RetrievalError, SchemaVersionError,
                          UnknownBackboneError, WeightsError)
     from .images import load_image

@@ -74,7 +74,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _progress(total: int) -> Progress:
+def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
@@ -85,7 +85,7 @@ def _progress(total: int) -> Progress:
 def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[engine.Embedded], list[engine.Skipped]]:
     done: list[engine.Embedded] = []
     skipped: list[engine.Skipped] = []
-    with _progress(len(paths)) as bar:
+    with _progress() as bar:
         task = bar.add_task("embedding", total=len(paths), rate="")
         for r in engine.embed(paths, **kwargs):
             if isinstance(r, engine.Skipped):
@@ -248,7 +248,7 @@ def index(
     put(None, "batch_size", batch)
     put(None, "workers", workers)
     where = _index_dir(index)
-    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress(0) as bar:
+    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         task = bar.add_task("indexing", total=None, rate="")
 
         def progress(done: int, total: int) -> None:

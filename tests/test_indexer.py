@@ -299,3 +299,36 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
     with Index.open_or_create(tmp_path / "fresh", {**TINY, "batch_size": 2}) as fresh:
         fresh.update([photos])
         assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
+
+
+def test_full_size_weights_file_index_and_query(tmp_path):
+    """`retrieve index DIR --weights FILE` then `retrieve query IMG` with a full-size ViT-S
+    checkpoint in the official key layout (random values: no real weights exist here)."""
+    from .test_backbone import _official_like_small_state_dict
+
+    import torch
+
+    ckpt = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(_official_like_small_state_dict(), ckpt)
+    photos = tmp_path / "photos"
+    make_folder(photos, range(3))
+    env = {**os.environ, "RETRIEVAL_INDEX": str(tmp_path / "ix")}
+    base = [sys.executable, "-m", "retrieval"]
+    r = subprocess.run(base + ["index", str(photos), "--weights", str(ckpt), "--size", "112", "--workers", "0"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    q = subprocess.run(base + ["query", str(photos / "img_001.png"), "--json", "-k", "2"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert q.returncode == 0, q.stderr
+    hits = json.loads(q.stdout)
+    assert hits[0]["path"] == str(photos / "img_001.png") and len(hits) == 2
+    with Index.open(tmp_path / "ix") as idx:
+        assert idx.config.backbone.name == "dinov2_vits14" and idx.config.backbone.weights == str(ckpt)
+    # the file moved: query says how to fix it, and --weights with the same bytes works
+    moved = tmp_path / "moved.pth"
+    ckpt.rename(moved)
+    q = subprocess.run(base + ["query", str(photos / "img_001.png")], capture_output=True, text=True, env=env)
+    assert q.returncode == 1 and "not found" in q.stderr
+    q = subprocess.run(base + ["query", str(photos / "img_001.png"), "--weights", str(moved)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert q.returncode == 0, q.stderr
