@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import engine
+from . import benchmarks, engine
 from .backbone import registry
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
@@ -338,6 +338,83 @@ def remove(
         n = idx.remove(paths)
         left = idx.store.count("ok")
     typer.echo(f"removed {n} entries; {left} images indexed")
+
+
+def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
+    if spec.endswith(".json"):
+        return benchmarks.load_json(spec, crop=crop)
+    if data is None:
+        raise ValueError(f"--data DIR is needed for {spec} (DIR/{spec}/gnd_{spec}.pkl and DIR/{spec}/jpg/)")
+    return benchmarks.load_revisited(data, spec, crop=crop)
+
+
+@app.command("eval")
+@_errors
+def eval_(
+    dataset: Annotated[str, typer.Argument(help="roxford5k, rparis6k (or any set in that layout under --data), "
+                                                "or a ground-truth .json file.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Folder holding DATASET/jpg and DATASET/gnd_DATASET.pkl.")] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Index folder for the database (default: a cache per setup).")] = None,
+    model: Model = "dinov2_vits14",
+    weights: Weights = None,
+    size: Size = DEFAULT_SIZE,
+    pooling: Annotated[str, typer.Option("--pooling", help="cls+gem, cls or gem.")] = "cls+gem",
+    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average scales 1, 1/sqrt2, sqrt2.")] = False,
+    batch: Batch = 16,
+    workers: Workers = None,
+    device: Device = None,
+    dtype: Dtype = "fp32",
+    no_crop: Annotated[bool, typer.Option("--no-crop", help="Use whole query images instead of their boxes.")] = False,
+    whiten_from: Annotated[str | None, typer.Option("--whiten-from", help="Learn PCA-whitening on another set "
+                                                    "(name under --data, or .json), or 'self' for the test set.")] = None,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension.")] = None,
+    distractors: Annotated[list[Path] | None, typer.Option("--distractors", help="Extra database folder (repeatable).")] = None,
+    save_ranks: Annotated[Path | None, typer.Option("--save-ranks", help="Write the (n_db, n_queries) ranking (.npy).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and the full config as JSON.")] = None,
+) -> None:
+    """Evaluate on revisited Oxford/Paris (Easy/Medium/Hard mAP, mP@1,5,10) or your own ground truth."""
+    crop = not no_crop
+    bench = _benchmark(dataset, data, crop)
+    source = None
+    if whiten_from is not None and whiten_from != "self":
+        source = _benchmark(whiten_from, data, crop)
+        if source.name == bench.name:
+            raise ValueError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
+    overrides: dict[str, Any] = {
+        "backbone": {"name": model, "weights": None if weights is None else str(weights.resolve()),
+                     "device": device, "dtype": dtype},
+        "image": {"size": size},
+        "pooling": {"pooling": pooling, "scales": [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else [1.0]},
+        "whitening": {"dim": whiten_dim},
+        "batch_size": batch,
+        "workers": workers,
+    }
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, rate="")
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = engine.evaluate(bench, overrides=overrides, index_dir=index, whiten_from=source,
+                                 whiten_self=whiten_from == "self", distractors=distractors or [], crop=crop,
+                                 on_progress=progress)
+    if save_ranks is not None:
+        engine.save_ranks(result.ranks, save_ranks)
+    if json_out is not None:
+        engine.save_report(result.report, json_out)
+    cfg = result.report["config"]
+    table = Table("protocol", "mAP", "mP@1", "mP@5", "mP@10", box=None,
+                  title=f"{bench.name}: {len(bench.queries)} queries, {len(bench.database)} images"
+                        f"{' + ' + str(result.report['n_distractors']) + ' distractors' if result.report['n_distractors'] else ''}")
+    for protocol, m in result.metrics.items():
+        table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in ("mAP", "mP@1", "mP@5", "mP@10")))
+    Console(soft_wrap=True).print(table)
+    typer.echo(f"{cfg['backbone']} size {cfg['size']} {cfg['pooling']} | crop {cfg['query_crop']} | "
+               f"whitening: {cfg['whitening']}")
+    if str(cfg["weights_id"]).startswith("random:"):
+        typer.echo("note: random weights; these numbers say nothing about retrieval quality")
 
 
 @app.command()

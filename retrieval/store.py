@@ -9,6 +9,7 @@ in flight, never a committed one.
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -139,9 +140,10 @@ class Store:
     def rows(self, *, under: Sequence[str] | None = None) -> Iterator[FileRow]:
         """Every file row, or those whose path is under one of `under` (absolute folders or files)."""
         sql = "SELECT id, path, size, mtime_ns, sha256, status, error FROM images"
+        inside = None if under is None else PathFilter(under)
         for r in self.db.execute(sql + " ORDER BY path").fetchall():
             row = FileRow(*r)
-            if under is None or any(_is_under(row.path, u) for u in under):
+            if inside is None or row.path in inside:
                 yield row
 
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
@@ -193,9 +195,29 @@ class Store:
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
 
 
-def _is_under(path: str, root: str) -> bool:
-    root = root.rstrip("/") or "/"
-    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+class PathFilter:
+    """`path in PathFilter(roots)`: is path one of the roots or inside one? O(log n) per test.
+
+    Roots nested in other roots are dropped; the rest are sorted by path components, so the only
+    candidate ancestor of a path is the greatest root not after it.
+    """
+
+    def __init__(self, roots: Sequence[str]) -> None:
+        parts = sorted({_parts(r) for r in roots})
+        kept: list[tuple[str, ...]] = []
+        for p in parts:
+            if not kept or p[: len(kept[-1])] != kept[-1]:
+                kept.append(p)
+        self._roots = kept
+
+    def __contains__(self, path: object) -> bool:
+        p = _parts(str(path))
+        i = bisect.bisect_right(self._roots, p) - 1
+        return i >= 0 and p[: len(self._roots[i])] == self._roots[i]
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(x for x in path.split("/") if x)
 
 
 class _Transaction:

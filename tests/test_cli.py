@@ -14,7 +14,7 @@ from retrieval.cli import app
 from retrieval.images import preprocess
 
 runner = CliRunner()
-COMMANDS = ["index", "query", "info", "remove", "extract", "pca", "models"]
+COMMANDS = ["index", "query", "info", "remove", "eval", "extract", "pca", "models"]
 
 
 def test_every_command_has_help():

@@ -77,3 +77,16 @@ def test_failed_transaction_rolls_back(store):
 def test_meta_json(store):
     store.set_meta(config={"a": [1, 2]}, weights_id="sha256:x")
     assert store.get_meta("config") == {"a": [1, 2]} and store.get_meta("missing", 5) == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(roots=st.lists(st.sampled_from(["/a", "/a/b", "/a-b", "/a/b/c.jpg", "/ab", "/", "/z/y"]), max_size=4),
+       path=st.sampled_from(["/a/x.jpg", "/a/b/c.jpg", "/a-b/q.jpg", "/ab/q.jpg", "/a.jpg", "/z/y/w.jpg", "/z/q"]))
+def test_path_filter_matches_brute_force(roots, path):
+    from retrieval.store import PathFilter
+
+    def under(p, r):
+        r = r.rstrip("/")
+        return p == r or p.startswith(r + "/")
+
+    assert (path in PathFilter(roots)) == any(under(path, r) for r in roots)
