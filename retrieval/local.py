@@ -1,0 +1,104 @@
+"""Compact local (patch) descriptors for re-ranking: PCA-reduced, fp16, at most N per image.
+
+Budget: N = 224 patches x 64 dims x 2 bytes = 28 KB, plus 2 bytes of grid coordinates per
+patch, about 29 KB per image (ViT-S at 448 px has 32 x 24 = 768 patches; ViT-B/L/g the same
+grid). Patches are chosen by *distinctiveness*, their distance from the mean patch after
+projection: uniform regions (sky, walls, backgrounds) sit near the mean and match everything,
+so they are the first to go. More patches or dimensions help small objects and cost linearly
+in storage and matching time.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_PATCHES = 224
+DEFAULT_DIM = 64
+
+
+@dataclass(frozen=True)
+class LocalPCA:
+    """Projection of patch tokens: y = L2((x - mean) @ components). components: (d, k)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[1])
+
+    def project(self, patches: np.ndarray) -> np.ndarray:
+        """(t, d) -> (t, k) float32, rows L2-normalised."""
+        y = (np.asarray(patches, np.float32) - self.mean) @ self.components
+        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, components=self.components)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LocalPCA:
+        with np.load(io.BytesIO(data)) as f:
+            return cls(f["mean"].astype(np.float32), f["components"].astype(np.float32))
+
+
+def fit_pca(patches: np.ndarray, dim: int = DEFAULT_DIM) -> LocalPCA:
+    """PCA of patch tokens (t, d); keeps min(dim, d, t - 1) components, signs fixed."""
+    x = np.asarray(patches, np.float64)
+    t, d = x.shape
+    if t < 2:
+        raise ValueError("need at least 2 patches to fit a PCA")
+    k = max(1, min(dim, d, t - 1))
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    comps = vt[:k].T
+    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
+    comps = comps * np.where(signs == 0, 1.0, signs)
+    return LocalPCA(mean.astype(np.float32), comps.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """feats: (m, k) float16 unit rows; xy: (m, 2) patch centres in grid units (col + .5, row + .5)."""
+
+    feats: np.ndarray
+    xy: np.ndarray
+    grid: tuple[int, int]
+
+    def nbytes(self) -> int:
+        return int(self.feats.nbytes + self.xy.nbytes)
+
+
+def grid_xy(grid: tuple[int, int]) -> np.ndarray:
+    """Centres of all patches of an (h, w) grid, row-major: (h*w, 2) as (x, y)."""
+    h, w = grid
+    rows, cols = np.divmod(np.arange(h * w), w)
+    return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float32)
+
+
+def select(patches: np.ndarray, grid: tuple[int, int], pca: LocalPCA, n: int = DEFAULT_PATCHES) -> LocalFeatures:
+    """Project all patches, keep the n most distinctive (largest distance from the PCA mean)."""
+    h, w = grid
+    if patches.shape[0] != h * w:
+        raise ValueError(f"{patches.shape[0]} patches do not fill a {h}x{w} grid")
+    centred = (np.asarray(patches, np.float32) - pca.mean) @ pca.components
+    score = np.linalg.norm(centred, axis=1)
+    keep = np.sort(np.argsort(-score, kind="stable")[:n])
+    feats = centred[keep] / np.maximum(np.linalg.norm(centred[keep], axis=1, keepdims=True), 1e-12)
+    return LocalFeatures(feats.astype(np.float16), grid_xy(grid)[keep], grid)
+
+
+def pack(f: LocalFeatures) -> tuple[bytes, bytes]:
+    """(feats blob, coords blob); coords stored as uint16 patch indices row, col."""
+    rc = np.stack([f.xy[:, 1] - 0.5, f.xy[:, 0] - 0.5], axis=1).astype(np.uint16)
+    return np.ascontiguousarray(f.feats, np.float16).tobytes(), rc.tobytes()
+
+
+def unpack(feats: bytes, coords: bytes, grid: tuple[int, int], dim: int) -> LocalFeatures:
+    f = np.frombuffer(feats, np.float16).reshape(-1, dim)
+    rc = np.frombuffer(coords, np.uint16).reshape(-1, 2).astype(np.float32)
+    return LocalFeatures(f, np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1), grid)

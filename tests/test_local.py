@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.local import DEFAULT_DIM, DEFAULT_PATCHES, LocalPCA, fit_pca, grid_xy, pack, select, unpack
+
+
+def test_budget_under_32kb():
+    rng = np.random.default_rng(0)
+    patches = rng.normal(size=(32 * 24, 384)).astype(np.float32)
+    pca = fit_pca(patches)
+    f = select(patches, (24, 32), pca)
+    feats, coords = pack(f)
+    assert len(feats) + len(coords) <= 32 * 1024
+    assert f.feats.shape == (DEFAULT_PATCHES, DEFAULT_DIM) and f.feats.dtype == np.float16
+
+
+def test_select_keeps_distinctive_and_round_trips():
+    rng = np.random.default_rng(1)
+    patches = np.zeros((6 * 8, 16), np.float32) + rng.normal(0, 0.01, (48, 16))
+    distinct = [3, 17, 40]
+    patches[distinct] += rng.normal(0, 3, (3, 16))
+    pca = fit_pca(patches, dim=8)
+    f = select(patches, (6, 8), pca, n=3)
+    assert sorted(((f.xy[:, 1] - 0.5) * 8 + (f.xy[:, 0] - 0.5)).astype(int).tolist()) == distinct
+    back = unpack(*pack(f), (6, 8), pca.dim)
+    np.testing.assert_array_equal(back.xy, f.xy)
+    np.testing.assert_array_equal(back.feats, f.feats)
+    np.testing.assert_allclose(np.linalg.norm(f.feats.astype(np.float32), axis=1), 1, atol=2e-3)
+
+
+def test_pca_round_trip_and_grid():
+    pca = fit_pca(np.random.default_rng(2).normal(size=(50, 10)), dim=4)
+    back = LocalPCA.from_bytes(pca.to_bytes())
+    np.testing.assert_array_equal(back.components, pca.components)
+    assert grid_xy((2, 3)).tolist() == [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5]]
