@@ -22,7 +22,7 @@ import sqlite_utils
 
 from .errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class Upsert:
     width: int | None = None
     height: int | None = None
     descriptor: np.ndarray | None = None
+    local_feats: bytes | None = None
+    local_coords: bytes | None = None
+    grid: tuple[int, int] | None = None
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -62,8 +65,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("images").create_index(["status"], if_not_exists=True)
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    """Local (patch) descriptors for re-ranking; rows from v1 get NULL and are recomputed on demand."""
+    images = db.table("images")
+    for column, kind in (("local_feats", bytes), ("local_coords", bytes), ("grid_h", int), ("grid_w", int)):
+        if column not in images.columns_dict:
+            images.add_column(column, kind)
+
+
 # version reached -> step from the version before it; add a step per schema change
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
 
 
 class Store:
@@ -155,13 +166,17 @@ class Store:
                 self._set_meta("data_version", self.data_version + 1)
             for u in upserts:
                 blob = None if u.descriptor is None else np.ascontiguousarray(u.descriptor, np.float32).tobytes()
+                gh, gw = u.grid if u.grid is not None else (None, None)
                 self.db.execute(
-                    "INSERT INTO images(path, size, mtime_ns, sha256, width, height, status, error, descriptor) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                    "INSERT INTO images(path, size, mtime_ns, sha256, width, height, status, error, descriptor, "
+                    "local_feats, local_coords, grid_h, grid_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, width=excluded.width, "
                     "height=excluded.height, status=excluded.status, error=excluded.error, "
-                    "descriptor=excluded.descriptor",
-                    [u.path, u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, u.error, blob],
+                    "descriptor=excluded.descriptor, local_feats=excluded.local_feats, "
+                    "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w",
+                    [u.path, u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, u.error, blob,
+                     u.local_feats, u.local_coords, gh, gw],
                 )
             for i in deletes:
                 self.db.execute("DELETE FROM images WHERE id = ?", [int(i)])
@@ -184,6 +199,16 @@ class Store:
             return {}
         marks = ",".join("?" * len(ids))
         return dict(self.db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall())
+
+    def local(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, tuple[int, int]] | None]:
+        """id -> (feats blob, coords blob, grid) or None where the row has no local descriptors."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT id, local_feats, local_coords, grid_h, grid_w FROM images WHERE id IN ({marks})", ids).fetchall()
+        return {r[0]: None if r[1] is None else (r[1], r[2], (r[3], r[4])) for r in rows}
 
     def count(self, status: str | None = None) -> int:
         if status is None:

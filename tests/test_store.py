@@ -90,3 +90,24 @@ def test_path_filter_matches_brute_force(roots, path):
         return p == r or p.startswith(r + "/")
 
     assert (path in PathFilter(roots)) == any(under(path, r) for r in roots)
+
+
+def test_v1_store_migrates_to_current(tmp_path):
+    """A store written by schema 1 (before local descriptors) opens, keeps its rows, gains the columns."""
+    import sqlite_utils
+
+    from retrieval.store import _v1
+
+    p = tmp_path / "old.sqlite"
+    db = sqlite_utils.Database(p)
+    _v1(db)
+    db.execute("INSERT INTO images(path, size, mtime_ns, status, descriptor) VALUES ('/a.jpg', 1, 2, 'ok', ?)",
+               [np.ones(3, np.float32).tobytes()])
+    db.execute("PRAGMA user_version = 1")
+    db.conn.commit()
+    db.conn.close()
+    with Store(p) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert {"local_feats", "local_coords", "grid_h", "grid_w"} <= set(s.db.table("images").columns_dict)
+        ids, x = s.descriptors()
+        assert x.tolist() == [[1, 1, 1]] and s.local(ids) == {int(ids[0]): None}
