@@ -221,6 +221,7 @@ def index(
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
     multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,
+    dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this dimension.")] = None,
     no_whitening: Annotated[bool, typer.Option("--no-whitening", help="L2 only, never PCA-whiten.")] = False,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
@@ -243,6 +244,7 @@ def index(
     put("pooling", "pooling", pooling)
     put("pooling", "scales", [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else None)
     put("index", "kind", kind)
+    put("index", "dba", dba)
     put("whitening", "dim", whiten_dim)
     put("whitening", "enabled", False if no_whitening else None)
     put(None, "batch_size", batch)
@@ -283,6 +285,11 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}.")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
     device: Device = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = False,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
+    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
+    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write correspondence maps and index.html here.")] = None,
 ) -> None:
     """Find the indexed images most like IMAGE. Model, size, pooling and whitening come from the index."""
     if k < 1:
@@ -290,14 +297,18 @@ def query(
     box = _parse_bbox(bbox)
     with engine.Index.open(_index_dir(index)) as idx:
         idx.backbone(weights=None if weights is None else str(weights), device=device)
-        result = idx.search(image, k=k, bbox=box)
+        result = idx.search(image, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+        page = None if out is None else engine.explain(idx, image, result, out, bbox=box)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
-        return
-    table = Table("rank", "score", "path", box=None)
-    for h in result.hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.path)
-    Console(soft_wrap=True).print(table)
+    else:
+        columns = ["rank", "score", *(["inliers"] if rerank else []), "path"]
+        table = Table(*columns, box=None)
+        for h in result.hits:
+            table.add_row(str(h.rank), f"{h.score:.4f}", *([str(h.inliers)] if rerank else []), h.path)
+        Console(soft_wrap=True).print(table)
+    if page is not None:
+        Console(stderr=True).print(f"maps: {page}")
 
 
 @app.command()
@@ -415,6 +426,25 @@ def eval_(
                f"whitening: {cfg['whitening']}")
     if str(cfg["weights_id"]).startswith("random:"):
         typer.echo("note: random weights; these numbers say nothing about retrieval quality")
+
+
+@app.command()
+@_errors
+def match(
+    a: Annotated[Path, typer.Argument(help="First image.")],
+    b: Annotated[Path, typer.Argument(help="Second image.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG of the verified matches (also writes *_heatmap, *_pca).")],
+    model: Model = "dinov2_vits14",
+    weights: Weights = None,
+    size: Size = DEFAULT_SIZE,
+    threshold: Annotated[float, typer.Option(help="Minimum cosine of a patch match.")] = 0.5,
+    device: Device = None,
+    dtype: Dtype = "fp32",
+) -> None:
+    """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    backbone = _backbone(model, weights, device, dtype)
+    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold)
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
 
 
 @app.command()

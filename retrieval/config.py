@@ -64,6 +64,8 @@ class WhiteningConfig:
 class IndexConfig:
     kind: str = "auto"  # auto | flat | ivf | hnsw
     gpu: bool | None = None  # None: on GPU when faiss has GPU support and a GPU is present
+    dba: int = 0  # database-side augmentation: mix each vector with its top-k neighbours (0: off)
+    dba_alpha: float = 3.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf", "hnsw"):

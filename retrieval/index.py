@@ -98,6 +98,8 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
     index = faiss.IndexIDMap2(inner)
     if n:
         index.add_with_ids(xb, ids)
+    if chosen == "ivf":
+        inner.make_direct_map()  # so vectors can be read back by id (query expansion)
     if chosen == "flat" and _want_gpu(use_gpu):
         index = _to_gpu(index)
     return VectorIndex(index, chosen, d, fingerprint, generation)

@@ -104,3 +104,80 @@ def _check(patches: Sequence[np.ndarray], grids: Sequence[tuple[int, int]]) -> N
     for p, (h, w) in zip(patches, grids):
         if p.ndim != 2 or p.shape[0] != h * w:
             raise ValueError(f"patches {p.shape} do not match grid {(h, w)}")
+
+
+def _ramp(v: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB uint8 (dark blue, cyan, yellow, red): a simple perceptual-ish heat ramp."""
+    stops = np.array([[0.05, 0.05, 0.35], [0.0, 0.75, 0.85], [1.0, 0.9, 0.1], [0.85, 0.05, 0.05]])
+    v = np.clip(np.asarray(v, np.float64), 0, 1) * (len(stops) - 1)
+    i = np.minimum(v.astype(int), len(stops) - 2)
+    f = (v - i)[..., None]
+    return ((stops[i] * (1 - f) + stops[i + 1] * f) * 255).astype(np.uint8)
+
+
+def side_by_side(a: Image.Image, b: Image.Image, *, gap: int = 8) -> tuple[Image.Image, int, float, float]:
+    """Both images at the same height on white. Returns (canvas, x offset of b, scale of a, scale of b)."""
+    h = max(a.height, b.height)
+    sa, sb = h / a.height, h / b.height
+    a2 = a.convert("RGB").resize((max(1, round(a.width * sa)), h), Image.Resampling.BICUBIC)
+    b2 = b.convert("RGB").resize((max(1, round(b.width * sb)), h), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (a2.width + gap + b2.width, h), "white")
+    canvas.paste(a2, (0, 0))
+    canvas.paste(b2, (a2.width + gap, 0))
+    return canvas, a2.width + gap, sa, sb
+
+
+def draw_matches(a: Image.Image, b: Image.Image, xy_a: np.ndarray, xy_b: np.ndarray, sims: np.ndarray,
+                 *, width: int = 2) -> Image.Image:
+    """a and b side by side with a line per match (pixel coordinates in each image), coloured by
+    similarity (blue low, red high, scaled over the drawn matches), ends marked with dots."""
+    canvas, dx, sa, sb = side_by_side(a, b)
+    draw = ImageDraw.Draw(canvas)
+    sims = np.asarray(sims, np.float64)
+    if len(sims):
+        lo, hi = float(sims.min()), float(sims.max())
+        colours = _ramp((sims - lo) / ((hi - lo) or 1.0))
+        for (xa, ya), (xb, yb), c in zip(np.asarray(xy_a), np.asarray(xy_b), colours):
+            p, q = (xa * sa, ya * sa), (dx + xb * sb, yb * sb)
+            colour = tuple(int(v) for v in c)
+            draw.line([p, q], fill=colour, width=width)
+            for x, y in (p, q):
+                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    return canvas
+
+
+def heat_overlay(im: Image.Image, values: np.ndarray, *, opacity: float = 0.55) -> Image.Image:
+    """Per-patch values (h, w) in [0, 1] as a heat map over the image (nearest-neighbour patches)."""
+    heat = Image.fromarray(_ramp(values), "RGB").resize(im.size, Image.Resampling.NEAREST)
+    return Image.blend(im.convert("RGB"), heat, opacity)
+
+
+def results_html(query: dict[str, str], results: Sequence[dict[str, object]]) -> str:
+    """A self-contained page (relative links only) showing the query and each result with its maps.
+
+    query: {"image", "path"}; each result: {"rank", "score", "path", "inliers", "matches", "heatmap", "pca"}.
+    """
+    from html import escape
+
+    def img(src: object, alt: str) -> str:
+        return f'<img src="{escape(str(src))}" alt="{escape(alt)}" loading="lazy">'
+
+    rows = []
+    for r in results:
+        inl = "" if r.get("inliers") is None else f", {r['inliers']} verified matches"
+        rows.append(
+            f'<section><h2>#{r["rank"]} &middot; score {float(r["score"]):.4f}{inl}</h2>'  # type: ignore[arg-type]
+            f'<p class="path">{escape(str(r["path"]))}</p>'
+            f'<div class="maps"><figure>{img(r["matches"], "matches")}<figcaption>verified patch matches'
+            f'</figcaption></figure><figure>{img(r["heatmap"], "heat map")}<figcaption>best-match similarity'
+            f'</figcaption></figure><figure>{img(r["pca"], "pca")}<figcaption>PCA of patch features'
+            f'</figcaption></figure></div></section>'
+        )
+    style = ("body{font-family:sans-serif;margin:2em;background:#fafafa}img{max-width:100%;border:1px solid #ccc}"
+             "section{margin-bottom:3em}.maps{display:grid;grid-template-columns:1fr;gap:1em}"
+             ".path{color:#555;font-family:monospace}figure{margin:0}")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>retrieval results</title>"
+        f"<style>{style}</style></head><body><h1>Query</h1><p class=\"path\">{escape(query['path'])}</p>"
+        f"{img(query['image'], 'query')}<h1>Results</h1>{''.join(rows)}</body></html>\n"
+    )

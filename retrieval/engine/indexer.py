@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import images, pooling
+from .. import images, local, pooling
+from .. import rerank as rr
 from .. import index as vindex
 from .. import whitening as wh
 from ..backbone import Backbone, load_backbone
 from ..config import EngineConfig
 from ..discover import discover
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
+from ..local import LocalPCA
 from ..store import Store, Upsert
 from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches
 from .files import atomic_write
@@ -39,33 +41,52 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.sqlite"
 VECTORS_FILE = "vectors.npz"
 LOCK_FILE = "lock"
+LOCAL_PCA_SAMPLE = 50_000  # patch tokens the local PCA is fitted on (from the first batch indexed)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One file's result: raw global descriptor (D,), first-scale patch tokens (h*w, d), grid (h, w)."""
+
+    decoded: Decoded
+    descriptor: np.ndarray
+    patches: np.ndarray
+    grid: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int  # 1-based
-    score: float
+    score: float  # global similarity (cosine of the indexed vectors)
     path: str
     id: int
+    inliers: int | None = None  # geometrically verified patch matches, when re-ranked
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Ranked hits: scores non-increasing, ids unique, ranks 1..n."""
+    """Ranked hits: ids unique, ranks 1..n, ordered by decreasing score, or when re-ranked by
+    decreasing verified inliers (rerank.rerank_order's key) and then score."""
 
     hits: tuple[Hit, ...]
+    reranked: bool = False
 
     def __post_init__(self) -> None:
-        scores = [h.score for h in self.hits]
-        if any(a < b - 1e-6 for a, b in zip(scores, scores[1:])):
-            raise ValueError("hits must be sorted by decreasing score")
+        def key(h: Hit) -> tuple[int, float]:
+            verified = h.inliers if self.reranked and h.inliers is not None and h.inliers >= rr.MIN_INLIERS else 0
+            return verified, h.score
+
+        keys = [key(h) for h in self.hits]
+        if any(a[0] < b[0] or (a[0] == b[0] and a[1] < b[1] - 1e-6) for a, b in zip(keys, keys[1:])):
+            raise ValueError("hits are not in ranking order")
         if len({h.id for h in self.hits}) != len(self.hits):
             raise ValueError("hit ids must be unique")
         if [h.rank for h in self.hits] != list(range(1, len(self.hits) + 1)):
             raise ValueError("ranks must be 1..n")
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"rank": h.rank, "score": h.score, "path": h.path} for h in self.hits]
+        return [{"rank": h.rank, "score": h.score, "path": h.path,
+                 **({"inliers": h.inliers} if h.inliers is not None else {})} for h in self.hits]
 
 
 @dataclass
@@ -175,29 +196,32 @@ class Index:
         return _digest({**fingerprint_fields(self.config), "weights": weights_id or self.store.get_meta("weights_id")})
 
     # --- embedding --------------------------------------------------------------------------
-    def _complete(self, batch: Batch, partial: dict[int, list[np.ndarray]]) -> list[tuple[Decoded, np.ndarray]]:
-        """Pool one forward pass; return files whose every scale is now done, with their raw
-        descriptor (averaged over scales, then L2-normalised)."""
+    def _complete(self, batch: Batch, partial: dict[int, dict[str, Any]]) -> list[Embedding]:
+        """Pool one forward pass; return files whose every scale is now done: raw global descriptor
+        (averaged over scales, then L2-normalised) and the first scale's patch tokens."""
         pcfg = self.config.pooling
         desc = pooling.global_descriptor(batch.tokens.cls, batch.tokens.patches, pooling=pcfg.pooling, p=pcfg.gem_p)
         desc_np = desc.cpu().numpy()
         done = []
-        for j, (d, _) in enumerate(batch.items):
-            got = partial.setdefault(d.index, [])
-            got.append(desc_np[j])
-            if len(got) == len(pcfg.scales):
+        for j, (d, s) in enumerate(batch.items):
+            got = partial.setdefault(d.index, {"descs": []})
+            got["descs"].append(desc_np[j])
+            if s == 0:
+                got["patches"] = batch.tokens.patches[j].cpu().numpy()
+                got["grid"] = batch.tokens.grid
+            if len(got["descs"]) == len(pcfg.scales):
                 del partial[d.index]
-                done.append((d, wh.l2n(np.mean(got, axis=0, keepdims=True))[0]))
+                raw = wh.l2n(np.mean(got["descs"], axis=0, keepdims=True))[0]
+                done.append(Embedding(d, raw, got["patches"], got["grid"]))
         return done
 
-    def embed_files(self, paths: Sequence[str], *, workers: int | None = None
-                    ) -> Iterator[list[tuple[Decoded, np.ndarray] | Skipped]]:
+    def embed_files(self, paths: Sequence[str], *, workers: int | None = None) -> Iterator[list[Embedding | Skipped]]:
         """Descriptor results, grouped per forward pass (the unit committed to the store)."""
         bb = self.backbone()
         stream = decoded_stream(paths, backbone=bb, image=self.config.image, scales=self.config.pooling.scales,
                                 workers=self.config.workers if workers is None else workers)
-        partial: dict[int, list[np.ndarray]] = {}
-        group: list[tuple[Decoded, np.ndarray] | Skipped] = []
+        partial: dict[int, dict[str, Any]] = {}
+        group: list[Embedding | Skipped] = []
         for out in forward_batches(stream, backbone=bb, batch_size=self.config.batch_size):
             if isinstance(out, Skipped):
                 group.append(out)
@@ -210,6 +234,21 @@ class Index:
                 group = []
         if group:
             yield group
+
+    # --- local descriptors ------------------------------------------------------------------
+    def local_pca(self, sample: Sequence[np.ndarray] = ()) -> LocalPCA | None:
+        """The index's patch PCA; fitted (once, then frozen) on `sample` patch sets if there is none."""
+        stored = self.store.get_meta("local_pca")
+        if stored is not None:
+            return LocalPCA.from_bytes(base64.b64decode(stored))
+        if not sample:
+            return None
+        allp = np.concatenate(list(sample))
+        if len(allp) > LOCAL_PCA_SAMPLE:
+            allp = allp[np.random.default_rng(0).choice(len(allp), LOCAL_PCA_SAMPLE, replace=False)]
+        pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
+        self.store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
+        return pca
 
     # --- update -----------------------------------------------------------------------------
     def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
@@ -254,16 +293,20 @@ class Index:
             if todo:
                 for group in self.embed_files(todo):
                     upserts = []
+                    pca = self.local_pca([e.patches for e in group if isinstance(e, Embedding)])
                     for item in group:
-                        path = item.path if isinstance(item, Skipped) else item[0].path
+                        path = item.path if isinstance(item, Skipped) else item.decoded.path
                         ref_ = stats[path]
                         if isinstance(item, Skipped):
                             summary.skipped.append((path, item.reason))
                             upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, item.sha256, "skipped", item.reason))
                         else:
-                            d, desc = item
+                            d = item.decoded
+                            assert pca is not None  # fitted on this group at the latest
+                            feats, coords = local.pack(local.select(item.patches, item.grid, pca))
                             upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, d.sha256, "ok",
-                                                  width=d.size[0], height=d.size[1], descriptor=desc))
+                                                  width=d.size[0], height=d.size[1], descriptor=item.descriptor,
+                                                  local_feats=feats, local_coords=coords, grid=item.grid))
                             if path in known:
                                 summary.updated += 1
                             else:
@@ -311,7 +354,9 @@ class Index:
 
     def _vectors_fingerprint(self) -> str:
         state = self.store.get_meta("whitening") or {}
-        return _digest({"store": self.fingerprint(), "whitening": state.get("digest"), "kind": self.config.index.kind})
+        icfg = self.config.index
+        return _digest({"store": self.fingerprint(), "whitening": state.get("digest"), "kind": icfg.kind,
+                        "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
     def _version(self) -> int:
         return self.store.data_version
@@ -334,6 +379,10 @@ class Index:
         ids, x = self.store.descriptors()
         w = self.whitening()
         xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else wh.l2n(x))
+        if self.config.index.dba > 0 and len(ids) > 1:
+            exact = vindex.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", generation=0, use_gpu=False)
+            sims, nbrs = exact.search(xb, self.config.index.dba + 1)
+            xb = rr.database_augmentation(xb, nbrs, sims, alpha=self.config.index.dba_alpha)
         built = vindex.build(xb, ids, kind=self.config.index.kind, fingerprint=fp, generation=gen,
                              use_gpu=self.config.index.gpu)
         try:
@@ -353,11 +402,13 @@ class Index:
                                  source=f"vector index {file}")
 
     # --- query ------------------------------------------------------------------------------
-    def embed_query(self, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None) -> np.ndarray:
-        """(1, D) raw descriptor of a query file, embedded exactly like the database (box-cropped if given)."""
+    def query_tokens(self, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """A query embedded exactly like the database (box-cropped if given): raw descriptor (1, D),
+        and the first scale's patch tokens (h*w, d) with their grid."""
         bb = self.backbone()
         im, _ = images.decode(path, max_pixels=self.config.image.max_pixels)
-        descs = []
+        descs, first = [], None
         for s in self.config.pooling.scales:
             size = images.scaled_size(self.config.image.size, s, bb.patch_size)
             try:
@@ -368,22 +419,77 @@ class Index:
             d = pooling.global_descriptor(t.cls, t.patches, pooling=self.config.pooling.pooling,
                                           p=self.config.pooling.gem_p)
             descs.append(d.cpu().numpy()[0])
-        return wh.l2n(np.mean(descs, axis=0, keepdims=True))
+            if first is None:
+                first = (t.patches[0].cpu().numpy(), t.grid)
+        assert first is not None
+        return wh.l2n(np.mean(descs, axis=0, keepdims=True)), first[0], first[1]
 
-    def search(self, path: str | Path, *, k: int = 10,
-               bbox: tuple[float, float, float, float] | None = None) -> SearchResult:
+    def embed_query(self, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None) -> np.ndarray:
+        """(1, D) raw descriptor of a query file, embedded exactly like the database."""
+        return self.query_tokens(path, bbox=bbox)[0]
+
+    def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, local.LocalFeatures]:
+        """Stored local descriptors of the candidates; recomputed from the files where missing."""
+        out: dict[int, local.LocalFeatures] = {}
+        stored = self.store.local(ids)
+        missing = [i for i in ids if stored.get(i) is None]
+        for i, blob in stored.items():
+            if blob is not None:
+                out[i] = local.unpack(blob[0], blob[1], blob[2], pca.dim)
+        if missing:
+            paths = self.store.paths(missing)
+            for group in self.embed_files([paths[i] for i in missing], workers=0):
+                by_path = {p: i for i, p in paths.items()}
+                for item in group:
+                    if isinstance(item, Embedding):
+                        out[by_path[item.decoded.path]] = local.select(item.patches, item.grid, pca)
+        return out
+
+    def search(self, path: str | Path, *, k: int = 10, bbox: tuple[float, float, float, float] | None = None,
+               rerank: bool = False, rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
+        """Top k by global similarity; optionally alpha-query-expanded (qe = how many top results to
+        add) and re-ranked by geometrically verified patch matches over the top rerank_k."""
         if self.store.count("ok") == 0:
             raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
-        raw = self.embed_query(path, bbox=bbox)
+        if k < 1 or rerank_k < 1 or qe < 0:
+            raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
+        raw, q_patches, q_grid = self.query_tokens(path, bbox=bbox)
         vec = self.vectors()
         w = self.whitening()
         xq = w.apply(raw) if w is not None else raw
-        scores, ids = vec.search(xq, k)
+        shortlist = max(k, rerank_k) if rerank else k
+        if qe > 0:
+            scores, ids = vec.search(xq, qe)
+            top = ids[0][ids[0] >= 0]
+            xq = rr.query_expansion(xq[0], self._vectors_of(top), scores[0][: len(top)], alpha=qe_alpha)[None]
+        scores, ids = vec.search(xq, shortlist)
         valid = ids[0] >= 0
-        found = self.store.paths(ids[0][valid])
-        hits = tuple(Hit(rank=r + 1, score=float(s), path=found[int(i)], id=int(i))
-                     for r, (s, i) in enumerate(zip(scores[0][valid], ids[0][valid])))
-        return SearchResult(hits)
+        ids_v, scores_v = ids[0][valid], scores[0][valid]
+        inliers: list[int | None] = [None] * len(ids_v)
+        if rerank and len(ids_v):
+            pca = self.local_pca([q_patches])
+            assert pca is not None
+            qf, qxy = pca.project(q_patches), local.grid_xy(q_grid)
+            cands = self._candidate_local([int(i) for i in ids_v], pca)
+            counts = []
+            for i in ids_v:
+                c = cands.get(int(i))
+                n = 0 if c is None else rr.verify(qf, qxy, c.feats.astype(np.float32), c.xy).n_inliers
+                counts.append(n)
+            order = rr.rerank_order(scores_v, counts)
+            ids_v, scores_v = ids_v[order], scores_v[order]
+            inliers = [counts[j] for j in order]
+        ids_v, scores_v, inliers = ids_v[:k], scores_v[:k], inliers[:k]
+        found = self.store.paths(ids_v)
+        hits = tuple(Hit(rank=r + 1, score=float(s), path=found[int(i)], id=int(i), inliers=n)
+                     for r, (s, i, n) in enumerate(zip(scores_v, ids_v, inliers)))
+        return SearchResult(hits, reranked=rerank)
+
+    def _vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Database vectors (as indexed: whitened, augmented) of the given ids, from the FAISS index."""
+        vec = self.vectors()
+        index = vec.faiss_index
+        return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, vec.dim), np.float32)
 
     # --- maintenance ------------------------------------------------------------------------
     def remove(self, paths: Sequence[str | Path]) -> int:

@@ -1,0 +1,126 @@
+"""Why did a result match? Patch correspondences between two images, drawn three ways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import images, visualize
+from .. import rerank as rr
+from ..backbone import Backbone
+from ..config import ImageConfig
+from .files import atomic_write
+from .indexer import Index, SearchResult
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class View:
+    """One image as the model saw it: picture (model input size), patch tokens (h*w, d), grid (h, w)."""
+
+    picture: Image.Image
+    patches: np.ndarray
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: View
+    b: View
+    verification: rr.Verification
+
+    @property
+    def n_matches(self) -> int:
+        return len(self.verification.matches.ia)
+
+    @property
+    def n_inliers(self) -> int:
+        return self.verification.n_inliers
+
+
+def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
+    im, _ = images.decode(path, max_pixels=image.max_pixels)
+    if bbox is not None:
+        im = images.crop_box(im, bbox)
+    picture = images.resize_for_model(im, size=image.size, patch_size=backbone.patch_size)
+    x = images.normalize(picture, mean=backbone.mean, std=backbone.std)
+    t = backbone.encode(torch.from_numpy(x)[None])
+    return View(picture, t.patches[0].cpu().numpy(), t.grid)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pair(a: View, b: View, *, threshold: float = 0.5, kind: str = "similarity") -> Pair:
+    """Mutual-NN patch matches (full tokens, cosine >= threshold) verified by RANSAC on patch centres."""
+    from ..local import grid_xy
+
+    v = rr.verify(_unit(a.patches), grid_xy(a.grid), _unit(b.patches), grid_xy(b.grid), threshold=threshold,
+                  kind=kind)
+    return Pair(a, b, v)
+
+
+def render(p: Pair, *, patch_size: int = 14) -> dict[str, Image.Image]:
+    """{"matches", "heatmap", "pca"} pictures of a pair."""
+    from ..local import grid_xy
+
+    m, inl = p.verification.matches, p.verification.inliers
+    xa = grid_xy(p.a.grid)[m.ia[inl]] * patch_size
+    xb = grid_xy(p.b.grid)[m.ib[inl]] * patch_size
+    matches = visualize.draw_matches(p.a.picture, p.b.picture, xa, xb, m.sim[inl])
+    s = _unit(p.a.patches) @ _unit(p.b.patches).T
+    best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
+    lo, hi = float(min(best_a.min(), best_b.min())), float(max(best_a.max(), best_b.max()))
+    scale = (hi - lo) or 1.0
+    heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, (best_a - lo) / scale),
+                                      visualize.heat_overlay(p.b.picture, (best_b - lo) / scale))
+    maps = visualize.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
+    pca = visualize.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
+    return {"matches": matches, "heatmap": heat, "pca": pca}
+
+
+def _png(im: Image.Image, out: Path) -> Path:
+    return atomic_write(out, lambda f: im.save(f, format="PNG"))
+
+
+def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | Path, *,
+            bbox: Box | None = None) -> Path:
+    """Write matches / heat map / PCA PNGs for each hit and an index.html that shows them all."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bb = idx.backbone()
+    q = view(query, backbone=bb, image=idx.config.image, bbox=bbox)
+    _png(q.picture, out / "query.png")
+    rows: list[dict[str, Any]] = []
+    for h in result.hits:
+        pics = render(pair(q, view(h.path, backbone=bb, image=idx.config.image)), patch_size=bb.patch_size)
+        names = {}
+        for kind, pic in pics.items():
+            name = f"{h.rank:03d}_{kind}.png"
+            _png(pic, out / name)
+            names[kind] = name
+        rows.append({"rank": h.rank, "score": h.score, "path": h.path, "inliers": h.inliers, **names})
+    page = visualize.results_html({"image": "query.png", "path": str(Path(query).resolve())}, rows)
+    return atomic_write(out / "index.html", lambda f: f.write(page.encode()))
+
+
+def match_files(a: str | Path, b: str | Path, *, backbone: Backbone, image: ImageConfig, out: str | Path,
+                threshold: float = 0.5) -> Pair:
+    """`retrieve match`: the matches picture of two files (heat map and PCA beside it as *_heatmap/_pca)."""
+    p = pair(view(a, backbone=backbone, image=image), view(b, backbone=backbone, image=image), threshold=threshold)
+    pics = render(p, patch_size=backbone.patch_size)
+    out = Path(out)
+    _png(pics["matches"], out)
+    for kind in ("heatmap", "pca"):
+        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"))
+    return p
+
+
+__all__ = ["Pair", "View", "explain", "match_files", "pair", "render"]

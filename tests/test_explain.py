@@ -1,0 +1,145 @@
+"""Correspondence maps, re-ranking and the visual outputs."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from retrieval.cli import app
+from retrieval.config import ImageConfig
+from retrieval.engine import Index
+from retrieval.engine.explain import pair, view
+from retrieval.local import grid_xy
+from retrieval.rerank import rerank_order
+
+from .conftest import synth_photo
+from .test_indexer import TINY, make_folder
+
+runner = CliRunner()
+
+
+def test_patch_aligned_shift_matches_map_back(tmp_path, tiny):
+    base = synth_photo(11, (448, 336))
+    a_path, b_path = tmp_path / "a.png", tmp_path / "b.png"
+    base.save(a_path)
+    base.crop((28, 42, 448, 336)).save(b_path)  # 2 patches left, 3 patches up; 420 x 294 = 30 x 21 patches
+    a = view(a_path, backbone=tiny, image=ImageConfig(size=448))
+    b = view(b_path, backbone=tiny, image=ImageConfig(size=420))
+    assert a.grid == (24, 32) and b.grid == (21, 30)
+    p = pair(a, b)
+    v = p.verification
+    overlap = 21 * 30
+    assert v.n_inliers >= 0.5 * overlap  # random weights, yet near-perfect for aligned shifts
+    np.testing.assert_allclose(v.model, [[1, 0, -2], [0, 1, -3]], atol=0.1)
+    xa = grid_xy(a.grid)[v.matches.ia[v.inliers]]
+    xb = grid_xy(b.grid)[v.matches.ib[v.inliers]]
+    assert np.abs(xa - [2, 3] - xb).max() <= 1.0  # every inlier within a patch of where the shift says
+
+
+def test_rerank_reorders_only_by_its_score(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(12))
+    base = Image.open(files[4])
+    base.crop((14, 14, 160, 120)).save(photos / "img_crop.png")  # a near copy of img_004
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        plain = idx.search(files[4], k=13)
+        reranked = idx.search(files[4], k=5, rerank=True, rerank_k=13)
+        assert reranked.reranked and all(h.inliers is not None for h in reranked.hits)
+        by_id = {h.id: h for h in plain.hits}
+        inl = {h.id: h.inliers for h in idx.search(files[4], k=13, rerank=True, rerank_k=13).hits}
+        order = rerank_order([h.score for h in plain.hits], [inl[h.id] for h in plain.hits])
+        assert [h.id for h in reranked.hits] == [plain.hits[i].id for i in order[:5]]
+        assert all(abs(h.score - by_id[h.id].score) < 1e-5 for h in reranked.hits)  # scores untouched
+        assert reranked.hits[0].path == str(files[4])
+        # stored local descriptors give the same counts as recomputing them from the files
+        idx.store.db.execute("UPDATE images SET local_feats = NULL, local_coords = NULL")
+        again = idx.search(files[4], k=5, rerank=True, rerank_k=13)
+        assert [(h.id, h.inliers) for h in again.hits] == [(h.id, h.inliers) for h in reranked.hits]
+
+
+def test_query_expansion_and_dba(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(8))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        plain = idx.search(files[0], k=8)
+        qe = idx.search(files[0], k=8, qe=2)
+        assert qe.hits[0].path == str(files[0]) and [h.score for h in qe.hits] != [h.score for h in plain.hits]
+        v1 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "index": {"dba": 2}}) as idx:
+        assert idx.info()["vector_index"]["fresh"] is False  # a DBA change is a different vector index
+        v2 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
+        assert not np.allclose(v1, v2) and abs(np.linalg.norm(v2) - 1) < 1e-5
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.sections = 0
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+        elif tag == "section":
+            self.sections += 1
+        if tag not in ("img", "meta"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, f"unbalanced </{tag}>"
+
+
+def test_query_out_writes_complete_page(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(5))
+    ix, out = tmp_path / "ix", tmp_path / "maps"
+    r = runner.invoke(app, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                            "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["query", str(files[1]), "--index", str(ix), "-k", "3", "--rerank", "--out", str(out),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)
+    assert len(hits) == 3 and all("inliers" in h for h in hits)
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    page.close()
+    assert page.sections == 3 and not page.open
+    assert len(page.imgs) == 1 + 3 * 3
+    for src in page.imgs:
+        assert not Path(src).is_absolute()
+        with Image.open(out / src) as im:
+            assert im.format == "PNG" and im.width > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted({*page.imgs, "index.html"})
+
+
+def test_match_command(tmp_path):
+    a = tmp_path / "a.png"
+    synth_photo(3, (224, 168)).save(a)
+    Image.open(a).crop((28, 0, 224, 168)).save(tmp_path / "b.png")
+    out = tmp_path / "pair.png"
+    r = runner.invoke(app, ["match", str(a), str(tmp_path / "b.png"), "--model", "test_tiny", "--size", "224",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    matches, inliers = (int(x) for x in r.stdout.split(" matches, ")[0:1] + [r.stdout.split(", ")[1].split()[0]])
+    assert 0 < inliers <= matches
+    for name in ("pair.png", "pair_heatmap.png", "pair_pca.png"):
+        assert Image.open(tmp_path / name).format == "PNG"
+
+
+def test_rerank_needs_sane_arguments(tmp_path):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(2))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        with pytest.raises(ValueError):
+            idx.search(files[0], rerank=True, rerank_k=0)
