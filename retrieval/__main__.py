@@ -1,3 +1,4 @@
 from .cli import app
 
-app()
+if __name__ == "__main__":  # never on import: spawned worker processes import the main module
+    app()

@@ -16,8 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import benchmarks, engine
-from .backbone import registry
+from . import benchmarks
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
 
@@ -30,6 +29,19 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _LazyEngine:
+    """The engine (torch, faiss) is imported on first use, so `retrieve --help` is instant and
+    decoder processes, which import this module as the main one, stay light."""
+
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module("retrieval.engine"), name)
+
+
+engine: Any = _LazyEngine()
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Backbone short name (see `retrieve models`).")]
 Weights = Annotated[
@@ -450,6 +462,8 @@ def match(
 @app.command()
 def models() -> None:
     """List backbone names, their size and where official weights come from."""
+    from .backbone.registry import registry
+
     for name, arch in registry().items():
         source = "random weights (tests only)" if arch.random_only else arch.url
         typer.echo(f"{name:20s} dim {arch.dim:5d}  {arch.depth:2d} blocks  registers {arch.num_registers}  {source}")

@@ -18,6 +18,7 @@ def discover(
     extensions: Iterable[str],
     exclude: Iterable[str | Path] = (),
     include_hidden: bool = False,
+    unreadable: list[str] | None = None,
 ) -> Iterator[ImageRef]:
     """Yield every file under `roots` whose suffix (lower-cased) is in `extensions`.
 
@@ -25,8 +26,10 @@ def discover(
     several links. Hidden files and folders (names starting with '.') are skipped unless asked
     for; folders in `exclude` (e.g. the index itself) are never entered. Symlinked folders are
     followed, with loops cut by remembering (device, inode). Unreadable folders and files are
-    logged and skipped. Order: sorted within each folder, so runs are reproducible.
+    logged and skipped, and their paths appended to `unreadable` when given (so a caller can tell
+    "could not look" from "gone"). Order: sorted within each folder, so runs are reproducible.
     """
+    failed = unreadable if unreadable is not None else []
     exts = {e.lower() for e in extensions}
     excluded = {_key(Path(p)) for p in exclude if Path(p).exists()}
     seen_dirs: set[tuple[int, int]] = set()
@@ -34,14 +37,14 @@ def discover(
     for root in roots:
         root = Path(os.path.abspath(root))
         if root.is_file():
-            ref = _ref(root, seen_files)
+            ref = _ref(root, seen_files, failed)
             if ref is not None and root.suffix.lower() in exts:
                 yield ref
             continue
         if not root.is_dir():
             log.warning("not a folder or file, skipped: %s", root)
             continue
-        yield from _walk(root, exts, excluded, include_hidden, seen_dirs, seen_files)
+        yield from _walk(root, exts, excluded, include_hidden, seen_dirs, seen_files, failed)
 
 
 def _key(path: Path) -> tuple[int, int]:
@@ -50,11 +53,12 @@ def _key(path: Path) -> tuple[int, int]:
 
 
 def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: bool,
-          seen_dirs: set[tuple[int, int]], seen_files: set[tuple[int, int]]) -> Iterator[ImageRef]:
+          seen_dirs: set[tuple[int, int]], seen_files: set[tuple[int, int]], failed: list[str]) -> Iterator[ImageRef]:
     try:
         key = _key(folder)
     except OSError as e:
         log.warning("cannot read folder %s (%s), skipped", folder, e.strerror or e)
+        failed.append(str(folder))
         return
     if key in seen_dirs or key in excluded:
         return
@@ -63,6 +67,7 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
         log.warning("cannot list folder %s (%s), skipped", folder, e.strerror or e)
+        failed.append(str(folder))
         return
     subdirs = []
     for entry in entries:
@@ -77,18 +82,19 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
         if is_dir:
             subdirs.append(path)
         elif is_file and path.suffix.lower() in exts:
-            ref = _ref(path, seen_files)
+            ref = _ref(path, seen_files, failed)
             if ref is not None:
                 yield ref
     for sub in subdirs:
-        yield from _walk(sub, exts, excluded, hidden, seen_dirs, seen_files)
+        yield from _walk(sub, exts, excluded, hidden, seen_dirs, seen_files, failed)
 
 
-def _ref(path: Path, seen_files: set[tuple[int, int]]) -> ImageRef | None:
+def _ref(path: Path, seen_files: set[tuple[int, int]], failed: list[str]) -> ImageRef | None:
     try:
         st = path.stat()
     except OSError as e:
         log.warning("cannot read %s (%s), skipped", path, e.strerror or e)
+        failed.append(str(path))
         return None
     key = (st.st_dev, st.st_ino)
     if key in seen_files:

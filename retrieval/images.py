@@ -7,11 +7,13 @@ here touches global Pillow settings outside a scoped context manager.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +267,31 @@ def preprocess(
     """Load, (crop), resize and normalise one file. Returns (x (3, H, W) float32, original (w, h))."""
     im, original = decode(path, max_pixels=max_pixels, min_side_hint=None if box is not None else size)
     return prepare(im, size=size, patch_size=patch_size, mean=mean, std=std, box=box), original
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """A file read once: model inputs at each size (3, H, W), original upright (w, h), sha256, bytes."""
+
+    arrays: tuple[np.ndarray, ...]
+    size: tuple[int, int]
+    sha256: str
+    nbytes: int
+
+
+def prepare_file(path: str, *, sizes: tuple[int, ...], patch_size: int, mean: Sequence[float],
+                 std: Sequence[float], max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedFile:
+    """Read a file once, hash those bytes and decode them, then prepare one model input per size.
+
+    Runs in decoder worker processes: this module imports neither torch nor the engine.
+    Raises BadImageError.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
+    digest = hashlib.sha256(data).hexdigest()
+    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes))
+    arrays = tuple(prepare(im, size=s, patch_size=patch_size, mean=mean, std=std) for s in sizes)
+    return PreparedFile(arrays, original, digest, len(data))

@@ -1,7 +1,7 @@
 """Compact local (patch) descriptors for re-ranking: PCA-reduced, fp16, at most N per image.
 
-Budget: N = 224 patches x 64 dims x 2 bytes = 28 KB, plus 2 bytes of grid coordinates per
-patch, about 29 KB per image (ViT-S at 448 px has 32 x 24 = 768 patches; ViT-B/L/g the same
+Budget: N = 224 patches x 64 dims x 2 bytes = 28 KB, plus 4 bytes of grid coordinates per
+patch (two uint16), about 29 KB per image (ViT-S at 448 px has 32 x 24 = 768 patches; ViT-B/L/g the same
 grid). Patches are chosen by *distinctiveness*, their distance from the mean patch after
 projection: uniform regions (sky, walls, backgrounds) sit near the mean and match everything,
 so they are the first to go. More patches or dimensions help small objects and cost linearly

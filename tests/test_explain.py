@@ -15,8 +15,8 @@ from retrieval.cli import app
 from retrieval.config import ImageConfig
 from retrieval.engine import Index
 from retrieval.engine.explain import pair, view
-from retrieval.local import grid_xy
-from retrieval.rerank import rerank_order
+from retrieval.local import grid_xy, unpack
+from retrieval.rerank import rerank_order, verify
 
 from .conftest import synth_photo
 from .test_indexer import TINY, make_folder
@@ -53,9 +53,18 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
         reranked = idx.search(files[4], k=5, rerank=True, rerank_k=13)
         assert reranked.reranked and all(h.inliers is not None for h in reranked.hits)
         by_id = {h.id: h for h in plain.hits}
-        inl = {h.id: h.inliers for h in idx.search(files[4], k=13, rerank=True, rerank_k=13).hits}
+        # inlier counts computed here, independently of search(): stored local features vs the query's
+        _, q_patches, q_grid = idx.query_tokens(files[4])
+        pca = idx.local_pca()
+        stored = idx.store.local([h.id for h in plain.hits])
+        inl = {}
+        for h in plain.hits:
+            c = unpack(*stored[h.id][:2], stored[h.id][2], pca.dim)
+            inl[h.id] = verify(pca.project(q_patches), grid_xy(q_grid), c.feats.astype(np.float32), c.xy).n_inliers
+        assert max(inl.values()) >= 4  # something is verified, so the order can change
         order = rerank_order([h.score for h in plain.hits], [inl[h.id] for h in plain.hits])
         assert [h.id for h in reranked.hits] == [plain.hits[i].id for i in order[:5]]
+        assert [h.inliers for h in reranked.hits] == [inl[plain.hits[i].id] for i in order[:5]]
         assert all(abs(h.score - by_id[h.id].score) < 1e-5 for h in reranked.hits)  # scores untouched
         assert reranked.hits[0].path == str(files[4])
         # stored local descriptors give the same counts as recomputing them from the files

@@ -332,3 +332,114 @@ def test_full_size_weights_file_index_and_query(tmp_path):
     q = subprocess.run(base + ["query", str(photos / "img_001.png"), "--weights", str(moved)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert q.returncode == 0, q.stderr
+
+
+# --- regressions found in review ---------------------------------------------------------------
+
+def test_emptied_index_can_change_model(tmp_path):
+    from .test_backbone import _official_like_small_state_dict
+
+    import torch
+
+    ckpt = tmp_path / "s.pth"
+    torch.save(_official_like_small_state_dict(), ckpt)
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(2))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        idx.remove([photos])
+    cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 112}, "workers": 0}
+    with Index.open_or_create(tmp_path / "ix", cfg) as idx:
+        idx.update([photos])
+        assert idx.local_pca().mean.shape == (384,)  # refitted for the new model
+        assert idx.search(files[0], k=1, rerank=True).hits[0].path == str(files[0])
+
+
+def test_whitening_options_take_effect_without_data_change(tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(70), size=(64, 48))
+    cfg = {**TINY, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
+    with Index.open_or_create(tmp_path / "ix", cfg) as idx:
+        assert idx.update([photos]).whitened
+    with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"min_images": 10, "dim": 8}}) as idx:
+        idx.update([photos])
+        assert idx.whitening().dim_out == 8
+    with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"enabled": False}}) as idx:
+        assert idx.update([photos]).whitened is False and idx.whitening() is None
+
+
+def test_vectors_of_a_deleted_store_are_not_reused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_folder(a, range(3))
+    files_b = make_folder(b, range(10, 13))
+    ix = tmp_path / "ix"
+    with Index.open_or_create(ix, TINY) as idx:
+        idx.update([a])
+    for f in ix.glob("store.sqlite*"):
+        f.unlink()
+    with Index.open_or_create(ix, TINY) as idx:
+        idx.update([b])
+        hit = idx.search(files_b[1], k=1).hits[0]
+        assert hit.path == str(files_b[1]) and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unreadable_folder_is_not_deleted(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    make_folder(photos, range(2))
+    make_folder(photos / "nas", range(5, 8))
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        idx.update([photos])
+        real = os.scandir
+
+        def flaky(path):
+            if str(path).endswith("nas"):
+                raise PermissionError(13, "Permission denied")
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", flaky)
+        s = idx.update([photos])
+        assert s.removed == 0 and idx.store.count("ok") == 5
+
+
+def test_retry_skipped_even_after_touch(tmp_path, awkward_dir):
+    photos = tmp_path / "p"
+    photos.mkdir()
+    shutil.copy(awkward_dir / "png_large_1bit_12000x12000.png", photos / "big.png")
+    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+        assert len(idx.update([photos]).skipped) == 1
+    os.utime(photos / "big.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 112, "max_pixels": 200_000_000}}) as idx:
+        s = idx.update([photos], retry_skipped=True)
+        assert s.skipped == [] and idx.store.count("ok") == 1
+
+
+def test_query_is_embedded_like_the_database(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = photos / "big.jpg"
+    synth_photo(5, (1800, 1350)).save(big, quality=92)  # large enough for a JPEG draft decode
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 224}}) as idx:
+        idx.update([photos])
+        _, stored = idx.store.descriptors()
+        np.testing.assert_allclose(idx.embed_query(big), stored, atol=1e-5)
+
+
+def test_wrong_weights_path_is_refused_not_saved(tmp_path):
+    from .test_backbone import _official_like_small_state_dict
+
+    import torch
+
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(_official_like_small_state_dict(), a)
+    sd = _official_like_small_state_dict()
+    sd["norm.weight"] = sd["norm.weight"] + 1
+    torch.save(sd, b)
+    photos = tmp_path / "photos"
+    make_folder(photos, range(2))
+    cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(a)}, "image": {"size": 112}, "workers": 0}
+    with Index.open_or_create(tmp_path / "ix", cfg) as idx:
+        idx.update([photos])
+    with pytest.raises(ArtifactMismatchError, match="original file"):
+        Index.open_or_create(tmp_path / "ix", {"backbone": {"weights": str(b)}})
+    with Index.open(tmp_path / "ix") as idx:
+        assert idx.config.backbone.weights == str(a)

@@ -33,9 +33,13 @@ def test_apply_normalises_and_reduces():
         w.apply(np.zeros((2, 7), np.float32))
 
 
-def test_fit_is_deterministic():
+def test_fit_is_deterministic_up_to_float_noise():
+    """Eigenvector signs are fixed, so reordering or re-centring the data cannot flip components."""
     x = _data()
-    assert fit(x).digest() == fit(x.copy()).digest()
+    a = fit(x)
+    b = fit(x[::-1] + 0.0)  # same rows, other order: other summation order, eigh may flip signs
+    np.testing.assert_allclose(a.projection, b.projection, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(a.apply(x), b.apply(x), atol=1e-4)
 
 
 @settings(max_examples=20, deadline=None)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -39,8 +38,6 @@ class Skipped:
     index: int
     path: str
     reason: str
-    sha256: str | None = None
-    nbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,22 +53,13 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def decode_file(job: tuple[int, str], *, sizes: tuple[int, ...], patch_size: int, mean: tuple[float, ...],
-                std: tuple[float, ...], max_pixels: int) -> Decoded | Skipped:
-    """Read a file once (hash and decode the same bytes) and prepare it at each size."""
-    index, path = job
+def _result(index: int, path: str, get: Callable[[], images.PreparedFile]) -> Decoded | Skipped:
+    """Run `get` (a decode, or a worker's future) and wrap its outcome."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return Skipped(index, path, f"cannot read the file ({e.strerror or e})")
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        im, original = images.decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes))
-        arrays = tuple(images.prepare(im, size=s, patch_size=patch_size, mean=mean, std=std) for s in sizes)
+        pf = get()
     except BadImageError as e:
-        return Skipped(index, path, e.reason, digest, len(data))
-    return Decoded(index, path, arrays, original, digest, len(data))
+        return Skipped(index, path, e.reason)
+    return Decoded(index, path, pf.arrays, pf.size, pf.sha256, pf.nbytes)
 
 
 def _ignore_sigint() -> None:  # pragma: no cover - runs in worker processes
@@ -85,28 +73,29 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     At most `window` files are in flight, so memory stays flat however many paths there are.
     """
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
-    job = partial(decode_file, sizes=sizes, patch_size=backbone.patch_size, mean=tuple(backbone.mean),
+    # a module-level function of a module without torch, so worker processes start light
+    job = partial(images.prepare_file, sizes=sizes, patch_size=backbone.patch_size, mean=tuple(backbone.mean),
                   std=tuple(backbone.std), max_pixels=image.max_pixels)
     n_workers = default_workers() if workers is None else workers
     if n_workers <= 0 or len(paths) <= 1:
         for i, p in enumerate(paths):
-            yield job((i, p))
+            yield _result(i, p, partial(job, p))
         return
     ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_ignore_sigint)
-    pending: deque[Future[Decoded | Skipped]] = deque()
+    pending: deque[tuple[int, str, Future[images.PreparedFile]]] = deque()
     try:
         todo = iter(enumerate(paths))
-        for item in todo:
-            pending.append(pool.submit(job, item))
+        for i, p in todo:
+            pending.append((i, p, pool.submit(job, p)))
             if len(pending) >= window:
                 break
         while pending:
-            result = pending.popleft().result()
+            i, p, future = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(job, nxt))
-            yield result
+                pending.append((nxt[0], nxt[1], pool.submit(job, nxt[1])))
+            yield _result(i, p, future.result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

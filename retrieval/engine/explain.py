@@ -45,7 +45,7 @@ class Pair:
 
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
-    im, _ = images.decode(path, max_pixels=image.max_pixels)
+    im, _ = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else image.size)
     if bbox is not None:
         im = images.crop_box(im, bbox)
     picture = images.resize_for_model(im, size=image.size, patch_size=backbone.patch_size)

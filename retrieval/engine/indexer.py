@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..config import EngineConfig
 from ..discover import discover
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
 from ..local import LocalPCA
-from ..store import Store, Upsert
+from ..store import PathFilter, Store, Upsert
 from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches
 from .files import atomic_write
 
@@ -152,15 +153,23 @@ class Index:
         except ValueError:
             store.close()
             raise
-        if store.count() == 0 and store.get_meta("weights_id") is not None:
-            store.set_meta(weights_id=None)  # an empty index may change its model freely
+        if store.count() == 0 and any(store.get_meta(k) is not None for k in ("weights_id", "local_pca", "whitening")):
+            # an empty index may change its model freely: forget everything learned from the old one
+            store.set_meta(weights_id=None, local_pca=None, whitening=None)
+        if store.get_meta("store_id") is None:  # tells this store's artefacts from a deleted one's
+            store.set_meta(store_id=uuid.uuid4().hex)
         if stored is not None and store.count() > 0 and fingerprint_fields(config) != fingerprint_fields(base):
             store.close()
             raise ArtifactMismatchError(
                 f"index at {path} holds descriptors made with {fingerprint_fields(base)}; the options ask for "
                 f"{fingerprint_fields(config)}; use another --index folder for a different setup"
             )
+        known = store.get_meta("weights_id")
+        new_weights = config.backbone.weights
+        if known is not None and new_weights and new_weights != base.backbone.weights:
+            _check_weights_file(new_weights, known, path, store)
         as_stored = json.loads(json.dumps(config.to_dict()))
+        as_stored["backbone"]["device"] = None  # a device is this run's choice, not the index's
         if as_stored != stored:
             store.set_meta(config=as_stored)
         return cls(path, store, config)
@@ -236,8 +245,9 @@ class Index:
             yield group
 
     # --- local descriptors ------------------------------------------------------------------
-    def local_pca(self, sample: Sequence[np.ndarray] = ()) -> LocalPCA | None:
-        """The index's patch PCA; fitted (once, then frozen) on `sample` patch sets if there is none."""
+    def local_pca(self, sample: Sequence[np.ndarray] = (), *, save: bool = True) -> LocalPCA | None:
+        """The index's patch PCA; fitted (once, then frozen) on `sample` patch sets if there is none.
+        save=False fits a throw-away one (a query on an index that predates local descriptors)."""
         stored = self.store.get_meta("local_pca")
         if stored is not None:
             return LocalPCA.from_bytes(base64.b64decode(stored))
@@ -247,7 +257,8 @@ class Index:
         if len(allp) > LOCAL_PCA_SAMPLE:
             allp = allp[np.random.default_rng(0).choice(len(allp), LOCAL_PCA_SAMPLE, replace=False)]
         pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
-        self.store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
+        if save:
+            self.store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
         return pca
 
     # --- update -----------------------------------------------------------------------------
@@ -262,8 +273,11 @@ class Index:
             for r in roots_abs:
                 if not os.path.exists(r):
                     raise RetrievalError(f"{r} does not exist; pass a folder of images")
-            found = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS, exclude=[self.path]))
-            existing = {row.path: row for row in self.store.rows(under=roots_abs)}
+            unreadable: list[str] = []
+            found = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS, exclude=[self.path],
+                                  unreadable=unreadable))
+            keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
+            existing = {row.path: row for row in self.store.rows(under=roots_abs) if row.path not in keep}
             todo: list[str] = []
             known: set[str] = set()
             touches: list[tuple[int, int, int]] = []
@@ -273,11 +287,11 @@ class Index:
                     todo.append(ref.path)
                     continue
                 known.add(ref.path)
+                if row.status == "skipped" and retry_skipped:
+                    todo.append(ref.path)
+                    continue
                 if row.size == ref.size and row.mtime_ns == ref.mtime_ns:
-                    if row.status == "skipped" and retry_skipped:
-                        todo.append(ref.path)
-                    else:
-                        summary.unchanged += 1
+                    summary.unchanged += 1
                     continue
                 if row.sha256 and row.size == ref.size and _file_sha256(ref.path) == row.sha256:
                     touches.append((row.id, ref.size, ref.mtime_ns))  # same bytes, new timestamp
@@ -299,7 +313,7 @@ class Index:
                         ref_ = stats[path]
                         if isinstance(item, Skipped):
                             summary.skipped.append((path, item.reason))
-                            upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, item.sha256, "skipped", item.reason))
+                            upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, None, "skipped", item.reason))
                         else:
                             d = item.decoded
                             assert pca is not None  # fitted on this group at the latest
@@ -333,7 +347,8 @@ class Index:
         """Refit whitening if the data changed since it was fitted (or when asked), then make
         sure the FAISS index matches the store's data version; returns the whitening in force."""
         state = self.store.get_meta("whitening")
-        stale = state is None or state.get("for_data_version") != self.store.data_version
+        stale = (state is None or state.get("for_data_version") != self.store.data_version
+                 or state.get("config") != dataclasses.asdict(self.config.whitening))
         if refit or stale:
             ids, x = self.store.descriptors()
             w = self._fit_whitening(x)
@@ -355,7 +370,8 @@ class Index:
     def _vectors_fingerprint(self) -> str:
         state = self.store.get_meta("whitening") or {}
         icfg = self.config.index
-        return _digest({"store": self.fingerprint(), "whitening": state.get("digest"), "kind": icfg.kind,
+        return _digest({"store": self.fingerprint(), "store_id": self.store.get_meta("store_id"),
+                        "whitening": state.get("digest"), "kind": icfg.kind,
                         "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
     def _version(self) -> int:
@@ -407,7 +423,10 @@ class Index:
         """A query embedded exactly like the database (box-cropped if given): raw descriptor (1, D),
         and the first scale's patch tokens (h*w, d) with their grid."""
         bb = self.backbone()
-        im, _ = images.decode(path, max_pixels=self.config.image.max_pixels)
+        sizes = [images.scaled_size(self.config.image.size, s, bb.patch_size) for s in self.config.pooling.scales]
+        # decoded like the database (JPEG draft at the largest size); a box needs the full picture
+        im, _ = images.decode(path, max_pixels=self.config.image.max_pixels,
+                              min_side_hint=None if bbox is not None else max(sizes))
         descs, first = [], None
         for s in self.config.pooling.scales:
             size = images.scaled_size(self.config.image.size, s, bb.patch_size)
@@ -467,7 +486,7 @@ class Index:
         ids_v, scores_v = ids[0][valid], scores[0][valid]
         inliers: list[int | None] = [None] * len(ids_v)
         if rerank and len(ids_v):
-            pca = self.local_pca([q_patches])
+            pca = self.local_pca([q_patches], save=False)
             assert pca is not None
             qf, qxy = pca.project(q_patches), local.grid_xy(q_grid)
             cands = self._candidate_local([int(i) for i in ids_v], pca)
@@ -525,6 +544,20 @@ class Index:
             "bytes_on_disk": sum(files.values()),
             "files": files,
         }
+
+
+def _check_weights_file(weights: str, known: str, path: Path, store: Store) -> None:
+    """A new --weights path for an existing index must hold the same bytes."""
+    try:
+        digest = "sha256:" + _file_sha256(weights)
+    except OSError as e:
+        store.close()
+        raise RetrievalError(f"weights file {weights} cannot be read ({e.strerror or e})") from e
+    if digest != known:
+        store.close()
+        raise ArtifactMismatchError(
+            f"weights {weights} differ from those the index at {path} was built with; pass the original file"
+        )
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Indexing throughput: `retrieve index` end to end against the naive loop and the model alone.
+
+    python scripts/bench_index.py [--images 40] [--size 224] [--dtype fp32|bf16] [--batch 16]
+                                  [--workers N] [--folder DIR] [--model dinov2_vits14 --weights FILE]
+
+Measured in one run, each part in its own process (so each peak RSS is its own):
+  (a) naive: per image, PIL full decode, resize 256 + centre crop 224, ViT forward one image at a
+      time in fp32 (what the dinov2-retrieval script does);
+  (b) model only: pre-decoded tensors of exactly the shapes (c) feeds the model, batched, same
+      model, dtype and size: the ceiling for (c);
+  (c) `Index.update` on a fresh index folder with the same settings.
+Prints img/s of each, c/b and c/a, peak RSS and stored bytes per image. Without --folder it makes
+a mix of 12 MP and 2 MP photo-like JPEGs; without --weights it writes a ViT-S/14 checkpoint with
+random weights in the official layout (speed does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def make_photos(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        w, h = (4000, 3000) if i % 2 == 0 else (1600, 1200)
+        if i % 5 == 4:
+            w, h = h, w
+        small = Image.fromarray(rng.integers(0, 255, (h // 50, w // 50, 3), dtype=np.uint8), "RGB")
+        im = small.resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+        d = ImageDraw.Draw(im)
+        for _ in range(20):
+            x0, y0 = int(rng.integers(0, w - 100)), int(rng.integers(0, h - 100))
+            d.rectangle((x0, y0, x0 + int(rng.integers(50, w // 3)), y0 + int(rng.integers(50, h // 3))),
+                        fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        noise = rng.normal(0, 6, (h, w, 3))
+        im = Image.fromarray(np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8), "RGB")
+        p = folder / f"photo_{i:04d}.jpg"
+        im.save(p, quality=90)
+        out.append(p)
+    return out
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024
+
+
+def part_naive(files: list[Path], weights: str, model: str) -> dict:
+    import torch
+
+    from retrieval import load_backbone
+
+    bb = load_backbone(model, weights=weights, device="cpu", dtype="fp32")
+    mean = torch.tensor(bb.mean).view(3, 1, 1)
+    std = torch.tensor(bb.std).view(3, 1, 1)
+    t0 = time.perf_counter()
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        s = 256 / min(im.size)
+        im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)
+        left, top = (im.width - 224) // 2, (im.height - 224) // 2
+        im = im.crop((left, top, left + 224, top + 224))
+        x = (torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1) - mean) / std
+        bb.encode(x[None])
+    return {"seconds": time.perf_counter() - t0}
+
+
+def part_model(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int) -> dict:
+    import torch
+
+    from retrieval import load_backbone
+    from retrieval.images import target_size
+
+    bb = load_backbone(model, weights=weights, device="cpu", dtype=dtype)
+    shapes: dict[tuple[int, int], int] = {}
+    for f in files:
+        with Image.open(f) as im:
+            w, h = target_size(im.width, im.height, size=size, patch_size=14)
+        shapes[(h, w)] = shapes.get((h, w), 0) + 1
+    batches = []
+    for (h, w), count in shapes.items():
+        for start in range(0, count, batch):
+            batches.append(torch.randn(min(batch, count - start), 3, h, w))
+    bb.encode(batches[0][:1])  # warm-up
+    t0 = time.perf_counter()
+    for x in batches:
+        bb.encode(x)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def part_index(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int,
+               workers: int | None, out: Path) -> dict:
+    from retrieval import Index
+
+    cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype}, "image": {"size": size},
+           "batch_size": batch, "workers": workers, "whitening": {"enabled": False}}
+    with Index.open_or_create(out, cfg) as idx:
+        idx.backbone()  # load outside the timed region, as (a) and (b) do
+        t0 = time.perf_counter()
+        summary = idx.update(sorted({str(f.parent) for f in files}))
+        seconds = time.perf_counter() - t0
+        n = idx.store.count("ok")
+    db_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    return {"seconds": seconds, "indexed": n, "skipped": len(summary.skipped), "bytes_per_image": db_bytes / max(n, 1)}
+
+
+def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tmp: Path) -> dict:
+    cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--weights", weights,
+           "--model", args.model, "--size", str(args.size), "--dtype", args.dtype, "--batch", str(args.batch),
+           "--out", str(tmp / f"index-{part}")]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"part {part} failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--model", default="dinov2_vits14")
+    ap.add_argument("--weights")
+    ap.add_argument("--folder", type=Path)
+    ap.add_argument("--part", choices=["naive", "model", "index"])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.part:  # one measurement, in this process
+        files = sorted(p for p in args.folder.iterdir() if p.suffix == ".jpg")
+        if args.part == "naive":
+            r = part_naive(files, args.weights, args.model)
+        elif args.part == "model":
+            r = part_model(files, args.weights, args.model, args.size, args.dtype, args.batch)
+        else:
+            r = part_index(files, args.weights, args.model, args.size, args.dtype, args.batch, args.workers, args.out)
+        print(json.dumps({**r, "images": len(files), "peak_rss_mb": peak_rss_mb()}))
+        return
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        folder = args.folder or tmp / "photos"
+        if args.folder is None:
+            make_photos(folder, args.images)
+        weights = args.weights
+        if weights is None:
+            import timm
+            import torch
+
+            m = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0)
+            sd = dict(m.state_dict())
+            sd["mask_token"] = torch.zeros(1, 384)
+            weights = str(tmp / "vits14_random.pth")
+            torch.save(sd, weights)
+        results = {part: run_part(args, part, folder, weights, tmp) for part in ("naive", "model", "index")}
+    rate = {k: v["images"] / v["seconds"] for k, v in results.items()}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.model}, size {args.size}, {args.dtype}, "
+          f"batch {args.batch}, {results['index']['images']} JPEGs (12 MP / 2 MP mix)")
+    for k, label in (("naive", "(a) naive loop"), ("model", "(b) model only"), ("index", "(c) retrieve index")):
+        print(f"{label:22s} {rate[k]:7.2f} img/s   peak RSS {results[k]['peak_rss_mb']:7.0f} MB")
+    print(f"c/b = {rate['index'] / rate['model']:.2f}   c/a = {rate['index'] / rate['naive']:.2f}   "
+          f"stored {results['index']['bytes_per_image'] / 1024:.1f} KB per image")
+
+
+if __name__ == "__main__":
+    main()
