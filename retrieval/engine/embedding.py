@@ -49,8 +49,11 @@ class Batch:
 
 
 def default_workers() -> int:
-    """Decoder processes: leave a core for the model."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoder processes. On 2 cores or fewer, decoding inline (0) measured faster than a worker
+    process competing with the model's threads (scripts/bench_index.py, docs/throughput.md);
+    with more cores, leave one for the model."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 def _result(index: int, path: str, get: Callable[[], images.PreparedFile]) -> Decoded | Skipped:

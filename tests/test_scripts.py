@@ -1,0 +1,35 @@
+"""The benchmark scripts run and print their ratios (numbers themselves are not asserted: benchmarks
+are measurements, not tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from .conftest import ROOT, synth_photo
+
+
+def _run(*args: str) -> str:
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_bench_query_prints_recall():
+    out = _run("scripts/bench_query.py", "--sizes", "2000", "--dim", "32", "--queries", "20", "--no-model")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("2000")]
+    assert [r[1] for r in rows] == ["flat", "ivf", "hnsw"]
+    assert float(rows[0][-1]) == 1.0  # exact search is its own ground truth
+
+
+def test_bench_index_prints_ratios(tmp_path):
+    for i in range(4):
+        synth_photo(i, (640, 480) if i % 2 else (480, 640)).save(tmp_path / f"p{i}.jpg")
+    out = _run("scripts/bench_index.py", "--folder", str(tmp_path), "--size", "112", "--batch", "2")
+    assert re.search(r"c/b = \d+\.\d+\s+c/a = \d+\.\d+", out) and "(c) retrieve index" in out
+
+
+def test_bench_rerank_prints_cost():
+    out = _run("scripts/bench_rerank.py", "--images", "6", "--queries", "1", "--size", "112", "--rerank-k", "5")
+    assert re.search(r"re-ranking cost: -?\d+ ms per query", out) and "KB per image" in out
