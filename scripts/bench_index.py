@@ -13,6 +13,9 @@ Measured in one run, each part in its own process (so each peak RSS is its own):
 Prints img/s of each, c/b and c/a, peak RSS and stored bytes per image. Without --folder it makes
 a mix of 12 MP and 2 MP photo-like JPEGs; without --weights it writes a ViT-S/14 checkpoint with
 random weights in the official layout (speed does not depend on the values).
+
+    python scripts/bench_index.py --memory 500,5000     # peak RSS of (c) for each collection size
+    python scripts/bench_index.py --compare-dtypes      # bf16 / fp16 autocast tokens against fp32
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,21 @@ def make_photos(folder: Path, n: int) -> list[Path]:
         im.save(p, quality=90)
         out.append(p)
     return out
+
+
+def _trained_like(name: str, v, torch):  # noqa: ANN001, ANN202 - script helper
+    """Random values with the spread of trained weights (timm's init leaves layer scales at 1e-5,
+    which makes every block a no-op and any precision comparison meaningless)."""
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    if name.endswith("gamma"):
+        return torch.rand(v.shape, generator=g) * 0.9 + 0.1
+    if name in ("pos_embed", "cls_token"):
+        return torch.randn(v.shape, generator=g) * 0.5
+    if "norm" in name and name.endswith("weight"):
+        return 1 + 0.1 * torch.randn(v.shape, generator=g)
+    if name.endswith("bias"):
+        return 0.02 * torch.randn(v.shape, generator=g)
+    return torch.randn(v.shape, generator=g) / max(1.0, v[0].numel()) ** 0.5
 
 
 def peak_rss_mb() -> float:
@@ -120,6 +139,50 @@ def part_index(files: list[Path], weights: str, model: str, size: int, dtype: st
     return {"seconds": seconds, "indexed": n, "skipped": len(summary.skipped), "bytes_per_image": db_bytes / max(n, 1)}
 
 
+def memory_check(args: argparse.Namespace, sizes: list[int], weights: str, tmp: Path) -> None:
+    """Peak RSS of `retrieve index` for collections of different sizes (small 640x480 JPEGs)."""
+    rng = np.random.default_rng(1)
+    base = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "RGB").resize((640, 480))
+            for _ in range(16)]
+    rss = {}
+    for n in sizes:
+        folder = tmp / f"mem{n}"
+        folder.mkdir()
+        for i in range(n):
+            im = base[i % 16].rotate(i % 360)
+            im.save(folder / f"m{i:05d}.jpg", quality=85)
+        t0 = time.perf_counter()
+        r = run_part(args, "index", folder, weights, tmp / f"out{n}")
+        rss[n] = r["peak_rss_mb"]
+        print(f"{n:6d} images: peak RSS {rss[n]:.0f} MB, {n / (time.perf_counter() - t0):.1f} img/s overall", flush=True)
+    first = sizes[0]
+    for n in sizes[1:]:
+        print(f"peak RSS {n} / {first} images = {rss[n] / rss[first]:.2f}")
+
+
+def compare_dtypes(weights: str, model: str, size: int, folder: Path) -> None:
+    """How far autocast tokens are from fp32 ones, on the same inputs."""
+    import torch
+
+    from retrieval import load_backbone
+    from retrieval.images import preprocess
+
+    files = sorted(folder.glob("*.jpg"))[:8]
+    ref = load_backbone(model, weights=weights, device="cpu", dtype="fp32")
+    xs = [torch.from_numpy(preprocess(f, size=size, patch_size=14, mean=ref.mean, std=ref.std)[0])[None]
+          for f in files]
+    for dtype in ("bf16", "fp16"):
+        other = load_backbone(model, weights=weights, device="cpu", dtype=dtype)
+        cls_cos, patch_cos, rel = [], [], []
+        for x in xs:
+            a, b = ref.encode(x), other.encode(x)
+            cls_cos.append(torch.nn.functional.cosine_similarity(a.cls, b.cls).item())
+            patch_cos.append(torch.nn.functional.cosine_similarity(a.patches[0], b.patches[0]).min().item())
+            rel.append(((a.patches - b.patches).abs().max() / a.patches.abs().max()).item())
+        print(f"{dtype}: CLS cosine min {min(cls_cos):.5f}, patch cosine min {min(patch_cos):.5f}, "
+              f"max |diff| / max |fp32| {max(rel):.4f} ({len(xs)} images, size {size})")
+
+
 def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--weights", weights,
            "--model", args.model, "--size", str(args.size), "--dtype", args.dtype, "--batch", str(args.batch),
@@ -144,6 +207,8 @@ def main() -> None:
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--part", choices=["naive", "model", "index"])
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--memory", help="comma-separated collection sizes for the peak-RSS check")
+    ap.add_argument("--compare-dtypes", action="store_true")
     args = ap.parse_args()
     if args.part:  # one measurement, in this process
         files = sorted(p for p in args.folder.iterdir() if p.suffix == ".jpg")
@@ -158,7 +223,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         folder = args.folder or tmp / "photos"
-        if args.folder is None:
+        if args.folder is None and not args.memory:
             make_photos(folder, args.images)
         weights = args.weights
         if weights is None:
@@ -166,10 +231,16 @@ def main() -> None:
             import torch
 
             m = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0)
-            sd = dict(m.state_dict())
+            sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
             sd["mask_token"] = torch.zeros(1, 384)
             weights = str(tmp / "vits14_random.pth")
             torch.save(sd, weights)
+        if args.memory:
+            memory_check(args, [int(v) for v in args.memory.split(",")], weights, tmp)
+            return
+        if args.compare_dtypes:
+            compare_dtypes(weights, args.model, args.size, folder)
+            return
         results = {part: run_part(args, part, folder, weights, tmp) for part in ("naive", "model", "index")}
     rate = {k: v["images"] / v["seconds"] for k, v in results.items()}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.model}, size {args.size}, {args.dtype}, "

@@ -137,6 +137,8 @@ def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, 
 
 def _run(backbone: Backbone, items: list[tuple[Decoded, int]]) -> Batch:
     x = torch.from_numpy(np.stack([d.arrays[s] for d, s in items]))
+    if backbone.device.type == "cuda":  # page-locked, so the copy in encode() runs asynchronously
+        x = x.pin_memory()
     return Batch(tuple(items), backbone.encode(x))
 
 
