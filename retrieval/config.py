@@ -105,6 +105,14 @@ def default_index_dir() -> Path:
     return Path(data_home) / "retrieval" / "index"
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts: values of `over` replace those of `base`, tables merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     updates: dict[str, Any] = {}

@@ -15,8 +15,9 @@ import numpy as np
 from .. import __version__
 from .. import whitening as wh
 from ..benchmarks import Benchmark
-from ..config import EngineConfig, default_index_dir
+from ..config import EngineConfig, deep_merge, default_index_dir
 from ..errors import RetrievalError
+from ..store import PathFilter
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
 from .files import atomic_write
 from .indexer import Index, fingerprint_fields
@@ -33,16 +34,9 @@ class EvalResult:
 
 def eval_index_dir(name: str, overrides: dict[str, Any]) -> Path:
     """A cached index per benchmark and descriptor setup, beside the default index."""
-    cfg = EngineConfig.from_dict(_merge(EngineConfig().to_dict(), overrides))
+    cfg = EngineConfig.from_dict(deep_merge(EngineConfig().to_dict(), overrides))
     key = json.dumps({**fingerprint_fields(cfg), "weights": cfg.backbone.weights}, sort_keys=True)
     return default_index_dir().parent / "eval" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
@@ -57,8 +51,8 @@ def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
         raise RetrievalError(f"{len(missing)} database images could not be indexed, e.g. {missing[0]}; "
                              f"see `retrieve info --index {idx.path}`")
     in_db = set(files)
-    extra = sorted(p for p in row_of if p not in in_db and any(p == d or p.startswith(d.rstrip("/") + "/")
-                                                                  for d in distractors))
+    under = PathFilter(distractors)
+    extra = sorted(p for p in row_of if p not in in_db and p in under)
     order = [row_of[f] for f in files] + [row_of[p] for p in extra]
     return x[order], len(extra)
 
@@ -77,7 +71,7 @@ def evaluate(
     """Run the protocol. Whitening is never learned on the test set unless `whiten_self`."""
     if whiten_self and whiten_from is not None:
         raise ValueError("choose one whitening source: another benchmark or (explicitly) the test set itself")
-    overrides = _merge(overrides, {"whitening": {"enabled": False}})  # eval whitens explicitly, below
+    overrides = deep_merge(overrides, {"whitening": {"enabled": False}})  # eval whitens explicitly, below
 
     def progress(stage: str) -> Callable[[int, int], None] | None:
         return None if on_progress is None else (lambda done, total: on_progress(stage, done, total))

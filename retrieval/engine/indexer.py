@@ -29,7 +29,8 @@ from .. import rerank as rr
 from .. import index as vindex
 from .. import whitening as wh
 from ..backbone import Backbone, load_backbone
-from ..config import EngineConfig
+from ..backbone.weights import file_sha256
+from ..config import EngineConfig, deep_merge
 from ..discover import discover
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
 from ..local import LocalPCA
@@ -149,7 +150,7 @@ class Index:
         stored = store.get_meta("config")
         base = EngineConfig() if stored is None else EngineConfig.from_dict(stored)
         try:
-            config = EngineConfig.from_dict({**_deep_merge(base.to_dict(), overrides or {})})
+            config = EngineConfig.from_dict({**deep_merge(base.to_dict(), overrides or {})})
         except ValueError:
             store.close()
             raise
@@ -293,7 +294,7 @@ class Index:
                 if row.size == ref.size and row.mtime_ns == ref.mtime_ns:
                     summary.unchanged += 1
                     continue
-                if row.sha256 and row.size == ref.size and _file_sha256(ref.path) == row.sha256:
+                if row.sha256 and row.size == ref.size and file_sha256(ref.path) == row.sha256:
                     touches.append((row.id, ref.size, ref.mtime_ns))  # same bytes, new timestamp
                     summary.unchanged += 1
                     continue
@@ -549,7 +550,7 @@ class Index:
 def _check_weights_file(weights: str, known: str, path: Path, store: Store) -> None:
     """A new --weights path for an existing index must hold the same bytes."""
     try:
-        digest = "sha256:" + _file_sha256(weights)
+        digest = "sha256:" + file_sha256(weights)
     except OSError as e:
         store.close()
         raise RetrievalError(f"weights file {weights} cannot be read ({e.strerror or e})") from e
@@ -558,21 +559,6 @@ def _check_weights_file(weights: str, known: str, path: Path, store: Store) -> N
         raise ArtifactMismatchError(
             f"weights {weights} differ from those the index at {path} was built with; pass the original file"
         )
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _lock:
