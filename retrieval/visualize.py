@@ -128,15 +128,14 @@ def side_by_side(a: Image.Image, b: Image.Image, *, gap: int = 8) -> tuple[Image
 
 
 def draw_matches(a: Image.Image, b: Image.Image, xy_a: np.ndarray, xy_b: np.ndarray, sims: np.ndarray,
-                 *, width: int = 2) -> Image.Image:
+                 *, width: int = 2, low: float = 0.5) -> Image.Image:
     """a and b side by side with a line per match (pixel coordinates in each image), coloured by
-    similarity (blue low, red high, scaled over the drawn matches), ends marked with dots."""
+    cosine similarity on a fixed scale (blue at `low`, red at 1), ends marked with dots."""
     canvas, dx, sa, sb = side_by_side(a, b)
     draw = ImageDraw.Draw(canvas)
     sims = np.asarray(sims, np.float64)
     if len(sims):
-        lo, hi = float(sims.min()), float(sims.max())
-        colours = _ramp((sims - lo) / ((hi - lo) or 1.0))
+        colours = _ramp((sims - low) / max(1.0 - low, 1e-6))
         for (xa, ya), (xb, yb), c in zip(np.asarray(xy_a), np.asarray(xy_b), colours):
             p, q = (xa * sa, ya * sa), (dx + xb * sb, yb * sb)
             colour = tuple(int(v) for v in c)

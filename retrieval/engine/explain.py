@@ -76,11 +76,10 @@ def render(p: Pair, *, patch_size: int = 14) -> dict[str, Image.Image]:
     xb = grid_xy(p.b.grid)[m.ib[inl]] * patch_size
     matches = visualize.draw_matches(p.a.picture, p.b.picture, xa, xb, m.sim[inl])
     s = _unit(p.a.patches) @ _unit(p.b.patches).T
+    # cosine on a fixed 0..1 scale, so maps of different results compare (no per-pair stretching)
     best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
-    lo, hi = float(min(best_a.min(), best_b.min())), float(max(best_a.max(), best_b.max()))
-    scale = (hi - lo) or 1.0
-    heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, (best_a - lo) / scale),
-                                      visualize.heat_overlay(p.b.picture, (best_b - lo) / scale))
+    heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, np.clip(best_a, 0, 1)),
+                                      visualize.heat_overlay(p.b.picture, np.clip(best_b, 0, 1)))
     maps = visualize.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
     pca = visualize.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
     return {"matches": matches, "heatmap": heat, "pca": pca}
