@@ -66,4 +66,4 @@ def test_validation():
     idx = vindex.build(_unit(3, 4, 0), np.arange(3), fingerprint="f", generation=0)
     with pytest.raises(ValueError, match=r"\(n, 4\)"):
         idx.search(np.zeros((1, 5), np.float32), 1)
-    assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "hnsw"
+    assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "ivf"
