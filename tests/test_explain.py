@@ -152,3 +152,14 @@ def test_rerank_needs_sane_arguments(tmp_path):
         idx.update([photos])
         with pytest.raises(ValueError):
             idx.search(files[0], rerank=True, rerank_k=0)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_query_expansion_with_approximate_kinds(tmp_path, kind):
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(6))
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "index": {"kind": kind}}) as idx:
+        idx.update([photos])
+        assert idx.vectors().kind == kind
+        hits = idx.search(files[2], k=3, qe=2).hits
+        assert hits[0].path == str(files[2]) and len(hits) == 3
