@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import benchmarks
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
@@ -49,7 +49,7 @@ Weights = Annotated[
     typer.Option("--weights", help="Local checkpoint (official .pth key layout, or safetensors). "
                                    "Default: the official file, cached in the torch hub folder."),
 ]
-Size = Annotated[int, typer.Option("--size", help="Longer image side in pixels (rounded down to a multiple of 14).")]
+Size = Annotated[int, typer.Option("--size", help="Longer image side in pixels (a multiple of 14; others are rounded to one).")]
 Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
 Workers = Annotated[int | None, typer.Option("--workers", help="Decoder processes (default: cores - 1, or inline on 2 cores; 0 = inline).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
@@ -84,6 +84,13 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         force=True,
     )
     logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _stdout() -> Console:
+    """Tables on stdout: folded to the terminal, never cut; one line per row when piped."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 
 
 def _progress() -> Progress:
@@ -234,8 +241,10 @@ def index(
     multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = None,
-    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this dimension.")] = None,
-    no_whitening: Annotated[bool, typer.Option("--no-whitening", help="L2 only, never PCA-whiten.")] = False,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
+                                                                          "dimension (0: keep all).")] = None,
+    whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
+                                                   help="PCA-whiten once there are enough images (default) or L2 only.")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default 100 MP).")] = None,
@@ -257,8 +266,9 @@ def index(
     put("pooling", "scales", [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else None)
     put("index", "kind", kind)
     put("index", "dba", dba)
-    put("whitening", "dim", whiten_dim)
-    put("whitening", "enabled", False if no_whitening else None)
+    if whiten_dim is not None:  # 0 clears an earlier reduction, so it is stored even as None
+        overrides.setdefault("whitening", {})["dim"] = whiten_dim or None
+    put("whitening", "enabled", whitening)
     put(None, "batch_size", batch)
     put(None, "workers", workers)
     where = _index_dir(index)
@@ -310,17 +320,17 @@ def query(
     with engine.Index.open(_index_dir(index)) as idx:
         idx.backbone(weights=None if weights is None else str(weights), device=device)
         result = idx.search(image, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
-        page = None if out is None else engine.explain(idx, image, result, out, bbox=box)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        columns = ["rank", "score", *(["inliers"] if rerank else []), "path"]
-        table = Table(*columns, box=None)
-        for h in result.hits:
-            table.add_row(str(h.rank), f"{h.score:.4f}", *([str(h.inliers)] if rerank else []), h.path)
-        Console(soft_wrap=True).print(table)
-    if page is not None:
-        Console(stderr=True).print(f"maps: {page}")
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            columns = ["rank", "score", *(["inliers"] if rerank else [])]
+            table = Table(*columns, Column("path", overflow="fold"), box=None)
+            for h in result.hits:
+                inliers = [] if not rerank else ["-" if h.inliers is None else str(h.inliers)]
+                table.add_row(str(h.rank), f"{h.score:.4f}", *inliers, h.path)
+            _stdout().print(table)
+        if out is not None:  # after the results are out: a slow or failing map never hides them
+            Console(stderr=True).print(f"maps: {engine.explain(idx, image, result, out, bbox=box)}")
 
 
 @app.command()
@@ -433,7 +443,7 @@ def eval_(
                         f"{' + ' + str(result.report['n_distractors']) + ' distractors' if result.report['n_distractors'] else ''}")
     for protocol, m in result.metrics.items():
         table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in ("mAP", "mP@1", "mP@5", "mP@10")))
-    Console(soft_wrap=True).print(table)
+    _stdout().print(table)
     typer.echo(f"{cfg['backbone']} size {cfg['size']} {cfg['pooling']} | crop {cfg['query_crop']} | "
                f"whitening: {cfg['whitening']}")
     if str(cfg["weights_id"]).startswith("random:"):

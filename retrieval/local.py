@@ -46,6 +46,14 @@ class LocalPCA:
             return cls(f["mean"].astype(np.float32), f["components"].astype(np.float32))
 
 
+MIN_FIT_PATCHES = 4 * DEFAULT_DIM  # fit the index's PCA only once this many patch tokens are in hand
+
+
+def identity(d: int, dim: int = DEFAULT_DIM) -> LocalPCA:
+    """No learned projection: the first min(dim, d) token coordinates (for samples too small to fit)."""
+    return LocalPCA(np.zeros(d, np.float32), np.eye(d, min(dim, d), dtype=np.float32))
+
+
 def fit_pca(patches: np.ndarray, dim: int = DEFAULT_DIM) -> LocalPCA:
     """PCA of patch tokens (t, d); keeps min(dim, d, t - 1) components, signs fixed."""
     x = np.asarray(patches, np.float64)

@@ -154,7 +154,8 @@ def heat_overlay(im: Image.Image, values: np.ndarray, *, opacity: float = 0.55) 
 def results_html(query: dict[str, str], results: Sequence[dict[str, object]]) -> str:
     """A self-contained page (relative links only) showing the query and each result with its maps.
 
-    query: {"image", "path"}; each result: {"rank", "score", "path", "inliers", "matches", "heatmap", "pca"}.
+    query: {"image", "path"}; each result: {"rank", "score", "path", "inliers", "matches", "heatmap", "pca"},
+    or {"rank", "score", "path", "inliers", "error"} when its file could not be read.
     """
     from html import escape
 
@@ -164,6 +165,11 @@ def results_html(query: dict[str, str], results: Sequence[dict[str, object]]) ->
     rows = []
     for r in results:
         inl = "" if r.get("inliers") is None else f", {r['inliers']} verified matches"
+        if r.get("error"):
+            rows.append(f'<section><h2>#{r["rank"]} &middot; score {float(r["score"]):.4f}{inl}</h2>'  # type: ignore[arg-type]
+                        f'<p class="path">{escape(str(r["path"]))}</p>'
+                        f'<p class="error">no maps: {escape(str(r["error"]))}</p></section>')
+            continue
         rows.append(
             f'<section><h2>#{r["rank"]} &middot; score {float(r["score"]):.4f}{inl}</h2>'  # type: ignore[arg-type]
             f'<p class="path">{escape(str(r["path"]))}</p>'

@@ -68,7 +68,10 @@ def embed_and_rerank_ms() -> tuple[float, float]:
     rng = np.random.default_rng(0)
     q = rng.normal(size=(768, 64)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    cands = [rng.normal(size=(224, 64)).astype(np.float16) for _ in range(100)]
+    cands = []
+    for _ in range(100):  # unit rows, like stored local descriptors
+        c = rng.normal(size=(224, 64))
+        cands.append((c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float16))
     qxy, cxy = rng.uniform(0, 32, (768, 2)), rng.uniform(0, 32, (224, 2))
     t0 = time.perf_counter()
     for c in cands:

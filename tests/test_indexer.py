@@ -348,7 +348,7 @@ def test_emptied_index_can_change_model(tmp_path):
     with Index.open_or_create(tmp_path / "ix", TINY) as idx:
         idx.update([photos])
         idx.remove([photos])
-    cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 112}, "workers": 0}
+    cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 224}, "workers": 0}
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         idx.update([photos])
         assert idx.local_pca().mean.shape == (384,)  # refitted for the new model

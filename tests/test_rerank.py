@@ -67,7 +67,7 @@ def test_verify_shifted_grid():
 def test_rerank_order_follows_its_score():
     g = [0.9, 0.8, 0.7, 0.6, 0.5]
     c = [0, 10, 3, 10, 25]
-    # 25 > 10 = 10 (tie -> global order) > unverified (3 < 4 and 0) in global order
+    # 25 > 10 = 10 (tie -> global order) > unverified (3 and 0, below MIN_INLIERS) in global order
     assert rerank_order(g, c).tolist() == [4, 1, 3, 0, 2]
     assert rerank_order(g, [0] * 5).tolist() == [0, 1, 2, 3, 4]
 
@@ -92,3 +92,21 @@ def test_database_augmentation_matches_loop():
             if j >= 0 and j != i:
                 v += max(s, 0) ** 2 * xb[j]
         np.testing.assert_allclose(got[i], v / np.linalg.norm(v), atol=1e-6)
+
+
+def test_random_matches_are_rarely_verified():
+    """40 unrelated correspondences (what a wrong candidate typically yields): almost never MIN_INLIERS."""
+    from retrieval.rerank import MIN_INLIERS
+
+    rng = np.random.default_rng(0)
+    counts = [ransac(rng.uniform(0, 32, (40, 2)), rng.uniform(0, 32, (40, 2)), seed=t)[1].sum() for t in range(200)]
+    assert np.mean(np.array(counts) >= MIN_INLIERS) < 0.02
+
+
+def test_collapsed_models_are_rejected():
+    """All query points mapped into a 4x4 patch area: a tiny-scale model would 'explain' them."""
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 32, (30, 2))
+    dst = rng.integers(0, 4, (30, 2)) + 10.5
+    model, inl = ransac(src, dst)
+    assert model is None or 0.25 <= np.sqrt(abs(np.linalg.det(model[:, :2]))) <= 4

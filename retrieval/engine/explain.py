@@ -14,6 +14,7 @@ from .. import images, visualize
 from .. import rerank as rr
 from ..backbone import Backbone
 from ..config import ImageConfig
+from ..errors import BadImageError
 from .files import atomic_write
 from .indexer import Index, SearchResult
 
@@ -45,10 +46,11 @@ class Pair:
 
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
-    im, _ = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else image.size)
+    size = images.scaled_size(image.size, 1.0, backbone.patch_size)  # exactly the index's first scale
+    im, _ = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else size)
     if bbox is not None:
         im = images.crop_box(im, bbox)
-    picture = images.resize_for_model(im, size=image.size, patch_size=backbone.patch_size)
+    picture = images.resize_for_model(im, size=size, patch_size=backbone.patch_size)
     x = images.normalize(picture, mean=backbone.mean, std=backbone.std)
     t = backbone.encode(torch.from_numpy(x)[None])
     return View(picture, t.patches[0].cpu().numpy(), t.grid)
@@ -99,7 +101,12 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
     _png(q.picture, out / "query.png")
     rows: list[dict[str, Any]] = []
     for h in result.hits:
-        pics = render(pair(q, view(h.path, backbone=bb, image=idx.config.image)), patch_size=bb.patch_size)
+        try:
+            other = view(h.path, backbone=bb, image=idx.config.image)
+        except BadImageError as e:  # moved or damaged since it was indexed: say so, keep the page
+            rows.append({"rank": h.rank, "score": h.score, "path": h.path, "inliers": h.inliers, "error": e.reason})
+            continue
+        pics = render(pair(q, other), patch_size=bb.patch_size)
         names = {}
         for kind, pic in pics.items():
             name = f"{h.rank:03d}_{kind}.png"

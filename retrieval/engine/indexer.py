@@ -247,14 +247,20 @@ class Index:
 
     # --- local descriptors ------------------------------------------------------------------
     def local_pca(self, sample: Sequence[np.ndarray] = (), *, save: bool = True) -> LocalPCA | None:
-        """The index's patch PCA; fitted (once, then frozen) on `sample` patch sets if there is none.
-        save=False fits a throw-away one (a query on an index that predates local descriptors)."""
+        """The index's patch PCA; fitted (once, then frozen) on `sample` patch sets if there is none
+        and they hold at least MIN_FIT_PATCHES tokens (else None: not enough to learn from).
+        save=False makes a throw-away one for a query on an index without one (identity if the
+        sample is too small to fit)."""
         stored = self.store.get_meta("local_pca")
         if stored is not None:
             return LocalPCA.from_bytes(base64.b64decode(stored))
         if not sample:
             return None
         allp = np.concatenate(list(sample))
+        if not save and len(allp) < local.MIN_FIT_PATCHES:
+            return local.identity(allp.shape[1]) if len(allp) < 2 else local.fit_pca(allp, dim=local.DEFAULT_DIM)
+        if save and len(allp) < local.MIN_FIT_PATCHES:
+            return None
         if len(allp) > LOCAL_PCA_SAMPLE:
             allp = allp[np.random.default_rng(0).choice(len(allp), LOCAL_PCA_SAMPLE, replace=False)]
         pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
@@ -306,9 +312,13 @@ class Index:
             stats = {os.path.abspath(r.path): r for r in found}
             done = 0
             if todo:
+                seen_patches: list[np.ndarray] = []  # until the patch PCA can be fitted
                 for group in self.embed_files(todo):
                     upserts = []
-                    pca = self.local_pca([e.patches for e in group if isinstance(e, Embedding)])
+                    pca = self.local_pca()
+                    if pca is None:
+                        seen_patches += [e.patches for e in group if isinstance(e, Embedding)]
+                        pca = self.local_pca(seen_patches)
                     for item in group:
                         path = item.path if isinstance(item, Skipped) else item.decoded.path
                         ref_ = stats[path]
@@ -317,8 +327,8 @@ class Index:
                             upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, None, "skipped", item.reason))
                         else:
                             d = item.decoded
-                            assert pca is not None  # fitted on this group at the latest
-                            feats, coords = local.pack(local.select(item.patches, item.grid, pca))
+                            # until the PCA exists, rows get no local descriptors (recomputed when needed)
+                            feats, coords = local.pack(local.select(item.patches, item.grid, pca)) if pca else (None, None)
                             upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, d.sha256, "ok",
                                                   width=d.size[0], height=d.size[1], descriptor=item.descriptor,
                                                   local_feats=feats, local_coords=coords, grid=item.grid))
@@ -490,15 +500,16 @@ class Index:
             pca = self.local_pca([q_patches], save=False)
             assert pca is not None
             qf, qxy = pca.project(q_patches), local.grid_xy(q_grid)
-            cands = self._candidate_local([int(i) for i in ids_v], pca)
+            head = min(rerank_k, len(ids_v))  # only the top rerank_k are verified; the rest keep their order
+            cands = self._candidate_local([int(i) for i in ids_v[:head]], pca)
             counts = []
-            for i in ids_v:
+            for i in ids_v[:head]:
                 c = cands.get(int(i))
                 n = 0 if c is None else rr.verify(qf, qxy, c.feats.astype(np.float32), c.xy).n_inliers
                 counts.append(n)
-            order = rr.rerank_order(scores_v, counts)
+            order = np.concatenate([rr.rerank_order(scores_v[:head], counts), np.arange(head, len(ids_v))])
             ids_v, scores_v = ids_v[order], scores_v[order]
-            inliers = [counts[j] for j in order]
+            inliers = [counts[j] if j < head else None for j in order]
         ids_v, scores_v, inliers = ids_v[:k], scores_v[:k], inliers[:k]
         found = self.store.paths(ids_v)
         hits = tuple(Hit(rank=r + 1, score=float(s), path=found[int(i)], id=int(i), inliers=n)
