@@ -443,3 +443,29 @@ def test_wrong_weights_path_is_refused_not_saved(tmp_path):
         Index.open_or_create(tmp_path / "ix", {"backbone": {"weights": str(b)}})
     with Index.open(tmp_path / "ix") as idx:
         assert idx.config.backbone.weights == str(a)
+
+
+def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch):
+    from retrieval.backbone import weights as W
+
+    from .test_backbone import _official_like_small_state_dict
+
+    import torch
+
+    ckpt = tmp_path / "s.pth"
+    torch.save(_official_like_small_state_dict(), ckpt)
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(2))
+    cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 112}, "workers": 0}
+    with Index.open_or_create(tmp_path / "ix", cfg) as idx:
+        idx.update([photos])
+    calls = []
+    real = W.file_sha256
+    monkeypatch.setattr(W, "file_sha256", lambda p: calls.append(p) or real(p))
+    with Index.open(tmp_path / "ix") as idx:
+        idx.search(files[0], k=1)
+    assert calls == []  # same file, same size and mtime: the stored hash is trusted
+    os.utime(ckpt, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with Index.open(tmp_path / "ix") as idx:
+        idx.search(files[0], k=1)
+    assert len(calls) == 1  # touched: hashed again (and still the same bytes, so accepted)

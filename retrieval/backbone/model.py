@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     cache_dir: str | Path | None = None,
+    hash_cache: MutableMapping[str, str] | None = None,
 ) -> Backbone:
     """Create a DINOv2 backbone by short name with official (or local) weights.
 
@@ -164,6 +166,7 @@ def load_backbone(
     weights: a local checkpoint (official `.pth` key layout, or safetensors); None fetches the
     official checkpoint once into the torch hub cache (a clear error when offline).
     dtype: fp32 (default), or bf16/fp16 run by autocast.
+    hash_cache: remembers weights-file hashes by (path, size, mtime) across calls (see weights.file_id).
     """
     archs = registry()
     if name not in archs:
@@ -172,12 +175,12 @@ def load_backbone(
     vit = _build_vit(arch)
     if weights is not None:
         W.load_into(vit, W.read_checkpoint(weights, arch), arch, str(weights))
-        weights_id = "sha256:" + W.file_sha256(weights)
+        weights_id = W.file_id(weights, hash_cache)
     elif arch.random_only:
         log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
         weights_id = f"random:{name}:seed{TEST_TINY_SEED}"
     else:
         path = W.fetch_official(arch, cache_dir=cache_dir)
         W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
-        weights_id = "sha256:" + W.file_sha256(path)
+        weights_id = W.file_id(path, hash_cache)
     return Backbone(arch, vit, device=resolve_device(device), dtype=resolve_dtype(dtype), weights_id=weights_id)

@@ -189,7 +189,12 @@ class Index:
         """The index's backbone; its weights must hash to what the index was built with."""
         if self._backbone is None:
             cfg = self.config.backbone
-            bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or cfg.device, dtype=cfg.dtype)
+            hashes: dict[str, str] = dict(self.store.get_meta("weights_hashes") or {})
+            before = dict(hashes)
+            bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or cfg.device, dtype=cfg.dtype,
+                               hash_cache=hashes)
+            if hashes != before:
+                self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
             known = self.store.get_meta("weights_id")
             if known is None:
                 self.store.set_meta(weights_id=bb.weights_id, fingerprint=self.fingerprint(bb.weights_id))
