@@ -101,21 +101,19 @@ def _progress() -> Progress:
     )
 
 
-def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[engine.Embedded], list[engine.Skipped]]:
-    done: list[engine.Embedded] = []
-    skipped: list[engine.Skipped] = []
+def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(paths), rate="")
-        for r in engine.embed(paths, **kwargs):
+
+        def seen(r: Any) -> None:
             if isinstance(r, engine.Skipped):
-                skipped.append(r)
                 logging.getLogger("retrieval").warning("skipped %s: %s", r.path, r.reason)
-            else:
-                done.append(r)
             bar.advance(task)
             speed = bar.tasks[0].speed
             bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
-    return sorted(done, key=lambda r: r.index), sorted(skipped, key=lambda r: r.index)
+
+        result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)
+        return result
 
 
 def _backbone(model: str, weights: Path | None, device: str | None, dtype: str) -> Any:
