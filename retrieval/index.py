@@ -2,7 +2,7 @@
 
 Always derived from the store; it carries the fingerprint and store generation it was built
 from, and `from_bytes` refuses data whose fingerprint or generation does not match (the caller
-then rebuilds it). File I/O is the engine's. Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search
+then rebuilds it). The engine opens the files; this module reads and writes their contents. Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search
 returns (scores, ids), each (m, k), best first, id -1 where fewer than k exist.
 """
 
@@ -13,7 +13,7 @@ import json
 import logging
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -138,15 +138,12 @@ def to_bytes(index: VectorIndex) -> bytes:
     return buf.getvalue()
 
 
-def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
-               source: str = "vector index") -> VectorIndex:
-    """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
-    import faiss
-
+def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index") -> dict[str, Any]:
+    """Kind, dim, size of a saved index, reading only its small header member (not the vectors);
+    ArtifactMismatchError if unreadable, stale or from another configuration."""
     try:
-        with np.load(io.BytesIO(data)) as f:
-            meta = json.loads(str(f["meta"]))
-            raw = f["faiss"]
+        with np.load(f) as z:
+            meta: dict[str, Any] = json.loads(str(z["meta"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
     if meta["fingerprint"] != fingerprint:
@@ -155,9 +152,30 @@ def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool 
         raise ArtifactMismatchError(
             f"{source} reflects store generation {meta['generation']}, the store is at {generation}"
         )
+    return meta
+
+
+def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
+              source: str = "vector index") -> VectorIndex:
+    """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read."""
+    import faiss
+
+    meta = header(f, fingerprint=fingerprint, generation=generation, source=source)
+    f.seek(0)
+    try:
+        with np.load(f) as z:
+            raw = z["faiss"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
     index = faiss.deserialize_index(raw)
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
     if meta["kind"] == "flat" and _want_gpu(use_gpu):
         index = _to_gpu(index)
     return VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]))
+
+
+def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
+               source: str = "vector index") -> VectorIndex:
+    """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
+    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, use_gpu=use_gpu, source=source)

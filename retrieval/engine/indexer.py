@@ -314,13 +314,13 @@ class Index:
                 self.store.apply(deletes=[r.id for r in existing.values()], touches=touches)
                 summary.removed = len(existing)
             summary.to_embed = len(todo)
-            stats = {os.path.abspath(r.path): r for r in found}
+            stats = {r.path: r for r in found}  # discover yields absolute paths
             done = 0
             if todo:
                 seen_patches: list[np.ndarray] = []  # until the patch PCA can be fitted
+                pca = self.local_pca()
                 for group in self.embed_files(todo):
                     upserts = []
-                    pca = self.local_pca()
                     if pca is None:
                         seen_patches += [e.patches for e in group if isinstance(e, Embedding)]
                         pca = self.local_pca(seen_patches)
@@ -365,14 +365,15 @@ class Index:
         state = self.store.get_meta("whitening")
         stale = (state is None or state.get("for_data_version") != self.store.data_version
                  or state.get("config") != dataclasses.asdict(self.config.whitening))
+        stored: tuple[np.ndarray, np.ndarray] | None = None
         if refit or stale:
-            ids, x = self.store.descriptors()
-            w = self._fit_whitening(x)
-            data = None if w is None else base64.b64encode(w.to_bytes()).decode()
-            self.store.set_meta(whitening={"for_data_version": self.store.data_version, "data": data,
+            stored = self.store.descriptors()  # read once: for the fit and for the rebuild below
+            w = self._fit_whitening(stored[1])
+            blob = None if w is None else base64.b64encode(w.to_bytes()).decode()
+            self.store.set_meta(whitening={"for_data_version": self.store.data_version, "data": blob,
                                            "digest": None if w is None else w.digest(),
                                            "config": dataclasses.asdict(self.config.whitening)})
-        self.vectors(rebuild_if_stale=True)
+        self.vectors(data=stored)
         return self.whitening()
 
     def _fit_whitening(self, x: np.ndarray) -> wh.Whitening | None:
@@ -390,25 +391,21 @@ class Index:
                         "whitening": state.get("digest"), "kind": icfg.kind,
                         "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
-    def _version(self) -> int:
-        return self.store.data_version
-
-    def vectors(self, *, rebuild_if_stale: bool = True) -> vindex.VectorIndex:
-        """The FAISS index for the store's current data version: loaded, or rebuilt and saved."""
-        gen = self._version()
+    def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vindex.VectorIndex:
+        """The FAISS index for the store's current data version: loaded, or rebuilt and saved.
+        data: the store's (ids, raw descriptors) when the caller has just read them."""
+        gen = self.store.data_version
         fp = self._vectors_fingerprint()
         if self._vectors is not None and self._vectors.generation == gen and self._vectors.fingerprint == fp:
             return self._vectors
         file = self.path / VECTORS_FILE
         try:
-            self._vectors = self._load_vectors(fp, gen, use_gpu=self.config.index.gpu)
+            self._vectors = self._read_vectors()
             return self._vectors
         except ArtifactMismatchError as e:
-            if not rebuild_if_stale:
-                raise
             if file.exists():
                 log.info("rebuilding the vector index from the store: %s", e)
-        ids, x = self.store.descriptors()
+        ids, x = data if data is not None else self.store.descriptors()
         w = self.whitening()
         xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else wh.l2n(x))
         if self.config.index.dba > 0 and len(ids) > 1:
@@ -424,14 +421,19 @@ class Index:
         self._vectors = built
         return built
 
-    def _load_vectors(self, fingerprint: str, generation: int, *, use_gpu: bool | None) -> vindex.VectorIndex:
+    def _read_vectors(self, *, header_only: bool = False) -> Any:
+        """The saved FAISS index if it matches the store (its header alone with header_only);
+        ArtifactMismatchError otherwise. A stale file is recognised without reading its vectors."""
         file = self.path / VECTORS_FILE
+        fp, version, source = self._vectors_fingerprint(), self.store.data_version, f"vector index {file}"
         try:
-            data = file.read_bytes()
+            with open(file, "rb") as f:
+                if header_only:
+                    return vindex.header(f, fingerprint=fp, generation=version, source=source)
+                return vindex.from_file(f, fingerprint=fp, generation=version, use_gpu=self.config.index.gpu,
+                                        source=source)
         except OSError as e:
             raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e
-        return vindex.from_bytes(data, fingerprint=fingerprint, generation=generation, use_gpu=use_gpu,
-                                 source=f"vector index {file}")
 
     # --- query ------------------------------------------------------------------------------
     def query_tokens(self, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None
@@ -473,8 +475,8 @@ class Index:
                 out[i] = local.unpack(blob[0], blob[1], blob[2], pca.dim)
         if missing:
             paths = self.store.paths(missing)
+            by_path = {p: i for i, p in paths.items()}
             for group in self.embed_files([paths[i] for i in missing], workers=0):
-                by_path = {p: i for i, p in paths.items()}
                 for item in group:
                     if isinstance(item, Embedding):
                         out[by_path[item.decoded.path]] = local.select(item.patches, item.grid, pca)
@@ -543,8 +545,8 @@ class Index:
         files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
         vec_meta: dict[str, Any] = {"fresh": False}
         try:
-            v = self._load_vectors(self._vectors_fingerprint(), self._version(), use_gpu=False)
-            vec_meta = {"fresh": True, "kind": v.kind, "vectors": v.ntotal, "dim": v.dim}
+            head = self._read_vectors(header_only=True)
+            vec_meta = {"fresh": True, "kind": head["kind"], "vectors": head["ntotal"], "dim": head["dim"]}
         except ArtifactMismatchError:
             pass
         return {
