@@ -8,6 +8,7 @@ returns (scores, ids), each (m, k), best first, id -1 where fewer than k exist.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -27,27 +28,79 @@ AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/benc
 
 @dataclass
 class VectorIndex:
+    """`faiss_index` always lives in host memory (it is what gets saved); `exact_on`, when set,
+    is a copy of an exact index's vectors on a GPU that answers the searches."""
+
     faiss_index: Any
     kind: str
     dim: int
     fingerprint: str
     generation: int
+    exact_on: TorchExact | None = None
 
     @property
     def ntotal(self) -> int:
         return int(self.faiss_index.ntotal)
+
+    def on_device(self, device: str) -> VectorIndex:
+        """This exact index with its searches run by PyTorch on `device` (used for "cuda"; any
+        torch device works, which is how the CPU tests check it against FAISS)."""
+        if self.kind != "flat":
+            raise ValueError(f"only exact (flat) indexes search on a device, not {self.kind!r}")
+        return dataclasses.replace(self, exact_on=TorchExact.of(self.faiss_index, device))
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq = _as_vectors(xq, self.dim, "query")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         k_eff = min(k, max(self.ntotal, 1))
-        scores, ids = self.faiss_index.search(xq, k_eff)
+        searcher = self.exact_on or self.faiss_index
+        scores, ids = searcher.search(xq, k_eff)
         if k_eff < k:
             pad = ((0, 0), (0, k - k_eff))
             scores = np.pad(scores, pad, constant_values=-np.inf)
             ids = np.pad(ids, pad, constant_values=-1)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TorchExact:
+    """Exact inner-product search as matrix products on a torch device: the GPU path.
+
+    Chosen over FAISS's GPU builds: the PyPI faiss-gpu-cu12 1.14 wheel has no kernels for
+    Hopper GPUs (H100/H200) and aborts the whole process on its first search there
+    (docs/throughput.md), while PyTorch is already installed for the model and runs everywhere.
+    Scores are fp32 products (TF32 stays off, PyTorch's default), so results equal FAISS's up to
+    float rounding and the order of exact ties.
+    """
+
+    vectors: Any  # torch.Tensor (n, d) float32
+    ids: Any  # torch.Tensor (n,) int64
+    max_scores: int = 1 << 28  # scores held at once (1 GB): queries are searched in chunks
+
+    @classmethod
+    def of(cls, faiss_index: Any, device: str) -> TorchExact:
+        import faiss
+        import torch
+
+        n = int(faiss_index.ntotal)
+        inner = faiss.downcast_index(faiss_index.index)  # IndexIDMap2 over IndexFlatIP: rows in insertion order
+        ids = faiss.vector_to_array(faiss_index.id_map)
+        xb = inner.reconstruct_n(0, n) if n else np.zeros((0, faiss_index.d), np.float32)
+        return cls(torch.from_numpy(np.ascontiguousarray(xb, np.float32)).to(device),
+                   torch.from_numpy(np.ascontiguousarray(ids, np.int64)).to(device))
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        q = torch.from_numpy(xq).to(self.vectors.device)
+        step = max(1, self.max_scores // max(len(self.vectors), 1))
+        scores, ids = [], []
+        for start in range(0, len(q), step):
+            s, j = torch.topk(q[start:start + step] @ self.vectors.T, k, dim=1)
+            scores.append(s)
+            ids.append(self.ids[j])
+        return torch.cat(scores).cpu().numpy(), torch.cat(ids).cpu().numpy()
 
 
 def _as_vectors(x: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -101,27 +154,24 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
         index.add_with_ids(xb, ids)
     if chosen == "ivf":
         inner.make_direct_map()  # so vectors can be read back by id (query expansion)
-    if chosen == "flat" and _want_gpu(use_gpu):
-        index = _to_gpu(index)
-    return VectorIndex(index, chosen, d, fingerprint, generation)
+    return _placed(VectorIndex(index, chosen, d, fingerprint, generation), use_gpu)
 
 
-def _want_gpu(use_gpu: bool | None) -> bool:
-    import faiss
+def _placed(index: VectorIndex, use_gpu: bool | None) -> VectorIndex:
+    """An exact index moved to the GPU when asked (True) or when one is present (None)."""
+    if index.kind != "flat" or use_gpu is False:
+        return index
+    import torch
 
-    has = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if use_gpu and not has:
-        log.warning("faiss has no GPU support here; searching on the CPU")
-    return has if use_gpu is None else bool(use_gpu and has)
-
-
-def _to_gpu(index: Any) -> Any:  # pragma: no cover - needs a CUDA build of faiss
-    import faiss
-
-    res = faiss.StandardGpuResources()
-    gpu = faiss.index_cpu_to_gpu(res, 0, index)
-    gpu.referenced_resources = res  # type: ignore[attr-defined]
-    return gpu
+    if not torch.cuda.is_available():
+        if use_gpu:
+            log.warning("no CUDA device here; searching on the CPU")
+        return index
+    try:
+        return index.on_device("cuda")
+    except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU too small for the vectors
+        log.warning("the %d vectors do not fit in GPU memory; searching on the CPU", index.ntotal)
+        return index
 
 
 def to_bytes(index: VectorIndex) -> bytes:
@@ -129,8 +179,6 @@ def to_bytes(index: VectorIndex) -> bytes:
     import faiss
 
     cpu = index.faiss_index
-    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(cpu).__name__:  # pragma: no cover
-        cpu = faiss.index_gpu_to_cpu(cpu)
     meta = json.dumps({"kind": index.kind, "dim": index.dim, "fingerprint": index.fingerprint,
                        "generation": index.generation, "ntotal": index.ntotal})
     buf = io.BytesIO()
@@ -170,9 +218,7 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool |
     index = faiss.deserialize_index(raw)
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
-    if meta["kind"] == "flat" and _want_gpu(use_gpu):
-        index = _to_gpu(index)
-    return VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]))
+    return _placed(VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"])), use_gpu)
 
 
 def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool | None = None,

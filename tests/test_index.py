@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,12 +28,15 @@ def test_flat_equals_brute_force(n, d, k, seed):
     xb, xq = _unit(n, d, seed), _unit(5, d, seed + 1)
     ids = np.random.default_rng(seed).permutation(10_000)[:n].astype(np.int64)
     idx = vindex.build(xb, ids, kind="flat", fingerprint="f", generation=1)
-    scores, got = idx.search(xq, k)
+    on_torch = idx.on_device("cpu")  # the GPU search path, run by torch on this CPU
+    chunked = dataclasses.replace(on_torch, exact_on=dataclasses.replace(on_torch.exact_on, max_scores=2 * n))
     want_s, want_i = _brute(xb, ids, xq, min(k, n))
-    np.testing.assert_allclose(scores[:, :min(k, n)], want_s, atol=1e-5)
-    assert (got[:, :min(k, n)] == want_i).all()
-    if k > n:  # padded, never invented
-        assert (got[:, n:] == -1).all() and np.isneginf(scores[:, n:]).all()
+    for searcher in (idx, on_torch, chunked):
+        scores, got = searcher.search(xq, k)
+        np.testing.assert_allclose(scores[:, :min(k, n)], want_s, atol=1e-5)
+        assert (got[:, :min(k, n)] == want_i).all()
+        if k > n:  # padded, never invented
+            assert (got[:, n:] == -1).all() and np.isneginf(scores[:, n:]).all()
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -67,3 +72,5 @@ def test_validation():
     with pytest.raises(ValueError, match=r"\(n, 4\)"):
         idx.search(np.zeros((1, 5), np.float32), 1)
     assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "ivf"
+    with pytest.raises(ValueError, match="only exact"):
+        vindex.build(_unit(50, 4, 0), np.arange(50), kind="hnsw", fingerprint="f", generation=0).on_device("cpu")
