@@ -234,6 +234,8 @@ def index(
     batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default 16).")] = None,
     workers: Workers = None,
     device: Device = None,
+    decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
+                                                                "model runs on one; default), cpu or gpu.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 (default), bf16, fp16 (new index only).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
     multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
@@ -269,6 +271,7 @@ def index(
     put("whitening", "enabled", whitening)
     put(None, "batch_size", batch)
     put(None, "workers", workers)
+    put(None, "decode", decode)
     where = _index_dir(index)
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         task = bar.add_task("indexing", total=None, rate="")

@@ -81,10 +81,13 @@ class EngineConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     batch_size: int = 16
     workers: int | None = None  # decoder processes; None: cores - 1
+    decode: str = "auto"  # where plain JPEGs are decoded: auto (the GPU when the model runs on one) | cpu | gpu
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.decode not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"unknown decode {self.decode!r}; valid: auto, cpu, gpu")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import math
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ IMAGE_EXTENSIONS = frozenset(
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _WHITE = (255, 255, 255)
+
+
+def worker_init() -> None:  # pragma: no cover - runs in decoder worker processes
+    """Initialiser of decoder processes. It lives here, not in the engine, because a spawned
+    worker imports the initialiser's module: from the engine that would load torch in every one
+    (1.5 s each on the 2-core machine, and far more memory)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, between batches
 
 
 def register_heif() -> bool:
@@ -269,19 +277,46 @@ def preprocess(
     return prepare(im, size=size, patch_size=patch_size, mean=mean, std=std, box=box), original
 
 
+def model_pixels(im: Image.Image, *, size: int, patch_size: int) -> np.ndarray:
+    """Decoded image -> the model's input pixels: uint8 (H, W, 3), resized as `resize_for_model`.
+
+    The engine normalises them where the model runs; `normalize` is the same arithmetic in numpy.
+    """
+    return np.array(resize_for_model(im, size=size, patch_size=patch_size).convert("RGB"), dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class PreparedFile:
-    """A file read once: model inputs at each size (3, H, W), original upright (w, h), sha256, bytes."""
+    """A file read once: uint8 model pixels (H, W, 3) at each size, original upright (w, h), sha256, bytes."""
 
-    arrays: tuple[np.ndarray, ...]
+    pixels: tuple[np.ndarray, ...]
     size: tuple[int, int]
     sha256: str
     nbytes: int
 
 
-def prepare_file(path: str, *, sizes: tuple[int, ...], patch_size: int, mean: Sequence[float],
-                 std: Sequence[float], max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedFile:
-    """Read a file once, hash those bytes and decode them, then prepare one model input per size.
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A plain 8-bit JPEG left encoded, for a batched decode on the GPU: its bytes, EXIF orientation
+    (1-8), the model input size (w, h) at each scale, original upright (w, h), sha256, bytes."""
+
+    data: bytes
+    orientation: int
+    targets: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+    sha256: str
+    nbytes: int
+
+
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
+
+
+def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+              keep_jpeg: bool = False) -> PreparedFile | EncodedJpeg:
+    """Read a file once and hash those bytes; then decode and prepare it (`prepare_bytes`), or, with
+    `keep_jpeg`, leave a plain 8-bit RGB or grey JPEG that ends cleanly encoded for the GPU decoder
+    (its header checked here exactly as `decode` checks it). Anything else (CMYK, MPO, truncated
+    files, other formats) is decoded here, so the errors users see never depend on the decoder.
 
     Runs in decoder worker processes: this module imports neither torch nor the engine.
     Raises BadImageError.
@@ -292,6 +327,43 @@ def prepare_file(path: str, *, sizes: tuple[int, ...], patch_size: int, mean: Se
     except OSError as e:
         raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
     digest = hashlib.sha256(data).hexdigest()
+    if keep_jpeg:
+        encoded = _plain_jpeg(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest)
+        if encoded is not None:
+            return encoded
+    return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest)
+
+
+def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, digest: str | None = None) -> PreparedFile:
+    """Decode a file's bytes and prepare the model pixels at each size. Raises BadImageError."""
     im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes))
-    arrays = tuple(prepare(im, size=s, patch_size=patch_size, mean=mean, std=std) for s in sizes)
-    return PreparedFile(arrays, original, digest, len(data))
+    pixels = tuple(model_pixels(im, size=s, patch_size=patch_size) for s in sizes)
+    return PreparedFile(pixels, original, digest or hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _plain_jpeg(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int,
+                digest: str) -> EncodedJpeg | None:
+    """An EncodedJpeg if `data` is a JPEG the GPU decoder handles exactly like Pillow, else None."""
+    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None  # not a JPEG, or truncated / trailing data: Pillow decides what to do with it
+    try:
+        with pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            _check_header(Path(path), im, max_pixels)
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # corrupt EXIF counts as upright, as in _exif_upright
+                orientation = 1
+            w, h = im.size
+    except BadImageError:
+        raise
+    except Exception:  # anything odd about the header: let the full decode produce the error
+        return None
+    if orientation not in range(1, 9):
+        orientation = 1
+    if orientation in _SWAPS_SIDES:
+        w, h = h, w
+    targets = tuple(target_size(w, h, size=s, patch_size=patch_size) for s in sizes)
+    return EncodedJpeg(data, orientation, targets, (w, h), digest, len(data))

@@ -3,6 +3,7 @@
 
     python scripts/bench_index.py [--images 40] [--size 224] [--dtype fp32|bf16] [--batch 16]
                                   [--workers N] [--folder DIR] [--model dinov2_vits14 --weights FILE]
+                                  [--device cuda --decode auto|cpu|gpu --parts model,index]
 
 Measured in one run, each part in its own process (so each peak RSS is its own):
   (a) naive: per image, PIL full decode, resize 256 + centre crop 224, ViT forward one image at a
@@ -36,25 +37,43 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
-def make_photos(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
+def make_photo(i: int, folder: Path) -> Path:
+    """Photo i of the mix: even ones 12 MP, odd ones 2 MP, every fifth one portrait."""
+    rng = np.random.default_rng(i)
+    w, h = (4000, 3000) if i % 2 == 0 else (1600, 1200)
+    if i % 5 == 4:
+        w, h = h, w
+    small = Image.fromarray(rng.integers(0, 255, (h // 50, w // 50, 3), dtype=np.uint8), "RGB")
+    im = small.resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+    d = ImageDraw.Draw(im)
+    for _ in range(20):
+        x0, y0 = int(rng.integers(0, w - 100)), int(rng.integers(0, h - 100))
+        d.rectangle((x0, y0, x0 + int(rng.integers(50, w // 3)), y0 + int(rng.integers(50, h // 3))),
+                    fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    noise = rng.normal(0, 6, (h, w, 3))
+    im = Image.fromarray(np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8), "RGB")
+    p = folder / f"photo_{i:05d}.jpg"
+    im.save(p, quality=90)
+    return p
+
+
+def make_photos(folder: Path, n: int, distinct: int | None = None) -> list[Path]:
+    """n photo-like JPEGs. With `distinct` < n, that many are drawn (in parallel) and the rest are
+    byte-level variants of them (a comment segment after the start marker): same decode work,
+    distinct files and hashes, minutes less to make on a large run."""
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        w, h = (4000, 3000) if i % 2 == 0 else (1600, 1200)
-        if i % 5 == 4:
-            w, h = h, w
-        small = Image.fromarray(rng.integers(0, 255, (h // 50, w // 50, 3), dtype=np.uint8), "RGB")
-        im = small.resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
-        d = ImageDraw.Draw(im)
-        for _ in range(20):
-            x0, y0 = int(rng.integers(0, w - 100)), int(rng.integers(0, h - 100))
-            d.rectangle((x0, y0, x0 + int(rng.integers(50, w // 3)), y0 + int(rng.integers(50, h // 3))),
-                        fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        noise = rng.normal(0, 6, (h, w, 3))
-        im = Image.fromarray(np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8), "RGB")
-        p = folder / f"photo_{i:04d}.jpg"
-        im.save(p, quality=90)
+    k = min(n, distinct or n)
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        base = list(pool.map(partial(make_photo, folder=folder), range(k)))
+    out = list(base)
+    for i in range(k, n):
+        data = base[i % k].read_bytes()
+        note = f"copy {i}".encode()
+        p = folder / f"photo_{i:05d}.jpg"
+        p.write_bytes(data[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + data[2:])
         out.append(p)
     return out
 
@@ -100,13 +119,14 @@ def part_naive(files: list[Path], weights: str, model: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def part_model(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int) -> dict:
+def part_model(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int,
+               device: str = "cpu") -> dict:
     import torch
 
     from retrieval import load_backbone
     from retrieval.images import target_size
 
-    bb = load_backbone(model, weights=weights, device="cpu", dtype=dtype)
+    bb = load_backbone(model, weights=weights, device=device, dtype=dtype)
     shapes: dict[tuple[int, int], int] = {}
     for f in files:
         with Image.open(f) as im:
@@ -115,20 +135,33 @@ def part_model(files: list[Path], weights: str, model: str, size: int, dtype: st
     batches = []
     for (h, w), count in shapes.items():
         for start in range(0, count, batch):
-            batches.append(torch.randn(min(batch, count - start), 3, h, w))
-    bb.encode(batches[0][:1])  # warm-up
+            batches.append(torch.randn(min(batch, count - start), 3, h, w, device=bb.device))
+    for x in batches[:3]:  # warm-up (on CUDA: kernel selection for each shape)
+        bb.encode(x)
+    sync = torch.cuda.synchronize if bb.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for x in batches:
         bb.encode(x)
+    sync()
     return {"seconds": time.perf_counter() - t0}
 
 
 def part_index(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int,
-               workers: int | None, out: Path) -> dict:
+               workers: int | None, out: Path, device: str = "cpu", decode: str = "auto",
+               readers: str | None = None) -> dict:
     from retrieval import Index
 
-    cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype}, "image": {"size": size},
-           "batch_size": batch, "workers": workers, "whitening": {"enabled": False}}
+    if readers:  # A/B of the decoder pool kind (the engine picks it from the decode mode)
+        from functools import partial
+
+        from retrieval.engine import indexer
+
+        indexer.decoded_stream = partial(indexer.decoded_stream, threads=readers == "threads")  # type: ignore[assignment]
+
+    cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype, "device": device},
+           "image": {"size": size}, "batch_size": batch, "workers": workers, "decode": decode,
+           "whitening": {"enabled": False}}
     with Index.open_or_create(out, cfg) as idx:
         idx.backbone()  # load outside the timed region, as (a) and (b) do
         t0 = time.perf_counter()
@@ -186,7 +219,9 @@ def compare_dtypes(weights: str, model: str, size: int, folder: Path) -> None:
 def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--weights", weights,
            "--model", args.model, "--size", str(args.size), "--dtype", args.dtype, "--batch", str(args.batch),
-           "--out", str(tmp / f"index-{part}")]
+           "--out", str(tmp / f"index-{part}"), "--device", args.device, "--decode", args.decode]
+    if args.readers:
+        cmd += ["--readers", args.readers]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -209,46 +244,74 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--memory", help="comma-separated collection sizes for the peak-RSS check")
     ap.add_argument("--compare-dtypes", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where (b) and (c) run; (a) stays on the CPU")
+    ap.add_argument("--decode", default="auto", help="(c): where JPEGs are decoded (auto, cpu, gpu)")
+    ap.add_argument("--parts", default="naive,model,index", help="which of naive, model, index to run")
+    ap.add_argument("--readers", choices=["threads", "processes"], help="(c): force the decoder pool kind")
+    ap.add_argument("--distinct", type=int, help="draw only this many photos, the rest byte-level variants")
     args = ap.parse_args()
     if args.part:  # one measurement, in this process
         files = sorted(p for p in args.folder.iterdir() if p.suffix == ".jpg")
         if args.part == "naive":
             r = part_naive(files, args.weights, args.model)
         elif args.part == "model":
-            r = part_model(files, args.weights, args.model, args.size, args.dtype, args.batch)
+            r = part_model(files, args.weights, args.model, args.size, args.dtype, args.batch, args.device)
         else:
-            r = part_index(files, args.weights, args.model, args.size, args.dtype, args.batch, args.workers, args.out)
+            r = part_index(files, args.weights, args.model, args.size, args.dtype, args.batch, args.workers, args.out,
+                           args.device, args.decode, args.readers)
         print(json.dumps({**r, "images": len(files), "peak_rss_mb": peak_rss_mb()}))
         return
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         folder = args.folder or tmp / "photos"
         if args.folder is None and not args.memory:
-            make_photos(folder, args.images)
+            make_photos(folder, args.images, args.distinct)
         weights = args.weights
         if weights is None:
-            import timm
-            import torch
-
-            m = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0)
-            sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
-            sd["mask_token"] = torch.zeros(1, 384)
-            weights = str(tmp / "vits14_random.pth")
-            torch.save(sd, weights)
+            weights = random_checkpoint(args.model, tmp)
         if args.memory:
             memory_check(args, [int(v) for v in args.memory.split(",")], weights, tmp)
             return
         if args.compare_dtypes:
             compare_dtypes(weights, args.model, args.size, folder)
             return
-        results = {part: run_part(args, part, folder, weights, tmp) for part in ("naive", "model", "index")}
+        parts = [p for p in ("naive", "model", "index") if p in args.parts.split(",")]
+        results = {part: run_part(args, part, folder, weights, tmp) for part in parts}
     rate = {k: v["images"] / v["seconds"] for k, v in results.items()}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.model}, size {args.size}, {args.dtype}, "
-          f"batch {args.batch}, {results['index']['images']} JPEGs (12 MP / 2 MP mix)")
+    n = next(iter(results.values()))["images"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {device_name(args.device)}; {args.model}, size "
+          f"{args.size}, {args.dtype}, batch {args.batch}, decode {args.decode}, {n} JPEGs (12 MP / 2 MP mix)")
     for k, label in (("naive", "(a) naive loop"), ("model", "(b) model only"), ("index", "(c) retrieve index")):
-        print(f"{label:22s} {rate[k]:7.2f} img/s   peak RSS {results[k]['peak_rss_mb']:7.0f} MB")
-    print(f"c/b = {rate['index'] / rate['model']:.2f}   c/a = {rate['index'] / rate['naive']:.2f}   "
-          f"stored {results['index']['bytes_per_image'] / 1024:.1f} KB per image")
+        if k in results:
+            print(f"{label:22s} {rate[k]:7.2f} img/s   peak RSS {results[k]['peak_rss_mb']:7.0f} MB")
+    ratios = [f"c/{k[0]} = {rate['index'] / rate[k]:.2f}" for k in ("model", "naive") if k in rate and "index" in rate]
+    if "index" in results:
+        ratios.append(f"stored {results['index']['bytes_per_image'] / 1024:.1f} KB per image")
+    print("   ".join(ratios).replace("c/m", "c/b").replace("c/n", "c/a"))
+
+
+def random_checkpoint(model: str, folder: Path) -> str:
+    """A checkpoint of `model` in the official layout with trained-like random values."""
+    import timm
+    import torch
+
+    from retrieval.backbone.registry import registry
+
+    arch = registry()[model]
+    m = timm.create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0)
+    sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
+    sd["mask_token"] = torch.zeros(1, arch.dim)
+    path = folder / f"{model}_random.pth"
+    torch.save(sd, path)
+    return str(path)
+
+
+def device_name(device: str) -> str:
+    if not device.startswith("cuda"):
+        return "CPU"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 if __name__ == "__main__":

@@ -1,33 +1,35 @@
-"""Files -> decoded pixels (worker processes) -> batched forward passes -> tokens."""
+"""Files -> decoded pixels (worker processes, or the GPU for plain JPEGs) -> batched forward passes -> tokens."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
-from .. import images
+from .. import images, jpeg_gpu
 from ..backbone import Backbone
 from ..config import ImageConfig
 from ..errors import BadImageError
 from ..types import TokenBatch
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Decoded:
-    """One file, decoded and prepared at every scale. arrays[i]: (3, H, W) float32."""
+    """One file, decoded and resized for every scale. pixels[i]: uint8 (3, H, W), on the CPU or,
+    when decoded there, on the model's device."""
 
     index: int
     path: str
-    arrays: tuple[np.ndarray, ...]
+    pixels: tuple[torch.Tensor, ...]
     size: tuple[int, int]  # original upright (width, height)
     sha256: str
     nbytes: int
@@ -48,6 +50,9 @@ class Batch:
     tokens: TokenBatch
 
 
+DECODERS = ("auto", "cpu", "gpu")
+
+
 def default_workers() -> int:
     """Decoder processes. On 2 cores or fewer, decoding inline (0) measured faster than a worker
     process competing with the model's threads (scripts/bench_index.py, docs/throughput.md);
@@ -56,37 +61,40 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
-def _result(index: int, path: str, get: Callable[[], images.PreparedFile]) -> Decoded | Skipped:
-    """Run `get` (a decode, or a worker's future) and wrap its outcome."""
-    try:
-        pf = get()
-    except BadImageError as e:
-        return Skipped(index, path, e.reason)
-    return Decoded(index, path, pf.arrays, pf.size, pf.sha256, pf.nbytes)
+def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
+    """Where plain JPEGs are decoded: the model's CUDA device ("gpu", or "auto" when nvJPEG is
+    there), or None for Pillow in the decoder processes ("cpu", or "auto" on a CPU)."""
+    if decode not in DECODERS:
+        raise ValueError(f"unknown decoder {decode!r}; valid: {', '.join(DECODERS)}")
+    if decode == "cpu" or not jpeg_gpu.available(device):
+        if decode == "gpu":
+            log.warning("JPEG decoding on the GPU needs a CUDA device and torchvision's nvJPEG; decoding on the CPU")
+        return None
+    return device
 
 
-def _ignore_sigint() -> None:  # pragma: no cover - runs in worker processes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, between batches
+def _pixels(pf: images.PreparedFile) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels)
 
 
-def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
-                   workers: int | None = None, window: int = 64) -> Iterator[Decoded | Skipped]:
-    """Decode `paths` in input order, `workers` processes ahead of the caller (0: inline).
+Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
 
-    At most `window` files are in flight, so memory stays flat however many paths there are.
-    """
-    sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
-    # a module-level function of a module without torch, so worker processes start light
-    job = partial(images.prepare_file, sizes=sizes, patch_size=backbone.patch_size, mean=tuple(backbone.mean),
-                  std=tuple(backbone.std), max_pixels=image.max_pixels)
-    n_workers = default_workers() if workers is None else workers
-    if n_workers <= 0 or len(paths) <= 1:
+
+def _reads(paths: Sequence[str], job: Callable[[str], images.PreparedFile | images.EncodedJpeg], workers: int,
+           window: int, threads: bool) -> Iterator[tuple[int, str, Read]]:
+    """(index, path, a call giving the file read and prepared), in input order: run inline, or by
+    `workers` processes (threads) with at most `window` files in flight, so memory stays flat."""
+    if workers <= 0 or len(paths) <= 1:
         for i, p in enumerate(paths):
-            yield _result(i, p, partial(job, p))
+            yield i, p, partial(job, p)
         return
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
-    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_ignore_sigint)
-    pending: deque[tuple[int, str, Future[images.PreparedFile]]] = deque()
+    pool: Executor
+    if threads:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieval-read")
+    else:  # spawn: never fork a process that holds torch threads
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=images.worker_init)
+    pending: deque[tuple[int, str, Future[images.PreparedFile | images.EncodedJpeg]]] = deque()
     try:
         todo = iter(enumerate(paths))
         for i, p in todo:
@@ -98,9 +106,63 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
             nxt = next(todo, None)
             if nxt is not None:
                 pending.append((nxt[0], nxt[1], pool.submit(job, nxt[1])))
-            yield _result(i, p, future.result)
+            yield i, p, future.result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
+                   workers: int | None = None, window: int = 64, jpegs_on: torch.device | None = None,
+                   jpeg_batch: int = 32, threads: bool | None = None) -> Iterator[Decoded | Skipped]:
+    """Read and decode `paths`, `workers` processes ahead of the caller (0: inline).
+
+    With `jpegs_on`, plain JPEGs are decoded there in batches of `jpeg_batch` (see jpeg_device);
+    everything else, and any file that device refuses, is decoded by Pillow. Results come in
+    input order except that such JPEGs come when their batch is decoded. The readers are then
+    threads (`threads` None): they mostly read and hash, which release the GIL, and a process
+    would have to send each file's bytes back through a pipe.
+    """
+    sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
+    # a module-level function of a module without torch, so worker processes start light
+    job = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
+                  keep_jpeg=jpegs_on is not None)
+    n_workers = default_workers() if workers is None else workers
+    held: list[tuple[int, str, images.EncodedJpeg]] = []
+    use_threads = jpegs_on is not None if threads is None else threads
+    for i, p, read in _reads(paths, job, n_workers, window, use_threads):
+        try:
+            got = read()
+        except BadImageError as e:
+            yield Skipped(i, p, e.reason)
+            continue
+        if isinstance(got, images.PreparedFile):
+            yield Decoded(i, p, _pixels(got), got.size, got.sha256, got.nbytes)
+            continue
+        held.append((i, p, got))
+        if len(held) >= jpeg_batch:
+            yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size, image.max_pixels)
+            held = []
+    yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size, image.max_pixels)
+
+
+def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], device: torch.device, sizes: tuple[int, ...],
+                  patch_size: int, max_pixels: int) -> Iterator[Decoded | Skipped]:
+    if not held:
+        return
+    pictures = jpeg_gpu.decode([e.data for _, _, e in held], device)
+    for (i, p, e), x in zip(held, pictures):
+        if x is not None:
+            x = jpeg_gpu.upright(x, e.orientation)
+        if x is None or (x.shape[-1], x.shape[-2]) != e.size:
+            try:
+                pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
+                                          digest=e.sha256)
+            except BadImageError as err:
+                yield Skipped(i, p, err.reason)
+                continue
+            yield Decoded(i, p, _pixels(pf), pf.size, pf.sha256, pf.nbytes)
+            continue
+        yield Decoded(i, p, tuple(jpeg_gpu.resize(x, t) for t in e.targets), e.size, e.sha256, e.nbytes)
 
 
 def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, batch_size: int,
@@ -120,7 +182,7 @@ def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, 
         if isinstance(item, Skipped):
             yield item
             continue
-        for s, x in enumerate(item.arrays):
+        for s, x in enumerate(item.pixels):
             key = tuple(x.shape)
             buckets.setdefault(key, []).append((item, s))
             buffered += 1
@@ -135,10 +197,20 @@ def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, 
         yield _run(backbone, buckets.pop(key))
 
 
+def normalize(x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (n, 3, H, W) -> float32, the same arithmetic as images.normalize (bit for bit on a CPU)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.to(torch.float32) / 255.0 - m) / s
+
+
 def _run(backbone: Backbone, items: list[tuple[Decoded, int]]) -> Batch:
-    x = torch.from_numpy(np.stack([d.arrays[s] for d, s in items]))
-    if backbone.device.type == "cuda":  # page-locked, so the copy in encode() runs asynchronously
-        x = x.pin_memory()
-    return Batch(tuple(items), backbone.encode(x))
-
-
+    xs = [d.pixels[s] for d, s in items]
+    if all(t.device.type == "cpu" for t in xs):
+        x = torch.stack(xs)
+        if backbone.device.type == "cuda":  # page-locked: the copy runs asynchronously
+            x = x.pin_memory()
+        x = x.to(backbone.device, non_blocking=True)
+    else:  # some were decoded on the GPU, others (PNGs, files it refused) by Pillow
+        x = torch.stack([t.to(backbone.device) for t in xs])
+    return Batch(tuple(items), backbone.encode(normalize(x, mean=backbone.mean, std=backbone.std)))

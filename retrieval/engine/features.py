@@ -13,7 +13,7 @@ from .. import images, visualize
 from ..backbone import Backbone, load_backbone
 from ..config import BackboneConfig, ImageConfig
 from ..errors import RetrievalError
-from .embedding import Batch, Skipped, decoded_stream, forward_batches
+from .embedding import Batch, Skipped, decoded_stream, forward_batches, jpeg_device
 from .files import atomic_write
 
 
@@ -34,12 +34,13 @@ class Embedded:
 
 
 def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
-          workers: int | None = None) -> Iterator[Embedded | Skipped]:
+          workers: int | None = None, decode: str = "auto") -> Iterator[Embedded | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
-    Every input yields exactly one Embedded or Skipped.
+    Every input yields exactly one Embedded or Skipped. `decode`: see embedding.jpeg_device.
     """
-    stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers)
+    stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers,
+                            jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size)
     for out in forward_batches(stream, backbone=backbone, batch_size=batch_size):
         if isinstance(out, Skipped):
             yield out

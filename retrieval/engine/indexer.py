@@ -35,7 +35,7 @@ from ..discover import discover
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
 from ..local import LocalPCA
 from ..store import PathFilter, Store, Upsert
-from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches
+from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
 from .files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,8 @@ class Index:
         """Descriptor results, grouped per forward pass (the unit committed to the store)."""
         bb = self.backbone()
         stream = decoded_stream(paths, backbone=bb, image=self.config.image, scales=self.config.pooling.scales,
-                                workers=self.config.workers if workers is None else workers)
+                                workers=self.config.workers if workers is None else workers,
+                                jpegs_on=jpeg_device(self.config.decode, bb.device), jpeg_batch=self.config.batch_size)
         partial: dict[int, dict[str, Any]] = {}
         group: list[Embedding | Skipped] = []
         for out in forward_batches(stream, backbone=bb, batch_size=self.config.batch_size):
