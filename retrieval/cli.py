@@ -236,7 +236,8 @@ def index(
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
                                                                 "model runs on one; default), cpu or gpu.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 (default), bf16, fp16 (new index only).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="auto (default: bf16 where the hardware computes it "
+                                                              "natively, else fp32), fp32, bf16, fp16; new index only.")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
     multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,

@@ -22,7 +22,7 @@ class BackboneConfig:
     name: str = "dinov2_vits14"
     weights: str | None = None  # local file; None = official checkpoint (cache or download)
     device: str | None = None  # None = cuda when available, else cpu
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (the last two by autocast)
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (by autocast); an index stores what auto resolved to
 
 
 @dataclass(frozen=True)

@@ -469,3 +469,28 @@ def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch):
     with Index.open(tmp_path / "ix") as idx:
         idx.search(files[0], k=1)
     assert len(calls) == 1  # touched: hashed again (and still the same bytes, so accepted)
+
+
+def test_auto_dtype_is_resolved_once_and_stored(tmp_path, monkeypatch):
+    import torch
+
+    from retrieval.backbone import native_dtype
+
+    photos = tmp_path / "photos"
+    make_folder(photos, range(2))
+    want = native_dtype(torch.device("cpu"))
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
+        assert idx.config.backbone.dtype == want  # concrete, never "auto"
+        idx.update([photos])
+        assert idx.backbone().dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
+    # another machine (no native bf16) opening it keeps the index's dtype
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_dtype(torch.device("cpu")) == "fp32"
+    with Index.open_or_create(tmp_path / "ix", {}) as idx:
+        assert idx.config.backbone.dtype == want
+    with Index.open_or_create(tmp_path / "new", {"backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
+        assert idx.config.backbone.dtype == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    with Index.open_or_create(tmp_path / "newer", {"backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
+        assert idx.config.backbone.dtype == "bf16"

@@ -140,15 +140,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def native_dtype(device: torch.device) -> str:
+    """"bf16" where the hardware computes it natively (a CUDA GPU with bf16, or an x86 CPU with
+    AVX-512 BF16 or AMX), else "fp32". What "auto" means: docs/throughput.md has the measured speed
+    and token differences that make bf16 the choice there."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        try:
+            native = any(p() for p in probes if p is not None)
+        except Exception:  # private probes of torch.cpu: a change there must never break loading
+            native = False
+        return "bf16" if native else "fp32"
+    return "fp32"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype:
+    """fp32 / bf16 / fp16, or "auto" (native_dtype of `device`, the CPU when None); None is fp32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype.lower() == "auto":
+        dtype = native_dtype(device or torch.device("cpu"))
     try:
         return _DTYPES[dtype.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: fp32, bf16, fp16") from None
+        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, fp32, bf16, fp16") from None
 
 
 def load_backbone(
@@ -165,7 +184,7 @@ def load_backbone(
     name: one of `backbone_names()`; `test_tiny` is a random 2-block ViT for tests.
     weights: a local checkpoint (official `.pth` key layout, or safetensors); None fetches the
     official checkpoint once into the torch hub cache (a clear error when offline).
-    dtype: fp32 (default), or bf16/fp16 run by autocast.
+    dtype: fp32 (default), or bf16/fp16 run by autocast, or auto (see native_dtype).
     hash_cache: remembers weights-file hashes by (path, size, mtime) across calls (see weights.file_id).
     """
     archs = registry()
@@ -183,4 +202,5 @@ def load_backbone(
         path = W.fetch_official(arch, cache_dir=cache_dir)
         W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
         weights_id = W.file_id(path, hash_cache)
-    return Backbone(arch, vit, device=resolve_device(device), dtype=resolve_dtype(dtype), weights_id=weights_id)
+    where = resolve_device(device)
+    return Backbone(arch, vit, device=where, dtype=resolve_dtype(dtype, where), weights_id=weights_id)

@@ -28,7 +28,7 @@ from .. import images, local, pooling
 from .. import rerank as rr
 from .. import index as vindex
 from .. import whitening as wh
-from ..backbone import Backbone, load_backbone
+from ..backbone import Backbone, load_backbone, native_dtype, resolve_device
 from ..backbone.weights import file_sha256
 from ..config import EngineConfig, deep_merge
 from ..discover import discover
@@ -154,6 +154,9 @@ class Index:
         except ValueError:
             store.close()
             raise
+        if config.backbone.dtype == "auto":  # an index keeps one concrete dtype, whichever machine opens it
+            concrete = native_dtype(resolve_device(config.backbone.device))
+            config = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, dtype=concrete))
         if store.count() == 0 and any(store.get_meta(k) is not None for k in ("weights_id", "local_pca", "whitening")):
             # an empty index may change its model freely: forget everything learned from the old one
             store.set_meta(weights_id=None, local_pca=None, whitening=None)
