@@ -51,7 +51,8 @@ Weights = Annotated[
 ]
 Size = Annotated[int, typer.Option("--size", help="Longer image side in pixels (a multiple of 14; others are rounded to one).")]
 Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
-Workers = Annotated[int | None, typer.Option("--workers", help="Decoder processes (default: cores - 1, or inline on 2 cores; 0 = inline).")]
+Workers = Annotated[int | None, typer.Option("--workers", help="Decoder processes (default: cores - 1 up to 8; on 2 "
+                                                               "cores or fewer 0: threads decode between forward passes).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]

@@ -61,7 +61,12 @@ def register_heif() -> bool:
 
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Scoped Pillow bomb limit: our own check rejects above `max_pixels`; Pillow only guards far above."""
+    """Scoped Pillow bomb limit: our own check rejects above `max_pixels`; Pillow only guards far above.
+
+    It changes process-wide state (Pillow's limit, the warnings filters), so threads that decode
+    at once must share one scope entered around all of them, and call the functions here with
+    scoped=False.
+    """
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
     try:
@@ -73,6 +78,10 @@ def pixel_limit(max_pixels: int) -> Iterator[None]:
                 log.debug("%s", w.message)
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def _limit(max_pixels: int, scoped: bool) -> contextlib.AbstractContextManager[None]:
+    return pixel_limit(max_pixels) if scoped else contextlib.nullcontext()
 
 
 def load_image(
@@ -99,10 +108,12 @@ def decode(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side_hint: int | None = None,
     data: bytes | None = None,
+    scoped: bool = True,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Like `load_image`, also returning the upright (width, height) of the full-size original.
 
     With `data`, the file's bytes already read by the caller are decoded (`path` names it in errors).
+    scoped=False: the caller holds `pixel_limit` (see there).
     """
     path = Path(path)
     if data is None:
@@ -117,7 +128,7 @@ def decode(
         raise BadImageError(path, "empty file (0 bytes)", fix="re-copy it from its source or delete it")
     register_heif()
     try:
-        with pixel_limit(max_pixels), Image.open(path if data is None else io.BytesIO(data)) as im:
+        with _limit(max_pixels, scoped), Image.open(path if data is None else io.BytesIO(data)) as im:
             _check_header(path, im, max_pixels)
             full = im.size
             if min_side_hint is not None and im.format == "JPEG":
@@ -312,14 +323,14 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 de
 
 
 def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-              keep_jpeg: bool = False) -> PreparedFile | EncodedJpeg:
+              keep_jpeg: bool = False, scoped: bool = True) -> PreparedFile | EncodedJpeg:
     """Read a file once and hash those bytes; then decode and prepare it (`prepare_bytes`), or, with
     `keep_jpeg`, leave a plain 8-bit RGB or grey JPEG that ends cleanly encoded for the GPU decoder
     (its header checked here exactly as `decode` checks it). Anything else (CMYK, MPO, truncated
     files, other formats) is decoded here, so the errors users see never depend on the decoder.
 
-    Runs in decoder worker processes: this module imports neither torch nor the engine.
-    Raises BadImageError.
+    Runs in decoder worker processes (this module imports neither torch nor the engine) or
+    threads (scoped=False, under one pixel_limit). Raises BadImageError.
     """
     try:
         with open(path, "rb") as f:
@@ -328,27 +339,29 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
         raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
     digest = hashlib.sha256(data).hexdigest()
     if keep_jpeg:
-        encoded = _plain_jpeg(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest)
+        encoded = _plain_jpeg(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
+                              scoped=scoped)
         if encoded is not None:
             return encoded
-    return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest)
+    return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
+                         scoped=scoped)
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, digest: str | None = None) -> PreparedFile:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, digest: str | None = None, scoped: bool = True) -> PreparedFile:
     """Decode a file's bytes and prepare the model pixels at each size. Raises BadImageError."""
-    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes))
+    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes), scoped=scoped)
     pixels = tuple(model_pixels(im, size=s, patch_size=patch_size) for s in sizes)
     return PreparedFile(pixels, original, digest or hashlib.sha256(data).hexdigest(), len(data))
 
 
 def _plain_jpeg(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int,
-                digest: str) -> EncodedJpeg | None:
+                digest: str, scoped: bool) -> EncodedJpeg | None:
     """An EncodedJpeg if `data` is a JPEG the GPU decoder handles exactly like Pillow, else None."""
     if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None  # not a JPEG, or truncated / trailing data: Pillow decides what to do with it
     try:
-        with pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+        with _limit(max_pixels, scoped), Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
             _check_header(Path(path), im, max_pixels)

@@ -188,3 +188,22 @@ def test_decoder_processes_do_not_load_torch(tiny, tmp_path: Path, monkeypatch) 
     code = f"import importlib, sys\nfor m in {sorted(modules)!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False", modules
+
+
+def test_decoding_in_threads_equals_inline_and_restores_global_state(tiny, awkward_dir: Path) -> None:
+    import warnings
+
+    paths = sorted(str(p) for p in awkward_dir.iterdir() if p.name != "MANIFEST.tsv")
+    before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters), warnings.showwarning)
+    image = ImageConfig(size=112)
+    threaded = {r.path: r for r in decoded_stream(paths, backbone=tiny, image=image, workers=0)}
+    inline = {r.path: r for r in decoded_stream(paths, backbone=tiny, image=image, workers=0, threads=False)}
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters), warnings.showwarning) == before
+    assert sorted(threaded) == sorted(inline) == paths
+    for p in paths:
+        a, b = threaded[p], inline[p]
+        assert type(a) is type(b), p
+        if isinstance(a, Skipped):
+            assert a.reason == b.reason, p  # type: ignore[union-attr]
+        else:
+            assert torch.equal(a.pixels[0], b.pixels[0]) and a.sha256 == b.sha256, p  # type: ignore[union-attr]

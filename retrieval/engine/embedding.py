@@ -7,7 +7,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -54,9 +55,9 @@ DECODERS = ("auto", "cpu", "gpu")
 
 
 def default_workers() -> int:
-    """Decoder processes. On 2 cores or fewer, decoding inline (0) measured faster than a worker
-    process competing with the model's threads (scripts/bench_index.py, docs/throughput.md);
-    with more cores, leave one for the model."""
+    """Decoder processes. On 2 cores or fewer none (0): decoding in this process's threads between
+    forward passes measured faster than a worker process competing with the model's threads
+    (scripts/bench_index.py, docs/throughput.md); with more cores, leave one for the model."""
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores - 1)
 
@@ -80,58 +81,82 @@ def _pixels(pf: images.PreparedFile) -> tuple[torch.Tensor, ...]:
 Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
 
 
-def _reads(paths: Sequence[str], job: Callable[[str], images.PreparedFile | images.EncodedJpeg], workers: int,
-           window: int, threads: bool) -> Iterator[tuple[int, str, Read]]:
-    """(index, path, a call giving the file read and prepared), in input order: run inline, or by
-    `workers` processes (threads) with at most `window` files in flight, so memory stays flat."""
-    if workers <= 0 or len(paths) <= 1:
+def _reads(paths: Sequence[str], read: Callable[..., images.PreparedFile | images.EncodedJpeg], *, processes: int,
+           threads: int, window: int, scope: Callable[[], AbstractContextManager[None]]
+           ) -> Iterator[tuple[int, str, Read]]:
+    """(index, path, a call giving the file read and prepared), in input order: by `processes`
+    spawned processes with at most `window` files in flight (memory stays flat), or by `threads`
+    in bursts (see _bursts), or inline when both are 0."""
+    if len(paths) <= 1 or (processes <= 0 and threads <= 0):
         for i, p in enumerate(paths):
-            yield i, p, partial(job, p)
+            yield i, p, partial(read, p)
         return
-    pool: Executor
-    if threads:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieval-read")
-    else:  # spawn: never fork a process that holds torch threads
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=images.worker_init)
+    if threads > 0:
+        yield from _bursts(paths, partial(read, scoped=False), threads, scope)
+        return
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=images.worker_init)  # spawn: never fork a process holding torch threads
     pending: deque[tuple[int, str, Future[images.PreparedFile | images.EncodedJpeg]]] = deque()
     try:
         todo = iter(enumerate(paths))
         for i, p in todo:
-            pending.append((i, p, pool.submit(job, p)))
+            pending.append((i, p, pool.submit(read, p)))
             if len(pending) >= window:
                 break
         while pending:
             i, p, future = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append((nxt[0], nxt[1], pool.submit(job, nxt[1])))
+                pending.append((nxt[0], nxt[1], pool.submit(read, nxt[1])))
             yield i, p, future.result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | images.EncodedJpeg], threads: int,
+            scope: Callable[[], AbstractContextManager[None]]) -> Iterator[tuple[int, str, Read]]:
+    """`threads` threads read 4 x `threads` files at a time while the caller waits, then the
+    caller takes them. Decoding thus uses every core but never competes with the model for them
+    (on 2 cores: 16.4 img/s against 14.8 inline at 224 fp32, docs/throughput.md), and one
+    pixel_limit scope covers each burst: Pillow's limit and the warnings filters are
+    process-wide, so threads must not each enter and leave their own."""
+    burst = 4 * threads
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval-decode") as pool:
+        for start in range(0, len(paths), burst):
+            chunk = paths[start:start + burst]
+            with scope():
+                futures = [pool.submit(read, p) for p in chunk]
+                wait(futures)
+            for j, (p, future) in enumerate(zip(chunk, futures)):
+                yield start + j, p, future.result
+
+
 def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
                    workers: int | None = None, window: int = 64, jpegs_on: torch.device | None = None,
                    jpeg_batch: int = 32, threads: bool | None = None) -> Iterator[Decoded | Skipped]:
-    """Read and decode `paths`, `workers` processes ahead of the caller (0: inline).
+    """Read and decode `paths`: by `workers` processes ahead of the caller, or (workers 0) by a
+    thread per core in bursts between forward passes.
 
     With `jpegs_on`, plain JPEGs are decoded there in batches of `jpeg_batch` (see jpeg_device);
     everything else, and any file that device refuses, is decoded by Pillow. Results come in
     input order except that such JPEGs come when their batch is decoded. The readers are then
-    threads (`threads` None): they mostly read and hash, which release the GIL, and a process
-    would have to send each file's bytes back through a pipe.
+    threads (`workers` of them, or a thread per core): they mostly read and hash, which release
+    the GIL, and a process would have to send each file's bytes back through a pipe. `threads`
+    overrides the choice of threads or processes (benchmarks; False with workers 0: inline).
     """
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
     # a module-level function of a module without torch, so worker processes start light
-    job = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
-                  keep_jpeg=jpegs_on is not None)
-    n_workers = default_workers() if workers is None else workers
+    read = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
+                   keep_jpeg=jpegs_on is not None)
+    n = default_workers() if workers is None else workers
+    in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
+    pool_size = n if n > 0 else (os.cpu_count() or 1)
+    reads = _reads(paths, read, processes=0 if in_threads else n, threads=pool_size if in_threads else 0,
+                   window=window, scope=partial(images.pixel_limit, image.max_pixels))
     held: list[tuple[int, str, images.EncodedJpeg]] = []
-    use_threads = jpegs_on is not None if threads is None else threads
-    for i, p, read in _reads(paths, job, n_workers, window, use_threads):
+    for i, p, get in reads:
         try:
-            got = read()
+            got = get()
         except BadImageError as e:
             yield Skipped(i, p, e.reason)
             continue
