@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements in docs/throughput.md, as run on a lent H100 box that has PyTorch, timm and
 # CUDA 13 but no internet. .gpu/ (git-ignored, carried to the machine) holds what it lacks:
-#   site.tar.xz         faiss-gpu-cu12 1.14.1, libcudart.so.12, sqlite-utils (+ deps), pillow-heif, unpacked;
-#                       faiss/_preload_library.json emptied (it looks for pip's CUDA 12 packages)
-#   libcublas*.so.12    built from scripts/gpu/cublas12_shim.c (faiss's CUDA 12 cuBLAS calls -> CUDA 13)
+#   site.tar.xz         faiss, sqlite-utils (+ deps), pillow-heif, unpacked (pip download --no-deps for
+#                       cp312 manylinux, then unzip). The recorded run used faiss-gpu-cu12 1.14.1 with
+#                       libcudart.so.12 and faiss/_preload_library.json emptied (it looks for pip's CUDA
+#                       12 packages); since GPU search is torch (docs/index.md), faiss-cpu is enough.
+#   libcublas*.so.12    only with faiss-gpu-cu12: built from scripts/gpu/cublas12_shim.c (faiss's CUDA 12
+#                       cuBLAS calls -> the machine's CUDA 13 cuBLAS)
 #   awkward-images/     the shared awkward-image set
 # Each stage runs even if an earlier one failed; logs go to $OUT.
 set -uo pipefail
