@@ -63,7 +63,7 @@ class WhiteningConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     kind: str = "auto"  # auto | flat | ivf | hnsw
-    gpu: bool | None = None  # None: on GPU when faiss has GPU support and a GPU is present
+    gpu: bool | None = None  # exact search on the GPU (through torch); None: when CUDA is present
     dba: int = 0  # database-side augmentation: mix each vector with its top-k neighbours (0: off)
     dba_alpha: float = 3.0
 

@@ -228,9 +228,14 @@ def target_size(width: int, height: int, *, size: int, patch_size: int) -> tuple
     return (longer, snap(height)) if width >= height else (snap(width), longer)
 
 
-def resize_for_model(im: Image.Image, *, size: int, patch_size: int) -> Image.Image:
-    """Resize (bicubic, antialiased) so the longer side is `size`; no crop."""
-    w, h = target_size(im.width, im.height, size=size, patch_size=patch_size)
+def resize_for_model(im: Image.Image, *, size: int, patch_size: int, like: tuple[int, int] | None = None) -> Image.Image:
+    """Resize (bicubic, antialiased) so the longer side is `size`; no crop.
+
+    like: the (w, h) whose aspect sets the shape, when `im` was decoded at a reduced DCT scale
+    (whose rounded-up sides can shift the aspect across a patch boundary): the full picture's, so
+    every decoder gives a file the same input shape.
+    """
+    w, h = target_size(*(like or im.size), size=size, patch_size=patch_size)
     if (w, h) == im.size:
         return im
     return im.resize((w, h), Image.Resampling.BICUBIC)
@@ -261,11 +266,13 @@ def prepare(
     mean: Sequence[float],
     std: Sequence[float],
     box: tuple[float, float, float, float] | None = None,
+    like: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Decoded RGB image -> model input (3, H, W) float32: optional crop, resize, normalise."""
+    """Decoded RGB image -> model input (3, H, W) float32: optional crop, resize, normalise.
+    like: see resize_for_model (ignored with a box: the crop's own aspect counts)."""
     if box is not None:
-        im = crop_box(im, box)
-    return normalize(resize_for_model(im, size=size, patch_size=patch_size), mean=mean, std=std)
+        im, like = crop_box(im, box), None
+    return normalize(resize_for_model(im, size=size, patch_size=patch_size, like=like), mean=mean, std=std)
 
 
 def scaled_size(size: int, scale: float, patch_size: int) -> int:
@@ -285,15 +292,15 @@ def preprocess(
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Load, (crop), resize and normalise one file. Returns (x (3, H, W) float32, original (w, h))."""
     im, original = decode(path, max_pixels=max_pixels, min_side_hint=None if box is not None else size)
-    return prepare(im, size=size, patch_size=patch_size, mean=mean, std=std, box=box), original
+    return prepare(im, size=size, patch_size=patch_size, mean=mean, std=std, box=box, like=original), original
 
 
-def model_pixels(im: Image.Image, *, size: int, patch_size: int) -> np.ndarray:
+def model_pixels(im: Image.Image, *, size: int, patch_size: int, like: tuple[int, int] | None = None) -> np.ndarray:
     """Decoded image -> the model's input pixels: uint8 (H, W, 3), resized as `resize_for_model`.
 
     The engine normalises them where the model runs; `normalize` is the same arithmetic in numpy.
     """
-    return np.array(resize_for_model(im, size=size, patch_size=patch_size).convert("RGB"), dtype=np.uint8)
+    return np.array(resize_for_model(im, size=size, patch_size=patch_size, like=like).convert("RGB"), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -351,7 +358,7 @@ def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size:
                   max_pixels: int = DEFAULT_MAX_PIXELS, digest: str | None = None, scoped: bool = True) -> PreparedFile:
     """Decode a file's bytes and prepare the model pixels at each size. Raises BadImageError."""
     im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes), scoped=scoped)
-    pixels = tuple(model_pixels(im, size=s, patch_size=patch_size) for s in sizes)
+    pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=original) for s in sizes)
     return PreparedFile(pixels, original, digest or hashlib.sha256(data).hexdigest(), len(data))
 
 
@@ -366,7 +373,7 @@ def _plain_jpeg(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: i
                 return None
             _check_header(Path(path), im, max_pixels)
             try:
-                orientation = int(im.getexif().get(0x0112, 1))
+                orientation = im.getexif().get(0x0112, 1)
             except Exception:  # corrupt EXIF counts as upright, as in _exif_upright
                 orientation = 1
             w, h = im.size
@@ -374,8 +381,8 @@ def _plain_jpeg(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: i
         raise
     except Exception:  # anything odd about the header: let the full decode produce the error
         return None
-    if orientation not in range(1, 9):
-        orientation = 1
+    if type(orientation) is not int or orientation not in range(1, 9):
+        orientation = 1  # what exif_transpose does with a value it does not know (a string "6", say)
     if orientation in _SWAPS_SIDES:
         w, h = h, w
     targets = tuple(target_size(w, h, size=s, patch_size=patch_size) for s in sizes)

@@ -53,7 +53,9 @@ class VectorIndex:
         xq = _as_vectors(xq, self.dim, "query")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        k_eff = min(k, max(self.ntotal, 1))
+        if self.ntotal == 0:  # nothing to find: padding only, whichever searcher
+            return np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
+        k_eff = min(k, self.ntotal)
         searcher = self.exact_on or self.faiss_index
         scores, ids = searcher.search(xq, k_eff)
         if k_eff < k:
@@ -97,7 +99,8 @@ class TorchExact:
         step = max(1, self.max_scores // max(len(self.vectors), 1))
         scores, ids = [], []
         for start in range(0, len(q), step):
-            s, j = torch.topk(q[start:start + step] @ self.vectors.T, k, dim=1)
+            scores_ = torch.nan_to_num(q[start:start + step] @ self.vectors.T, nan=-torch.inf)  # NaN last, as FAISS
+            s, j = torch.topk(scores_, k, dim=1)
             scores.append(s)
             ids.append(self.ids[j])
         return torch.cat(scores).cpu().numpy(), torch.cat(ids).cpu().numpy()
@@ -119,7 +122,7 @@ def choose_kind(kind: str, n: int) -> str:
 
 
 def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int,
-          use_gpu: bool | None = None) -> VectorIndex:
+          use_gpu: bool | None = None, device: str = "cuda") -> VectorIndex:
     """Inner-product index over xb (n, d) with external int64 ids."""
     import faiss
 
@@ -154,11 +157,11 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
         index.add_with_ids(xb, ids)
     if chosen == "ivf":
         inner.make_direct_map()  # so vectors can be read back by id (query expansion)
-    return _placed(VectorIndex(index, chosen, d, fingerprint, generation), use_gpu)
+    return _placed(VectorIndex(index, chosen, d, fingerprint, generation), use_gpu, device)
 
 
-def _placed(index: VectorIndex, use_gpu: bool | None) -> VectorIndex:
-    """An exact index moved to the GPU when asked (True) or when one is present (None)."""
+def _placed(index: VectorIndex, use_gpu: bool | None, device: str) -> VectorIndex:
+    """An exact index moved to the CUDA `device` when asked (True) or when one is present (None)."""
     if index.kind != "flat" or use_gpu is False:
         return index
     import torch
@@ -168,7 +171,7 @@ def _placed(index: VectorIndex, use_gpu: bool | None) -> VectorIndex:
             log.warning("no CUDA device here; searching on the CPU")
         return index
     try:
-        return index.on_device("cuda")
+        return index.on_device(device)
     except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU too small for the vectors
         log.warning("the %d vectors do not fit in GPU memory; searching on the CPU", index.ntotal)
         return index
@@ -204,7 +207,7 @@ def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vec
 
 
 def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
-              source: str = "vector index") -> VectorIndex:
+              source: str = "vector index", device: str = "cuda") -> VectorIndex:
     """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read."""
     import faiss
 
@@ -218,10 +221,12 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool |
     index = faiss.deserialize_index(raw)
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
-    return _placed(VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"])), use_gpu)
+    return _placed(VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"])), use_gpu,
+                   device)
 
 
 def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
-               source: str = "vector index") -> VectorIndex:
+               source: str = "vector index", device: str = "cuda") -> VectorIndex:
     """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
-    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, use_gpu=use_gpu, source=source)
+    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, use_gpu=use_gpu, source=source,
+                     device=device)

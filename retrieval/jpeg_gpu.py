@@ -17,14 +17,19 @@ import torch.nn.functional as F
 
 
 def available(device: torch.device) -> bool:
-    """Whether JPEGs can be decoded on `device` (a CUDA device with torchvision's nvJPEG decoder)."""
+    """Whether JPEGs can be decoded on `device`: a CUDA device where torchvision's nvJPEG decoder
+    decodes a tiny JPEG (a torchvision built without nvJPEG would refuse every batch)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except ImportError:  # pragma: no cover - torchvision is a dependency; newer ones may drop it
+        from torchvision.io import encode_jpeg
+
+        probe = encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return decode([bytes(probe.numpy())], device)[0] is not None
+    except (ImportError, RuntimeError):  # pragma: no cover - needs a CUDA machine without nvJPEG
         return False
-    return True
 
 
 def decode(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor | None]:
@@ -32,6 +37,10 @@ def decode(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor | 
     for each file the decoder there refuses (arithmetic coding, say), for the caller to decode elsewhere."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        # torchvision writes the pictures on its own stream without waiting for ours: memory it
+        # is handed may still be read by kernels queued on ours (the previous batch's resizes)
+        torch.cuda.current_stream(device).synchronize()
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its decoders deprecated (TorchCodec)

@@ -209,3 +209,15 @@ def test_timm_layout_safetensors(tmp_path):
     timm_loaded = load_backbone("dinov2_vits14_reg", weights=st)
     x = torch.randn(1, 3, 126, 168)
     assert torch.equal(official.encode(x).patches, timm_loaded.encode(x).patches)
+
+
+def test_auto_dtype_is_bf16_only_where_computed_natively(monkeypatch):
+    import torch
+
+    from retrieval.backbone import native_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, want in (((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert native_dtype(torch.device("cuda:1")) == want, capability
+    assert native_dtype(torch.device("mps")) == "fp32"

@@ -74,3 +74,18 @@ def test_validation():
     assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "ivf"
     with pytest.raises(ValueError, match="only exact"):
         vindex.build(_unit(50, 4, 0), np.arange(50), kind="hnsw", fingerprint="f", generation=0).on_device("cpu")
+
+
+def test_empty_index_and_nan_rows_on_both_searchers():
+    empty = vindex.build(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), kind="flat", fingerprint="f",
+                         generation=0)
+    q = _unit(2, 4, 1)
+    for searcher in (empty, empty.on_device("cpu")):
+        scores, ids = searcher.search(q, 3)
+        assert (ids == -1).all() and np.isneginf(scores).all() and ids.shape == (2, 3)
+    xb = _unit(12, 4, 2)
+    xb[5] = np.nan  # fp16 overflow upstream, say: such a row must never rank first
+    idx = vindex.build(xb, np.arange(12), kind="flat", fingerprint="f", generation=0)
+    want = idx.search(q, 3)[1]
+    assert 5 not in want
+    np.testing.assert_array_equal(idx.on_device("cpu").search(q, 3)[1], want)

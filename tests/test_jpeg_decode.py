@@ -207,3 +207,46 @@ def test_decoding_in_threads_equals_inline_and_restores_global_state(tiny, awkwa
             assert a.reason == b.reason, p  # type: ignore[union-attr]
         else:
             assert torch.equal(a.pixels[0], b.pixels[0]) and a.sha256 == b.sha256, p  # type: ignore[union-attr]
+
+
+def test_both_paths_give_a_file_the_same_input_shape(tiny, tmp_path: Path) -> None:
+    # 1020x1125 at 224: Pillow decodes it at 1/4 DCT scale, 255x282 (sides rounded up), whose
+    # aspect once snapped to 196 wide where the full picture's gives 210
+    p = tmp_path / "odd.jpg"
+    synth_photo(4, (1020, 1125)).save(p, quality=90)
+    pillow, device = _stream([str(p)], tiny, None)[str(p)], _stream([str(p)], tiny, CPU)[str(p)]
+    query, _ = images.preprocess(p, size=224, patch_size=14, mean=tiny.mean, std=tiny.std)
+    want = images.target_size(1020, 1125, size=224, patch_size=14)
+    assert tuple(pillow.pixels[0].shape[1:]) == tuple(device.pixels[0].shape[1:]) == query.shape[1:] == want[::-1]
+
+
+def test_orientation_stored_as_text_is_ignored_on_both_paths(tiny, tmp_path: Path) -> None:
+    import struct
+
+    # an EXIF block whose orientation tag is ASCII "6" instead of a SHORT: exif_transpose leaves
+    # such a picture as it is (Pillow itself refuses to write one, hence the bytes by hand)
+    ifd = struct.pack("<H", 1) + struct.pack("<HHI", 0x0112, 2, 2) + b"6\0\0\0" + struct.pack("<I", 0)
+    exif = b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd
+    p = tmp_path / "text_orientation.jpg"
+    synth_photo(6, (300, 200)).save(p, quality=90, exif=exif)
+    pillow, device = _stream([str(p)], tiny, None)[str(p)], _stream([str(p)], tiny, CPU)[str(p)]
+    assert pillow.size == device.size == (300, 200)
+    assert pillow.pixels[0].shape == device.pixels[0].shape
+
+
+def test_an_interrupted_stream_stops_its_decoder_processes_at_once(tiny, tmp_path: Path) -> None:
+    import multiprocessing
+
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        synth_photo(i).save(paths[-1])
+    gen = decoded_stream(paths, backbone=tiny, image=ImageConfig(size=112), workers=2, threads=False)
+    next(gen)
+    assert multiprocessing.active_children()
+    try:
+        gen.throw(KeyboardInterrupt)  # as Ctrl-C lands while the caller waits for a file
+    except KeyboardInterrupt as e:
+        held = e  # the traceback keeps the generator frames alive, as an exception being handled does
+        assert held.__traceback__ is not None
+        assert multiprocessing.active_children() == []

@@ -144,8 +144,8 @@ def native_dtype(device: torch.device) -> str:
     """"bf16" where the hardware computes it natively (a CUDA GPU with bf16, or an x86 CPU with
     AVX-512 BF16 or AMX), else "fp32". What "auto" means: docs/throughput.md has the measured speed
     and token differences that make bf16 the choice there."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # native bf16 from compute capability 8.0 (Ampere); older GPUs emulate it
+        return "bf16" if torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
     if device.type == "cpu":
         probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
         try:

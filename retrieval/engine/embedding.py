@@ -6,9 +6,9 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from functools import partial
 
@@ -83,7 +83,7 @@ Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
 
 def _reads(paths: Sequence[str], read: Callable[..., images.PreparedFile | images.EncodedJpeg], *, processes: int,
            threads: int, window: int, scope: Callable[[], AbstractContextManager[None]]
-           ) -> Iterator[tuple[int, str, Read]]:
+           ) -> Generator[tuple[int, str, Read], None, None]:
     """(index, path, a call giving the file read and prepared), in input order: by `processes`
     spawned processes with at most `window` files in flight (memory stays flat), or by `threads`
     in bursts (see _bursts), or inline when both are 0."""
@@ -154,40 +154,56 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     reads = _reads(paths, read, processes=0 if in_threads else n, threads=pool_size if in_threads else 0,
                    window=window, scope=partial(images.pixel_limit, image.max_pixels))
     held: list[tuple[int, str, images.EncodedJpeg]] = []
-    for i, p, get in reads:
-        try:
-            got = get()
-        except BadImageError as e:
-            yield Skipped(i, p, e.reason)
-            continue
-        if isinstance(got, images.PreparedFile):
-            yield Decoded(i, p, _pixels(got), got.size, got.sha256, got.nbytes)
-            continue
-        held.append((i, p, got))
-        if len(held) >= jpeg_batch:
-            yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size, image.max_pixels)
-            held = []
+    with closing(reads):  # an exception here (Ctrl-C) shuts the decoders down now, not at garbage collection
+        for i, p, get in reads:
+            try:
+                got = get()
+            except BadImageError as e:
+                yield Skipped(i, p, e.reason)
+                continue
+            if isinstance(got, images.PreparedFile):
+                yield Decoded(i, p, _pixels(got), got.size, got.sha256, got.nbytes)
+                continue
+            held.append((i, p, got))
+            if len(held) >= jpeg_batch:
+                yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size,
+                                         image.max_pixels)
+                held = []
     yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size, image.max_pixels)
 
 
 def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], device: torch.device, sizes: tuple[int, ...],
                   patch_size: int, max_pixels: int) -> Iterator[Decoded | Skipped]:
+    """Decode `held` on `device` and resize there; files it refuses (or runs out of memory on)
+    are decoded by Pillow. All are done before the first is yielded, so the full-size pictures
+    are freed before the model runs again."""
     if not held:
         return
     pictures = jpeg_gpu.decode([e.data for _, _, e in held], device)
-    for (i, p, e), x in zip(held, pictures):
+    out: list[Decoded | Skipped] = []
+    for j, (i, p, e) in enumerate(held):
+        x, pictures[j] = pictures[j], None
+        resized: tuple[torch.Tensor, ...] | None = None
         if x is not None:
             x = jpeg_gpu.upright(x, e.orientation)
-        if x is None or (x.shape[-1], x.shape[-2]) != e.size:
-            try:
-                pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
-                                          digest=e.sha256)
-            except BadImageError as err:
-                yield Skipped(i, p, err.reason)
-                continue
-            yield Decoded(i, p, _pixels(pf), pf.size, pf.sha256, pf.nbytes)
+            if (x.shape[-1], x.shape[-2]) == e.size:
+                try:
+                    resized = tuple(jpeg_gpu.resize(x, t) for t in e.targets)
+                except torch.cuda.OutOfMemoryError:  # a 100 MP picture in float: Pillow has the memory
+                    resized = None
+            del x
+        if resized is not None:
+            out.append(Decoded(i, p, resized, e.size, e.sha256, e.nbytes))
             continue
-        yield Decoded(i, p, tuple(jpeg_gpu.resize(x, t) for t in e.targets), e.size, e.sha256, e.nbytes)
+        log.debug("%s: decoded by Pillow (the decoder on %s refused it)", p, device)
+        try:
+            pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
+                                      digest=e.sha256)
+        except BadImageError as err:
+            out.append(Skipped(i, p, err.reason))
+            continue
+        out.append(Decoded(i, p, _pixels(pf), pf.size, pf.sha256, pf.nbytes))
+    yield from out
 
 
 def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, batch_size: int,
@@ -203,21 +219,26 @@ def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, 
     limit = max_buffered or 4 * batch_size
     buckets: dict[tuple[int, ...], list[tuple[Decoded, int]]] = {}
     buffered = 0
-    for item in stream:
-        if isinstance(item, Skipped):
-            yield item
-            continue
-        for s, x in enumerate(item.pixels):
-            key = tuple(x.shape)
-            buckets.setdefault(key, []).append((item, s))
-            buffered += 1
-            if len(buckets[key]) >= batch_size:
-                buffered -= len(buckets[key])
-                yield _run(backbone, buckets.pop(key))
-            elif buffered >= limit:
-                fullest = max(buckets, key=lambda k: len(buckets[k]))
-                buffered -= len(buckets[fullest])
-                yield _run(backbone, buckets.pop(fullest))
+    try:
+        for item in stream:
+            if isinstance(item, Skipped):
+                yield item
+                continue
+            for s, x in enumerate(item.pixels):
+                key = tuple(x.shape)
+                buckets.setdefault(key, []).append((item, s))
+                buffered += 1
+                if len(buckets[key]) >= batch_size:
+                    buffered -= len(buckets[key])
+                    yield _run(backbone, buckets.pop(key))
+                elif buffered >= limit:
+                    fullest = max(buckets, key=lambda k: len(buckets[k]))
+                    buffered -= len(buckets[fullest])
+                    yield _run(backbone, buckets.pop(fullest))
+    finally:  # an exception in a forward pass (Ctrl-C) shuts the decoders down now (see decoded_stream)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     for key in list(buckets):
         yield _run(backbone, buckets.pop(key))
 

@@ -47,10 +47,11 @@ class Pair:
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
     size = images.scaled_size(image.size, 1.0, backbone.patch_size)  # exactly the index's first scale
-    im, _ = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else size)
+    im, original = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else size)
+    like: tuple[int, int] | None = original
     if bbox is not None:
-        im = images.crop_box(im, bbox)
-    picture = images.resize_for_model(im, size=size, patch_size=backbone.patch_size)
+        im, like = images.crop_box(im, bbox), None
+    picture = images.resize_for_model(im, size=size, patch_size=backbone.patch_size, like=like)
     x = images.normalize(picture, mean=backbone.mean, std=backbone.std)
     t = backbone.encode(torch.from_numpy(x)[None])
     return View(picture, t.patches[0].cpu().numpy(), t.grid)

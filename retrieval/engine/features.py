@@ -34,10 +34,11 @@ class Embedded:
 
 
 def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
-          workers: int | None = None, decode: str = "auto") -> Iterator[Embedded | Skipped]:
+          workers: int | None = None, decode: str = "cpu") -> Iterator[Embedded | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
-    Every input yields exactly one Embedded or Skipped. `decode`: see embedding.jpeg_device.
+    Every input yields exactly one Embedded or Skipped. `decode`: see embedding.jpeg_device; Pillow
+    by default, so research outputs are the same on every machine.
     """
     stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers,
                             jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size)

@@ -417,13 +417,18 @@ class Index:
             sims, nbrs = exact.search(xb, self.config.index.dba + 1)
             xb = rr.database_augmentation(xb, nbrs, sims, alpha=self.config.index.dba_alpha)
         built = vindex.build(xb, ids, kind=self.config.index.kind, fingerprint=fp, generation=gen,
-                             use_gpu=self.config.index.gpu)
+                             use_gpu=self.config.index.gpu, device=self._search_device())
         try:
             atomic_write(file, lambda f: f.write(vindex.to_bytes(built)))
         except OSError as e:  # a read-only index folder still answers queries
             log.warning("could not save the vector index (%s); it will be rebuilt next time", e)
         self._vectors = built
         return built
+
+    def _search_device(self) -> str:
+        """The CUDA device exact search uses: the model's (`--device cuda:1`), else the first."""
+        device = self.config.backbone.device
+        return device if device is not None and device.startswith("cuda") else "cuda"
 
     def _read_vectors(self, *, header_only: bool = False) -> Any:
         """The saved FAISS index if it matches the store (its header alone with header_only);
@@ -435,7 +440,7 @@ class Index:
                 if header_only:
                     return vindex.header(f, fingerprint=fp, generation=version, source=source)
                 return vindex.from_file(f, fingerprint=fp, generation=version, use_gpu=self.config.index.gpu,
-                                        source=source)
+                                        source=source, device=self._search_device())
         except OSError as e:
             raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e
 
@@ -447,13 +452,14 @@ class Index:
         bb = self.backbone()
         sizes = [images.scaled_size(self.config.image.size, s, bb.patch_size) for s in self.config.pooling.scales]
         # decoded like the database (JPEG draft at the largest size); a box needs the full picture
-        im, _ = images.decode(path, max_pixels=self.config.image.max_pixels,
-                              min_side_hint=None if bbox is not None else max(sizes))
+        im, original = images.decode(path, max_pixels=self.config.image.max_pixels,
+                                     min_side_hint=None if bbox is not None else max(sizes))
         descs, first = [], None
         for s in self.config.pooling.scales:
             size = images.scaled_size(self.config.image.size, s, bb.patch_size)
             try:
-                x = images.prepare(im, size=size, patch_size=bb.patch_size, mean=bb.mean, std=bb.std, box=bbox)
+                x = images.prepare(im, size=size, patch_size=bb.patch_size, mean=bb.mean, std=bb.std, box=bbox,
+                                   like=original)
             except ValueError as e:
                 raise BadImageError(path, str(e), fix="pass a --bbox inside the image") from e
             t = bb.encode(torch.from_numpy(x)[None])
