@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,27 @@ def select(patches: np.ndarray, grid: tuple[int, int], pca: LocalPCA, n: int = D
     keep = np.sort(np.argsort(-score, kind="stable")[:n])
     feats = centred[keep] / np.maximum(np.linalg.norm(centred[keep], axis=1, keepdims=True), 1e-12)
     return LocalFeatures(feats.astype(np.float16), grid_xy(grid)[keep], grid)
+
+
+def select_many(patches: Any, grid: tuple[int, int], pca: LocalPCA, n: int = DEFAULT_PATCHES) -> list[LocalFeatures]:
+    """`select` for a batch of token sets, torch (b, h*w, d), computed where the tensor lives (the
+    GPU when indexing there): only the kept features reach the host, 224 x 64 fp16 per image,
+    instead of every token (1369 x 768 fp32 = 4.2 MB for ViT-B at 518 px). Same selection as
+    `select` (a stable descending sort), up to float rounding of near-equal scores."""
+    import torch
+
+    h, w = grid
+    if patches.ndim != 3 or patches.shape[1] != h * w:
+        raise ValueError(f"patches of shape {tuple(patches.shape)} do not fill a {h}x{w} grid")
+    mean = torch.from_numpy(pca.mean).to(patches.device)
+    components = torch.from_numpy(pca.components).to(patches.device)
+    centred = (patches.float() - mean) @ components
+    order = torch.sort(centred.norm(dim=2), dim=1, descending=True, stable=True).indices[:, :n]
+    keep = order.sort(dim=1).values
+    kept = torch.gather(centred, 1, keep[..., None].expand(-1, -1, centred.shape[2]))
+    feats = (kept / kept.norm(dim=2, keepdim=True).clamp_min(1e-12)).half().cpu().numpy()
+    keep_np, xy = keep.cpu().numpy(), grid_xy(grid)
+    return [LocalFeatures(feats[i], xy[keep_np[i]], grid) for i in range(len(feats))]
 
 
 def pack(f: LocalFeatures) -> tuple[bytes, bytes]:

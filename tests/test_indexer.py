@@ -494,3 +494,29 @@ def test_auto_dtype_is_resolved_once_and_stored(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     with Index.open_or_create(tmp_path / "newer", {"backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
         assert idx.config.backbone.dtype == "bf16"
+
+
+def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_path):
+    from retrieval import local
+    from retrieval.engine import embed
+
+    photos = tmp_path / "photos"
+    files = make_folder(photos, range(8))
+    # 64 patches per image at 112 px: the patch PCA is fitted after the second batch of 2, so the
+    # later batches make their local descriptors in one batched call (local.select_many)
+    with Index.open_or_create(tmp_path / "ix", {**TINY, "batch_size": 2}) as idx:
+        idx.update([photos])
+        pca = idx.local_pca()
+        assert pca is not None
+        ids, _ = idx.store.descriptors()
+        paths = idx.store.paths(ids)
+        stored = idx.store.local(ids)
+        tokens = {e.path: e for e in embed([str(f) for f in files], backbone=idx.backbone(), image=idx.config.image)}
+    made = [int(i) for i in ids if stored[int(i)] is not None]  # rows embedded before the PCA have none yet
+    assert len(made) >= 4
+    for i in made:
+        feats, coords, grid = stored[i]
+        got = local.unpack(feats, coords, grid, pca.dim)
+        want = local.select(tokens[paths[i]].patches, grid, pca)
+        np.testing.assert_array_equal(got.xy, want.xy)
+        np.testing.assert_allclose(got.feats.astype(np.float32), want.feats.astype(np.float32), atol=2e-3)

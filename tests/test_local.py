@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.local import DEFAULT_DIM, DEFAULT_PATCHES, LocalPCA, fit_pca, grid_xy, pack, select, unpack
+from retrieval.local import DEFAULT_DIM, DEFAULT_PATCHES, LocalPCA, fit_pca, grid_xy, pack, select, select_many, unpack
 
 
 def test_budget_under_32kb():
@@ -34,3 +34,20 @@ def test_pca_round_trip_and_grid():
     back = LocalPCA.from_bytes(pca.to_bytes())
     np.testing.assert_array_equal(back.components, pca.components)
     assert grid_xy((2, 3)).tolist() == [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5]]
+
+
+def test_select_many_equals_select_per_image():
+    import torch
+
+    rng = np.random.default_rng(3)
+    pca = fit_pca(rng.normal(size=(500, 48)).astype(np.float32), dim=16)
+    patches = rng.normal(size=(5, 12 * 9, 48)).astype(np.float32)
+    many = select_many(torch.from_numpy(patches), (12, 9), pca, n=40)
+    assert len(many) == 5
+    for one, x in zip(many, patches):
+        want = select(x, (12, 9), pca, n=40)
+        np.testing.assert_array_equal(one.xy, want.xy)  # the same patches, in the same order
+        np.testing.assert_allclose(one.feats.astype(np.float32), want.feats.astype(np.float32), atol=2e-3)
+        assert one.feats.dtype == np.float16 and one.grid == (12, 9)
+    few = select_many(torch.from_numpy(patches[:, :20]), (4, 5), pca, n=40)  # fewer patches than n: all kept
+    assert few[0].feats.shape == (20, 16)

@@ -48,12 +48,20 @@ LOCAL_PCA_SAMPLE = 50_000  # patch tokens the local PCA is fitted on (from the f
 
 @dataclass(frozen=True)
 class Embedding:
-    """One file's result: raw global descriptor (D,), first-scale patch tokens (h*w, d), grid (h, w)."""
+    """One file's result: raw global descriptor (D,), grid (h, w) of the first scale, and either its
+    local descriptors (when the index's patch PCA existed at embedding time) or its patch tokens
+    (h*w, d), from which they are made once the PCA exists."""
 
     decoded: Decoded
     descriptor: np.ndarray
-    patches: np.ndarray
+    patches: np.ndarray | None
     grid: tuple[int, int]
+    features: local.LocalFeatures | None = None
+
+    def local_features(self, pca: LocalPCA | None) -> local.LocalFeatures | None:
+        if self.features is not None:
+            return self.features
+        return None if pca is None or self.patches is None else local.select(self.patches, self.grid, pca)
 
 
 @dataclass(frozen=True)
@@ -214,27 +222,39 @@ class Index:
         return _digest({**fingerprint_fields(self.config), "weights": weights_id or self.store.get_meta("weights_id")})
 
     # --- embedding --------------------------------------------------------------------------
-    def _complete(self, batch: Batch, partial: dict[int, dict[str, Any]]) -> list[Embedding]:
+    def _complete(self, batch: Batch, partial: dict[int, dict[str, Any]], pca: LocalPCA | None) -> list[Embedding]:
         """Pool one forward pass; return files whose every scale is now done: raw global descriptor
-        (averaged over scales, then L2-normalised) and the first scale's patch tokens."""
+        (averaged over scales, then L2-normalised) and the first scale's local descriptors, made
+        where the model ran (or its patch tokens while there is no `pca` yet)."""
         pcfg = self.config.pooling
         desc = pooling.global_descriptor(batch.tokens.cls, batch.tokens.patches, pooling=pcfg.pooling, p=pcfg.gem_p)
         desc_np = desc.cpu().numpy()
+        first = [j for j, (_, s) in enumerate(batch.items) if s == 0]
+        feats: dict[int, local.LocalFeatures] = {}
+        if pca is not None and first and batch.tokens.patches.device.type != "cpu":  # only the kept ones come back
+            feats = dict(zip(first, local.select_many(batch.tokens.patches[first], batch.tokens.grid, pca)))
+        elif pca is not None:  # on a CPU, per image measured 3.6x faster (cache-sized temporaries)
+            feats = {j: local.select(batch.tokens.patches[j].numpy(), batch.tokens.grid, pca) for j in first}
         done = []
         for j, (d, s) in enumerate(batch.items):
-            got = partial.setdefault(d.index, {"descs": []})
+            got = partial.setdefault(d.index, {"descs": [], "patches": None, "local": None})
             got["descs"].append(desc_np[j])
             if s == 0:
-                got["patches"] = batch.tokens.patches[j].cpu().numpy()
+                if j in feats:
+                    got["local"] = feats[j]
+                else:
+                    got["patches"] = batch.tokens.patches[j].cpu().numpy()
                 got["grid"] = batch.tokens.grid
             if len(got["descs"]) == len(pcfg.scales):
                 del partial[d.index]
                 raw = wh.l2n(np.mean(got["descs"], axis=0, keepdims=True))[0]
-                done.append(Embedding(d, raw, got["patches"], got["grid"]))
+                done.append(Embedding(d, raw, got["patches"], got["grid"], got["local"]))
         return done
 
-    def embed_files(self, paths: Sequence[str], *, workers: int | None = None) -> Iterator[list[Embedding | Skipped]]:
-        """Descriptor results, grouped per forward pass (the unit committed to the store)."""
+    def embed_files(self, paths: Sequence[str], *, workers: int | None = None,
+                    pca: Callable[[], LocalPCA | None] = lambda: None) -> Iterator[list[Embedding | Skipped]]:
+        """Descriptor results, grouped per forward pass (the unit committed to the store); `pca`
+        gives the patch PCA to make local descriptors with, as it stands at each batch."""
         bb = self.backbone()
         stream = decoded_stream(paths, backbone=bb, image=self.config.image, scales=self.config.pooling.scales,
                                 workers=self.config.workers if workers is None else workers,
@@ -247,7 +267,7 @@ class Index:
                 if len(group) < self.config.batch_size:
                     continue
             else:
-                group.extend(self._complete(out, partial))
+                group.extend(self._complete(out, partial, pca()))
             if group:
                 yield group
                 group = []
@@ -323,10 +343,10 @@ class Index:
             if todo:
                 seen_patches: list[np.ndarray] = []  # until the patch PCA can be fitted
                 pca = self.local_pca()
-                for group in self.embed_files(todo):
+                for group in self.embed_files(todo, pca=lambda: pca):
                     upserts = []
                     if pca is None:
-                        seen_patches += [e.patches for e in group if isinstance(e, Embedding)]
+                        seen_patches += [e.patches for e in group if isinstance(e, Embedding) and e.patches is not None]
                         pca = self.local_pca(seen_patches)
                     for item in group:
                         path = item.path if isinstance(item, Skipped) else item.decoded.path
@@ -337,7 +357,8 @@ class Index:
                         else:
                             d = item.decoded
                             # until the PCA exists, rows get no local descriptors (recomputed when needed)
-                            feats, coords = local.pack(local.select(item.patches, item.grid, pca)) if pca else (None, None)
+                            lf = item.local_features(pca)
+                            feats, coords = local.pack(lf) if lf is not None else (None, None)
                             upserts.append(Upsert(path, ref_.size, ref_.mtime_ns, d.sha256, "ok",
                                                   width=d.size[0], height=d.size[1], descriptor=item.descriptor,
                                                   local_feats=feats, local_coords=coords, grid=item.grid))
@@ -486,10 +507,10 @@ class Index:
         if missing:
             paths = self.store.paths(missing)
             by_path = {p: i for i, p in paths.items()}
-            for group in self.embed_files([paths[i] for i in missing], workers=0):
+            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=lambda: pca):
                 for item in group:
-                    if isinstance(item, Embedding):
-                        out[by_path[item.decoded.path]] = local.select(item.patches, item.grid, pca)
+                    if isinstance(item, Embedding) and (lf := item.local_features(pca)) is not None:
+                        out[by_path[item.decoded.path]] = lf
         return out
 
     def search(self, path: str | Path, *, k: int = 10, bbox: tuple[float, float, float, float] | None = None,
