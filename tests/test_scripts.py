@@ -33,3 +33,18 @@ def test_bench_index_prints_ratios(tmp_path):
 def test_bench_rerank_prints_cost():
     out = _run("scripts/bench_rerank.py", "--images", "6", "--queries", "1", "--size", "112", "--rerank-k", "5")
     assert re.search(r"re-ranking cost: -?\d+ ms per query", out) and "KB per image" in out
+
+
+def test_bench_index_parts_and_decoder_options(tmp_path):
+    for i in range(3):
+        synth_photo(i, (640, 480)).save(tmp_path / f"p{i}.jpg")
+    out = _run("scripts/bench_index.py", "--folder", str(tmp_path), "--size", "112", "--batch", "2",
+               "--parts", "model,index", "--decode", "gpu", "--readers", "threads", "--dtype", "auto")
+    assert re.search(r"c/b = \d+\.\d+", out) and "(a) naive" not in out and "decode gpu" in out
+
+
+def test_bench_gpu_runs_its_checks_on_a_cpu():
+    out = _run("scripts/bench_gpu.py", "--device", "cpu", "--skip", "autocast", "--vectors", "1000")
+    assert "decoded on the GPU:" in out and "worst descriptor cosine" in out  # the decode check ran
+    assert re.search(r"n=\s+1000 .* ids equal to CPU exact 1\.0000", out)
+    assert "FAILED" not in out
