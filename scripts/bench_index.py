@@ -3,7 +3,7 @@
 
     python scripts/bench_index.py [--images 40] [--size 224] [--dtype fp32|bf16] [--batch 16]
                                   [--workers N] [--folder DIR] [--model dinov2_vits14 --weights FILE]
-                                  [--device cuda --decode auto|cpu|gpu --parts model,index]
+                                  [--device cuda --decode auto|cpu|gpu --parts model,index --stages]
 
 Measured in one run, each part in its own process (so each peak RSS is its own):
   (a) naive: per image, PIL full decode, resize 256 + centre crop 224, ViT forward one image at a
@@ -147,9 +147,44 @@ def part_model(files: list[Path], weights: str, model: str, size: int, dtype: st
     return {"seconds": time.perf_counter() - t0}
 
 
+def timed_stages(device: str) -> dict[str, float]:
+    """Wrap the main thread's stages of Index.update with wall-clock timers (synchronising CUDA
+    around GPU work, so its time lands in its own stage); returns the dict they add up in."""
+    import torch
+
+    from retrieval import jpeg_gpu
+    from retrieval.engine import embedding, indexer
+    from retrieval.store import Store
+
+    spent: dict[str, float] = {}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def wrap(owner: object, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*a: object, **k: object) -> object:
+            sync()
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                sync()
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+
+    wrap(embedding, "wait", "waiting for decoder threads")
+    wrap(jpeg_gpu, "decode", "nvJPEG decode")
+    wrap(jpeg_gpu, "resize", "GPU orient + resize")
+    wrap(embedding, "_run", "stack + copy + forward pass")
+    wrap(indexer.Index, "_complete", "pooling + local descriptors")
+    wrap(Store, "apply", "SQLite commits")
+    return spent
+
+
 def part_index(files: list[Path], weights: str, model: str, size: int, dtype: str, batch: int,
                workers: int | None, out: Path, device: str = "cpu", decode: str = "auto",
-               readers: str | None = None) -> dict:
+               readers: str | None = None, stages: bool = False) -> dict:
     from retrieval import Index
 
     if readers:  # A/B of the decoder pool kind (the engine picks it from the decode mode)
@@ -164,12 +199,14 @@ def part_index(files: list[Path], weights: str, model: str, size: int, dtype: st
            "whitening": {"enabled": False}}
     with Index.open_or_create(out, cfg) as idx:
         idx.backbone()  # load outside the timed region, as (a) and (b) do
+        spent = timed_stages(device) if stages else {}
         t0 = time.perf_counter()
         summary = idx.update(sorted({str(f.parent) for f in files}))
         seconds = time.perf_counter() - t0
         n = idx.store.count("ok")
     db_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return {"seconds": seconds, "indexed": n, "skipped": len(summary.skipped), "bytes_per_image": db_bytes / max(n, 1)}
+    return {"seconds": seconds, "indexed": n, "skipped": len(summary.skipped), "bytes_per_image": db_bytes / max(n, 1),
+            "stages": spent}
 
 
 def memory_check(args: argparse.Namespace, sizes: list[int], weights: str, tmp: Path) -> None:
@@ -222,6 +259,8 @@ def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tm
            "--out", str(tmp / f"index-{part}"), "--device", args.device, "--decode", args.decode]
     if args.readers:
         cmd += ["--readers", args.readers]
+    if args.stages and part == "index":
+        cmd += ["--stages"]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -248,6 +287,7 @@ def main() -> None:
     ap.add_argument("--decode", default="auto", help="(c): where JPEGs are decoded (auto, cpu, gpu)")
     ap.add_argument("--parts", default="naive,model,index", help="which of naive, model, index to run")
     ap.add_argument("--readers", choices=["threads", "processes"], help="(c): force the decoder pool kind")
+    ap.add_argument("--stages", action="store_true", help="(c): where the main thread's time goes, by stage")
     ap.add_argument("--distinct", type=int, help="draw only this many photos, the rest byte-level variants")
     args = ap.parse_args()
     if args.part:  # one measurement, in this process
@@ -258,7 +298,7 @@ def main() -> None:
             r = part_model(files, args.weights, args.model, args.size, args.dtype, args.batch, args.device)
         else:
             r = part_index(files, args.weights, args.model, args.size, args.dtype, args.batch, args.workers, args.out,
-                           args.device, args.decode, args.readers)
+                           args.device, args.decode, args.readers, args.stages)
         print(json.dumps({**r, "images": len(files), "peak_rss_mb": peak_rss_mb()}))
         return
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -288,6 +328,14 @@ def main() -> None:
     if "index" in results:
         ratios.append(f"stored {results['index']['bytes_per_image'] / 1024:.1f} KB per image")
     print("   ".join(ratios).replace("c/m", "c/b").replace("c/n", "c/a"))
+    spent = results.get("index", {}).get("stages") or {}
+    if spent:
+        total = results["index"]["seconds"]
+        print(f"(c) main thread, {total:.2f} s in all:")
+        for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
+            print(f"    {label:30s} {s:7.2f} s  {100 * s / total:5.1f} %")
+        rest = total - sum(spent.values())
+        print(f"    {'everything else':30s} {rest:7.2f} s  {100 * rest / total:5.1f} %")
 
 
 def random_checkpoint(model: str, folder: Path) -> str:

@@ -39,8 +39,9 @@ def test_bench_index_parts_and_decoder_options(tmp_path):
     for i in range(3):
         synth_photo(i, (640, 480)).save(tmp_path / f"p{i}.jpg")
     out = _run("scripts/bench_index.py", "--folder", str(tmp_path), "--size", "112", "--batch", "2",
-               "--parts", "model,index", "--decode", "gpu", "--readers", "threads", "--dtype", "auto")
+               "--parts", "model,index", "--decode", "gpu", "--readers", "threads", "--dtype", "auto", "--stages")
     assert re.search(r"c/b = \d+\.\d+", out) and "(a) naive" not in out and "decode gpu" in out
+    assert re.search(r"stack \+ copy \+ forward pass\s+\d+\.\d+ s", out)  # the stage table
 
 
 def test_bench_gpu_runs_its_checks_on_a_cpu():

@@ -22,7 +22,7 @@ python3 -c "import torch, torchvision, timm, faiss; print(torch.__version__, tor
 python3 scripts/bench_gpu.py --awkward .gpu/awkward-images --skip "${SKIP:-}" 2>&1 | grep -v "WEBP\|Corrupt JPEG" | tee "$OUT/checks.log"
 python3 -c "import sys; sys.path.insert(0, 'scripts'); from bench_index import make_photos; from pathlib import Path; make_photos(Path('/tmp/photos'), ${PHOTOS:-2000}, 64)"
 du -sh /tmp/photos
-B="python3 scripts/bench_index.py --device cuda --dtype bf16 --folder /tmp/photos --workers 15"
+B="python3 scripts/bench_index.py --device cuda --dtype bf16 --folder /tmp/photos --workers 15 --stages"
 {
   $B --model dinov2_vits14 --size 224 --batch 128 --parts model,index --decode gpu
   $B --model dinov2_vits14 --size 224 --batch 128 --parts index --decode gpu --readers processes
