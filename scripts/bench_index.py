@@ -12,8 +12,9 @@ Measured in one run, each part in its own process (so each peak RSS is its own):
       model, dtype and size: the ceiling for (c);
   (c) `Index.update` on a fresh index folder with the same settings.
 Prints img/s of each, c/b and c/a, peak RSS and stored bytes per image. Without --folder it makes
-a mix of 12 MP and 2 MP photo-like JPEGs; without --weights it writes a ViT-S/14 checkpoint with
-random weights in the official layout (speed does not depend on the values).
+a mix of 12 MP and 2 MP photo-like JPEGs; without --weights it writes a checkpoint of --model with
+random weights in the official layout (speed does not depend on the values). --stages adds where
+the main thread's time goes in (c); --device cuda measures (b) and (c) on a GPU.
 
     python scripts/bench_index.py --memory 500,5000     # peak RSS of (c) for each collection size
     python scripts/bench_index.py --compare-dtypes      # bf16 / fp16 autocast tokens against fp32
