@@ -355,11 +355,12 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, digest: str | None = None, scoped: bool = True) -> PreparedFile:
-    """Decode a file's bytes and prepare the model pixels at each size. Raises BadImageError."""
+                  digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True) -> PreparedFile:
+    """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size.
+    Raises BadImageError."""
     im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes), scoped=scoped)
     pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=original) for s in sizes)
-    return PreparedFile(pixels, original, digest or hashlib.sha256(data).hexdigest(), len(data))
+    return PreparedFile(pixels, original, digest, len(data))
 
 
 def _plain_jpeg(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int,

@@ -104,7 +104,7 @@ def check_autocast(weights: str, dev: torch.device) -> None:
         print(f"{dev.type} autocast {dtype} vs fp32, ViT-B/14 518x392: CLS cosine min {cls:.5f}, patch cosine min {patch:.5f}")
 
 
-def check_faiss(sizes: list[int], dim: int = 768) -> None:
+def check_search(sizes: list[int], dim: int = 768) -> None:
     import faiss
 
     print(f"faiss {faiss.__version__} (CPU search as the reference)")
@@ -157,7 +157,7 @@ def main() -> None:
             paths += sorted(str(p) for p in args.awkward.iterdir() if p.name != "MANIFEST.tsv")
         for name, fn in (("decode", lambda: check_decode(paths, random_checkpoint("dinov2_vits14", tmp), dev)),
                          ("autocast", lambda: check_autocast(random_checkpoint("dinov2_vitb14", tmp), dev)),
-                         ("search", lambda: check_faiss([int(s) for s in args.vectors.split(",")]))):
+                         ("search", lambda: check_search([int(s) for s in args.vectors.split(",")]))):
             if name in args.skip.split(","):
                 continue
             print(f"== {name}", flush=True)

@@ -503,7 +503,8 @@ def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_pat
     photos = tmp_path / "photos"
     files = make_folder(photos, range(8))
     # 64 patches per image at 112 px: the patch PCA is fitted after the second batch of 2, so the
-    # later batches make their local descriptors in one batched call (local.select_many)
+    # later batches get local descriptors during the run (on a GPU from local.select_many, whose
+    # equality with select is tested in test_local; here on the CPU from select per image)
     with Index.open_or_create(tmp_path / "ix", {**TINY, "batch_size": 2}) as idx:
         idx.update([photos])
         pca = idx.local_pca()

@@ -74,8 +74,10 @@ def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
     return device
 
 
-def _pixels(pf: images.PreparedFile) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels)
+def _decoded(index: int, path: str, pf: images.PreparedFile) -> Decoded:
+    """A file decoded by Pillow: its uint8 (H, W, 3) arrays as (3, H, W) tensor views."""
+    return Decoded(index, path, tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels), pf.size, pf.sha256,
+                   pf.nbytes)
 
 
 Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
@@ -117,7 +119,7 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
             scope: Callable[[], AbstractContextManager[None]]) -> Iterator[tuple[int, str, Read]]:
     """`threads` threads read 4 x `threads` files at a time while the caller waits, then the
     caller takes them. Decoding thus uses every core but never competes with the model for them
-    (on 2 cores: 16.4 img/s against 14.8 inline at 224 fp32, docs/throughput.md), and one
+    (on 2 cores: 16.0-16.3 img/s against 14.6-15.3 inline at 224 fp32, docs/throughput.md), and one
     pixel_limit scope covers each burst: Pillow's limit and the warnings filters are
     process-wide, so threads must not each enter and leave their own."""
     burst = 4 * threads
@@ -153,6 +155,8 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     pool_size = n if n > 0 else (os.cpu_count() or 1)
     reads = _reads(paths, read, processes=0 if in_threads else n, threads=pool_size if in_threads else 0,
                    window=window, scope=partial(images.pixel_limit, image.max_pixels))
+    flush = partial(_decode_jpegs, device=jpegs_on or backbone.device, sizes=sizes, patch_size=backbone.patch_size,
+                    max_pixels=image.max_pixels)
     held: list[tuple[int, str, images.EncodedJpeg]] = []
     with closing(reads):  # an exception here (Ctrl-C) shuts the decoders down now, not at garbage collection
         for i, p, get in reads:
@@ -162,17 +166,16 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
                 yield Skipped(i, p, e.reason)
                 continue
             if isinstance(got, images.PreparedFile):
-                yield Decoded(i, p, _pixels(got), got.size, got.sha256, got.nbytes)
+                yield _decoded(i, p, got)
                 continue
             held.append((i, p, got))
             if len(held) >= jpeg_batch:
-                yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size,
-                                         image.max_pixels)
+                yield from flush(held)
                 held = []
-    yield from _decode_jpegs(held, jpegs_on or backbone.device, sizes, backbone.patch_size, image.max_pixels)
+    yield from flush(held)
 
 
-def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], device: torch.device, sizes: tuple[int, ...],
+def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: torch.device, sizes: tuple[int, ...],
                   patch_size: int, max_pixels: int) -> Iterator[Decoded | Skipped]:
     """Decode `held` on `device` and resize there; files it refuses (or runs out of memory on)
     are decoded by Pillow. All are done before the first is yielded, so the full-size pictures
@@ -202,7 +205,7 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], device: torch
         except BadImageError as err:
             out.append(Skipped(i, p, err.reason))
             continue
-        out.append(Decoded(i, p, _pixels(pf), pf.size, pf.sha256, pf.nbytes))
+        out.append(_decoded(i, p, pf))
     yield from out
 
 
