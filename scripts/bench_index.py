@@ -7,7 +7,7 @@
 
 Measured in one run, each part in its own process (so each peak RSS is its own):
   (a) naive: per image, PIL full decode, resize 256 + centre crop 224, ViT forward one image at a
-      time in fp32 (what the dinov2-retrieval script does);
+      time in fp32 with PyTorch's default kernels (what the dinov2-retrieval script does);
   (b) model only: pre-decoded tensors of exactly the shapes (c) feeds the model, batched, same
       model, dtype and size: the ceiling for (c);
   (c) `Index.update` on a fresh index folder with the same settings.
@@ -105,7 +105,8 @@ def part_naive(files: list[Path], weights: str, model: str) -> dict:
 
     from retrieval import load_backbone
 
-    bb = load_backbone(model, weights=weights, device="cpu", dtype="fp32")
+    # PyTorch's default kernels, as the script's torch hub model has them (no oneDNN linear layers)
+    bb = load_backbone(model, weights=weights, device="cpu", dtype="fp32", onednn=False)
     mean = torch.tensor(bb.mean).view(3, 1, 1)
     std = torch.tensor(bb.std).view(3, 1, 1)
     t0 = time.perf_counter()

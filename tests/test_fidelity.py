@@ -57,6 +57,8 @@ def _compare(ref, ours, hw: tuple[int, int], batch: int = 2) -> float:
 @pytest.mark.parametrize("hw", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_tokens_match_official(models, hw):
     ref, ours = models
+    # the fast fp32 CPU kernels (backbone/onednn.py) are what this checks, wherever PyTorch has them
+    assert ours.linear_kernels == ("onednn" if torch.backends.mkldnn.is_available() else "default")
     assert _compare(ref, ours, hw) <= TOL
 
 
@@ -79,5 +81,6 @@ def test_wrong_interpolation_rule_is_detected(models):
 @pytest.mark.parametrize("size,registers", [("l", 0), ("l", 4), ("g", 0), ("g", 4)])
 def test_large_models_match_official(size, registers, tmp_path_factory):
     ref, ours = _pair(size, registers, tmp_path_factory)
+    assert ours.linear_kernels == ("onednn" if torch.backends.mkldnn.is_available() else "default")
     for hw in [(224, 224), (280, 196)]:
         assert _compare(ref, ours, hw, batch=1) <= TOL

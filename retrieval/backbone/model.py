@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import UnknownBackboneError
 from ..types import BackboneSpec, TokenBatch
 from . import weights as W
+from .onednn import use_onednn
 from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,18 @@ def interpolate_pos_embed(
 class Backbone(torch.nn.Module):
     """`encode(x)` -> TokenBatch (cls, patches, grid) after the final norm.
 
-    Attributes: name, dim, patch_size, mean, std, num_registers, device, dtype, weights_id.
+    Attributes: name, dim, patch_size, mean, std, num_registers, device, dtype, weights_id,
+    linear_kernels ("onednn" when fp32 CPU linear layers run through oneDNN, else "default").
     """
 
     def __init__(self, arch: Arch, vit: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 weights_id: str) -> None:
+                 weights_id: str, onednn: bool = True) -> None:
         super().__init__()
         self.arch = arch
         self.vit = vit.eval().to(device)
+        # fp32 on the CPU: linear layers through oneDNN, up to 2x faster (onednn.py)
+        fast = onednn and device.type == "cpu" and dtype == torch.float32 and use_onednn(self.vit) > 0
+        self.linear_kernels = "onednn" if fast else "default"
         self.device = device
         self.dtype = dtype
         self.weights_id = weights_id
@@ -178,6 +183,7 @@ def load_backbone(
     dtype: str | torch.dtype | None = None,
     cache_dir: str | Path | None = None,
     hash_cache: MutableMapping[str, str] | None = None,
+    onednn: bool = True,
 ) -> Backbone:
     """Create a DINOv2 backbone by short name with official (or local) weights.
 
@@ -186,6 +192,8 @@ def load_backbone(
     official checkpoint once into the torch hub cache (a clear error when offline).
     dtype: fp32 (default), or bf16/fp16 run by autocast, or auto (see native_dtype).
     hash_cache: remembers weights-file hashes by (path, size, mtime) across calls (see weights.file_id).
+    onednn: in fp32 on the CPU, run the linear layers through oneDNN (onednn.py); False keeps
+    PyTorch's default kernels, as a plain torch hub model has them.
     """
     archs = registry()
     if name not in archs:
@@ -203,4 +211,4 @@ def load_backbone(
         W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
         weights_id = W.file_id(path, hash_cache)
     where = resolve_device(device)
-    return Backbone(arch, vit, device=where, dtype=resolve_dtype(dtype, where), weights_id=weights_id)
+    return Backbone(arch, vit, device=where, dtype=resolve_dtype(dtype, where), weights_id=weights_id, onednn=onednn)
