@@ -12,10 +12,12 @@ import io
 import logging
 import math
 import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +39,7 @@ IMAGE_EXTENSIONS = frozenset(
      ".heic", ".heif", ".hif", ".avif", ".avifs", ".jp2", ".j2k", ".jpf", ".jpx", ".mpo", ".ppm", ".pgm",
      ".pbm", ".pnm", ".tga", ".psd"}
 )
+DECODER_THREADS = "retrieval-decode"  # name prefix of the engine's decoder threads (see pixel_limit)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _WHITE = (255, 255, 255)
@@ -63,21 +66,50 @@ def register_heif() -> bool:
 def pixel_limit(max_pixels: int) -> Iterator[None]:
     """Scoped Pillow bomb limit: our own check rejects above `max_pixels`; Pillow only guards far above.
 
-    It changes process-wide state (Pillow's limit, the warnings filters), so threads that decode
+    It changes process-wide state (Pillow's limit, how warnings are shown), so threads that decode
     at once must share one scope entered around all of them, and call the functions here with
-    scoped=False.
+    scoped=False. While it lasts, warnings raised by Pillow, by this module or in decoder threads
+    go to the debug log (corrupt EXIF, odd MPO headers: not the user's problem); others pass through.
+    On exit it undoes only its own changes, so a scope that outlives others (a stream's, left to
+    the garbage collector) cannot reset settings made since.
     """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
+    previous_limit, previous_show = Image.MAX_IMAGE_PIXELS, warnings.showwarning
+    limit = Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
+    active = [True]
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if not (active[0] and _decoder_chatter(filename)):  # transparent once the scope is over
+            previous_show(message, category, filename, lineno, file, line)
+        elif not issubclass(category, (Image.DecompressionBombWarning, ResourceWarning)):
+            log.debug("%s (%s:%d)", message, filename, lineno)
+
+    warnings.showwarning = show
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-        for w in caught:  # Pillow's chatter (corrupt EXIF, odd MPO headers) is not the user's problem
-            if not issubclass(w.category, (Image.DecompressionBombWarning, ResourceWarning)):
-                log.debug("%s", w.message)
+        yield
     finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        active[0] = False
+        if warnings.showwarning is show:
+            warnings.showwarning = previous_show
+        if Image.MAX_IMAGE_PIXELS == limit:
+            Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def _decoder_chatter(filename: str) -> bool:
+    """A warning raised in a decoder thread, by Pillow (or pillow-heif) or by this module."""
+    if threading.current_thread().name.startswith(DECODER_THREADS):
+        return True
+    here = Path(filename).resolve()
+    if here == Path(__file__).resolve():
+        return True
+    import PIL
+
+    roots = [Path(PIL.__file__).resolve().parent]
+    with contextlib.suppress(ImportError):
+        import pillow_heif
+
+        roots.append(Path(pillow_heif.__file__).resolve().parent)
+    return any(root in here.parents for root in roots)
 
 
 def _limit(max_pixels: int, scoped: bool) -> contextlib.AbstractContextManager[None]:

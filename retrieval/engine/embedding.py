@@ -8,7 +8,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, closing
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -84,35 +84,42 @@ Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
 
 
 def _reads(paths: Sequence[str], read: Callable[..., images.PreparedFile | images.EncodedJpeg], *, processes: int,
-           threads: int, window: int, scope: Callable[[], AbstractContextManager[None]]
+           threads: int, window: int, scope: Callable[[], AbstractContextManager[None]], ahead: bool = False
            ) -> Generator[tuple[int, str, Read], None, None]:
     """(index, path, a call giving the file read and prepared), in input order: by `processes`
-    spawned processes with at most `window` files in flight (memory stays flat), or by `threads`
-    in bursts (see _bursts), or inline when both are 0."""
+    spawned processes, or by `threads` reading `ahead` of the caller, each with at most `window`
+    files in flight (memory stays flat); or by `threads` in bursts while the caller waits (see
+    _bursts); or inline when both are 0."""
     if len(paths) <= 1 or (processes <= 0 and threads <= 0):
         for i, p in enumerate(paths):
             yield i, p, partial(read, p)
         return
-    if threads > 0:
+    if threads > 0 and not ahead:
         yield from _bursts(paths, partial(read, scoped=False), threads, scope)
         return
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=images.worker_init)  # spawn: never fork a process holding torch threads
+    pool: ThreadPoolExecutor | ProcessPoolExecutor
+    if threads > 0:  # one pixel_limit scope for the whole stream: Pillow's settings are process-wide
+        pool, held, read = ThreadPoolExecutor(threads, images.DECODER_THREADS), scope(), partial(read, scoped=False)
+    else:  # spawn: never fork a process holding torch threads
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=images.worker_init)
+        held = nullcontext()
     pending: deque[tuple[int, str, Future[images.PreparedFile | images.EncodedJpeg]]] = deque()
-    try:
-        todo = iter(enumerate(paths))
-        for i, p in todo:
-            pending.append((i, p, pool.submit(read, p)))
-            if len(pending) >= window:
-                break
-        while pending:
-            i, p, future = pending.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt[0], nxt[1], pool.submit(read, nxt[1])))
-            yield i, p, future.result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with held:  # left only once the readers have stopped
+        try:
+            todo = iter(enumerate(paths))
+            for i, p in todo:
+                pending.append((i, p, pool.submit(read, p)))
+                if len(pending) >= window:
+                    break
+            while pending:
+                i, p, future = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt[0], nxt[1], pool.submit(read, nxt[1])))
+                yield i, p, future.result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | images.EncodedJpeg], threads: int,
@@ -123,7 +130,7 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
     pixel_limit scope covers each burst: Pillow's limit and the warnings filters are
     process-wide, so threads must not each enter and leave their own."""
     burst = 4 * threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval-decode") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=images.DECODER_THREADS) as pool:
         for start in range(0, len(paths), burst):
             chunk = paths[start:start + burst]
             with scope():
@@ -139,6 +146,10 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     """Read and decode `paths`: by `workers` processes ahead of the caller, or (workers 0) by a
     thread per core in bursts between forward passes.
 
+    When the model or the JPEG decoder is not on the CPU, reader threads work ahead of the
+    caller instead of in bursts: the cores are free while the GPU works. One pixel_limit scope
+    then spans the stream.
+
     With `jpegs_on`, plain JPEGs are decoded there in batches of `jpeg_batch` (see jpeg_device);
     everything else, and any file that device refuses, is decoded by Pillow. Results come in
     input order except that such JPEGs come when their batch is decoded. The readers are then
@@ -153,8 +164,10 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     n = default_workers() if workers is None else workers
     in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
     pool_size = n if n > 0 else (os.cpu_count() or 1)
+    ahead = jpegs_on is not None or backbone.device.type != "cpu"
     reads = _reads(paths, read, processes=0 if in_threads else n, threads=pool_size if in_threads else 0,
-                   window=window, scope=partial(images.pixel_limit, image.max_pixels))
+                   window=max(window, 4 * pool_size), scope=partial(images.pixel_limit, image.max_pixels),
+                   ahead=ahead)
     flush = partial(_decode_jpegs, device=jpegs_on or backbone.device, sizes=sizes, patch_size=backbone.patch_size,
                     max_pixels=image.max_pixels)
     held: list[tuple[int, str, images.EncodedJpeg]] = []
