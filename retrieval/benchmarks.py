@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -40,6 +41,8 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def read_gnd(path: str | Path) -> dict[str, Any]:
+    """The revisitop pickle, checked: imlist and qimlist lists of names, gnd a list of one dict per
+    query with easy/hard/junk lists of database indices and bbx four numbers (or absent)."""
     try:
         with open(path, "rb") as f:
             data = _PlainUnpickler(f).load()
@@ -47,6 +50,19 @@ def read_gnd(path: str | Path) -> dict[str, Any]:
         raise RetrievalError(f"cannot read ground truth {path} ({e}); expected the official gnd_*.pkl") from e
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise RetrievalError(f"{path} is not a revisitop ground-truth file (needs imlist, qimlist, gnd)")
+    check = _Checker(path, "; expected the official gnd_*.pkl layout (docs/eval.md)")
+    check.names(data["imlist"], "imlist")
+    check.names(data["qimlist"], "qimlist")
+    gnd = check.of(data["gnd"], list, "gnd", "a list with one entry per query")
+    if len(gnd) != len(data["qimlist"]):
+        check.fail(f"gnd has {len(gnd)} entries but qimlist {len(data['qimlist'])}")
+    n = len(data["imlist"])
+    for i, g in enumerate(gnd):
+        check.of(g, dict, f"gnd[{i}]", "a dict with easy, hard, junk and bbx")
+        for key in ("easy", "hard", "junk"):
+            check.indices(g.get(key, []), f"gnd[{i}][{key!r}]", n)
+        if g.get("bbx") is not None:
+            check.box(g["bbx"], f"gnd[{i}]['bbx']")
     return data
 
 
@@ -85,28 +101,80 @@ def load_json(path: str | Path, *, crop: bool = True) -> Benchmark:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        base = path.parent
-        database = tuple(str((base / p).resolve()) for p in data["database"])
-        where = {p: i for i, p in enumerate(database)}
-
-        def ids(names: list[str], q: str) -> np.ndarray:
-            out = []
-            for n in names:
-                full = str((base / n).resolve())
-                if full not in where:
-                    raise RetrievalError(f"{path}: query {q} lists {n}, which is not in \"database\"")
-                out.append(where[full])
-            return np.array(out, np.int64)
-
-        queries = []
-        for q in data["queries"]:
-            bbox = _box(q.get("bbox")) if crop else None
-            queries.append(Query(str((base / q["image"]).resolve()), bbox,
-                                 ids(q.get("positives", []), q["image"]), np.zeros(0, np.int64),
-                                 ids(q.get("junk", []), q["image"])))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise RetrievalError(f"cannot read ground truth {path} ({type(e).__name__}: {e}); see docs/eval.md") from e
+    check = _Checker(path, "; see docs/eval.md for the format")
+    check.of(data, dict, "the file", 'an object with "database" and "queries"')
+    for key in ("database", "queries"):
+        if key not in data:
+            check.fail(f'no "{key}" key')
+    base = path.parent
+    database = tuple(str((base / p).resolve()) for p in check.names(data["database"], '"database"'))
+    where = {p: i for i, p in enumerate(database)}
+
+    def ids(names: Any, field: str) -> np.ndarray:
+        out = []
+        for n in check.names(names, field):
+            full = str((base / n).resolve())
+            if full not in where:
+                check.fail(f'{field} lists {n}, which is not in "database"')
+            out.append(where[full])
+        return np.array(out, np.int64)
+
+    queries = []
+    for i, q in enumerate(check.of(data["queries"], list, '"queries"', "a list of objects")):
+        check.of(q, dict, f"queries[{i}]", 'an object with "image" and "positives"')
+        image = check.of(q.get("image"), str, f'queries[{i}]["image"]', "a file name")
+        box = None if q.get("bbox") is None else check.box(q["bbox"], f'queries[{i}]["bbox"]')
+        queries.append(Query(str((base / image).resolve()), box if crop else None,
+                             ids(q.get("positives", []), f'queries[{i}]["positives"]'), np.zeros(0, np.int64),
+                             ids(q.get("junk", []), f'queries[{i}]["junk"]')))
     return Benchmark(path.stem, database, tuple(queries), ("all",))
+
+
+class _Checker:
+    """Schema checks of a ground-truth file: each failure is one RetrievalError naming the file,
+    the field and what it should hold."""
+
+    def __init__(self, path: str | Path, hint: str) -> None:
+        self.path, self.hint = path, hint
+
+    def fail(self, what: str) -> NoReturn:
+        raise RetrievalError(f"ground truth {self.path}: {what}{self.hint}")
+
+    def of(self, value: Any, kind: type, field: str, expected: str) -> Any:
+        if not isinstance(value, kind):
+            self.fail(f"{field} must be {expected}, not {type(value).__name__} {_brief(value)}")
+        return value
+
+    def names(self, value: Any, field: str) -> list[str]:
+        self.of(value, list, field, "a list of file names")
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            self.fail(f"{field} must hold file names (strings), found {type(bad[0]).__name__} {_brief(bad[0])}")
+        return list(value)
+
+    def indices(self, value: Any, field: str, n: int) -> None:
+        a = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+        if a is None or a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+            self.fail(f"{field} must be a list of database indices, not {type(value).__name__} {_brief(value)}")
+        if a.size and (a.min() < 0 or a.max() >= n):
+            self.fail(f"{field} holds index {int(a.max() if a.max() >= n else a.min())}, outside 0..{n - 1}")
+
+    def box(self, value: Any, field: str) -> tuple[float, float, float, float]:
+        ok = isinstance(value, (list, tuple, np.ndarray)) and len(value) == 4
+        try:
+            x1, y1, x2, y2 = (float(v) for v in value) if ok else (0.0, 0.0, 0.0, 0.0)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+            self.fail(f"{field} must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1, not {_brief(value)}")
+        return x1, y1, x2, y2
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _ints(values: Any) -> np.ndarray:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,12 +16,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from . import benchmarks
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
+from .types import shown
 
 app = typer.Typer(
     name="retrieve",
@@ -50,8 +54,8 @@ Weights = Annotated[
                                    "Default: the official file, cached in the torch hub folder."),
 ]
 Size = Annotated[int, typer.Option("--size", help="Longer image side in pixels (a multiple of 14; others are rounded to one).")]
-Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
-Workers = Annotated[int | None, typer.Option("--workers", help="Decoder processes (default: cores - 1 up to 8; on 2 "
+Batch = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
+Workers = Annotated[int | None, typer.Option("--workers", min=0, help="Decoder processes (default: cores - 1 up to 8; on 2 "
                                                                "cores or fewer 0: threads decode between forward passes).")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
@@ -78,13 +82,22 @@ def _errors(fn: F) -> F:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,  # third-party chatter (faiss loader) stays quiet
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
-        force=True,
-    )
+    # third-party chatter (faiss loader) stays quiet; on a terminal rich formats the messages, and
+    # elsewhere each is one plain line (never wrapped: `grep` must get whole messages)
+    handler: logging.Handler = (
+        RichHandler(console=Console(stderr=True), show_time=False, show_path=False) if sys.stderr.isatty()
+        else logging.StreamHandler(sys.stderr))
+    if not sys.stderr.isatty():
+        handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _PlainFormatter(logging.Formatter):
+    """`warning: message` on one line: newlines inside a message become spaces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}".replace("\n", " ")
 
 
 def _stdout() -> Console:
@@ -102,6 +115,13 @@ def _progress() -> Progress:
     )
 
 
+def _rate(task: Task) -> str:
+    """Images per second since the task began: the average, not the last burst's (a batch that
+    lands at once would read as tens of thousands per second); blank for the first second."""
+    elapsed = task.elapsed or 0.0
+    return f"{task.completed / elapsed:.1f} img/s" if elapsed >= 1.0 and task.completed else ""
+
+
 def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(paths), rate="")
@@ -110,8 +130,7 @@ def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], li
             if isinstance(r, engine.Skipped):
                 logging.getLogger("retrieval").warning("skipped %s: %s", r.path, r.reason)
             bar.advance(task)
-            speed = bar.tasks[0].speed
-            bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+            bar.update(task, rate=_rate(bar.tasks[0]))
 
         result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)
         return result
@@ -195,6 +214,8 @@ def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
         x1, y1, x2, y2 = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text!r}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise ValueError(f"--bbox needs finite numbers, got {text!r}")
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"--bbox needs x2 > x1 and y2 > y1, got {text!r}")
     return x1, y1, x2, y2
@@ -250,6 +271,11 @@ def index(
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default 100 MP).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out files whose path or a folder "
+                                                      "of it matches this glob ('Trash', '*.tmp.jpg'); kept in the "
+                                                      "index for later runs (repeatable).")] = None,
+    clear_excludes: Annotated[bool, typer.Option("--clear-excludes", help="Forget every exclusion (globs and what "
+                                                                         "`retrieve remove` took out) first.")] = False,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files."""
     overrides: dict[str, Any] = {}
@@ -276,23 +302,26 @@ def index(
     put(None, "decode", decode)
     where = _index_dir(index)
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
+        if exclude or clear_excludes:
+            idx.exclude(exclude or [], clear=clear_excludes)
         task = bar.add_task("indexing", total=None, rate="")
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
-            speed = bar.tasks[0].speed
-            bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+            bar.update(task, rate=_rate(bar.tasks[0]))
 
         summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress)
         if refit_whitening:
             idx.refresh(refit=True)
-        images_now = idx.store.count("ok")
+        images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
-        log.warning("skipped %s: %s", path, reason)
+        log.warning("skipped %s: %s", shown(path), reason)
+    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+        if summary.still_refused else ""
     typer.echo(
-        f"{where}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)} | "
+        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
         f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
     )
     if summary.interrupted:
@@ -303,11 +332,15 @@ def index(
 @app.command()
 @_errors
 def query(
-    image: Annotated[Path, typer.Argument(help="Query image (may live outside the indexed folders).")],
+    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
+                                                      "are embedded together.", show_default=False)],
     index: IndexDir = None,
-    k: Annotated[int, typer.Option("-k", "--top", help="How many results.")] = 10,
-    bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}.")] = False,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = 10,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout: the list of {rank, score, path} "
+                                                         "(several queries: a list of {query, hits}).")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths", "--filepath-only",
+                                             help="Only the result paths, one per line, as the file system's bytes.")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
     device: Device = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = False,
@@ -316,24 +349,51 @@ def query(
     qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
     out: Annotated[Path | None, typer.Option("--out", help="Write correspondence maps and index.html here.")] = None,
 ) -> None:
-    """Find the indexed images most like IMAGE. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
     if k < 1:
-        raise ValueError(f"-k must be at least 1, got {k}")
+        raise typer.BadParameter(f"must be at least 1, got {k}", param_hint="-k")
+    if as_json and paths_only:
+        raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if out is not None and len(images) > 1:
+        raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = _parse_bbox(bbox)
     with engine.Index.open(_index_dir(index)) as idx:
         idx.backbone(weights=None if weights is None else str(weights), device=device)
-        result = idx.search(image, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+        results = idx.search_many(images, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+        for result in results:
+            if result.gone:
+                logging.getLogger("retrieval").warning(
+                    "left out %d result(s) whose files are gone (deleted or moved since indexing), e.g. %s; "
+                    "`retrieve index` of their folder removes them from the index", len(result.gone), result.gone[0])
         if as_json:
-            typer.echo(json.dumps(result.to_json(), indent=2))
+            data: Any = results[0].to_json() if len(images) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            typer.echo(json.dumps(data, indent=2))
+        elif paths_only:
+            lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
+            sys.stdout.buffer.write(lines)
+            sys.stdout.flush()
         else:
-            columns = ["rank", "score", *(["inliers"] if rerank else [])]
-            table = Table(*columns, Column("path", overflow="fold"), box=None)
-            for h in result.hits:
-                inliers = [] if not rerank else ["-" if h.inliers is None else str(h.inliers)]
-                table.add_row(str(h.rank), f"{h.score:.4f}", *inliers, h.path)
-            _stdout().print(table)
+            for q, result in zip(images, results):
+                _print_hits(result, title=f"query {shown(str(q))}" if len(images) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
-            Console(stderr=True).print(f"maps: {engine.explain(idx, image, result, out, bbox=box)}")
+            Console(stderr=True).print(f"maps: {engine.explain(idx, images[0], results[0], out, bbox=box)}")
+
+
+def _print_hits(result: Any, *, title: str | None) -> None:
+    """Rank, what the order is by, and the path. Re-ranked lists are ordered by verified inliers
+    (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
+    if result.reranked:
+        columns = ["rank", "inliers", "similarity"]
+        caption = "ordered by verified patch matches (inliers; fewer than 6 count as none), then similarity"
+    else:
+        columns, caption = ["rank", "similarity"], None
+    table = Table(*columns, Column("path", overflow="fold"), box=None, title=title, title_justify="left",
+                  caption=caption, caption_justify="left")
+    for h in result.hits:
+        inliers = [] if not result.reranked else ["-" if h.inliers is None else str(h.inliers)]
+        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", shown(h.path))
+    _stdout().print(table)
 
 
 @app.command()
@@ -359,8 +419,13 @@ def info(
     v = data["vector_index"]
     typer.echo("vectors      " + (f"{v['kind']}, {v['vectors']} x {v['dim']}" if v["fresh"] else "stale (rebuilt on next use)"))
     typer.echo(f"on disk      {data['bytes_on_disk'] / 1e6:.1f} MB")
+    excluded = data["excluded"]
+    for g in excluded["globs"]:
+        typer.echo(f"excluded     {shown(g)} (glob; `retrieve index --clear-excludes` forgets exclusions)")
+    for p in excluded["paths"]:
+        typer.echo(f"excluded     {shown(p)} (by `retrieve remove`; `retrieve index {shown(p)}` takes it back)")
     for s in data["skipped"]:
-        typer.echo(f"skipped      {s['path']}: {s['reason']}")
+        typer.echo(f"skipped      {shown(s['path'])}: {s['reason']}")
 
 
 @app.command()
@@ -369,11 +434,17 @@ def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.", show_default=False)],
     index: IndexDir = None,
 ) -> None:
-    """Remove files (or everything under folders) from an index."""
-    with engine.Index.open(_index_dir(index)) as idx:
+    """Remove files (or everything under folders) from an index, and keep them out of later
+    `retrieve index` runs of their folders (`retrieve index PATH` takes a path back)."""
+    where = _index_dir(index)
+    with engine.Index.open(where) as idx:
         n = idx.remove(paths)
-        left = idx.store.count("ok")
-    typer.echo(f"removed {n} entries; {left} images indexed")
+        left = idx.count()
+    if n == 0:
+        raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+    typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
+               f"them out (`retrieve index PATH` takes a path back)")
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 DEFAULT_SIZE = 448
 DEFAULT_MAX_PIXELS = 100_000_000
+MAX_SIZE = 4096  # longer side of a model input: 292 x 292 patches already; larger sizes only exhaust memory
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class ImageConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels than this, before decoding
 
     def __post_init__(self) -> None:
-        if self.size < 14:
-            raise ValueError(f"size must be at least 14 pixels, got {self.size}")
+        if not 14 <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be 14 to {MAX_SIZE} pixels (the longer side the model sees), got {self.size}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 
@@ -86,6 +87,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: decode in threads between forward passes), got {self.workers}")
         if self.decode not in ("auto", "cpu", "gpu"):
             raise ValueError(f"unknown decode {self.decode!r}; valid: auto, cpu, gpu")
 

@@ -32,12 +32,19 @@ log = logging.getLogger(__name__)
 ALLOWED_FORMATS = frozenset(
     {"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "HEIF", "AVIF", "JPEG2000", "PPM", "TGA"}
 )
+# Camera RAW files. Listed so that a scan reports them as refused, with the fix, instead of
+# ignoring them: they are not decoded (demosaicing is a raw converter's job, and the picture a
+# photographer means is the developed export that usually sits beside the RAW file).
+RAW_EXTENSIONS = frozenset(
+    {".nef", ".nrw", ".dng", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef",
+     ".srw", ".raw", ".rwl", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq", ".mos", ".dcr"}
+)
 # File name endings worth opening when a folder is scanned (content decides what they are).
 # PSD is listed so that users learn why it is refused rather than finding it silently ignored.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".dib",
      ".heic", ".heif", ".hif", ".avif", ".avifs", ".jp2", ".j2k", ".jpf", ".jpx", ".mpo", ".ppm", ".pgm",
-     ".pbm", ".pnm", ".tga", ".psd"}
+     ".pbm", ".pnm", ".tga", ".psd"} | RAW_EXTENSIONS
 )
 DECODER_THREADS = "retrieval-decode"  # name prefix of the engine's decoder threads (see pixel_limit)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -148,6 +155,7 @@ def decode(
     scoped=False: the caller holds `pixel_limit` (see there).
     """
     path = Path(path)
+    _refuse_raw(path)
     if data is None:
         try:
             nbytes = path.stat().st_size
@@ -184,11 +192,23 @@ def decode(
         raise BadImageError(path, reason) from e
 
 
+def _refuse_raw(path: str | Path) -> None:
+    suffix = Path(path).suffix.lower()
+    if suffix in RAW_EXTENSIONS:
+        raise BadImageError(path, f"camera RAW files ({suffix}) are not decoded",
+                            fix="index the JPEG or TIFF that your raw converter exports from it")
+
+
 def _check_header(path: Path, im: Image.Image, max_pixels: int) -> None:
     if im.format not in ALLOWED_FORMATS:
         raise BadImageError(
             path, f"{im.format} files are not supported", fix="export a flattened JPEG or PNG"
         )
+    if im.format == "TIFF" and im.info.get("compression") in _TIFF_UNDECODABLE:
+        # refused from the header: libtiff would print its own complaint about a temporary file
+        # name in the middle of the progress bar before failing
+        raise BadImageError(path, f"TIFF with {im.info['compression']} compression, which this build's libtiff "
+                                  f"cannot decode", fix="re-save it as TIFF with LZW or Deflate, or as PNG or JPEG")
     w, h = im.size
     if w < 1 or h < 1:
         raise BadImageError(path, f"image has no pixels ({w}x{h})")
@@ -358,6 +378,7 @@ class EncodedJpeg:
     nbytes: int
 
 
+_TIFF_UNDECODABLE = frozenset({"webp"})  # compressions the libtiff in Pillow's wheels lacks (probed)
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
 
 
@@ -371,6 +392,7 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
     Runs in decoder worker processes (this module imports neither torch nor the engine) or
     threads (scoped=False, under one pixel_limit). Raises BadImageError.
     """
+    _refuse_raw(path)  # before reading: a RAW file is 20-80 MB
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -2,8 +2,11 @@
 
 Always derived from the store; it carries the fingerprint and store generation it was built
 from, and `from_bytes` refuses data whose fingerprint or generation does not match (the caller
-then rebuilds it). The engine opens the files; this module reads and writes their contents. Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search
-returns (scores, ids), each (m, k), best first, id -1 where fewer than k exist.
+then rebuilds it). The engine opens the files; this module reads and writes their contents.
+Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search returns (scores, ids), each
+(m, min(k, n)), best first: `k` is clamped to what exists, never used to size an allocation (a
+user's `-k 1000000000` must not exhaust memory). An approximate index may still find fewer than
+that for some query: those slots hold id -1 and score -inf.
 """
 
 from __future__ import annotations
@@ -53,15 +56,11 @@ class VectorIndex:
         xq = _as_vectors(xq, self.dim, "query")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if self.ntotal == 0:  # nothing to find: padding only, whichever searcher
-            return np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
-        k_eff = min(k, self.ntotal)
+        k = min(k, self.ntotal)
+        if k == 0:  # nothing to find
+            return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         searcher = self.exact_on or self.faiss_index
-        scores, ids = searcher.search(xq, k_eff)
-        if k_eff < k:
-            pad = ((0, 0), (0, k - k_eff))
-            scores = np.pad(scores, pad, constant_values=-np.inf)
-            ids = np.pad(ids, pad, constant_values=-1)
+        scores, ids = searcher.search(xq, k)
         return scores.astype(np.float32), ids.astype(np.int64)
 
 

@@ -152,13 +152,23 @@ def verify(fa: np.ndarray, xya: np.ndarray, fb: np.ndarray, xyb: np.ndarray, *, 
     return Verification(m, inl, model)
 
 
+def verified(inliers: np.ndarray, *, min_inliers: int = MIN_INLIERS) -> np.ndarray:
+    """Inlier counts that count as verified; those below min_inliers count as 0."""
+    c = np.asarray(inliers, np.int64)
+    return np.where(c >= min_inliers, c, 0)
+
+
+def order_key(score: float, inliers: int | None, *, min_inliers: int = MIN_INLIERS) -> tuple[int, float]:
+    """The ranking rule of a re-ranked list as a key (larger first): verified inliers, then global score."""
+    n = 0 if inliers is None else int(verified(np.array(inliers), min_inliers=min_inliers))
+    return n, float(score)
+
+
 def rerank_order(global_scores: Sequence[float], inliers: Sequence[int], *, min_inliers: int = MIN_INLIERS) -> np.ndarray:
-    """New order of a shortlist: verified candidates (>= min_inliers) by inlier count, then the rest;
+    """New order of a shortlist by `order_key`: verified candidates by inlier count, then the rest;
     ties (and the unverified) keep the global order. Returns indices into the shortlist."""
     g = np.asarray(global_scores, np.float64)
-    c = np.asarray(inliers, np.int64)
-    verified = np.where(c >= min_inliers, c, 0)
-    return np.lexsort((np.arange(len(g)), -g, -verified))
+    return np.lexsort((np.arange(len(g)), -g, -verified(np.asarray(inliers), min_inliers=min_inliers)))
 
 
 def query_expansion(xq: np.ndarray, xb_top: np.ndarray, sims: np.ndarray, *, alpha: float = 3.0) -> np.ndarray:

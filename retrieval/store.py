@@ -1,7 +1,10 @@
 """SQLite store (sqlite-utils): the source of truth of an index.
 
 One row per file: path, size, mtime_ns, sha256, width, height, status ('ok' | 'skipped'),
-error, and the raw (pre-whitening) global descriptor as a float32 blob. A `meta` table holds
+error, and the raw (pre-whitening) global descriptor as a float32 blob. Paths are stored
+losslessly: as TEXT when they are valid UTF-8, else as the file system's bytes in a BLOB (Linux
+names are bytes; old cameras and other systems write names that are not UTF-8). Either way the
+API gives and takes `str`, with undecodable bytes as surrogate escapes (os.fsdecode). A `meta` table holds
 the schema version, the index configuration and fingerprint, the whitening, and a generation
 number that every committed change increments (and a data version that only row changes do). WAL journal: a crash loses at most the batch
 in flight, never a committed one.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ import numpy as np
 import sqlite_utils
 
 from .errors import SchemaVersionError
+from .types import shown
 
 SCHEMA_VERSION = 2
 
@@ -153,7 +158,7 @@ class Store:
         sql = "SELECT id, path, size, mtime_ns, sha256, status, error FROM images"
         inside = None if under is None else PathFilter(under)
         for r in self.db.execute(sql + " ORDER BY path").fetchall():
-            row = FileRow(*r)
+            row = FileRow(r[0], _path_out(r[1]), *r[2:])
             if inside is None or row.path in inside:
                 yield row
 
@@ -175,7 +180,7 @@ class Store:
                     "height=excluded.height, status=excluded.status, error=excluded.error, "
                     "descriptor=excluded.descriptor, local_feats=excluded.local_feats, "
                     "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w",
-                    [u.path, u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, u.error, blob,
+                    [_path_in(u.path), u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, None if u.error is None else shown(u.error), blob,
                      u.local_feats, u.local_coords, gh, gw],
                 )
             for i in deletes:
@@ -198,7 +203,8 @@ class Store:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        return dict(self.db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall())
+        rows = self.db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall()
+        return {i: _path_out(p) for i, p in rows}
 
     def local(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, tuple[int, int]] | None]:
         """id -> (feats blob, coords blob, grid) or None where the row has no local descriptors."""
@@ -216,8 +222,21 @@ class Store:
         return int(self.db.execute("SELECT count(*) FROM images WHERE status = ?", [status]).fetchone()[0])
 
     def skipped(self) -> list[tuple[str, str]]:
-        return [tuple(r) for r in self.db.execute(
+        return [(_path_out(p), e) for p, e in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+def _path_in(path: str) -> str | bytes:
+    """A path as stored: TEXT when it is valid UTF-8, else its file-system bytes (a BLOB)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _path_out(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class PathFilter:

@@ -54,3 +54,9 @@ class ImageRef:
     path: str
     size: int
     mtime_ns: int
+
+
+def shown(text: str) -> str:
+    """Text for people (and for UTF-8 files): a file name's bytes that are not UTF-8, which Python
+    carries as surrogate escapes (os.fsdecode), written as \\xNN. Valid text is unchanged."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

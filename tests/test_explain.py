@@ -193,7 +193,7 @@ def test_maps_survive_a_missing_result(tmp_path):
     ix, out = tmp_path / "ix", tmp_path / "maps"
     runner.invoke(app, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
                         "--workers", "0"])
-    files[2].unlink()
+    files[2].write_bytes(b"damaged since it was indexed")  # still listed; its maps cannot be drawn
     query = tmp_path / "q.png"
     Image.open(files[0]).save(query)
     r = runner.invoke(app, ["query", str(query), "--index", str(ix), "-k", "3", "--out", str(out)])

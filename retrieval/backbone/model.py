@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import UnknownBackboneError
+from ..errors import RetrievalError, UnknownBackboneError, WeightsError
 from ..types import BackboneSpec, TokenBatch
 from . import weights as W
 from .onednn import use_onednn
@@ -140,9 +140,26 @@ def _build_vit(arch: Arch) -> torch.nn.Module:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None: cuda when present, else cpu. A device that is not here raises RetrievalError naming
+    the valid ones."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    valid = "cpu, cuda, cuda:N" if torch.cuda.is_available() else "cpu (no CUDA device here)"
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise RetrievalError(f"unknown device {str(device)!r}; valid here: {valid}") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RetrievalError(f"--device {device}: no CUDA device here (no NVIDIA GPU or driver); use --device cpu "
+                                 f"or leave --device out")
+        if where.index is not None and where.index >= count:
+            raise RetrievalError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                                 f"cuda:{count - 1}")
+    elif where.type != "cpu":
+        raise RetrievalError(f"--device {device} is not supported; valid here: {valid}")
+    return where
 
 
 def native_dtype(device: torch.device) -> str:
@@ -173,6 +190,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None =
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; valid: auto, fp32, bf16, fp16") from None
+
+
+def ensure_weights(name: str, *, weights: str | Path | None = None, cache_dir: str | Path | None = None) -> None:
+    """Fail now, before any work, if `name` is unknown or its weights cannot be had: a given file
+    must exist; with none, the official checkpoint must be cached or downloadable (it is fetched
+    here). Builds no model."""
+    archs = registry()
+    if name not in archs:
+        raise UnknownBackboneError(name, list(archs))
+    arch = archs[name]
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise WeightsError(f"weights file not found: {weights}; expected the official {arch.checkpoint_file} "
+                                 f"({arch.url}) or a safetensors file of {arch.name}")
+    elif not arch.random_only:
+        W.fetch_official(arch, cache_dir=cache_dir)
 
 
 def load_backbone(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from .. import images, visualize
 from .. import rerank as rr
 from ..backbone import Backbone
 from ..config import ImageConfig
-from ..errors import BadImageError
+from ..errors import BadImageError, RetrievalError
+from ..types import shown
 from .files import atomic_write
 from .indexer import Index, SearchResult
 
 Box = tuple[float, float, float, float]
+_RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain` names a result's pictures
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,15 @@ def _png(im: Image.Image, out: Path) -> Path:
 
 def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | Path, *,
             bbox: Box | None = None) -> Path:
-    """Write matches / heat map / PCA PNGs for each hit and an index.html that shows them all."""
+    """Write matches / heat map / PCA PNGs for each hit and an index.html that shows them all.
+    What an earlier call wrote there (and only that) is deleted first, so no stale result stays."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RetrievalError(f"--out {shown(str(out))} is a file; pass a folder for the maps (created if missing)")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if old.name in ("query.png", "index.html") or _RESULT_FILE.fullmatch(old.name):
+            old.unlink()
     bb = idx.backbone()
     q = view(query, backbone=bb, image=idx.config.image, bbox=bbox)
     _png(q.picture, out / "query.png")
@@ -105,7 +114,8 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
         try:
             other = view(h.path, backbone=bb, image=idx.config.image)
         except BadImageError as e:  # moved or damaged since it was indexed: say so, keep the page
-            rows.append({"rank": h.rank, "score": h.score, "path": h.path, "inliers": h.inliers, "error": e.reason})
+            rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers,
+                         "error": e.reason})
             continue
         pics = render(pair(q, other), patch_size=bb.patch_size)
         names = {}
@@ -113,8 +123,8 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
             name = f"{h.rank:03d}_{kind}.png"
             _png(pic, out / name)
             names[kind] = name
-        rows.append({"rank": h.rank, "score": h.score, "path": h.path, "inliers": h.inliers, **names})
-    page = visualize.results_html({"image": "query.png", "path": str(Path(query).resolve())}, rows)
+        rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers, **names})
+    page = visualize.results_html({"image": "query.png", "path": shown(str(Path(query).resolve()))}, rows)
     return atomic_write(out / "index.html", lambda f: f.write(page.encode()))
 
 

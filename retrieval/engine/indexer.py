@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -28,13 +28,14 @@ from .. import images, local, pooling
 from .. import rerank as rr
 from .. import index as vindex
 from .. import whitening as wh
-from ..backbone import Backbone, load_backbone, native_dtype, resolve_device
+from ..backbone import Backbone, ensure_weights, load_backbone, native_dtype, resolve_device
 from ..backbone.weights import file_sha256
 from ..config import EngineConfig, deep_merge
 from ..discover import discover
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
 from ..local import LocalPCA
 from ..store import PathFilter, Store, Upsert
+from ..types import shown
 from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
 from .files import atomic_write
 
@@ -76,17 +77,15 @@ class Hit:
 @dataclass(frozen=True)
 class SearchResult:
     """Ranked hits: ids unique, ranks 1..n, ordered by decreasing score, or when re-ranked by
-    decreasing verified inliers (rerank.rerank_order's key) and then score."""
+    rerank.order_key (verified inliers, then score). gone: paths of results left out because
+    their files no longer exist (`retrieve index` of their folder prunes them)."""
 
     hits: tuple[Hit, ...]
     reranked: bool = False
+    gone: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        def key(h: Hit) -> tuple[int, float]:
-            verified = h.inliers if self.reranked and h.inliers is not None and h.inliers >= rr.MIN_INLIERS else 0
-            return verified, h.score
-
-        keys = [key(h) for h in self.hits]
+        keys = [rr.order_key(h.score, h.inliers if self.reranked else None) for h in self.hits]
         if any(a[0] < b[0] or (a[0] == b[0] and a[1] < b[1] - 1e-6) for a, b in zip(keys, keys[1:])):
             raise ValueError("hits are not in ranking order")
         if len({h.id for h in self.hits}) != len(self.hits):
@@ -105,8 +104,8 @@ class UpdateSummary:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    to_embed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # refused in this run
+    still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
     interrupted: bool = False
     seconds: float = 0.0
     whitened: bool = False
@@ -134,7 +133,7 @@ class Index:
     @classmethod
     def open(cls, path: str | Path) -> Index:
         """An existing index; RetrievalError if there is none."""
-        path = Path(path)
+        path = _folder(path)
         db = path / STORE_FILE
         if not db.is_file():
             raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
@@ -152,7 +151,11 @@ class Index:
         A new index takes defaults + overrides. An existing one refuses overrides that would
         change its descriptors (model, dtype, size, pooling), naming the fix.
         """
-        path = Path(path)
+        path = _folder(path)
+        if not (path / STORE_FILE).is_file():  # a new index: fail on a model or weights it cannot have, first
+            wanted = EngineConfig.from_dict(deep_merge(EngineConfig().to_dict(), overrides or {}))
+            resolve_device(wanted.backbone.device)
+            ensure_weights(wanted.backbone.name, weights=wanted.backbone.weights)
         path.mkdir(parents=True, exist_ok=True)
         store = Store(path / STORE_FILE, create=True)
         stored = store.get_meta("config")
@@ -310,8 +313,11 @@ class Index:
                 if not os.path.exists(r):
                     raise RetrievalError(f"{r} does not exist; pass a folder of images")
             unreadable: list[str] = []
-            found = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS, exclude=[self.path],
-                                  unreadable=unreadable))
+            excluded = self._lift_exclusions(roots_abs)
+            skip = PathFilter(excluded["paths"])
+            found = [ref for ref in discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
+                                             exclude=[self.path, *excluded["paths"]], unreadable=unreadable)
+                     if ref.path not in skip and not _glob_excluded(ref.path, excluded["globs"])]
             keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
             existing = {row.path: row for row in self.store.rows(under=roots_abs) if row.path not in keep}
             todo: list[str] = []
@@ -327,7 +333,10 @@ class Index:
                     todo.append(ref.path)
                     continue
                 if row.size == ref.size and row.mtime_ns == ref.mtime_ns:
-                    summary.unchanged += 1
+                    if row.status == "skipped":
+                        summary.still_refused += 1
+                    else:
+                        summary.unchanged += 1
                     continue
                 if row.sha256 and row.size == ref.size and file_sha256(ref.path) == row.sha256:
                     touches.append((row.id, ref.size, ref.mtime_ns))  # same bytes, new timestamp
@@ -337,7 +346,6 @@ class Index:
             if existing or touches:
                 self.store.apply(deletes=[r.id for r in existing.values()], touches=touches)
                 summary.removed = len(existing)
-            summary.to_embed = len(todo)
             stats = {r.path: r for r in found}  # discover yields absolute paths
             done = 0
             if todo:
@@ -516,21 +524,72 @@ class Index:
     def search(self, path: str | Path, *, k: int = 10, bbox: tuple[float, float, float, float] | None = None,
                rerank: bool = False, rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
         """Top k by global similarity; optionally alpha-query-expanded (qe = how many top results to
-        add) and re-ranked by geometrically verified patch matches over the top rerank_k."""
+        add) and re-ranked by geometrically verified patch matches over the top rerank_k.
+
+        Results whose file is gone from disk (deleted or moved since indexing) are left out and
+        listed in `SearchResult.gone`; the next ones fill their places."""
+        return self.search_many([path], k=k, bbox=bbox, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)[0]
+
+    def search_many(self, paths: Sequence[str | Path], *, k: int = 10,
+                    bbox: tuple[float, float, float, float] | None = None, rerank: bool = False, rerank_k: int = 100,
+                    qe: int = 0, qe_alpha: float = 3.0) -> list[SearchResult]:
+        """`search` for several query files, embedded together in batched forward passes (a box
+        applies to a single query only). Raises BadImageError for the first unusable query."""
         if self.store.count("ok") == 0:
             raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
         if k < 1 or rerank_k < 1 or qe < 0:
             raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
-        raw, q_patches, q_grid = self.query_tokens(path, bbox=bbox)
-        vec = self.vectors()
+        if bbox is not None and len(paths) != 1:
+            raise ValueError("a box crops one query image; pass one image with --bbox")
+        if bbox is not None:
+            queries = [self.query_tokens(paths[0], bbox=bbox)]
+        else:
+            queries = self._embed_queries([str(p) for p in paths])
+        return [self._search_one(*q, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+                for q in queries]
+
+    def _embed_queries(self, paths: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+        """Query files embedded by the database's own pipeline (same decode, batches, pooling):
+        (raw descriptor (1, D), first-scale patch tokens (h*w, d), grid) per file, in input order."""
+        done: dict[int, Embedding] = {}
+        for group in self.embed_files(paths, workers=0):
+            for item in group:
+                if isinstance(item, Skipped):
+                    raise BadImageError(item.path, item.reason)
+                done[item.decoded.index] = item
+        out = []
+        for i in range(len(paths)):
+            e = done[i]
+            assert e.patches is not None  # no local PCA was passed: the tokens come back
+            out.append((e.descriptor[None], e.patches, e.grid))
+        return out
+
+    def _search_one(self, raw: np.ndarray, q_patches: np.ndarray, q_grid: tuple[int, int], *, k: int, rerank: bool,
+                    rerank_k: int, qe: int, qe_alpha: float) -> SearchResult:
         w = self.whitening()
         xq = w.apply(raw) if w is not None else raw
-        shortlist = max(k, rerank_k) if rerank else k
         if qe > 0:
-            scores, ids = vec.search(xq, qe)
+            scores, ids = self.vectors().search(xq, qe)
             top = ids[0][ids[0] >= 0]
             xq = rr.query_expansion(xq[0], self._vectors_of(top), scores[0][: len(top)], alpha=qe_alpha)[None]
-        scores, ids = vec.search(xq, shortlist)
+        want, total = k, self.vectors().ntotal
+        while True:  # each round asks for as many more as were gone (a user's k never sizes anything)
+            ranked = self._ranked(xq, q_patches, q_grid, k=want, rerank=rerank, rerank_k=rerank_k)
+            found = self.store.paths(h[1] for h in ranked)
+            present = [h for h in ranked if os.path.exists(found[h[1]])]
+            if len(present) >= k or len(ranked) < want or want >= total:
+                break
+            want = min(total, want + k - len(present))
+        gone = tuple(found[i] for _, i, _ in ranked if not os.path.exists(found[i]))
+        hits = tuple(Hit(rank=r + 1, score=s, path=found[i], id=i, inliers=n)
+                     for r, (s, i, n) in enumerate(present[:k]))
+        return SearchResult(hits, reranked=rerank, gone=gone)
+
+    def _ranked(self, xq: np.ndarray, q_patches: np.ndarray, q_grid: tuple[int, int], *, k: int, rerank: bool,
+                rerank_k: int) -> list[tuple[float, int, int | None]]:
+        """(score, id, inliers) of the top k, re-ranked over the top rerank_k when asked."""
+        shortlist = max(k, rerank_k) if rerank else k
+        scores, ids = self.vectors().search(xq, shortlist)
         valid = ids[0] >= 0
         ids_v, scores_v = ids[0][valid], scores[0][valid]
         inliers: list[int | None] = [None] * len(ids_v)
@@ -548,11 +607,7 @@ class Index:
             order = np.concatenate([rr.rerank_order(scores_v[:head], counts), np.arange(head, len(ids_v))])
             ids_v, scores_v = ids_v[order], scores_v[order]
             inliers = [counts[j] if j < head else None for j in order]
-        ids_v, scores_v, inliers = ids_v[:k], scores_v[:k], inliers[:k]
-        found = self.store.paths(ids_v)
-        hits = tuple(Hit(rank=r + 1, score=float(s), path=found[int(i)], id=int(i), inliers=n)
-                     for r, (s, i, n) in enumerate(zip(scores_v, ids_v, inliers)))
-        return SearchResult(hits, reranked=rerank)
+        return [(float(s), int(i), n) for s, i, n in zip(scores_v[:k], ids_v[:k], inliers[:k])]
 
     def _vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """Database vectors (as indexed: whitened, augmented) of the given ids, from the FAISS index."""
@@ -562,14 +617,56 @@ class Index:
 
     # --- maintenance ------------------------------------------------------------------------
     def remove(self, paths: Sequence[str | Path]) -> int:
-        """Forget files (or everything under folders); returns how many rows went."""
+        """Forget files (or everything under folders) and keep them out of later updates of their
+        folders (see exclusions); returns how many rows went. Paths that match no row are not
+        excluded."""
         with _lock(self.path / LOCK_FILE):
             targets = [os.path.abspath(p) for p in paths]
             rows = list(self.store.rows(under=targets))
             if rows:
+                hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
+                current = self.exclusions()
+                self.store.set_meta(exclude={**current, "paths": sorted(set(current["paths"]) | set(hit))})
                 self.store.apply(deletes=[r.id for r in rows])
             self.refresh()
             return len(rows)
+
+    def exclusions(self) -> dict[str, list[str]]:
+        """{"paths": files and folders `remove` took out, "globs": patterns from `exclude`}: what
+        `update` leaves out of the folders it scans. A glob matches a file when it matches the
+        file's path or one of its folders from the right, as pathlib's PurePath.match does
+        ("Trash", "*.tmp.jpg", "2019/drafts")."""
+        stored = self.store.get_meta("exclude") or {}
+        return {"paths": list(stored.get("paths", [])), "globs": list(stored.get("globs", []))}
+
+    def exclude(self, globs: Sequence[str] = (), *, clear: bool = False) -> dict[str, list[str]]:
+        """Add glob patterns to the exclusions (clear=True first drops every exclusion)."""
+        current = {"paths": [], "globs": []} if clear else self.exclusions()
+        bad = [g for g in globs if not g.strip() or g.startswith("/")]
+        if bad:
+            raise ValueError(f"--exclude {bad[0]!r}: give a pattern relative to any folder, such as 'Trash' or "
+                             f"'*.tmp.jpg' (remove a single path with `retrieve remove PATH`)")
+        new = {"paths": current["paths"], "globs": sorted(set(current["globs"]) | set(globs))}
+        if new != self.exclusions():
+            self.store.set_meta(exclude=new)
+        return new
+
+    def _lift_exclusions(self, roots: Sequence[str]) -> dict[str, list[str]]:
+        """Naming a path to index takes back an exclusion made by `remove` at that path or around
+        it (a whole excluded folder, when a file inside it is named); indexing a folder that
+        merely holds excluded paths leaves them out."""
+        current = self.exclusions()
+        kept = [p for p in current["paths"] if not any(r in PathFilter([p]) for r in roots)]
+        if kept != current["paths"]:
+            lifted = sorted(set(current["paths"]) - set(kept))
+            log.info("indexing again what `retrieve remove` had excluded: %s", ", ".join(map(shown, lifted)))
+            current = {**current, "paths": kept}
+            self.store.set_meta(exclude=current)
+        return current
+
+    def count(self) -> int:
+        """How many images are indexed (refused files not counted)."""
+        return self.store.count("ok")
 
     def info(self) -> dict[str, Any]:
         w = self.whitening()
@@ -584,6 +681,7 @@ class Index:
             "index": str(self.path.resolve()),
             "images": self.store.count("ok"),
             "skipped": [{"path": p, "reason": r} for p, r in self.store.skipped()],
+            "excluded": self.exclusions(),
             "config": self.config.to_dict(),
             "weights_id": self.store.get_meta("weights_id"),
             "fingerprint": self.fingerprint(),
@@ -594,6 +692,20 @@ class Index:
             "bytes_on_disk": sum(files.values()),
             "files": files,
         }
+
+
+def _folder(path: str | Path) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RetrievalError(f"--index {shown(str(path))} is a file, not a folder; pass a folder (created if missing)")
+    return path
+
+
+def _glob_excluded(path: str, globs: Sequence[str]) -> bool:
+    if not globs:
+        return False
+    p = PurePath(path)
+    return any(q.match(g) for g in globs for q in (p, *p.parents) if q.name)
 
 
 def _check_weights_file(weights: str, known: str, path: Path, store: Store) -> None:

@@ -1,0 +1,269 @@
+"""Hostile and first-time use through the CLI: memory, file names, one-line errors, honest output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval.cli import app
+
+from .conftest import ROOT, synth_photo
+
+runner = CliRunner()
+BAD_NAME = os.fsdecode(b"bad\xff\xfe.jpg")  # not UTF-8: Linux file names are bytes
+
+
+def _index(folder: Path, ix: Path, *more: str):
+    r = runner.invoke(app, ["index", str(folder), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                            "--workers", "0", *more])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def _query(ix: Path, *args: str):
+    return runner.invoke(app, ["query", *args, "--index", str(ix)])
+
+
+def _one_line_error(r, *words: str) -> None:
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith(("error:", "Usage", "Error")) or "Invalid value" in r.stderr, \
+        r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(5):
+        synth_photo(i).save(d / f"p{i}.jpg", quality=90)
+    return d
+
+
+def test_huge_k_rerank_k_and_qe_stay_within_memory(folder, tmp_path):
+    """-k 10^9 over 5 images: before the fix, 8 GB+ padding arrays. The child runs with a 6 GB
+    address-space limit, so a regression fails here instead of taking the machine down."""
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+        from typer.testing import CliRunner
+        from retrieval.cli import app
+        r = CliRunner().invoke(app, ["query", {str(folder / "p1.jpg")!r}, "--index", {str(ix)!r}, "--json",
+                                     "-k", "1000000000", "--rerank", "--rerank-k", "1000000000",
+                                     "--qe", "1000000000"])
+        sys.stdout.write(r.stdout)
+        sys.exit(r.exit_code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hits = json.loads(done.stdout)
+    assert len(hits) == 5 and sorted(h["path"] for h in hits) == sorted(str(p) for p in folder.iterdir())
+
+
+def test_non_utf8_file_name_is_indexed_losslessly(folder, tmp_path):
+    shutil.copy(folder / "p2.jpg", folder / BAD_NAME)
+    ix = tmp_path / "ix"
+    r = _index(folder, ix)
+    assert "6 images indexed" in r.stdout and "skipped 0" in r.stdout
+    assert "unchanged 6" in _index(folder, ix).stdout  # and every later run goes on
+    js = json.loads(_query(ix, str(folder / "p2.jpg"), "--json", "-k", "6").stdout)
+    assert str(folder / BAD_NAME) in [h["path"] for h in js]  # JSON escapes the bytes; they come back exact
+    raw = _query(ix, str(folder / "p2.jpg"), "--paths", "-k", "6").stdout_bytes
+    assert os.fsencode(folder / BAD_NAME) in raw.split(b"\n")  # the file system's own bytes, for scripts
+    table = _query(ix, str(folder / BAD_NAME), "-k", "2")
+    assert table.exit_code == 0 and "bad\\xff\\xfe.jpg" in table.stdout  # readable, never a crash
+    gone = runner.invoke(app, ["remove", str(folder / BAD_NAME), "--index", str(ix)])
+    assert gone.exit_code == 0 and "removed 1" in gone.stdout
+
+
+def test_paths_that_are_files_and_bad_values_end_in_one_line(folder, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(a_file), "--model", "test_tiny"]),
+                    "is a file")
+    _one_line_error(_query(a_file, str(folder / "p0.jpg")), "is a file")
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    _one_line_error(_query(ix, str(folder / "p0.jpg"), "--out", str(a_file)), "is a file")
+    _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i2"), "--model",
+                                        "test_tiny", "--size", "100000"]), "4096")
+    _one_line_error(runner.invoke(app, ["extract", str(folder), "-o", str(tmp_path / "f.npz"), "--model",
+                                        "test_tiny", "--size", "100000"]), "4096")
+    for device, said in (("gpu", "unknown device 'gpu'"), ("cuda", "no CUDA device")):
+        if device == "cuda" and __import__("torch").cuda.is_available():
+            continue
+        _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i3"), "--model",
+                                            "test_tiny", "--device", device]), said)
+        assert not (tmp_path / "i3").exists()  # refused before anything was created
+    _one_line_error(_query(ix, str(folder / "p0.jpg"), "--bbox", "nan,0,inf,100"), "finite")
+    _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(ix), "--workers", "-1"]), "--workers")
+    _one_line_error(runner.invoke(app, ["extract", str(folder), "-o", str(tmp_path / "f.npz"), "--workers", "-1"]),
+                    "--workers")
+
+
+def test_no_weights_fails_before_creating_anything(folder, tmp_path, monkeypatch):
+    from retrieval.backbone import model, weights
+    from retrieval.errors import WeightsError
+
+    def offline(arch, **kw):
+        raise WeightsError(f"no {arch.name} weights: cannot download (offline)")
+
+    def never(arch):
+        raise AssertionError("a model was built before the weights were known to exist")
+
+    monkeypatch.setattr(weights, "fetch_official", offline)
+    monkeypatch.setattr(model, "_build_vit", never)
+    ix = tmp_path / "new-index"
+    _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(ix)]), "no dinov2_vits14 weights")
+    assert not ix.exists()
+    _one_line_error(runner.invoke(app, ["index", str(folder), "--index", str(ix), "--weights",
+                                        str(tmp_path / "missing.pth")]), "not found")
+    assert not ix.exists()
+
+
+def test_reranked_table_says_what_it_is_ordered_by(folder, tmp_path):
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    r = _query(ix, str(folder / "p3.jpg"), "--rerank", "-k", "3")
+    header = r.stdout.splitlines()[0].split()
+    assert header == ["rank", "inliers", "similarity", "path"]
+    assert "ordered by verified patch matches" in r.stdout
+    assert _query(ix, str(folder / "p3.jpg"), "-k", "3").stdout.splitlines()[0].split() == \
+        ["rank", "similarity", "path"]
+
+
+def test_deleted_files_are_left_out_and_the_list_filled(folder, tmp_path):
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    query = tmp_path / "q.jpg"
+    shutil.copy(folder / "p1.jpg", query)
+    (folder / "p1.jpg").unlink()
+    (folder / "p4.jpg").unlink()
+    for extra in ([], ["--rerank"]):
+        r = _query(ix, str(query), "--json", "-k", "3", *extra)
+        paths = [h["path"] for h in json.loads(r.stdout)]
+        assert len(paths) == 3 and all(Path(p).exists() for p in paths)  # filled from further down
+        assert "left out 2 result(s) whose files are gone" in r.stderr and "retrieve index" in r.stderr
+    r = _query(ix, str(query), "--json", "-k", "10")
+    assert len(json.loads(r.stdout)) == 3  # all that exist
+
+
+def test_maps_folder_keeps_no_stale_results(folder, tmp_path):
+    ix, out = tmp_path / "ix", tmp_path / "maps"
+    _index(folder, ix)
+    assert _query(ix, str(folder / "p0.jpg"), "-k", "4", "--out", str(out)).exit_code == 0
+    assert (out / "004_matches.png").exists()
+    mine = out / "notes.txt"
+    mine.write_text("the user's own file")
+    assert _query(ix, str(folder / "p0.jpg"), "-k", "2", "--out", str(out)).exit_code == 0
+    assert sorted(p.name for p in out.glob("0*_*.png")) == [f"00{r}_{k}.png" for r in (1, 2)
+                                                           for k in ("heatmap", "matches", "pca")]
+    assert mine.read_text() == "the user's own file"
+
+
+def test_refused_files_are_reported_as_still_refused(folder, tmp_path):
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "IMG_0001.NEF").write_bytes(b"\x00" * 64)
+    ix = tmp_path / "ix"
+    first = _index(folder, ix)
+    assert "skipped 2" in first.stdout
+    assert "camera RAW files (.nef) are not decoded" in first.stderr
+    again = _index(folder, ix)
+    assert "unchanged 5, skipped 0, still refused 2" in again.stdout
+    info = json.loads(runner.invoke(app, ["info", "--json", "--index", str(ix)]).stdout)
+    assert {Path(s["path"]).name for s in info["skipped"]} == {"empty.jpg", "IMG_0001.NEF"}
+
+
+def test_remove_sticks_until_the_path_is_indexed_again(folder, tmp_path):
+    ix = tmp_path / "ix"
+    sub = folder / "sub"
+    sub.mkdir()
+    synth_photo(9).save(sub / "s.jpg")
+    _index(folder, ix)
+    _one_line_error(runner.invoke(app, ["remove", str(tmp_path / "nowhere.jpg"), "--index", str(ix)]),
+                    "nothing in the index")
+    r = runner.invoke(app, ["remove", str(sub), str(folder / "p0.jpg"), "--index", str(ix)])
+    assert r.exit_code == 0 and "removed 2" in r.stdout
+    assert "4 images indexed" in _index(folder, ix).stdout  # re-indexing the parent does not undo it
+    info = runner.invoke(app, ["info", "--index", str(ix)]).stdout
+    assert f"excluded     {sub}" in info and f"excluded     {folder / 'p0.jpg'}" in info
+    assert "added 1" in _index(sub, ix).stdout  # naming it takes it back
+    assert "5 images indexed" in _index(folder, ix).stdout
+    assert "5 images indexed" in _index(folder, ix, "--exclude", "p0.jpg").stdout  # still out, as a glob now
+    assert "4 images indexed" in _index(folder, ix, "--exclude", "sub").stdout
+    assert "removed 0" in _index(folder, ix).stdout and "excluded     sub (glob" in \
+        runner.invoke(app, ["info", "--index", str(ix)]).stdout
+    assert "6 images indexed" in _index(folder, ix, "--clear-excludes").stdout
+
+
+def test_log_lines_are_never_wrapped_when_piped(folder, tmp_path):
+    (folder / ("x" * 120 + ".jpg")).write_bytes(b"")
+    r = _index(folder, tmp_path / "ix")
+    lines = [line for line in r.stderr.splitlines() if "x" * 120 in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: skipped ") and "empty file" in lines[0]
+
+
+def test_rate_is_an_average_not_a_burst():
+    from rich.progress import Progress
+
+    from retrieval.cli import _rate
+
+    with Progress(disable=True) as bar:
+        task = bar.add_task("x", total=100)
+        bar.advance(task, 50)  # a whole batch lands at once, right after the start
+        assert _rate(bar.tasks[0]) == ""
+
+
+@pytest.mark.parametrize("gnd,said", [
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": "oops"}, "gnd must be a list"),
+    ({"imlist": 5, "qimlist": ["q"], "gnd": [{}]}, "imlist must be a list"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [3], "hard": [], "junk": []}]}, "outside 0..0"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [0], "bbx": [5, 5, 1, 1]}]}, "x2 > x1"),
+])
+def test_malformed_revisited_ground_truth(tmp_path, gnd, said):
+    root = tmp_path / "mine"
+    root.mkdir()
+    with open(root / "gnd_mine.pkl", "wb") as f:
+        pickle.dump(gnd, f)
+    _one_line_error(runner.invoke(app, ["eval", "mine", "--data", str(tmp_path), "--model", "test_tiny"]),
+                    "gnd_mine.pkl", said)
+
+
+@pytest.mark.parametrize("data,said", [
+    ({"database": ["a.jpg"], "queries": [1, 2]}, "queries[0] must be an object"),
+    ({"database": "img00.jpg", "queries": []}, '"database" must be a list'),
+    ({"database": ["a.jpg"], "queries": [{"image": "a.jpg", "bbox": [0, 0, "x", 1]}]}, "bbox"),
+    ([1, 2], "must be an object"),
+])
+def test_malformed_json_ground_truth(tmp_path, data, said):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps(data))
+    _one_line_error(runner.invoke(app, ["eval", str(gt), "--model", "test_tiny"]), "mine.json", said)
+
+
+def test_several_queries_in_one_call(folder, tmp_path):
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    files = [str(folder / f"p{i}.jpg") for i in (0, 3)]
+    both = json.loads(_query(ix, *files, "--json", "-k", "2").stdout)
+    assert [b["query"] for b in both] == files
+    for q, b in zip(files, both):
+        alone = json.loads(_query(ix, q, "--json", "-k", "2").stdout)
+        assert [h["path"] for h in b["hits"]] == [h["path"] for h in alone]
+        assert [h["score"] for h in b["hits"]] == pytest.approx([h["score"] for h in alone], abs=1e-4)
+    table = _query(ix, *files, "-k", "1")
+    assert table.exit_code == 0 and table.stdout.count("query ") == 2
+    _one_line_error(_query(ix, *files, "--bbox", "0,0,10,10"), "one")
