@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from . import benchmarks
+from . import benchmarks, engine  # engine: names load on first use (torch only for commands that embed)
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
 from .types import shown
@@ -34,18 +34,6 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-class _LazyEngine:
-    """The engine (torch, faiss) is imported on first use, so `retrieve --help` is instant and
-    decoder processes, which import this module as the main one, stay light."""
-
-    def __getattr__(self, name: str) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module("retrieval.engine"), name)
-
-
-engine: Any = _LazyEngine()
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Backbone short name (see `retrieve models`).")]
 Weights = Annotated[

@@ -46,6 +46,7 @@ IMAGE_EXTENSIONS = frozenset(
      ".heic", ".heif", ".hif", ".avif", ".avifs", ".jp2", ".j2k", ".jpf", ".jpx", ".mpo", ".ppm", ".pgm",
      ".pbm", ".pnm", ".tga", ".psd"} | RAW_EXTENSIONS
 )
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the upright picture
 DECODER_THREADS = "retrieval-decode"  # name prefix of the engine's decoder threads (see pixel_limit)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -300,7 +301,7 @@ def normalize(im: Image.Image, *, mean: Sequence[float], std: Sequence[float]) -
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
-def crop_box(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+def crop_box(im: Image.Image, box: Box) -> Image.Image:
     """Crop to (x1, y1, x2, y2) in image pixels, clamped to the image; raises ValueError if empty."""
     x1, y1, x2, y2 = box
     x1, x2 = max(0.0, min(x1, x2)), min(float(im.width), max(x1, x2))
@@ -383,14 +384,15 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 de
 
 
 def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-              keep_jpeg: bool = False, scoped: bool = True) -> PreparedFile | EncodedJpeg:
+              keep_jpeg: bool = False, scoped: bool = True, box: Box | None = None) -> PreparedFile | EncodedJpeg:
     """Read a file once and hash those bytes; then decode and prepare it (`prepare_bytes`), or, with
     `keep_jpeg`, leave a plain 8-bit RGB or grey JPEG that ends cleanly encoded for the GPU decoder
     (its header checked here exactly as `decode` checks it). Anything else (CMYK, MPO, truncated
     files, other formats) is decoded here, so the errors users see never depend on the decoder.
 
     Runs in decoder worker processes (this module imports neither torch nor the engine) or
-    threads (scoped=False, under one pixel_limit). Raises BadImageError.
+    threads (scoped=False, under one pixel_limit). With `box`, the picture is cropped to it first
+    (see prepare_bytes). Raises BadImageError.
     """
     _refuse_raw(path)  # before reading: a RAW file is 20-80 MB
     try:
@@ -399,21 +401,30 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
     except OSError as e:
         raise BadImageError(path, f"cannot read the file ({e.strerror or e})", fix="check the path and permissions") from e
     digest = hashlib.sha256(data).hexdigest()
-    if keep_jpeg:
+    if keep_jpeg and box is None:
         encoded = _plain_jpeg(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
                               scoped=scoped)
         if encoded is not None:
             return encoded
     return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
-                         scoped=scoped)
+                         scoped=scoped, box=box)
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
-                  digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True) -> PreparedFile:
-    """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size.
-    Raises BadImageError."""
-    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes), scoped=scoped)
-    pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=original) for s in sizes)
+                  digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True,
+                  box: Box | None = None) -> PreparedFile:
+    """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size;
+    with `box` (x1, y1, x2, y2 in pixels of the upright picture), of that crop of the full-size
+    decode. Raises BadImageError."""
+    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=None if box else max(sizes),
+                          scoped=scoped)
+    like: tuple[int, int] | None = original
+    if box is not None:
+        try:
+            im, like = crop_box(im, box), None
+        except ValueError as e:
+            raise BadImageError(path, str(e), fix="pass a --bbox inside the image") from e
+    pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=like) for s in sizes)
     return PreparedFile(pixels, original, digest, len(data))
 
 

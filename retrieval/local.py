@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import l2n
+
 DEFAULT_PATCHES = 224
 DEFAULT_DIM = 64
 
@@ -34,7 +36,7 @@ class LocalPCA:
     def project(self, patches: np.ndarray) -> np.ndarray:
         """(t, d) -> (t, k) float32, rows L2-normalised."""
         y = (np.asarray(patches, np.float32) - self.mean) @ self.components
-        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return l2n(y)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -97,7 +99,7 @@ def select(patches: np.ndarray, grid: tuple[int, int], pca: LocalPCA, n: int = D
     centred = (np.asarray(patches, np.float32) - pca.mean) @ pca.components
     score = np.linalg.norm(centred, axis=1)
     keep = np.sort(np.argsort(-score, kind="stable")[:n])
-    feats = centred[keep] / np.maximum(np.linalg.norm(centred[keep], axis=1, keepdims=True), 1e-12)
+    feats = l2n(centred[keep])
     return LocalFeatures(feats.astype(np.float16), grid_xy(grid)[keep], grid)
 
 

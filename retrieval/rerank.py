@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import l2n
+
 MIN_INLIERS = 6  # verified: at least this many inliers (random matches reach 4 easily, see tests)
 SCALE_RANGE = (0.25, 4.0)  # plausible scale between two views; collapsed models explain noise
 
@@ -175,7 +177,7 @@ def query_expansion(xq: np.ndarray, xb_top: np.ndarray, sims: np.ndarray, *, alp
     """alpha-QE: L2(q + sum_i max(sim_i, 0)^alpha x_i) over the top database vectors. xq (d,), xb_top (k, d)."""
     w = np.maximum(np.asarray(sims, np.float64), 0.0) ** alpha
     v = np.asarray(xq, np.float64) + (w[:, None] * np.asarray(xb_top, np.float64)).sum(axis=0)
-    return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+    return l2n(v)
 
 
 def database_augmentation(xb: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, *, alpha: float = 3.0) -> np.ndarray:
@@ -187,4 +189,4 @@ def database_augmentation(xb: np.ndarray, neighbours: np.ndarray, sims: np.ndarr
     valid = (nb >= 0) & (nb != np.arange(len(xb))[:, None])
     w = np.where(valid, np.maximum(np.asarray(sims, np.float64), 0.0) ** alpha, 0.0)
     out = xb + np.einsum("nk,nkd->nd", w, xb[np.where(valid, nb, 0)])
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2n(out)

@@ -48,6 +48,15 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A file refused on its way to the model: its position in the input, path and the reason."""
+
+    index: int
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ImageRef:
     """A file found on disk: absolute path, size in bytes, modification time in ns."""
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import l2n
 from .errors import ArtifactMismatchError
 
 
@@ -52,11 +53,6 @@ class Whitening:
     def from_bytes(cls, data: bytes) -> Whitening:
         with np.load(io.BytesIO(data)) as f:
             return cls(f["mean"].astype(np.float32), f["projection"].astype(np.float32), int(f["fitted_on"]))
-
-
-def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
 def fit(x: np.ndarray, *, dim: int | None = None, floor: float = 1e-6) -> Whitening:

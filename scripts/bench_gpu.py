@@ -8,7 +8,7 @@
    GPU decoder refuses (they fall back to Pillow), pixel difference, descriptor cosine (ViT-S/14
    with trained-like random weights, 224 px).
 2. CUDA autocast bf16 / fp16 tokens against fp32 (ViT-B/14, 518 px).
-3. Exact search on the GPU (PyTorch, retrieval.index.TorchExact) against FAISS's exact search on
+3. Exact search on the GPU (PyTorch, retrieval.vectors.TorchExact) against FAISS's exact search on
    the CPU: results, upload and search time at each size, and the save / load round trip.
 Throughput is measured by scripts/bench_index.py --device cuda (docs/throughput.md).
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import make_photo, random_checkpoint  # noqa: E402
 from bench_query import vectors  # noqa: E402
 
-from retrieval import index as vindex  # noqa: E402
+from retrieval import vectors as vindex  # noqa: E402
 from retrieval import load_backbone, pooling  # noqa: E402
 from retrieval.config import ImageConfig  # noqa: E402
 from retrieval.engine.embedding import Batch, Decoded, decoded_stream, forward_batches, normalize  # noqa: E402
@@ -112,9 +112,9 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
     for n in sizes:
         xb = vectors(n, dim, 0)
         t0 = time.perf_counter()
-        gpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0, use_gpu=True)
+        gpu = vindex.place(vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0), use_gpu=True)
         build = time.perf_counter() - t0
-        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0, use_gpu=False)
+        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0)
         placed = f"torch on {gpu.exact_on.vectors.device}" if gpu.exact_on else "faiss CPU"
         gs, gi = gpu.search(xq, 10)
         t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
               f"max score diff {score_err:.1e}; 1 query {1000 * statistics.median(single):.2f} ms, batched "
               f"{1000 * batch:.3f} ms/query (CPU exact batched {1000 * cpu_batch:.3f} ms/query)")
     blob = vindex.to_bytes(gpu)
-    back = vindex.from_bytes(blob, fingerprint="b", generation=0, use_gpu=True)
+    back = vindex.place(vindex.from_bytes(blob, fingerprint="b", generation=0), use_gpu=True)
     print(f"  round trip: saved {len(blob) / 1e6:.0f} MB from the GPU index, reloaded on the GPU {back.exact_on is not None}, "
           f"ids equal {np.array_equal(back.search(xq, 10)[1], gi)}")
 

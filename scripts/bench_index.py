@@ -155,7 +155,7 @@ def timed_stages(device: str) -> dict[str, float]:
     import torch
 
     from retrieval import jpeg_gpu
-    from retrieval.engine import embedding, indexer
+    from retrieval.engine import descriptors, embedding
     from retrieval.store import Store
 
     spent: dict[str, float] = {}
@@ -179,7 +179,7 @@ def timed_stages(device: str) -> dict[str, float]:
     wrap(jpeg_gpu, "decode", "nvJPEG decode")
     wrap(jpeg_gpu, "resize", "GPU orient + resize")
     wrap(embedding, "_run", "stack + copy + forward pass")
-    wrap(indexer.Index, "_complete", "pooling + local descriptors")
+    wrap(descriptors, "complete", "pooling + local descriptors")
     wrap(Store, "apply", "SQLite commits")
     return spent
 
@@ -192,9 +192,10 @@ def part_index(files: list[Path], weights: str, model: str, size: int, dtype: st
     if readers:  # A/B of the decoder pool kind (the engine picks it from the decode mode)
         from functools import partial
 
-        from retrieval.engine import indexer
+        from retrieval.engine import descriptors
 
-        indexer.decoded_stream = partial(indexer.decoded_stream, threads=readers == "threads")  # type: ignore[assignment]
+        descriptors.decoded_stream = partial(descriptors.decoded_stream,  # type: ignore[assignment]
+                                             threads=readers == "threads")
 
     cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype, "device": device},
            "image": {"size": size}, "batch_size": batch, "workers": workers, "decode": decode,

@@ -8,7 +8,7 @@ Vectors are synthetic unit vectors with cluster structure (so approximate indexe
 realistic task). For each size and kind: build time, median search latency for one query and
 per query in a batch, recall@10 against exact search. Also, once: the time to embed one 448 px
 query with ViT-S/14 (random weights) and to re-rank 100 candidates from compact local
-descriptors. The automatic index-kind threshold (retrieval.index.AUTO_EXACT_MAX) comes from here.
+descriptors. The automatic index-kind threshold (retrieval.vectors.AUTO_EXACT_MAX) comes from here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from retrieval import index as vindex
+from retrieval import vectors as vindex
 
 
 def vectors(n: int, d: int, seed: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def vectors(n: int, d: int, seed: int) -> np.ndarray:
 
 def bench_kind(kind: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray) -> dict:
     t0 = time.perf_counter()
-    idx = vindex.build(xb, np.arange(len(xb)), kind=kind, fingerprint="b", generation=0, use_gpu=False)
+    idx = vindex.build(xb, np.arange(len(xb)), kind=kind, fingerprint="b", generation=0)
     build = time.perf_counter() - t0
     single = []
     for q in xq[:50]:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from retrieval.cli import app
 from retrieval.config import ImageConfig
 from retrieval.engine import Index
-from retrieval.engine.explain import pair, view
+from retrieval.engine.maps import pair, view
 from retrieval.local import grid_xy, unpack
 from retrieval.rerank import MIN_INLIERS, rerank_order, verify
 

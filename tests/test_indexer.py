@@ -18,7 +18,8 @@ from PIL import Image
 
 from retrieval import BadImageError, RetrievalError
 from retrieval.engine import Index
-from retrieval.engine import indexer as indexer_mod
+from retrieval.backbone import model as backbone_model
+from retrieval.engine.files import writer_lock
 from retrieval.errors import ArtifactMismatchError
 
 from .conftest import synth_photo
@@ -54,7 +55,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+    monkeypatch.setattr(backbone_model, "load_backbone", boom)
 
 
 def test_incremental_equals_full_rebuild(tmp_path):
@@ -87,7 +88,7 @@ def test_unchanged_folder_does_no_model_work(tmp_path, monkeypatch):
         gen = idx.store.generation
     def boom(*a, **k):
         raise AssertionError("the model was loaded")
-    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+    monkeypatch.setattr(backbone_model, "load_backbone", boom)
     os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 5 * 10**9))  # timestamp only
     with Index.open_or_create(tmp_path / "ix", TINY) as idx:
         s = idx.update([photos])
@@ -117,7 +118,7 @@ def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
     # refit with a reduced dimension, without touching the model
     def boom(*a, **k):
         raise AssertionError("the model was loaded")
-    monkeypatch.setattr(indexer_mod, "load_backbone", boom)
+    monkeypatch.setattr(backbone_model, "load_backbone", boom)
     with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"min_images": 10, "dim": 8}}) as idx:
         idx.refresh(refit=True)
         assert idx.whitening().dim_out == 8
@@ -176,7 +177,8 @@ def test_skipped_files_not_retried_unless_asked(tmp_path, awkward_dir, monkeypat
     shutil.copy(awkward_dir / "zero_bytes.jpg", photos / "z.jpg")
     with Index.open_or_create(tmp_path / "ix", TINY) as idx:
         assert len(idx.update([photos]).skipped) == 1
-        assert idx.update([photos]).unchanged == 1
+        again = idx.update([photos])
+        assert (again.unchanged, again.still_refused) == (0, 1)
         assert len(idx.update([photos], retry_skipped=True).skipped) == 1
 
 
@@ -246,7 +248,7 @@ def test_remove_and_lock(tmp_path):
         assert idx.remove([photos / "sub"]) == 1
         assert idx.remove([photos / "img_000.png"]) == 1
         assert idx.store.count("ok") == 3 and idx.info()["vector_index"]["vectors"] == 3
-        with indexer_mod._lock(tmp_path / "ix" / "lock"):
+        with writer_lock(tmp_path / "ix"):
             with pytest.raises(RetrievalError, match="another"):
                 idx.update([photos])
 

@@ -1,7 +1,29 @@
-"""DINOv2 backbones by short name (see `registry.py`), with weights handling in `weights.py`."""
+"""DINOv2 backbones by short name (see `registry.py`), with weights handling in `weights.py`.
 
-from .model import Backbone, backbone_names, ensure_weights, interpolate_pos_embed, load_backbone, native_dtype, resolve_device
-from .registry import Arch, registry
+Names are imported on first use: the registry (`retrieve models`) and file hashing need no torch.
+"""
 
-__all__ = ["Arch", "Backbone", "backbone_names", "ensure_weights", "interpolate_pos_embed", "load_backbone", "native_dtype", "registry",
-           "resolve_device"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Backbone": "model", "backbone_names": "model", "ensure_weights": "model", "interpolate_pos_embed": "model",
+    "load_backbone": "model", "native_dtype": "model", "resolve_device": "model",
+}
+
+__all__ = sorted([*_EXPORTS, "Arch", "registry"])
+
+# torch-free, and bound here so that the name `registry` is the function, not the submodule
+from .registry import Arch, registry  # noqa: E402
+
+if TYPE_CHECKING:
+    from .model import (Backbone, backbone_names, ensure_weights, interpolate_pos_embed, load_backbone, native_dtype,
+                        resolve_device)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

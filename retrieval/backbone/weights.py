@@ -17,12 +17,13 @@ import urllib.error
 import urllib.request
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import WeightsError
 from .registry import Arch
+
+if TYPE_CHECKING:  # torch is imported where weights are read, not to hash a file
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,11 @@ DOWNLOAD_TIMEOUT_S = 20.0
 
 
 def cache_path(arch: Arch, cache_dir: str | Path | None = None) -> Path:
-    root = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    if cache_dir is not None:
+        return Path(cache_dir) / arch.checkpoint_file
+    import torch
+
+    root = Path(torch.hub.get_dir()) / "checkpoints"
     return root / arch.checkpoint_file
 
 
@@ -84,6 +89,8 @@ def fetch_official(
 
 def read_checkpoint(path: str | Path, arch: Arch) -> dict[str, torch.Tensor]:
     """Read a .pth (weights_only) or safetensors file into a flat state dict."""
+    import torch
+
     path = Path(path)
     expected = f"expected the official {arch.checkpoint_file} ({arch.url}) or a safetensors file of {arch.name}"
     if not path.is_file():

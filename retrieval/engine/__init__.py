@@ -1,13 +1,41 @@
-"""The only layer that knows the whole pipeline (see DESIGN in docs/decisions.md)."""
+"""The only layer that knows the whole pipeline: one module per stage (see docs/decisions.md,
+"Engine layout"), with `Index` (engine/index.py) the facade over them.
 
-from .embedding import Decoded, Skipped, default_workers
-from .features import Embedded, embed, open_backbone, embed_all, pca_picture, save_png, write_features
-from .evaluation import EvalResult, evaluate, save_ranks, save_report
-from .explain import Pair, explain, match_files
-from .files import atomic_write, expand_inputs
-from .indexer import Hit, Index, SearchResult, UpdateSummary
+Names are imported on first use, so commands that need no model (`retrieve info`, `remove`)
+never import torch.
+"""
 
-__all__ = [
-    "Decoded", "Embedded", "Pair", "explain", "match_files", "EvalResult", "evaluate", "save_ranks", "save_report", "Hit", "Index", "SearchResult", "Skipped", "UpdateSummary", "atomic_write",
-    "default_workers", "embed", "embed_all", "expand_inputs", "open_backbone", "pca_picture", "save_png", "write_features",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Index": "index", "UpdateSummary": "index",
+    "Hit": "search", "SearchResult": "search", "Query": "search",
+    "Embedding": "descriptors",
+    "Decoded": "embedding", "Skipped": "embedding", "default_workers": "embedding",
+    "Embedded": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
+    "pca_picture": "features", "save_png": "features", "write_features": "features",
+    "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
+    "Pair": "maps", "explain": "maps", "match_files": "maps",
+    "atomic_write": "files", "expand_inputs": "files",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .descriptors import Embedding
+    from .embedding import Decoded, Skipped, default_workers
+    from .evaluation import EvalResult, evaluate, save_ranks, save_report
+    from .maps import Pair, explain, match_files
+    from .features import Embedded, embed, embed_all, open_backbone, pca_picture, save_png, write_features
+    from .files import atomic_write, expand_inputs
+    from .index import Index, UpdateSummary
+    from .search import Hit, Query, SearchResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from .. import images, jpeg_gpu
 from ..backbone import Backbone
 from ..config import ImageConfig
 from ..errors import BadImageError
-from ..types import TokenBatch
+from ..types import Skipped, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,6 @@ class Decoded:
     size: tuple[int, int]  # original upright (width, height)
     sha256: str
     nbytes: int
-
-
-@dataclass(frozen=True)
-class Skipped:
-    index: int
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -142,7 +135,8 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
 
 def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
                    workers: int | None = None, window: int = 64, jpegs_on: torch.device | None = None,
-                   jpeg_batch: int = 32, threads: bool | None = None) -> Iterator[Decoded | Skipped]:
+                   jpeg_batch: int = 32, threads: bool | None = None,
+                   box: images.Box | None = None) -> Iterator[Decoded | Skipped]:
     """Read and decode `paths`: by `workers` processes ahead of the caller, or (workers 0) by a
     thread per core in bursts between forward passes.
 
@@ -156,11 +150,13 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     threads (`workers` of them, or a thread per core): they mostly read and hash, which release
     the GIL, and a process would have to send each file's bytes back through a pipe. `threads`
     overrides the choice of threads or processes (benchmarks; False with workers 0: inline).
+    `box`: every file is cropped to it before resizing (a query's box; decoded by Pillow).
     """
+    jpegs_on = None if box is not None else jpegs_on
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
     # a module-level function of a module without torch, so worker processes start light
     read = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
-                   keep_jpeg=jpegs_on is not None)
+                   keep_jpeg=jpegs_on is not None, box=box)
     n = default_workers() if workers is None else workers
     in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
     pool_size = n if n > 0 else (os.cpu_count() or 1)

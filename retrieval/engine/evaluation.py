@@ -14,13 +14,15 @@ import numpy as np
 
 from .. import __version__
 from .. import whitening as wh
+from ..arrays import l2n
 from ..benchmarks import Benchmark
 from ..config import EngineConfig, deep_merge, default_index_dir
 from ..errors import RetrievalError
 from ..store import PathFilter
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
 from .files import atomic_write
-from .indexer import Index, fingerprint_fields
+from .index import Index
+from .settings import fingerprint_fields
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def evaluate(
     if w is not None:
         xb, xq = w.apply(xb), w.apply(xq)
     else:
-        xb, xq = wh.l2n(xb), wh.l2n(xq)
+        xb, xq = l2n(xb), l2n(xq)
     scores = xq @ xb.T  # exact: (n_queries, n_db)
     ranks = np.argsort(-scores, axis=1, kind="stable").T.astype(np.int64)  # (n_db, n_queries)
     metrics = _score(bench, ranks)

@@ -1,14 +1,17 @@
-"""File-system helpers of the engine: atomic writes, input expansion, the default index folder."""
+"""File-system helpers of the engine: atomic writes, input expansion, an index folder's files and lock."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import images
+from ..errors import RetrievalError
+from ..types import shown
 
 
 def atomic_write(out: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -45,3 +48,33 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
         else:
             out.append(str(p))
     return out
+
+
+STORE_FILE = "store.sqlite"
+VECTORS_FILE = "vectors.npz"
+LOCK_FILE = "lock"
+
+
+def index_folder(path: str | Path) -> Path:
+    """An index folder path; RetrievalError when it names an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RetrievalError(f"--index {shown(str(path))} is a file, not a folder; pass a folder (created if missing)")
+    return path
+
+
+@contextmanager
+def writer_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on an index folder (filelock: the same on every OS), so two writers never
+    interleave; a second writer is refused at once rather than left waiting."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RetrievalError(f"another `retrieve` is updating {folder}; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock.release()

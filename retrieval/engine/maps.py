@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .. import images, visualize
+from .. import visualize
 from .. import rerank as rr
+from ..arrays import l2n
 from ..backbone import Backbone
-from ..config import ImageConfig
+from ..config import EngineConfig, ImageConfig
 from ..errors import BadImageError, RetrievalError
 from ..types import shown
+from .descriptors import embed_queries
 from .files import atomic_write
-from .indexer import Index, SearchResult
+from .index import Index
+from .search import SearchResult
 
 Box = tuple[float, float, float, float]
 _RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain` names a result's pictures
@@ -49,26 +51,19 @@ class Pair:
 
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
-    size = images.scaled_size(image.size, 1.0, backbone.patch_size)  # exactly the index's first scale
-    im, original = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else size)
-    like: tuple[int, int] | None = original
-    if bbox is not None:
-        im, like = images.crop_box(im, bbox), None
-    picture = images.resize_for_model(im, size=size, patch_size=backbone.patch_size, like=like)
-    x = images.normalize(picture, mean=backbone.mean, std=backbone.std)
-    t = backbone.encode(torch.from_numpy(x)[None])
-    return View(picture, t.patches[0].cpu().numpy(), t.grid)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    """One file as the index sees it at its first scale, embedded by the one pipeline
+    (engine/descriptors.py); BadImageError when it cannot be used."""
+    config = EngineConfig(image=image, batch_size=1, workers=0, decode="cpu")  # one scale: (1.0,)
+    e = embed_queries([str(path)], backbone=backbone, config=config, box=bbox)[0]
+    assert e.patches is not None
+    return View(e.picture(), e.patches, e.grid)
 
 
 def pair(a: View, b: View, *, threshold: float = 0.5, kind: str = "similarity") -> Pair:
     """Mutual-NN patch matches (full tokens, cosine >= threshold) verified by RANSAC on patch centres."""
     from ..local import grid_xy
 
-    v = rr.verify(_unit(a.patches), grid_xy(a.grid), _unit(b.patches), grid_xy(b.grid), threshold=threshold,
+    v = rr.verify(l2n(a.patches), grid_xy(a.grid), l2n(b.patches), grid_xy(b.grid), threshold=threshold,
                   kind=kind)
     return Pair(a, b, v)
 
@@ -81,7 +76,7 @@ def render(p: Pair, *, patch_size: int = 14) -> dict[str, Image.Image]:
     xa = grid_xy(p.a.grid)[m.ia[inl]] * patch_size
     xb = grid_xy(p.b.grid)[m.ib[inl]] * patch_size
     matches = visualize.draw_matches(p.a.picture, p.b.picture, xa, xb, m.sim[inl])
-    s = _unit(p.a.patches) @ _unit(p.b.patches).T
+    s = l2n(p.a.patches) @ l2n(p.b.patches).T
     # cosine on a fixed 0..1 scale, so maps of different results compare (no per-pair stretching)
     best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
     heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, np.clip(best_a, 0, 1)),

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval import index as vindex
+from retrieval import vectors as vindex
 from retrieval.errors import ArtifactMismatchError
 
 

@@ -120,9 +120,8 @@ def choose_kind(kind: str, n: int) -> str:
     return kind
 
 
-def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int,
-          use_gpu: bool | None = None, device: str = "cuda") -> VectorIndex:
-    """Inner-product index over xb (n, d) with external int64 ids."""
+def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int) -> VectorIndex:
+    """Inner-product index over xb (n, d) with external int64 ids, in host memory (see `place`)."""
     import faiss
 
     ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -156,11 +155,12 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
         index.add_with_ids(xb, ids)
     if chosen == "ivf":
         inner.make_direct_map()  # so vectors can be read back by id (query expansion)
-    return _placed(VectorIndex(index, chosen, d, fingerprint, generation), use_gpu, device)
+    return VectorIndex(index, chosen, d, fingerprint, generation)
 
 
-def _placed(index: VectorIndex, use_gpu: bool | None, device: str) -> VectorIndex:
-    """An exact index moved to the CUDA `device` when asked (True) or when one is present (None)."""
+def place(index: VectorIndex, *, use_gpu: bool | None, device: str = "cuda") -> VectorIndex:
+    """An exact index searched on the CUDA `device` when asked (True) or when one is present
+    (None); otherwise, and for IVF/HNSW, the index itself."""
     if index.kind != "flat" or use_gpu is False:
         return index
     import torch
@@ -205,8 +205,7 @@ def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vec
     return meta
 
 
-def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
-              source: str = "vector index", device: str = "cuda") -> VectorIndex:
+def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index") -> VectorIndex:
     """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read."""
     import faiss
 
@@ -220,12 +219,9 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool |
     index = faiss.deserialize_index(raw)
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
-    return _placed(VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"])), use_gpu,
-                   device)
+    return VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]))
 
 
-def from_bytes(data: bytes, *, fingerprint: str, generation: int, use_gpu: bool | None = None,
-               source: str = "vector index", device: str = "cuda") -> VectorIndex:
+def from_bytes(data: bytes, *, fingerprint: str, generation: int, source: str = "vector index") -> VectorIndex:
     """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
-    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, use_gpu=use_gpu, source=source,
-                     device=device)
+    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, source=source)

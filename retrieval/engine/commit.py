@@ -1,0 +1,87 @@
+"""Turning embedding results into store rows, per forward batch; the index's patch PCA."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+import numpy as np
+
+from .. import local
+from ..local import LocalPCA
+from ..store import Store, Upsert
+from ..types import ImageRef, Skipped
+
+if TYPE_CHECKING:
+    from .descriptors import Embedding
+
+LOCAL_PCA_SAMPLE = 50_000  # patch tokens the local PCA is fitted on (from the first batch indexed)
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    updated: int = 0
+    skipped: list[tuple[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        self.skipped = self.skipped if self.skipped is not None else []
+
+
+def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], known: set[str],
+            pca: LocalPCA | None, counts: Counts) -> list[Upsert]:
+    """Store rows for one group of results, counting added / updated / skipped into `counts`.
+    Until the patch PCA exists rows get no local descriptors (they are recomputed from the files
+    when a re-ranking needs them)."""
+    out = []
+    for item in group:
+        if isinstance(item, Skipped):
+            ref = refs[item.path]
+            assert counts.skipped is not None
+            counts.skipped.append((item.path, item.reason))
+            out.append(Upsert(item.path, ref.size, ref.mtime_ns, None, "skipped", item.reason))
+            continue
+        d = item.decoded
+        ref = refs[d.path]
+        lf = item.local_features(pca)
+        feats, coords = local.pack(lf) if lf is not None else (None, None)
+        out.append(Upsert(d.path, ref.size, ref.mtime_ns, d.sha256, "ok", width=d.size[0], height=d.size[1],
+                          descriptor=item.descriptor, local_feats=feats, local_coords=coords, grid=item.grid))
+        if d.path in known:
+            counts.updated += 1
+        else:
+            counts.added += 1
+    return out
+
+
+def stored_pca(store: Store) -> LocalPCA | None:
+    stored = store.get_meta("local_pca")
+    return None if stored is None else LocalPCA.from_bytes(base64.b64decode(stored))
+
+
+def fit_local_pca(store: Store, sample: Sequence[np.ndarray]) -> LocalPCA | None:
+    """The index's patch PCA: the stored one, or fitted (once, then frozen and stored) on the
+    `sample` patch sets when they hold at least local.MIN_FIT_PATCHES tokens; else None."""
+    pca = stored_pca(store)
+    if pca is not None or not sample:
+        return pca
+    allp = np.concatenate(list(sample))
+    if len(allp) < local.MIN_FIT_PATCHES:
+        return None
+    if len(allp) > LOCAL_PCA_SAMPLE:
+        allp = allp[np.random.default_rng(0).choice(len(allp), LOCAL_PCA_SAMPLE, replace=False)]
+    pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
+    store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
+    return pca
+
+
+def query_pca(store: Store, patches: np.ndarray) -> LocalPCA:
+    """The index's patch PCA, or for an index without one a throw-away PCA of the query's own
+    patches (the identity when there are too few to fit)."""
+    pca = stored_pca(store)
+    if pca is not None:
+        return pca
+    if len(patches) < 2:
+        return local.identity(patches.shape[1])
+    return local.fit_pca(patches, dim=local.DEFAULT_DIM)

@@ -1,0 +1,109 @@
+"""What an index derives from its store: the whitening and the FAISS vectors, rebuilt whenever the
+stored descriptors (or the settings they depend on) change. numpy and FAISS; no model."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import rerank as rr
+from .. import vectors as vecs
+from .. import whitening as wh
+from ..arrays import l2n
+from ..config import EngineConfig
+from ..errors import ArtifactMismatchError
+from ..store import Store
+from .files import VECTORS_FILE, atomic_write
+from .settings import digest, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def whitening(store: Store) -> wh.Whitening | None:
+    """The whitening in force (None: descriptors are only L2-normalised)."""
+    state = store.get_meta("whitening")
+    if not state or state.get("data") is None:
+        return None
+    return wh.Whitening.from_bytes(base64.b64decode(state["data"]))
+
+
+def refit(store: Store, config: EngineConfig, *, force: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """Refit the whitening if the data or its settings changed since it was fitted (or when
+    forced). Returns the store's (ids, raw descriptors) when it read them, else None."""
+    state = store.get_meta("whitening")
+    stale = (state is None or state.get("for_data_version") != store.data_version
+             or state.get("config") != dataclasses.asdict(config.whitening))
+    if not (force or stale):
+        return None
+    stored = store.descriptors()
+    w = _fit(stored[1], config)
+    blob = None if w is None else base64.b64encode(w.to_bytes()).decode()
+    store.set_meta(whitening={"for_data_version": store.data_version, "data": blob,
+                              "digest": None if w is None else w.digest(),
+                              "config": dataclasses.asdict(config.whitening)})
+    return stored
+
+
+def _fit(x: np.ndarray, config: EngineConfig) -> wh.Whitening | None:
+    cfg = config.whitening
+    n = x.shape[0]
+    if not cfg.enabled or n == 0 or n < max(cfg.min_images, 2 * x.shape[1]):
+        return None
+    dim = None if cfg.dim is None else min(cfg.dim, x.shape[1])
+    return wh.fit(x, dim=dim)
+
+
+def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
+    state = store.get_meta("whitening") or {}
+    icfg = config.index
+    return digest({"store": fingerprint(config, store.get_meta("weights_id")), "store_id": store.get_meta("store_id"),
+                   "whitening": state.get("digest"), "kind": icfg.kind,
+                   "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
+
+
+def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
+            data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+    """The FAISS index (in host memory) for the store's current data version: `cached` if it is
+    that, else the saved file if it is, else rebuilt from the store and saved atomically.
+    data: the store's (ids, raw descriptors) when the caller has just read them."""
+    gen, fp = store.data_version, vectors_fingerprint(store, config)
+    if cached is not None and cached.generation == gen and cached.fingerprint == fp:
+        return cached
+    file = folder / VECTORS_FILE
+    try:
+        return read_vectors(store, config, folder)
+    except ArtifactMismatchError as e:
+        if file.exists():
+            log.info("rebuilding the vector index from the store: %s", e)
+    ids, x = data if data is not None else store.descriptors()
+    w = whitening(store)
+    xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else l2n(x))
+    if config.index.dba > 0 and len(ids) > 1:
+        exact = vecs.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", generation=0)
+        sims, nbrs = exact.search(xb, config.index.dba + 1)
+        xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
+    built = vecs.build(xb, ids, kind=config.index.kind, fingerprint=fp, generation=gen)
+    try:
+        atomic_write(file, lambda f: f.write(vecs.to_bytes(built)))
+    except OSError as e:  # a read-only index folder still answers queries
+        log.warning("could not save the vector index (%s); it will be rebuilt next time", e)
+    return built
+
+
+def read_vectors(store: Store, config: EngineConfig, folder: Path, *, header_only: bool = False) -> Any:
+    """The saved FAISS index if it matches the store (its header alone with header_only);
+    ArtifactMismatchError otherwise. A stale file is recognised without reading its vectors."""
+    file = folder / VECTORS_FILE
+    fp, version, source = vectors_fingerprint(store, config), store.data_version, f"vector index {file}"
+    try:
+        with open(file, "rb") as f:
+            if header_only:
+                return vecs.header(f, fingerprint=fp, generation=version, source=source)
+            return vecs.from_file(f, fingerprint=fp, generation=version, source=source)
+    except OSError as e:
+        raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e

@@ -1,0 +1,120 @@
+"""The one way a file becomes descriptors: decode -> batched forward passes -> pooling.
+
+Index updates, queries (several at once, or one cropped to a box), evaluation and the
+correspondence pictures all come through `embed_files`, so a query is embedded exactly as it
+would be indexed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .. import images, local, pooling
+from ..arrays import l2n
+from ..backbone import Backbone
+from ..config import EngineConfig
+from ..errors import BadImageError
+from ..local import LocalPCA
+from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One file's result: raw global descriptor (D,) (averaged over scales, L2-normalised), the
+    grid (h, w) of its first scale, and either its local descriptors (made where the model ran,
+    when a patch PCA was given and the model runs on a GPU) or its first scale's patch tokens
+    (h*w, d), from which `local_features` makes them."""
+
+    decoded: Decoded
+    descriptor: np.ndarray
+    patches: np.ndarray | None
+    grid: tuple[int, int]
+    features: local.LocalFeatures | None = None
+
+    def local_features(self, pca: LocalPCA | None) -> local.LocalFeatures | None:
+        if self.features is not None:
+            return self.features
+        return None if pca is None or self.patches is None else local.select(self.patches, self.grid, pca)
+
+    def picture(self) -> Image.Image:
+        """The first scale's model input as an RGB picture (what the patch grid covers)."""
+        return Image.fromarray(self.decoded.pixels[0].permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def complete(batch: Batch, partial: dict[int, dict[str, Any]], config: EngineConfig,
+             pca: LocalPCA | None) -> list[Embedding]:
+    """Pool one forward pass; return the files whose every scale is now done (see Embedding).
+    `partial` holds the scales of files seen so far."""
+    pcfg = config.pooling
+    desc = pooling.global_descriptor(batch.tokens.cls, batch.tokens.patches, pooling=pcfg.pooling, p=pcfg.gem_p)
+    desc_np = desc.cpu().numpy()
+    first = [j for j, (_, s) in enumerate(batch.items) if s == 0]
+    feats: dict[int, local.LocalFeatures] = {}
+    # on a GPU only the kept features come back; on a CPU the tokens stay and local_features
+    # selects per image later (faster there: cache-sized temporaries, docs/throughput.md)
+    if pca is not None and first and batch.tokens.patches.device.type != "cpu":
+        feats = dict(zip(first, local.select_many(batch.tokens.patches[first], batch.tokens.grid, pca)))
+    done = []
+    for j, (d, s) in enumerate(batch.items):
+        got = partial.setdefault(d.index, {"descs": [], "patches": None, "features": None})
+        got["descs"].append(desc_np[j])
+        if s == 0:
+            if j in feats:
+                got["features"] = feats[j]
+            else:
+                got["patches"] = batch.tokens.patches[j].cpu().numpy()
+            got["grid"] = batch.tokens.grid
+        if len(got["descs"]) == len(pcfg.scales):
+            del partial[d.index]
+            raw = l2n(np.mean(got["descs"], axis=0, keepdims=True))[0]
+            done.append(Embedding(d, raw, got["patches"], got["grid"], got["features"]))
+    return done
+
+
+def embed_files(paths: Sequence[str], *, backbone: Backbone, config: EngineConfig, workers: int | None = None,
+                pca: Callable[[], LocalPCA | None] = lambda: None, box: images.Box | None = None
+                ) -> Iterator[list[Embedding | Skipped]]:
+    """Descriptor results, grouped per forward pass (the unit committed to the store); `pca`
+    gives the patch PCA to make local descriptors with, as it stands at each batch; `box` crops
+    every file first (a query's box)."""
+    stream = decoded_stream(paths, backbone=backbone, image=config.image, scales=config.pooling.scales,
+                            workers=config.workers if workers is None else workers,
+                            jpegs_on=jpeg_device(config.decode, backbone.device), jpeg_batch=config.batch_size,
+                            box=box)
+    partial: dict[int, dict[str, Any]] = {}
+    group: list[Embedding | Skipped] = []
+    for out in forward_batches(stream, backbone=backbone, batch_size=config.batch_size):
+        if isinstance(out, Skipped):
+            group.append(out)
+            if len(group) < config.batch_size:
+                continue
+        else:
+            group.extend(complete(out, partial, config, pca()))
+        if group:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def embed_queries(paths: Sequence[str], *, backbone: Backbone, config: EngineConfig,
+                  box: images.Box | None = None) -> list[Embedding]:
+    """Query files embedded together, in input order, with their patch tokens; BadImageError for
+    the first that cannot be used. Decoded in this process's threads (no worker processes to
+    start for a handful of files)."""
+    done: dict[int, Embedding] = {}
+    for group in embed_files(paths, backbone=backbone, config=config, workers=0, box=box):
+        for item in group:
+            if isinstance(item, Skipped):
+                fix = "pass a --bbox inside the image" if box is not None and "box" in item.reason else None
+                raise BadImageError(item.path, item.reason, fix=fix)
+            done[item.decoded.index] = item
+    return [done[i] for i in range(len(paths))]
+
+
+__all__ = ["Embedding", "complete", "embed_files", "embed_queries"]

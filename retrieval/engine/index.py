@@ -1,0 +1,382 @@
+"""An index folder: SQLite store (truth) + whitening + FAISS vectors (derived), kept in step.
+
+    idx = Index.open_or_create(path, overrides)   # or Index.open(path) for an existing one
+    summary = idx.update(["photos/"])             # only new/changed files reach the model
+    hits = idx.search("query.jpg", k=10, bbox=None)
+
+A thin facade: each stage lives in a module named after it (settings, plan, embed, commit,
+derived, search). Opening an index, `info`, `remove` and `count` never import torch; the model
+is loaded only when something must be embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import images
+from .. import vectors as vecs
+from .. import whitening as wh
+from ..config import EngineConfig
+from ..discover import discover
+from ..errors import ArtifactMismatchError, RetrievalError
+from ..local import LocalFeatures, LocalPCA
+from ..store import PathFilter, Store
+from ..types import shown
+from . import derived, settings
+from .files import STORE_FILE, index_folder, writer_lock
+from .plan import Exclusions, plan_update
+from .search import Query, SearchResult, search, stored_local
+
+if TYPE_CHECKING:
+    from ..backbone import Backbone
+    from .descriptors import Embedding
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class UpdateSummary:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # refused in this run
+    still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
+    interrupted: bool = False
+    seconds: float = 0.0
+    whitened: bool = False
+
+
+class Index:
+    def __init__(self, path: str | Path, store: Store, config: EngineConfig, *, weights: str | None = None,
+                 device: str | None = None) -> None:
+        """Use `open` or `open_or_create`. weights / device: this run's choice of where the
+        index's weights file now lives and where the model runs (never stored)."""
+        self.path = Path(path)
+        self.store = store
+        self.config = config
+        self._weights, self._device = weights, device
+        self._backbone: Backbone | None = None
+        self._vectors: vecs.VectorIndex | None = None
+        self._searcher: vecs.VectorIndex | None = None
+
+    # --- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, weights: str | Path | None = None, device: str | None = None) -> Index:
+        """An existing index; RetrievalError if there is none."""
+        path = index_folder(path)
+        db = path / STORE_FILE
+        if not db.is_file():
+            raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
+        store = Store(db)
+        try:
+            config = settings.stored_config(store, path)
+        except BaseException:
+            store.close()
+            raise
+        return cls(path, store, config, weights=None if weights is None else str(weights), device=device)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Index:
+        """Open with `overrides` (nested dict of config fields) merged over the stored config.
+
+        A new index takes defaults + overrides, after checking that its model, weights and device
+        can be had (so nothing is created for a run that cannot work). An existing one refuses
+        overrides that would change its descriptors (model, dtype, size, pooling), naming the fix.
+        """
+        path = index_folder(path)
+        if not (path / STORE_FILE).is_file():
+            settings.preflight(overrides or {})
+        path.mkdir(parents=True, exist_ok=True)
+        store = Store(path / STORE_FILE, create=True)
+        try:
+            config = settings.configure(store, path, overrides or {})
+        except BaseException:
+            store.close()
+            raise
+        return cls(path, store, config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- backbone ---------------------------------------------------------------------------
+    def backbone(self, *, weights: str | None = None, device: str | None = None) -> Backbone:
+        """The index's backbone, loaded on first use; its weights must hash to what the index was
+        built with. weights / device override those given to `open` (first use only)."""
+        if self._backbone is None:
+            from ..backbone import load_backbone
+
+            cfg = self.config.backbone
+            weights = weights or self._weights
+            hashes: dict[str, str] = dict(self.store.get_meta("weights_hashes") or {})
+            before = dict(hashes)
+            bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or self._device or cfg.device,
+                               dtype=cfg.dtype, hash_cache=hashes)
+            if hashes != before:
+                self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
+            known = self.store.get_meta("weights_id")
+            if known is None:
+                self.store.set_meta(weights_id=bb.weights_id, fingerprint=self.fingerprint(bb.weights_id))
+            elif known != bb.weights_id:
+                raise ArtifactMismatchError(
+                    f"weights {weights or cfg.weights or 'official ' + cfg.name} ({bb.weights_id[:20]}...) differ "
+                    f"from those the index at {self.path} was built with ({known[:20]}...); pass the original "
+                    f"file with --weights"
+                )
+            self._backbone = bb
+        return self._backbone
+
+    def fingerprint(self, weights_id: str | None = None) -> str:
+        return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
+
+    # --- embedding --------------------------------------------------------------------------
+    def embed_files(self, paths: Sequence[str], *, workers: int | None = None,
+                    pca: Callable[[], LocalPCA | None] = lambda: None, box: Box | None = None
+                    ) -> Any:
+        """engine.descriptors.embed_files with this index's backbone and settings."""
+        from .descriptors import embed_files
+
+        return embed_files(paths, backbone=self.backbone(), config=self.config, workers=workers, pca=pca, box=box)
+
+    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
+        """Query files embedded exactly like the database (a box crops the single query given)."""
+        from .descriptors import embed_queries
+
+        if bbox is not None and len(paths) != 1:
+            raise ValueError("a box crops one query image; pass one image with --bbox")
+        done = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
+        out = []
+        for e in done:
+            assert e.patches is not None  # no patch PCA was passed: the tokens come back
+            out.append(Query(e.descriptor[None], e.patches, e.grid))
+        return out
+
+    def query_tokens(self, path: str | Path, *, bbox: Box | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """One query: raw descriptor (1, D), first-scale patch tokens (h*w, d), grid (h, w)."""
+        q = self.queries([path], bbox=bbox)[0]
+        return q.raw, q.patches, q.grid
+
+    def embed_query(self, path: str | Path, *, bbox: Box | None = None) -> np.ndarray:
+        """(1, D) raw descriptor of a query file, embedded exactly like the database."""
+        return self.queries([path], bbox=bbox)[0].raw
+
+    def local_pca(self) -> LocalPCA | None:
+        """The index's patch PCA (None until enough patches were indexed to fit it)."""
+        from .commit import stored_pca
+
+        return stored_pca(self.store)
+
+    # --- update -----------------------------------------------------------------------------
+    def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
+               should_stop: Callable[[], bool] = lambda: False,
+               on_progress: Callable[[int, int], None] | None = None) -> UpdateSummary:
+        """Bring the index in line with the files under `roots` (see docs/index.md)."""
+        start = time.monotonic()
+        summary = UpdateSummary()
+        with writer_lock(self.path):
+            roots_abs = [os.path.abspath(r) for r in roots]
+            for r in roots_abs:
+                if not os.path.exists(r):
+                    raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+            excluded = self._lift_exclusions(roots_abs)
+            unreadable: list[str] = []
+            found = excluded.keeps(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
+                                            exclude=[self.path, *excluded.paths], unreadable=unreadable))
+            keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
+            rows = {row.path: row for row in self.store.rows(under=roots_abs) if row.path not in keep}
+            plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes)
+            if plan.deletes or plan.touches:
+                self.store.apply(deletes=plan.deletes, touches=plan.touches)
+            summary.removed, summary.unchanged, summary.still_refused = \
+                len(plan.deletes), plan.unchanged, plan.still_refused
+            if plan.embed:
+                summary.interrupted = self._embed_and_commit(plan.embed, {r.path: r for r in found}, plan.known,
+                                                             summary, should_stop, on_progress)
+            summary.whitened = self.refresh() is not None
+        summary.seconds = time.monotonic() - start
+        return summary
+
+    def _embed_and_commit(self, todo: list[str], refs: dict[str, Any], known: set[str], summary: UpdateSummary,
+                          should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None) -> bool:
+        """Embed `todo` and commit each forward batch in one transaction; True if stopped early."""
+        from .commit import Counts, fit_local_pca, upserts
+        from .descriptors import Embedding
+
+        counts = Counts()
+        seen_patches: list[np.ndarray] = []  # until the patch PCA can be fitted
+        pca = self.local_pca()
+        done = 0
+        try:
+            for group in self.embed_files(todo, pca=lambda: pca):
+                if pca is None:
+                    seen_patches += [e.patches for e in group if isinstance(e, Embedding) and e.patches is not None]
+                    pca = fit_local_pca(self.store, seen_patches)
+                self.store.apply(upserts(group, refs, known, pca, counts))
+                done += len(group)
+                if on_progress is not None:
+                    on_progress(done, len(todo))
+                if should_stop():
+                    return True
+            return False
+        finally:
+            summary.added, summary.updated = counts.added, counts.updated
+            summary.skipped = list(counts.skipped or [])
+
+    # --- derived artefacts ------------------------------------------------------------------
+    def whitening(self) -> wh.Whitening | None:
+        return derived.whitening(self.store)
+
+    def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
+        """Refit whitening if the data changed since it was fitted (or when asked), then make
+        sure the FAISS index matches the store's data version; returns the whitening in force."""
+        data = derived.refit(self.store, self.config, force=refit)
+        self.vectors(data=data)
+        return self.whitening()
+
+    def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+        """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
+        and saved. data: the store's (ids, raw descriptors) when the caller has just read them."""
+        self._vectors = derived.vectors(self.store, self.config, self.path, cached=self._vectors, data=data)
+        return self._vectors
+
+    def _searcher_for(self, vec: vecs.VectorIndex) -> vecs.VectorIndex:
+        """`vec`, searched on the GPU when there is one (exact indexes; IndexConfig.gpu)."""
+        if self._searcher is None or self._searcher.faiss_index is not vec.faiss_index:
+            device = self._device or self.config.backbone.device
+            where = device if device is not None and device.startswith("cuda") else "cuda"
+            self._searcher = vecs.place(vec, use_gpu=self.config.index.gpu, device=where)
+        return self._searcher
+
+    # --- query ------------------------------------------------------------------------------
+    def search(self, path: str | Path, *, k: int = 10, bbox: Box | None = None, rerank: bool = False,
+               rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
+        """Top k by global similarity; optionally alpha-query-expanded (qe = how many top results to
+        add) and re-ranked by geometrically verified patch matches over the top rerank_k.
+
+        Results whose file is gone from disk (deleted or moved since indexing) are left out and
+        listed in `SearchResult.gone`; the next ones fill their places."""
+        return self.search_many([path], k=k, bbox=bbox, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)[0]
+
+    def search_many(self, paths: Sequence[str | Path], *, k: int = 10, bbox: Box | None = None, rerank: bool = False,
+                    rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> list[SearchResult]:
+        """`search` for several query files, embedded together in batched forward passes (a box
+        applies to a single query only). Raises BadImageError for the first unusable query."""
+        if self.store.count("ok") == 0:
+            raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
+        if k < 1 or rerank_k < 1 or qe < 0:
+            raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
+        return [self.search_embedded(q, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+                for q in self.queries(paths, bbox=bbox)]
+
+    def search_embedded(self, q: Query, *, k: int = 10, rerank: bool = False, rerank_k: int = 100, qe: int = 0,
+                        qe_alpha: float = 3.0) -> SearchResult:
+        """`search` for a query already embedded by `queries`."""
+        return search(q, store=self.store, vec=self._searcher_for(self.vectors()), whitening=self.whitening(),
+                      candidates=self._candidate_local, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe,
+                      qe_alpha=qe_alpha)
+
+    def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
+        """Stored local descriptors of the candidates; recomputed from the files where missing."""
+        from .descriptors import Embedding
+
+        out, missing = stored_local(self.store, ids, pca)
+        if missing:
+            paths = self.store.paths(missing)
+            by_path = {p: i for i, p in paths.items()}
+            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=lambda: pca):
+                for item in group:
+                    if isinstance(item, Embedding) and (lf := item.local_features(pca)) is not None:
+                        out[by_path[item.decoded.path]] = lf
+        return out
+
+    # --- maintenance ------------------------------------------------------------------------
+    def remove(self, paths: Sequence[str | Path]) -> int:
+        """Forget files (or everything under folders) and keep them out of later updates of their
+        folders (see `exclusions`); returns how many rows went. Paths that match no row are not
+        excluded."""
+        with writer_lock(self.path):
+            targets = [os.path.abspath(p) for p in paths]
+            rows = list(self.store.rows(under=targets))
+            if rows:
+                hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
+                self.store.set_meta(exclude=self.exclusions().with_paths(hit).to_meta())
+                self.store.apply(deletes=[r.id for r in rows])
+            self.refresh()
+            return len(rows)
+
+    def exclusions(self) -> Exclusions:
+        """What `update` leaves out of the folders it scans (plan.Exclusions)."""
+        return Exclusions.from_meta(self.store.get_meta("exclude"))
+
+    def exclude(self, globs: Sequence[str] = (), *, clear: bool = False) -> Exclusions:
+        """Add glob patterns to the exclusions (clear=True first drops every exclusion)."""
+        current = self.exclusions()
+        new = (Exclusions() if clear else current).with_globs(globs)
+        if new != current:
+            self.store.set_meta(exclude=new.to_meta())
+        return new
+
+    def _lift_exclusions(self, roots: Sequence[str]) -> Exclusions:
+        current = self.exclusions()
+        kept = current.lifted_by(roots)
+        if kept != current:
+            lifted = sorted(set(current.paths) - set(kept.paths))
+            log.info("indexing again what `retrieve remove` had excluded: %s", ", ".join(map(shown, lifted)))
+            self.store.set_meta(exclude=kept.to_meta())
+        return kept
+
+    def count(self) -> int:
+        """How many images are indexed (refused files not counted)."""
+        return self.store.count("ok")
+
+    def info(self) -> dict[str, Any]:
+        w = self.whitening()
+        files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
+        vec_meta: dict[str, Any] = {"fresh": False}
+        try:
+            head = derived.read_vectors(self.store, self.config, self.path, header_only=True)
+            vec_meta = {"fresh": True, "kind": head["kind"], "vectors": head["ntotal"], "dim": head["dim"]}
+        except ArtifactMismatchError:
+            pass
+        return {
+            "index": str(self.path.resolve()),
+            "images": self.store.count("ok"),
+            "skipped": [{"path": p, "reason": r} for p, r in self.store.skipped()],
+            "excluded": self.exclusions().to_meta(),
+            "config": self.config.to_dict(),
+            "weights_id": self.store.get_meta("weights_id"),
+            "fingerprint": self.fingerprint(),
+            "schema_version": self.store.schema_version,
+            "generation": self.store.generation,
+            "whitening": None if w is None else {"fitted_on": w.fitted_on, "dim_in": w.dim_in, "dim_out": w.dim_out},
+            "vector_index": vec_meta,
+            "bytes_on_disk": sum(files.values()),
+            "files": files,
+        }
+
+
+def _same_bytes(path: str, sha256: str) -> bool:
+    """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
+    from ..backbone.weights import file_sha256
+
+    return file_sha256(path) == sha256
+
+
+__all__ = ["Index", "UpdateSummary"]

@@ -1,0 +1,125 @@
+"""Searching an index with embedded queries: global similarity, optional alpha-query expansion,
+optional re-ranking by verified patch matches, and results whose files are gone left out.
+numpy and FAISS; queries arrive embedded (engine/descriptors.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import local
+from .. import rerank as rr
+from .. import whitening as wh
+from ..local import LocalFeatures, LocalPCA
+from ..store import Store
+from ..vectors import VectorIndex
+from .commit import query_pca
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1-based
+    score: float  # global similarity (cosine of the indexed vectors)
+    path: str
+    id: int
+    inliers: int | None = None  # geometrically verified patch matches, when re-ranked
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked hits: ids unique, ranks 1..n, ordered by decreasing score, or when re-ranked by
+    rerank.order_key (verified inliers, then score). gone: paths of results left out because
+    their files no longer exist (`retrieve index` of their folder prunes them)."""
+
+    hits: tuple[Hit, ...]
+    reranked: bool = False
+    gone: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [rr.order_key(h.score, h.inliers if self.reranked else None) for h in self.hits]
+        if any(a[0] < b[0] or (a[0] == b[0] and a[1] < b[1] - 1e-6) for a, b in zip(keys, keys[1:])):
+            raise ValueError("hits are not in ranking order")
+        if len({h.id for h in self.hits}) != len(self.hits):
+            raise ValueError("hit ids must be unique")
+        if [h.rank for h in self.hits] != list(range(1, len(self.hits) + 1)):
+            raise ValueError("ranks must be 1..n")
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"rank": h.rank, "score": h.score, "path": h.path,
+                 **({"inliers": h.inliers} if h.inliers is not None else {})} for h in self.hits]
+
+
+CandidateLocal = Callable[[Sequence[int], LocalPCA], dict[int, LocalFeatures]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid."""
+
+    raw: np.ndarray
+    patches: np.ndarray
+    grid: tuple[int, int]
+
+
+def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, candidates: CandidateLocal,
+           k: int, rerank: bool = False, rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
+    """Top k (see Index.search). `candidates` gives the local descriptors of database ids."""
+    if k < 1 or rerank_k < 1 or qe < 0:
+        raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
+    xq = whitening.apply(q.raw) if whitening is not None else q.raw
+    if qe > 0:
+        scores, ids = vec.search(xq, qe)
+        top = ids[0][ids[0] >= 0]
+        xq = rr.query_expansion(xq[0], vectors_of(vec, top), scores[0][: len(top)], alpha=qe_alpha)[None]
+    want, total = k, vec.ntotal
+    while True:  # each round asks for as many more as were gone (a user's k never sizes anything)
+        ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=rerank, rerank_k=rerank_k)
+        found = store.paths(h[1] for h in ranked)
+        present = [h for h in ranked if os.path.exists(found[h[1]])]
+        if len(present) >= k or len(ranked) < want or want >= total:
+            break
+        want = min(total, want + k - len(present))
+    gone = tuple(found[i] for _, i, _ in ranked if not os.path.exists(found[i]))
+    hits = tuple(Hit(rank=r + 1, score=s, path=found[i], id=i, inliers=n) for r, (s, i, n) in enumerate(present[:k]))
+    return SearchResult(hits, reranked=rerank, gone=gone)
+
+
+def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, store: Store, candidates: CandidateLocal, k: int,
+            rerank: bool, rerank_k: int) -> list[tuple[float, int, int | None]]:
+    """(score, id, inliers) of the top k, re-ranked over the top rerank_k when asked."""
+    shortlist = max(k, rerank_k) if rerank else k
+    scores, ids = vec.search(xq, shortlist)
+    valid = ids[0] >= 0
+    ids_v, scores_v = ids[0][valid], scores[0][valid]
+    inliers: list[int | None] = [None] * len(ids_v)
+    if rerank and len(ids_v):
+        pca = query_pca(store, q.patches)
+        qf, qxy = pca.project(q.patches), local.grid_xy(q.grid)
+        head = min(rerank_k, len(ids_v))  # only the top rerank_k are verified; the rest keep their order
+        cands = candidates([int(i) for i in ids_v[:head]], pca)
+        counts = []
+        for i in ids_v[:head]:
+            c = cands.get(int(i))
+            counts.append(0 if c is None else rr.verify(qf, qxy, c.feats.astype(np.float32), c.xy).n_inliers)
+        order = np.concatenate([rr.rerank_order(scores_v[:head], counts), np.arange(head, len(ids_v))])
+        ids_v, scores_v = ids_v[order], scores_v[order]
+        inliers = [counts[j] if j < head else None for j in order]
+    return [(float(s), int(i), n) for s, i, n in zip(scores_v[:k], ids_v[:k], inliers[:k])]
+
+
+def stored_local(store: Store, ids: Sequence[int], pca: LocalPCA) -> tuple[dict[int, LocalFeatures], list[int]]:
+    """Stored local descriptors of `ids`, and the ids that have none (rows from before the patch
+    PCA existed: the caller recomputes those from the files)."""
+    stored = store.local(ids)
+    out = {i: local.unpack(blob[0], blob[1], blob[2], pca.dim) for i, blob in stored.items() if blob is not None}
+    return out, [i for i in ids if stored.get(i) is None]
+
+
+def vectors_of(vec: VectorIndex, ids: np.ndarray) -> np.ndarray:
+    """Database vectors (as indexed: whitened, augmented) of the given ids, from the FAISS index."""
+    index = vec.faiss_index
+    return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, vec.dim), np.float32)
