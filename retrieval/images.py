@@ -248,10 +248,11 @@ def _wide_to_rgb(im: Image.Image) -> Image.Image:
 
 
 def target_size(width: int, height: int, *, size: int, patch_size: int) -> tuple[int, int]:
-    """(w, h) with the longer side `size` (rounded to a patch multiple), aspect kept, both multiples of the patch."""
+    """(w, h) with the longer side `size` (rounded to the nearest patch multiple, as `scaled_size` does on the
+    engine's paths), aspect kept, both multiples of the patch."""
     if size < patch_size:
         raise ValueError(f"size {size} is smaller than the patch size {patch_size}")
-    longer = (size // patch_size) * patch_size
+    longer = scaled_size(size, 1.0, patch_size)
     scale = longer / max(width, height)
 
     def snap(v: int) -> int:

@@ -221,3 +221,14 @@ def test_query_errors_are_one_line(photos, tmp_path, awkward_dir):
     assert box.exit_code == 2 and "x1,y1,x2,y2" in box.output
     other = _run(["index", str(photos[0].parent), "--size", "224"], ix)
     assert other.exit_code == 1 and "another --index" in other.output
+
+
+def test_size_not_a_multiple_of_14_is_rounded_to_the_nearest(photos, tiny, tmp_path):
+    assert "(500 -> 504)" in runner.invoke(app, ["extract", "-h"], env={"COLUMNS": "200"}).output
+    out = tmp_path / "f.npz"
+    result = runner.invoke(app, ["extract", str(photos[0]), "--model", "test_tiny", "--size", "500",
+                                 "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert tuple(np.load(out)["grid"][0]) == (27, 36)  # 320x240 -> 504x378: 500 rounded to 36 patches
+    x, _ = preprocess(photos[0], size=500, patch_size=14, mean=tiny.mean, std=tiny.std)
+    assert x.shape == (3, 378, 504)  # the Python API rounds the same way
