@@ -201,13 +201,17 @@ def extract(
     device: Device = None,
     dtype: Dtype = "fp32",
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    exact: Annotated[bool, typer.Option("--exact/--draft", help="Decode JPEGs in full, as the official transform "
+                                        "does, or (--draft) at a reduced DCT scale as `retrieve index` does: "
+                                        "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
     paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
-    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers)
-    engine.write_features(out, done, skipped, backbone=backbone, image=image)
+    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
+                                         draft=not exact)
+    engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
     typer.echo(f"wrote {out}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
 
 

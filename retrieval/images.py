@@ -127,7 +127,9 @@ def load_image(
     EXIF orientation is applied once (libtiff already applies TIFF orientation itself); any
     mode becomes RGB with alpha composited over white; 16-bit and float data are stretched
     to the full 8-bit range. With `min_side_hint`, JPEGs are decoded at a reduced DCT scale
-    whose longer side stays at least that many pixels (much faster, same result after resizing).
+    (a draft) whose longer side stays at least that many pixels: several times faster on large
+    photos, but after resizing the pixels are close to a full decode's, not equal (up to about
+    50/255, mean about 2; docs/images.md). None decodes in full, as the official transform does.
 
     Raises BadImageError naming the file, the reason and the fix.
     """
@@ -363,14 +365,14 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 de
 
 
 def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-              keep_jpeg: bool = False, scoped: bool = True) -> PreparedFile | EncodedJpeg:
+              keep_jpeg: bool = False, scoped: bool = True, draft: bool = True) -> PreparedFile | EncodedJpeg:
     """Read a file once and hash those bytes; then decode and prepare it (`prepare_bytes`), or, with
     `keep_jpeg`, leave a plain 8-bit RGB or grey JPEG that ends cleanly encoded for the GPU decoder
     (its header checked here exactly as `decode` checks it). Anything else (CMYK, MPO, truncated
     files, other formats) is decoded here, so the errors users see never depend on the decoder.
 
     Runs in decoder worker processes (this module imports neither torch nor the engine) or
-    threads (scoped=False, under one pixel_limit). Raises BadImageError.
+    threads (scoped=False, under one pixel_limit). draft: see `prepare_bytes`. Raises BadImageError.
     """
     try:
         with open(path, "rb") as f:
@@ -384,14 +386,17 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
         if encoded is not None:
             return encoded
     return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
-                         scoped=scoped)
+                         scoped=scoped, draft=draft)
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
-                  digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True) -> PreparedFile:
+                  digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True,
+                  draft: bool = True) -> PreparedFile:
     """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size.
-    Raises BadImageError."""
-    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes), scoped=scoped)
+    draft: a JPEG is decoded at the smallest DCT scale that still covers the largest size (fast,
+    close to the full decode); False decodes it in full (see `load_image`). Raises BadImageError."""
+    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=max(sizes) if draft else None,
+                          scoped=scoped)
     pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=original) for s in sizes)
     return PreparedFile(pixels, original, digest, len(data))
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import retrieval
 from retrieval.cli import _verbose_first, app
-from retrieval.images import preprocess
+from retrieval.images import load_image, normalize, preprocess, resize_for_model
 
 runner = CliRunner()
 
@@ -125,11 +125,13 @@ def test_extract_writes_documented_npz(photos, tmp_path, tiny, awkward_dir, work
     assert list(f["skipped_paths"]) == [str(bad)] and "truncated" in f["skipped_reasons"][0]
     assert f["cls"].shape == (4, tiny.dim) and f["offsets"][-1] == f["patches"].shape[0]
     assert str(f["model"]) == "test_tiny" and int(f["input_size"]) == 224
-    for i, p in enumerate(photos):
-        x, original = preprocess(p, size=224, patch_size=14, mean=tiny.mean, std=tiny.std)
+    assert str(f["decode"]) == "exact"
+    for i, p in enumerate(photos):  # the README's path: full decode, resize, normalise (photo 3 is > 2 x 224)
+        im = load_image(p)
+        x = normalize(resize_for_model(im, size=224, patch_size=14), mean=tiny.mean, std=tiny.std)
         want = tiny.encode(torch.from_numpy(x)[None])
         h, w = f["grid"][i]
-        assert (h, w) == want.grid and tuple(f["size"][i]) == original
+        assert (h, w) == want.grid and tuple(f["size"][i]) == im.size
         got = f["patches"][f["offsets"][i]:f["offsets"][i + 1]]
         np.testing.assert_allclose(got, want.patches[0].numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(f["cls"][i], want.cls[0].numpy(), rtol=1e-4, atol=1e-4)
@@ -232,3 +234,29 @@ def test_size_not_a_multiple_of_14_is_rounded_to_the_nearest(photos, tiny, tmp_p
     assert tuple(np.load(out)["grid"][0]) == (27, 36)  # 320x240 -> 504x378: 500 rounded to 36 patches
     x, _ = preprocess(photos[0], size=500, patch_size=14, mean=tiny.mean, std=tiny.std)
     assert x.shape == (3, 378, 504)  # the Python API rounds the same way
+
+
+def test_extract_decodes_large_jpegs_in_full_by_default(tmp_path, tiny):
+    """A JPEG over twice --size: `extract` gives the official transform's tokens (full decode, resize,
+    normalise, model); --draft (the DCT-scaled decode `index` uses) gives different ones."""
+    from .conftest import synth_photo
+
+    big = tmp_path / "big.jpg"
+    synth_photo(7, (1000, 750)).save(big, quality=90)
+    im = load_image(big)  # no min_side_hint: a full decode
+    x = normalize(resize_for_model(im, size=224, patch_size=14), mean=tiny.mean, std=tiny.std)
+    want = tiny.encode(torch.from_numpy(x)[None])
+    got = {}
+    for mode in ("exact", "draft"):
+        out = tmp_path / f"{mode}.npz"
+        flags = [] if mode == "exact" else ["--draft"]  # exact is the default
+        result = runner.invoke(app, ["extract", str(big), "--model", "test_tiny", "--size", "224", "--out", str(out),
+                                     "--workers", "0", *flags])
+        assert result.exit_code == 0, result.output
+        got[mode] = np.load(out)
+        assert str(got[mode]["decode"]) == mode
+        assert tuple(got[mode]["grid"][0]) == want.grid
+    np.testing.assert_allclose(got["exact"]["patches"], want.patches[0].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["exact"]["cls"][0], want.cls[0].numpy(), rtol=1e-4, atol=1e-4)
+    scale = np.abs(want.patches[0].numpy()).max()
+    assert np.abs(got["draft"]["patches"] - want.patches[0].numpy()).max() > 100 * 1e-4 * scale
