@@ -24,24 +24,71 @@ from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfi
 from .errors import RetrievalError
 from .types import shown
 
+F = TypeVar("F", bound=Callable[..., Any])
+VERBOSE = ("-v", "--verbose")
+
+
+def _verbose_first(args: list[str], commands: dict[str, Any]) -> list[str]:
+    """Move -v/--verbose written after the command name in front of it, where the group parses
+    it: `retrieve index DIR -v` means `retrieve -v index DIR`. Stops at a literal `--`, and
+    leaves the tokens alone if the command has a -v/--verbose of its own. The group's own
+    options are all flags, so the first token that is not an option is the command."""
+    at = next((i for i, a in enumerate(args) if a == "--" or not a.startswith("-")), None)
+    if at is None or args[at] not in commands:
+        return args
+    own = {o for p in commands[args[at]].params for o in (*p.opts, *p.secondary_opts)}
+    end = args.index("--", at) if "--" in args[at:] else len(args)
+    moved = [a for a in args[at + 1:end] if a in VERBOSE and a not in own]
+    if not moved:
+        return args
+    rest = [a for a in args[at + 1:end] if a not in VERBOSE or a in own]
+    return [*args[:at], *moved, args[at], *rest, *args[end:]]
+
+
+def _no_value_placeholder(params: list[Any]) -> list[Any]:
+    """Flags take no value, so help shows no `<bool>` after them (typer shows the type of every
+    option unless it has a metavar; an empty one shows nothing)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    """The app's group: -v/--verbose also after the command, and plain flags in every command's
+    help without a value placeholder. One place for both, instead of a change to each command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _verbose_first(args, dict(self.commands)))
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_value_placeholder(list(super().get_params(ctx)))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _no_value_placeholder(cmd.get_params(ctx))  # the list holds the command's own objects
+        return cmd
+
+
 app = typer.Typer(
     name="retrieve",
+    cls=_Group,
     help="Image instance retrieval on DINOv2 features: `retrieve index DIR`, then `retrieve query IMG`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Backbone short name (see `retrieve models`).")]
 Weights = Annotated[
     Path | None,
-    typer.Option("--weights", help="Local checkpoint (official .pth key layout, or safetensors). "
-                                   "Default: the official file, cached in the torch hub folder."),
+    typer.Option("--weights", help="Local checkpoint, official .pth key layout or safetensors "
+                                   "(default: the official file, cached in the torch hub folder)."),
 ]
-Size = Annotated[int, typer.Option("--size", help="Longer image side in pixels (a multiple of 14; others are rounded to one).")]
+SIZE_HELP = "Longer image side in pixels, a multiple of 14; others are rounded to the nearest one (500 -> 504)"
+Size = Annotated[int, typer.Option("--size", help=f"{SIZE_HELP}.")]
 Batch = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
 Workers = Annotated[int | None, typer.Option("--workers", min=0, help="Decoder processes (default: cores - 1 up to 8; on 2 "
                                                                "cores or fewer 0: threads decode between forward passes).")]
@@ -68,8 +115,21 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"retrieve {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Debug logging (also accepted after the command).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     # third-party chatter (faiss loader) stays quiet; on a terminal rich formats the messages, and
     # elsewhere each is one plain line (never wrapped: `grep` must get whole messages)
     handler: logging.Handler = (
@@ -148,13 +208,17 @@ def extract(
     device: Device = None,
     dtype: Dtype = "fp32",
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    exact: Annotated[bool, typer.Option("--exact/--draft", help="Decode JPEGs in full, as the official transform "
+                                        "does, or (--draft) at a reduced DCT scale as `retrieve index` does: "
+                                        "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
     paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
-    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers)
-    engine.write_features(out, done, skipped, backbone=backbone, image=image)
+    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
+                                         draft=not exact)
+    engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
     typer.echo(f"wrote {out}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
 
 
@@ -238,34 +302,53 @@ class _StopAfterBatch:
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     index: IndexDir = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (new index only; default dinov2_vits14).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
+                                                                   "(default: the index's, else "
+                                                                   "dinov2_vits14).")] = None,
     weights: Weights = None,
-    size: Annotated[int | None, typer.Option("--size", help=f"Longer side (new index only; default {DEFAULT_SIZE}).")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default 16).")] = None,
+    size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
+                                                            f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
+                                                              "(default: the index's, else 16).")] = None,
     workers: Workers = None,
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
-                                                                "model runs on one; default), cpu or gpu.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="auto (default: bf16 where the hardware computes it "
-                                                              "natively, else fp32), fp32, bf16, fp16; new index only.")] = None,
-    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
-    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
-    kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,
-    dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = None,
+                                                                "model runs on one), cpu or gpu "
+                                                                "(default: the index's, else auto).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, bf16 or fp16, or auto: bf16 where the "
+                                                              "hardware computes it natively, else fp32; fixed when "
+                                                              "the index is created (default: the index's, else "
+                                                              "auto).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
+                                                                  "created (default: the index's, else "
+                                                                  "cls+gem).")] = None,
+    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2; fixed when "
+                                                                  "the index is created.")] = False,
+    kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf or hnsw "
+                                                                  "(default: the index's, else auto).")] = None,
+    dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
+                                                          "(default: the index's, else 0).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
-                                                                          "dimension (0: keep all).")] = None,
+                                                                          "dimension, 0: keep all (default: the "
+                                                                          "index's, else 0).")] = None,
     whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
-                                                   help="PCA-whiten once there are enough images (default) or L2 only.")] = None,
+                                                   help="PCA-whiten once there are enough images, or L2 only "
+                                                        "(default: the index's, else --whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default 100 MP).")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels "
+                                                                        "(default: the index's, else "
+                                                                        f"{DEFAULT_MAX_PIXELS}).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out files whose path or a folder "
                                                       "of it matches this glob ('Trash', '*.tmp.jpg'); kept in the "
                                                       "index for later runs (repeatable).")] = None,
     clear_excludes: Annotated[bool, typer.Option("--clear-excludes", help="Forget every exclusion (globs and what "
                                                                          "`retrieve remove` took out) first.")] = False,
 ) -> None:
-    """Index the images under FOLDERS; re-running only embeds new or changed files."""
+    """Index the images under FOLDERS; re-running only embeds new or changed files.
+
+    Settings left out are the index's own; a new index starts from the defaults named.
+    """
     overrides: dict[str, Any] = {}
 
     def put(section: str | None, key: str, value: Any) -> None:
@@ -329,13 +412,15 @@ def query(
                                                          "(several queries: a list of {query, hits}).")] = False,
     paths_only: Annotated[bool, typer.Option("--paths", "--filepath-only",
                                              help="Only the result paths, one per line, as the file system's bytes.")] = False,
-    weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved "
+                                                                    "(default: the path the index holds).")] = None,
     device: Device = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = False,
     rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
     qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
     qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
-    out: Annotated[Path | None, typer.Option("--out", help="Write correspondence maps and index.html here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Write correspondence maps and index.html here.")] = None,
 ) -> None:
     """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
     if k < 1:
@@ -345,8 +430,7 @@ def query(
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = _parse_bbox(bbox)
-    with engine.Index.open(_index_dir(index)) as idx:
-        idx.backbone(weights=None if weights is None else str(weights), device=device)
+    with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
         results = idx.search_many(images, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
         for result in results:
             if result.gone:
@@ -461,8 +545,9 @@ def eval_(
     dtype: Dtype = "fp32",
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use whole query images instead of their boxes.")] = False,
     whiten_from: Annotated[str | None, typer.Option("--whiten-from", help="Learn PCA-whitening on another set "
-                                                    "(name under --data, or .json), or 'self' for the test set.")] = None,
-    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension.")] = None,
+                                                    "(name under --data, or .json), or 'self' for the test set "
+                                                    "(default: none, L2 only).")] = None,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension (default: all).")] = None,
     distractors: Annotated[list[Path] | None, typer.Option("--distractors", help="Extra database folder (repeatable).")] = None,
     save_ranks: Annotated[Path | None, typer.Option("--save-ranks", help="Write the (n_db, n_queries) ranking (.npy).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and the full config as JSON.")] = None,

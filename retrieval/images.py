@@ -135,7 +135,9 @@ def load_image(
     EXIF orientation is applied once (libtiff already applies TIFF orientation itself); any
     mode becomes RGB with alpha composited over white; 16-bit and float data are stretched
     to the full 8-bit range. With `min_side_hint`, JPEGs are decoded at a reduced DCT scale
-    whose longer side stays at least that many pixels (much faster, same result after resizing).
+    (a draft) whose longer side stays at least that many pixels: several times faster on large
+    photos, but after resizing the pixels are close to a full decode's, not equal (up to about
+    50/255, mean about 2; docs/images.md). None decodes in full, as the official transform does.
 
     Raises BadImageError naming the file, the reason and the fix.
     """
@@ -269,10 +271,11 @@ def _wide_to_rgb(im: Image.Image) -> Image.Image:
 
 
 def target_size(width: int, height: int, *, size: int, patch_size: int) -> tuple[int, int]:
-    """(w, h) with the longer side `size` (rounded to a patch multiple), aspect kept, both multiples of the patch."""
+    """(w, h) with the longer side `size` (rounded to the nearest patch multiple, as `scaled_size` does on the
+    engine's paths), aspect kept, both multiples of the patch."""
     if size < patch_size:
         raise ValueError(f"size {size} is smaller than the patch size {patch_size}")
-    longer = (size // patch_size) * patch_size
+    longer = scaled_size(size, 1.0, patch_size)
     scale = longer / max(width, height)
 
     def snap(v: int) -> int:
@@ -384,15 +387,16 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 de
 
 
 def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-              keep_jpeg: bool = False, scoped: bool = True, box: Box | None = None) -> PreparedFile | EncodedJpeg:
+              keep_jpeg: bool = False, scoped: bool = True, draft: bool = True,
+              box: Box | None = None) -> PreparedFile | EncodedJpeg:
     """Read a file once and hash those bytes; then decode and prepare it (`prepare_bytes`), or, with
     `keep_jpeg`, leave a plain 8-bit RGB or grey JPEG that ends cleanly encoded for the GPU decoder
     (its header checked here exactly as `decode` checks it). Anything else (CMYK, MPO, truncated
     files, other formats) is decoded here, so the errors users see never depend on the decoder.
 
     Runs in decoder worker processes (this module imports neither torch nor the engine) or
-    threads (scoped=False, under one pixel_limit). With `box`, the picture is cropped to it first
-    (see prepare_bytes). Raises BadImageError.
+    threads (scoped=False, under one pixel_limit). draft: see `prepare_bytes`. With `box`, the
+    picture is cropped to it first (see prepare_bytes). Raises BadImageError.
     """
     _refuse_raw(path)  # before reading: a RAW file is 20-80 MB
     try:
@@ -407,17 +411,19 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
         if encoded is not None:
             return encoded
     return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
-                         scoped=scoped, box=box)
+                         scoped=scoped, draft=draft, box=box)
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
                   digest: str, max_pixels: int = DEFAULT_MAX_PIXELS, scoped: bool = True,
-                  box: Box | None = None) -> PreparedFile:
-    """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size;
-    with `box` (x1, y1, x2, y2 in pixels of the upright picture), of that crop of the full-size
+                  draft: bool = True, box: Box | None = None) -> PreparedFile:
+    """Decode a file's bytes (whose sha256 is `digest`) and prepare the model pixels at each size.
+    draft: a JPEG is decoded at the smallest DCT scale that still covers the largest size (fast,
+    close to the full decode); False decodes it in full (see `load_image`). With `box` (x1, y1,
+    x2, y2 in pixels of the upright picture), the pixels are those of that crop of the full-size
     decode. Raises BadImageError."""
-    im, original = decode(path, data=data, max_pixels=max_pixels, min_side_hint=None if box else max(sizes),
-                          scoped=scoped)
+    im, original = decode(path, data=data, max_pixels=max_pixels,
+                          min_side_hint=max(sizes) if draft and box is None else None, scoped=scoped)
     like: tuple[int, int] | None = original
     if box is not None:
         try:

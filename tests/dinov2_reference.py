@@ -1,10 +1,12 @@
 """Meta's own DINOv2 code as the fidelity reference (PyPI `dinov2==0.0.1.dev2`, April 2023).
 
 That release predates register tokens. For the `_reg` variants this module adds exactly what
-upstream facebookresearch/dinov2 later added (checked against commit b8931f7, Aug 2025):
-a `register_tokens` parameter inserted after the class token once position embeddings are
-added, and position embeddings resized to the target grid by bicubic interpolation *with*
-antialiasing (`interpolate_antialias=True, interpolate_offset=0.0` in `hub/backbones.py`).
+upstream facebookresearch/dinov2 later added: a `register_tokens` parameter inserted after the
+class token once position embeddings are added, and position embeddings resized by bicubic
+interpolation *with* antialiasing (`interpolate_antialias=True, interpolate_offset=0.0` in
+`hub/backbones.py`), both in commit 9c7e324 (Oct 2023); resized to the exact target grid size
+rather than by a scale factor since commit e1277af (Feb 2024). Checked against the upstream code
+at b8931f7 (its HEAD in Aug 2025; docs/backbone.md).
 Everything else (patch embedding, blocks, attention, norm) is the released code, untouched.
 
 The package is installed `--no-deps` into a test-only folder (see scripts/test.sh) and found

@@ -10,7 +10,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from retrieval import BadImageError, RetrievalError, load_image
-from retrieval.images import crop_box, decode, normalize, preprocess, resize_for_model, target_size, to_rgb
+from retrieval.images import (
+    crop_box,
+    decode,
+    model_pixels,
+    normalize,
+    prepare_bytes,
+    preprocess,
+    resize_for_model,
+    target_size,
+    to_rgb,
+)
 
 from .conftest import AWKWARD, manifest_rows
 
@@ -162,11 +172,23 @@ def test_draft_decode_keeps_long_side_and_reports_original():
     assert im.width > im.height  # upright after EXIF rotation
 
 
+def test_prepare_bytes_without_draft_is_the_full_decode():
+    path = AWKWARD / "jpeg_exif_orient6_landscape.jpg"  # 1800x1200: a draft at 448 decodes it at 1/2 or less
+    data = path.read_bytes()
+    full, original = decode(path)
+    want = model_pixels(full, size=448, patch_size=14)
+    exact = prepare_bytes(str(path), data, sizes=(448,), patch_size=14, digest="", draft=False)
+    fast = prepare_bytes(str(path), data, sizes=(448,), patch_size=14, digest="")
+    assert exact.size == fast.size == original
+    np.testing.assert_array_equal(exact.pixels[0], want)
+    assert fast.pixels[0].shape == want.shape and np.abs(fast.pixels[0].astype(int) - want).max() > 5
+
+
 @given(w=st.integers(1, 5000), h=st.integers(1, 5000), size=st.integers(14, 1000))
 def test_target_size_properties(w: int, h: int, size: int):
     tw, th = target_size(w, h, size=size, patch_size=14)
     assert tw % 14 == 0 and th % 14 == 0 and tw >= 14 and th >= 14
-    assert max(tw, th) == (size // 14) * 14
+    assert max(tw, th) % 14 == 0 and abs(max(tw, th) - size) <= 7 or max(tw, th) == 14  # the nearest multiple
     assert (tw >= th) == (w >= h) or tw == th
     # aspect ratio kept within half a patch on the shorter side
     if w >= h:

@@ -49,3 +49,10 @@ def test_bench_gpu_runs_its_checks_on_a_cpu():
     assert "decoded on the GPU:" in out and "worst descriptor cosine" in out  # the decode check ran
     assert re.search(r"n=\s+1000 .* ids equal to CPU exact 1\.0000", out)
     assert "FAILED" not in out
+
+
+def test_measure_draft_decode_prints_differences(tmp_path):
+    synth_photo(3, (1000, 750)).save(tmp_path / "big.jpg", quality=90)
+    out = _run("scripts/measure_draft_decode.py", str(tmp_path / "big.jpg"), "--size", "224")
+    row = next(line.split() for line in out.splitlines() if line.startswith("big.jpg"))
+    assert row[1:4] == ["1000x750", "250x188", "224x168"] and int(row[4]) > 0  # drafted at 1/4, pixels moved

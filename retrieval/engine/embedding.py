@@ -135,7 +135,7 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
 
 def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
                    workers: int | None = None, window: int = 64, jpegs_on: torch.device | None = None,
-                   jpeg_batch: int = 32, threads: bool | None = None,
+                   jpeg_batch: int = 32, threads: bool | None = None, draft: bool = True,
                    box: images.Box | None = None) -> Iterator[Decoded | Skipped]:
     """Read and decode `paths`: by `workers` processes ahead of the caller, or (workers 0) by a
     thread per core in bursts between forward passes.
@@ -150,13 +150,15 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     threads (`workers` of them, or a thread per core): they mostly read and hash, which release
     the GIL, and a process would have to send each file's bytes back through a pipe. `threads`
     overrides the choice of threads or processes (benchmarks; False with workers 0: inline).
-    `box`: every file is cropped to it before resizing (a query's box; decoded by Pillow).
+    `draft`: Pillow decodes JPEGs at a reduced DCT scale (fast, close); False: in full, exactly as
+    the official transform (images.prepare_bytes). The GPU decoder always decodes in full.
+    `box`: every file is cropped to it before resizing (a query's box; decoded by Pillow, in full).
     """
     jpegs_on = None if box is not None else jpegs_on
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
     # a module-level function of a module without torch, so worker processes start light
     read = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
-                   keep_jpeg=jpegs_on is not None, box=box)
+                   keep_jpeg=jpegs_on is not None, draft=draft, box=box)
     n = default_workers() if workers is None else workers
     in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
     pool_size = n if n > 0 else (os.cpu_count() or 1)
@@ -165,7 +167,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
                    window=max(window, 4 * pool_size), scope=partial(images.pixel_limit, image.max_pixels),
                    ahead=ahead)
     flush = partial(_decode_jpegs, device=jpegs_on or backbone.device, sizes=sizes, patch_size=backbone.patch_size,
-                    max_pixels=image.max_pixels)
+                    max_pixels=image.max_pixels, draft=draft)
     held: list[tuple[int, str, images.EncodedJpeg]] = []
     with closing(reads):  # an exception here (Ctrl-C) shuts the decoders down now, not at garbage collection
         for i, p, get in reads:
@@ -185,7 +187,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
 
 
 def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: torch.device, sizes: tuple[int, ...],
-                  patch_size: int, max_pixels: int) -> Iterator[Decoded | Skipped]:
+                  patch_size: int, max_pixels: int, draft: bool = True) -> Iterator[Decoded | Skipped]:
     """Decode `held` on `device` and resize there; files it refuses (or runs out of memory on)
     are decoded by Pillow. All are done before the first is yielded, so the full-size pictures
     are freed before the model runs again."""
@@ -210,7 +212,7 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
         log.debug("%s: decoded by Pillow (the decoder on %s refused it)", p, device)
         try:
             pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
-                                      digest=e.sha256)
+                                      digest=e.sha256, draft=draft)
         except BadImageError as err:
             out.append(Skipped(i, p, err.reason))
             continue

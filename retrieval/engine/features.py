@@ -34,14 +34,16 @@ class Embedded:
 
 
 def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
-          workers: int | None = None, decode: str = "cpu") -> Iterator[Embedded | Skipped]:
+          workers: int | None = None, decode: str = "cpu", draft: bool = True) -> Iterator[Embedded | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
     Every input yields exactly one Embedded or Skipped. `decode`: see embedding.jpeg_device; Pillow
-    by default, so research outputs are the same on every machine.
+    by default, so research outputs are the same on every machine. `draft`: large JPEGs decoded at a
+    reduced DCT scale, as `retrieve index` does (fast, close); False decodes them in full, so the
+    tokens are those of the official transform (`retrieve extract`'s default; docs/features.md).
     """
     stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers,
-                            jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size)
+                            jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size, draft=draft)
     for out in forward_batches(stream, backbone=backbone, batch_size=batch_size):
         if isinstance(out, Skipped):
             yield out
@@ -68,8 +70,9 @@ def embed_all(paths: Sequence[str | Path], *, on_result: Callable[[Embedded | Sk
 
 
 def write_features(out: str | Path, results: Sequence[Embedded], skipped: Sequence[Skipped], *,
-                   backbone: Backbone, image: ImageConfig) -> Path:
-    """Save tokens as .npz (atomically); keys in docs/features.md."""
+                   backbone: Backbone, image: ImageConfig, draft: bool) -> Path:
+    """Save tokens as .npz (atomically); keys in docs/features.md. `draft`: how `results` were
+    decoded (see `embed`), recorded as the key `decode`."""
     if not results:
         raise RetrievalError("no image could be embedded, so no feature file was written")
     counts = [r.patches.shape[0] for r in results]
@@ -83,6 +86,7 @@ def write_features(out: str | Path, results: Sequence[Embedded], skipped: Sequen
         model=np.array(backbone.name),
         weights_id=np.array(backbone.weights_id),
         input_size=np.array(image.size),
+        decode=np.array("draft" if draft else "exact"),
         skipped_paths=np.array([s.path for s in skipped], dtype=str),
         skipped_reasons=np.array([s.reason for s in skipped], dtype=str),
     )
