@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
@@ -67,13 +68,18 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RetrievalError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(1) from None
         except ValueError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_line(message: str) -> None:
+    """`error: message` on stderr, one line; brackets in paths are text, not rich markup."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.callback()

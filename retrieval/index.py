@@ -218,7 +218,10 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, use_gpu: bool |
             raw = z["faiss"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
-    index = faiss.deserialize_index(raw)
+    try:
+        index = faiss.deserialize_index(raw)
+    except RuntimeError as e:  # bytes that pass the zip's CRC yet are no FAISS index
+        raise ArtifactMismatchError(f"{source} is damaged ({str(e).splitlines()[0] if str(e) else e!r})") from e
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
     return _placed(VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"])), use_gpu,

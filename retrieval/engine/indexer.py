@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,7 @@ from ..backbone import Backbone, load_backbone, native_dtype, resolve_device
 from ..backbone.weights import file_sha256
 from ..config import EngineConfig, deep_merge
 from ..discover import discover
-from ..errors import ArtifactMismatchError, BadImageError, RetrievalError
+from ..errors import ArtifactMismatchError, BadImageError, DiskFullError, RetrievalError
 from ..local import LocalPCA
 from ..store import PathFilter, Store, Upsert
 from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
@@ -441,8 +442,9 @@ class Index:
                              use_gpu=self.config.index.gpu, device=self._search_device())
         try:
             atomic_write(file, lambda f: f.write(vindex.to_bytes(built)))
-        except OSError as e:  # a read-only index folder still answers queries
-            log.warning("could not save the vector index (%s); it will be rebuilt next time", e)
+        except OSError as e:  # a read-only or full index folder still answers queries
+            reason = DiskFullError(file, e.strerror or str(e)) if e.errno == errno.ENOSPC else e
+            log.warning("could not save the vector index: %s; it will be rebuilt next time", reason)
         self._vectors = built
         return built
 
