@@ -382,6 +382,41 @@ def remove(
     typer.echo(f"removed {n} entries; {left} images indexed")
 
 
+@app.command()
+@_errors
+def check(
+    index: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
+) -> None:
+    """Check an index: SQLite's integrity check, then every row against the index's own rules and the
+    vectors file against the store. One line per finding; exit 1 when something is damaged."""
+    report = engine.check_index(_index_dir(index))
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.findings:
+            typer.echo(f"{f.level:5s}  {f.message}")
+    if report.damaged:
+        _error_line(report.summary)
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(report.summary)
+
+
+@app.command()
+@_errors
+def backup(
+    dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
+                                         show_default=False)],
+    index: IndexDir = None,
+) -> None:
+    """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
+    (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
+    out, images = engine.backup_store(_index_dir(index), dest)
+    typer.echo(f"wrote {out}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
+               f"folder (the vectors file is rebuilt from it)")
+
+
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
     if spec.endswith(".json"):
         return benchmarks.load_json(spec, crop=crop)

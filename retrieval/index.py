@@ -42,6 +42,12 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self.faiss_index.ntotal)
 
+    def ids(self) -> np.ndarray:
+        """(ntotal,) int64: the external ids, in the order the vectors were added."""
+        import faiss
+
+        return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+
     def on_device(self, device: str) -> VectorIndex:
         """This exact index with its searches run by PyTorch on `device` (used for "cuda"; any
         torch device works, which is how the CPU tests check it against FAISS)."""

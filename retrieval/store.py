@@ -129,6 +129,42 @@ class Store:
         """`with store.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
         return _Transaction(self.db.conn)
 
+    def snapshot(self) -> Any:
+        """`with store.snapshot():` the reads inside see one committed state, even while another
+        process writes (a WAL read transaction; nothing is written)."""
+        return _Transaction(self.db.conn, begin="BEGIN DEFERRED", end="ROLLBACK")
+
+    # --- integrity and backup ---------------------------------------------------------------
+    def integrity_check(self) -> list[str]:
+        """SQLite's full `PRAGMA integrity_check` (every page, index and constraint): the problems it
+        reports, [] when there are none. StoreCorruptError when the file is too damaged to check."""
+        found = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+        if found == ["ok"]:
+            return []
+        return [line for f in found for line in f.splitlines()  # one problem a line, without the
+                if line.strip() and not line.startswith("*** in database")]  # "*** in database main ***" head
+
+    def layout(self) -> dict[str, set[str]]:
+        """Table name -> its column names, as the file holds them."""
+        return {t: set(self.db.table(t).columns_dict) for t in self.db.table_names()}
+
+    def blob_sizes(self) -> Iterator[BlobSizes]:
+        """Every row's status and the sizes of its blobs (not the blobs themselves), by id."""
+        sql = ("SELECT id, status, length(descriptor), length(local_feats), length(local_coords), grid_h, grid_w "
+               "FROM images ORDER BY id")
+        for r in self.db.execute(sql):
+            yield BlobSizes(*r)
+
+    def backup(self, dest: str | Path) -> None:
+        """Copy this store into the file `dest` with SQLite's online backup: one consistent
+        snapshot of the committed state, taken without blocking a process that is writing."""
+        target = _connect(Path(dest))
+        try:
+            with target.guard:  # the backup API reports errors (disk full...) on the destination
+                self.db.conn.backup(target)
+        finally:
+            target.close()
+
     # --- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -228,6 +264,19 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+@dataclass(frozen=True)
+class BlobSizes:
+    """Sizes in bytes of one row's blobs (None where NULL), for `retrieve check`."""
+
+    id: int
+    status: str
+    descriptor: int | None
+    local_feats: int | None
+    local_coords: int | None
+    grid_h: int | None
+    grid_w: int | None
 
 
 class PathFilter:
