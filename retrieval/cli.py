@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
@@ -106,10 +107,10 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RetrievalError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(1) from None
         except ValueError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -121,6 +122,11 @@ def _print_version(value: bool) -> None:
 
         typer.echo(f"retrieve {__version__}")
         raise typer.Exit()
+
+
+def _error_line(message: str) -> None:
+    """`error: message` on stderr, one line; brackets in paths are text, not rich markup."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -517,6 +523,41 @@ def remove(
                              f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
+
+
+@app.command()
+@_errors
+def check(
+    index: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
+) -> None:
+    """Check an index: SQLite's integrity check, then every row against the index's own rules and the
+    vectors file against the store. One line per finding; exit 1 when something is damaged."""
+    report = engine.check_index(_index_dir(index))
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.findings:
+            typer.echo(f"{f.level:5s}  {f.message}")
+    if report.damaged:
+        _error_line(report.summary)
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(report.summary)
+
+
+@app.command()
+@_errors
+def backup(
+    dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
+                                         show_default=False)],
+    index: IndexDir = None,
+) -> None:
+    """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
+    (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
+    out, images = engine.backup_store(_index_dir(index), dest)
+    typer.echo(f"wrote {out}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
+               f"folder (the vectors file is rebuilt from it)")
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:

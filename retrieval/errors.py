@@ -45,3 +45,37 @@ class ArtifactMismatchError(RetrievalError):
 
 class SchemaVersionError(RetrievalError):
     """A store written by a newer or unknown schema version."""
+
+
+class StoreError(RetrievalError):
+    """The index's SQLite store cannot be used as it is: damaged, locked, read-only, unopenable."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = str(path)
+        super().__init__(message)
+
+
+class StoreCorruptError(StoreError):
+    """store.sqlite is damaged or not a SQLite database at all (SQLITE_CORRUPT / SQLITE_NOTADB)."""
+
+    def __init__(self, path: str | Path, detail: str) -> None:
+        self.detail = detail
+        folder = Path(path).parent
+        super().__init__(
+            path,
+            f"{path} is damaged ({detail}); run `retrieve check --index {folder}` to see what is wrong, then restore "
+            f"a copy made with `retrieve backup` or index the folders again into a new --index",
+        )
+
+
+class DiskFullError(StoreError):
+    """The disk holding the index folder filled up (SQLITE_FULL, ENOSPC). What was committed stays."""
+
+    def __init__(self, path: str | Path, detail: str = "database or disk is full") -> None:
+        self.detail = detail
+        self.folder = str(Path(path).parent)
+        super().__init__(
+            path,
+            f"the disk holding {self.folder} is full ({detail}); nothing committed was lost: free some space and run "
+            f"the same command again",
+        )

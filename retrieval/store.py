@@ -8,6 +8,10 @@ API gives and takes `str`, with undecodable bytes as surrogate escapes (os.fsdec
 the schema version, the index configuration and fingerprint, the whitening, and a generation
 number that every committed change increments (and a data version that only row changes do). WAL journal: a crash loses at most the batch
 in flight, never a committed one.
+
+Every statement goes through one guarded connection (`_Connection`, `_Cursor`): SQLite's "disk
+full", "damaged" and similar failures leave this module as one-line `StoreError`s naming the file
+(see `store_error`), whichever call met them, the COMMIT of a transaction included.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from .errors import SchemaVersionError
+from .errors import DiskFullError, SchemaVersionError, StoreCorruptError, StoreError
 from .types import shown
 
 SCHEMA_VERSION = 2
@@ -83,16 +87,22 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2
 
 
 class Store:
-    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+    def __init__(self, path: str | Path, *, create: bool = False, migrate: bool = True) -> None:
+        """migrate=False opens an older schema as it is (for `retrieve check`, which only reads)."""
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise FileNotFoundError(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        self.db = sqlite_utils.Database(conn)
-        self._migrate()
+        conn = _connect(self.path, timeout=30.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self.db = sqlite_utils.Database(conn)
+            if migrate:
+                self._migrate()
+        except BaseException:
+            conn.close()
+            raise
 
     def close(self) -> None:
         self.db.conn.close()
@@ -123,6 +133,42 @@ class Store:
     def transaction(self) -> Any:
         """`with store.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
         return _Transaction(self.db.conn)
+
+    def snapshot(self) -> Any:
+        """`with store.snapshot():` the reads inside see one committed state, even while another
+        process writes (a WAL read transaction; nothing is written)."""
+        return _Transaction(self.db.conn, begin="BEGIN DEFERRED", end="ROLLBACK")
+
+    # --- integrity and backup ---------------------------------------------------------------
+    def integrity_check(self) -> list[str]:
+        """SQLite's full `PRAGMA integrity_check` (every page, index and constraint): the problems it
+        reports, [] when there are none. StoreCorruptError when the file is too damaged to check."""
+        found = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+        if found == ["ok"]:
+            return []
+        return [line for f in found for line in f.splitlines()  # one problem a line, without the
+                if line.strip() and not line.startswith("*** in database")]  # "*** in database main ***" head
+
+    def layout(self) -> dict[str, set[str]]:
+        """Table name -> its column names, as the file holds them."""
+        return {t: set(self.db.table(t).columns_dict) for t in self.db.table_names()}
+
+    def blob_sizes(self) -> Iterator[BlobSizes]:
+        """Every row's status and the sizes of its blobs (not the blobs themselves), by id."""
+        sql = ("SELECT id, status, length(descriptor), length(local_feats), length(local_coords), grid_h, grid_w "
+               "FROM images ORDER BY id")
+        for r in self.db.execute(sql):
+            yield BlobSizes(*r)
+
+    def backup(self, dest: str | Path) -> None:
+        """Copy this store into the file `dest` with SQLite's online backup: one consistent
+        snapshot of the committed state, taken without blocking a process that is writing."""
+        target = _connect(Path(dest))
+        try:
+            with target.guard:  # the backup API reports errors (disk full...) on the destination
+                self.db.conn.backup(target)
+        finally:
+            target.close()
 
     # --- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -239,6 +285,19 @@ def _path_out(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+@dataclass(frozen=True)
+class BlobSizes:
+    """Sizes in bytes of one row's blobs (None where NULL), for `retrieve check`."""
+
+    id: int
+    status: str
+    descriptor: int | None
+    local_feats: int | None
+    local_coords: int | None
+    grid_h: int | None
+    grid_w: int | None
+
+
 class PathFilter:
     """`path in PathFilter(roots)`: is path one of the roots or inside one? O(log n) per test.
 
@@ -265,11 +324,149 @@ def _parts(path: str) -> tuple[str, ...]:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, begin: str = "BEGIN IMMEDIATE", end: str = "COMMIT") -> None:
         self.conn = conn
+        self.begin, self.end = begin, end
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.begin)
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.conn.execute(self.end)  # a COMMIT can fail too (disk full): a StoreError, as any statement
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if not self.conn.in_transaction:  # SQLite ends some failed transactions itself (SQLITE_FULL)
+            return
+        try:
+            self.conn.execute("ROLLBACK")
+        except StoreError:  # the error in flight says more than a failed rollback
+            pass
+
+
+# --- the error boundary: sqlite3 errors -> one-line StoreErrors naming the file ----------------
+# SQLite's primary result codes (https://sqlite.org/rescode.html); the low byte of sqlite_errorcode
+_BUSY, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 8, 10, 11, 13, 14, 26
+# the same errors when they carry only their message (raised by hand, or by an older sqlite3 module)
+_BY_MESSAGE = {"database or disk is full": _FULL, "database disk image is malformed": _CORRUPT,
+               "file is not a database": _NOTADB, "database is locked": _BUSY, "disk I/O error": _IOERR}
+
+
+def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
+    """The StoreError an sqlite3 error on the store file `path` means for a user, or None for the
+    errors that are bugs or expected by the caller (constraint violations, SQL errors)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    primary = (code & 0xFF) if isinstance(code, int) else _BY_MESSAGE.get(str(e))
+    if primary == _FULL:
+        return DiskFullError(path, str(e))
+    if primary in (_CORRUPT, _NOTADB):
+        return StoreCorruptError(path, str(e))
+    if primary == _BUSY:
+        return StoreError(path, f"{path} is locked by another process ({e}); wait for it to finish and try again")
+    if primary == _READONLY:
+        return StoreError(path, f"cannot write {path} ({e}); make the file and its folder writable")
+    if primary == _CANTOPEN:
+        return StoreError(path, f"cannot open {path} ({e}); check that its folder exists and is writable")
+    if primary == _IOERR:
+        return StoreError(path, f"cannot read or write {path} ({e}); check the disk it is on (full, removed, "
+                                f"failing), then run the same command again")
+    return None
+
+
+class _Guard:
+    """`with guard:` re-raises the sqlite3 errors `store_error` knows as StoreErrors for `path`."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            err = store_error(exc, self.path)
+            if err is not None:
+                raise err from exc
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose every call runs under its connection's guard: rows are read lazily, so a
+    damaged page can surface in a fetch long after the execute."""
+
+    connection: _Connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        with self.connection.guard:
+            return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _Cursor:
+        with self.connection.guard:
+            return super().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        with self.connection.guard:
+            return super().executescript(sql_script)
+
+    def fetchone(self) -> Any:
+        with self.connection.guard:
+            return super().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        with self.connection.guard:
+            return super().fetchmany(self.arraysize if size is None else size)
+
+    def fetchall(self) -> list[Any]:
+        with self.connection.guard:
+            return super().fetchall()
+
+    def __next__(self) -> Any:
+        with self.connection.guard:
+            return super().__next__()
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3.Connection whose statements (its own, sqlite-utils', and COMMIT) are guarded."""
+
+    def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
+        self.guard = _Guard(Path(database))
+        with self.guard:
+            super().__init__(database, *args, **kwargs)
+
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _Cursor)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str, /) -> Any:
+        return self.cursor().executescript(sql_script)
+
+    def commit(self) -> None:
+        with self.guard:
+            super().commit()
+
+    def rollback(self) -> None:
+        with self.guard:
+            super().rollback()
+
+    def close(self) -> None:
+        with self.guard:
+            super().close()
+
+
+def _connect(path: Path, *, timeout: float = 5.0) -> _Connection:
+    """A guarded autocommit connection (transactions are explicit: `_Transaction`)."""
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Connection)
+    assert isinstance(conn, _Connection)
+    return conn

@@ -45,6 +45,12 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self.faiss_index.ntotal)
 
+    def ids(self) -> np.ndarray:
+        """(ntotal,) int64: the external ids, in the order the vectors were added."""
+        import faiss
+
+        return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+
     def on_device(self, device: str) -> VectorIndex:
         """This exact index with its searches run by PyTorch on `device` (used for "cuda"; any
         torch device works, which is how the CPU tests check it against FAISS)."""
@@ -216,7 +222,10 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "
             raw = z["faiss"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
-    index = faiss.deserialize_index(raw)
+    try:
+        index = faiss.deserialize_index(raw)
+    except RuntimeError as e:  # bytes that pass the zip's CRC yet are no FAISS index
+        raise ArtifactMismatchError(f"{source} is damaged ({str(e).splitlines()[0] if str(e) else e!r})") from e
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
     return VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]))

@@ -20,12 +20,14 @@ _EXPORTS = {
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
     "Pair": "maps", "explain": "maps", "match_files": "maps",
     "atomic_write": "files", "expand_inputs": "files",
+    "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .descriptors import Embedding
+    from .check import CheckReport, Finding, backup_store, check_index
     from .embedding import Decoded, Skipped, default_workers
     from .evaluation import EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files

@@ -4,6 +4,7 @@ stored descriptors (or the settings they depend on) change. numpy and FAISS; no 
 from __future__ import annotations
 
 import base64
+import errno
 import dataclasses
 import logging
 from pathlib import Path
@@ -16,7 +17,7 @@ from .. import vectors as vecs
 from .. import whitening as wh
 from ..arrays import l2n
 from ..config import EngineConfig
-from ..errors import ArtifactMismatchError
+from ..errors import ArtifactMismatchError, DiskFullError
 from ..store import Store
 from .files import VECTORS_FILE, atomic_write
 from .settings import digest, fingerprint
@@ -90,8 +91,9 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
     built = vecs.build(xb, ids, kind=config.index.kind, fingerprint=fp, generation=gen)
     try:
         atomic_write(file, lambda f: f.write(vecs.to_bytes(built)))
-    except OSError as e:  # a read-only index folder still answers queries
-        log.warning("could not save the vector index (%s); it will be rebuilt next time", e)
+    except OSError as e:  # a read-only or full index folder still answers queries
+        reason = DiskFullError(file, e.strerror or str(e)) if e.errno == errno.ENOSPC else e
+        log.warning("could not save the vector index: %s; it will be rebuilt next time", reason)
     return built
 
 
