@@ -17,7 +17,6 @@ _EXPORTS = {
     "backbone_names": "retrieval.backbone",
     "load_image": "retrieval.images",
     "TokenBatch": "retrieval.types",
-    "BackboneSpec": "retrieval.types",
     "RetrievalError": "retrieval.errors",
     "BadImageError": "retrieval.errors",
     "UnknownBackboneError": "retrieval.errors",
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from .errors import (ArtifactMismatchError, BadImageError, RetrievalError, SchemaVersionError,
                          UnknownBackboneError, WeightsError)
     from .images import load_image
-    from .types import BackboneSpec, TokenBatch
+    from .types import TokenBatch
 
 
 def __getattr__(name: str) -> Any:

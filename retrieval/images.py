@@ -56,7 +56,7 @@ _WHITE = (255, 255, 255)
 def worker_init() -> None:  # pragma: no cover - runs in decoder worker processes
     """Initialiser of decoder processes. It lives here, not in the engine, because a spawned
     worker imports the initialiser's module: from the engine that would load torch in every one
-    (1.5 s each on the 2-core machine, and far more memory)."""
+    (seconds each, and far more memory; docs/throughput.md)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, between batches
 
 

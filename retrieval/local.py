@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import l2n
+from .arrays import l2n, principal_axes
 
 DEFAULT_PATCHES = 224
 DEFAULT_DIM = 64
@@ -59,16 +59,10 @@ def identity(d: int, dim: int = DEFAULT_DIM) -> LocalPCA:
 
 def fit_pca(patches: np.ndarray, dim: int = DEFAULT_DIM) -> LocalPCA:
     """PCA of patch tokens (t, d); keeps min(dim, d, t - 1) components, signs fixed."""
-    x = np.asarray(patches, np.float64)
-    t, d = x.shape
+    t, d = np.shape(patches)
     if t < 2:
         raise ValueError("need at least 2 patches to fit a PCA")
-    k = max(1, min(dim, d, t - 1))
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    comps = vt[:k].T
-    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
-    comps = comps * np.where(signs == 0, 1.0, signs)
+    mean, comps, _ = principal_axes(patches, max(1, min(dim, d, t - 1)))
     return LocalPCA(mean.astype(np.float32), comps.astype(np.float32))
 
 
@@ -79,9 +73,6 @@ class LocalFeatures:
     feats: np.ndarray
     xy: np.ndarray
     grid: tuple[int, int]
-
-    def nbytes(self) -> int:
-        return int(self.feats.nbytes + self.xy.nbytes)
 
 
 def grid_xy(grid: tuple[int, int]) -> np.ndarray:

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
-
 if TYPE_CHECKING:
     import torch
-
-FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -33,18 +28,6 @@ class TokenBatch:
             raise ValueError(
                 f"patches shape {tuple(self.patches.shape)} does not match cls {(n, d)} and grid {self.grid}"
             )
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What a caller needs to know about a backbone to feed it and read it."""
-
-    name: str
-    dim: int
-    patch_size: int
-    num_registers: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)

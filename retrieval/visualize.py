@@ -7,14 +7,17 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .arrays import principal_axes
+
 
 
 def _pca(x: np.ndarray, k: int) -> np.ndarray:
     """Project rows of x (n, d) on their first k principal components (n, k), float64."""
-    from sklearn.decomposition import PCA
-
     k = max(1, min(k, x.shape[0], x.shape[1]))
-    return np.asarray(PCA(n_components=k, svd_solver="full").fit_transform(x.astype(np.float64)))
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], k))
+    mean, axes, _ = principal_axes(x, k)
+    return (np.asarray(x, np.float64) - mean) @ axes
 
 
 def foreground_masks(

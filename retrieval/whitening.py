@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import l2n
+from .arrays import l2n, principal_axes
 from .errors import ArtifactMismatchError
 
 
@@ -63,21 +63,13 @@ def fit(x: np.ndarray, *, dim: int | None = None, floor: float = 1e-6) -> Whiten
     no variance are not blown up. Sign of each eigenvector fixed (largest |entry| positive),
     so the same data always gives the same whitening.
     """
-    x = np.asarray(x, np.float64)
-    n, d = x.shape
+    n, d = np.shape(x)
     if n < 2:
         raise ValueError(f"whitening needs at least 2 descriptors, got {n}")
     k = d if dim is None else int(dim)
     if not 1 <= k <= d:
         raise ValueError(f"whitening dim must be in 1..{d}, got {dim}")
-    mean = x.mean(axis=0)
-    centred = x - mean
-    cov = centred.T @ centred / (n - 1)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1][:k]
-    eigval, eigvec = eigval[order], eigvec[:, order]
-    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(k)])
-    eigvec = eigvec * np.where(signs == 0, 1.0, signs)
+    mean, eigvec, eigval = principal_axes(x, k)
     eigval = np.maximum(eigval, floor * max(float(eigval[0]), 1e-30))
     projection = eigvec / np.sqrt(eigval)
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), n)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RetrievalError, UnknownBackboneError, WeightsError
-from ..types import BackboneSpec, TokenBatch
+from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
 from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
@@ -73,10 +73,6 @@ class Backbone(torch.nn.Module):
         self.num_registers = arch.num_registers
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
-
-    @property
-    def spec(self) -> BackboneSpec:
-        return BackboneSpec(self.name, self.dim, self.patch_size, self.num_registers, self.mean, self.std)
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         vit: Any = self.vit  # timm VisionTransformer

@@ -119,7 +119,7 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
             scope: Callable[[], AbstractContextManager[None]]) -> Iterator[tuple[int, str, Read]]:
     """`threads` threads read 4 x `threads` files at a time while the caller waits, then the
     caller takes them. Decoding thus uses every core but never competes with the model for them
-    (on 2 cores: 16.0-16.3 img/s against 14.6-15.3 inline at 224 fp32, docs/throughput.md), and one
+    (measured faster than inline decoding on 2 cores, docs/throughput.md), and one
     pixel_limit scope covers each burst: Pillow's limit and the warnings hook are process-wide,
     so threads must not each enter and leave their own."""
     burst = 4 * threads
