@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from retrieval import images, jpeg_gpu
+from retrieval.errors import BadImageError
 from retrieval.config import ImageConfig
 from retrieval.engine.embedding import Decoded, Skipped, decoded_stream, jpeg_device, normalize
 
@@ -68,7 +69,7 @@ def test_read_file_keeps_only_plain_complete_jpegs(tmp_path: Path, awkward_dir: 
     # decoded by Pillow in the worker: CMYK, MPO, not a JPEG
     for name in ("jpeg_cmyk_adobe.jpg", "jpeg_mpo_stereo.mpo", "misnamed_png_as.jpg"):
         assert isinstance(images.read_file(str(awkward_dir / name), **kw), images.PreparedFile), name
-    with pytest.raises(images.BadImageError, match="truncated"):
+    with pytest.raises(BadImageError, match="truncated"):
         images.read_file(str(awkward_dir / "jpeg_truncated_baseline_photo.jpg"), **kw)
     assert isinstance(images.read_file(str(plain), sizes=(224,), patch_size=14), images.PreparedFile)
 
@@ -170,7 +171,7 @@ def test_decoder_processes_do_not_load_torch(tiny, tmp_path: Path, monkeypatch) 
     seen: dict[str, object] = {}
 
     class Recorder(embedding.ThreadPoolExecutor):  # runs the jobs in threads, keeps what a process pool got
-        def __init__(self, max_workers, mp_context=None, initializer=None):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
             seen["initializer"] = initializer
             super().__init__(max_workers)
 

@@ -16,7 +16,7 @@ import torch
 
 from .. import images, jpeg_gpu
 from ..backbone import Backbone
-from ..config import ImageConfig
+from ..config import DEFAULT_MAX_PIXELS, ImageConfig
 from ..errors import BadImageError
 from ..types import Skipped, TokenBatch
 
@@ -76,26 +76,31 @@ def _decoded(index: int, path: str, pf: images.PreparedFile) -> Decoded:
 Read = Callable[[], "images.PreparedFile | images.EncodedJpeg"]
 
 
-def _reads(paths: Sequence[str], read: Callable[..., images.PreparedFile | images.EncodedJpeg], *, processes: int,
-           threads: int, window: int, scope: Callable[[], AbstractContextManager[None]], ahead: bool = False
-           ) -> Generator[tuple[int, str, Read], None, None]:
+def _reads(paths: Sequence[str], read: Callable[[str], images.PreparedFile | images.EncodedJpeg], *, processes: int,
+           threads: int, window: int, scope: Callable[[], AbstractContextManager[None]], ahead: bool = False,
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> Generator[tuple[int, str, Read], None, None]:
     """(index, path, a call giving the file read and prepared), in input order: by `processes`
     spawned processes, or by `threads` reading `ahead` of the caller, each with at most `window`
     files in flight (memory stays flat); or by `threads` in bursts while the caller waits (see
-    _bursts); or inline when both are 0."""
+    _bursts); or inline when both are 0.
+
+    Every read runs under `scope` (images.pixel_limit): Pillow's settings are process-wide, so
+    this function, not the decoding code, holds it: once around the reader threads, around each
+    burst, or around each inline read; decoder processes set it for their lifetime
+    (images.worker_init with `max_pixels`)."""
     if len(paths) <= 1 or (processes <= 0 and threads <= 0):
         for i, p in enumerate(paths):
-            yield i, p, partial(read, p)
+            yield i, p, partial(_within, scope, read, p)
         return
     if threads > 0 and not ahead:
-        yield from _bursts(paths, partial(read, scoped=False), threads, scope)
+        yield from _bursts(paths, read, threads, scope)
         return
     pool: ThreadPoolExecutor | ProcessPoolExecutor
-    if threads > 0:  # one pixel_limit scope for the whole stream: Pillow's settings are process-wide
-        pool, held, read = ThreadPoolExecutor(threads, images.DECODER_THREADS), scope(), partial(read, scoped=False)
+    if threads > 0:  # one pixel_limit scope for the whole stream
+        pool, held = ThreadPoolExecutor(threads, images.DECODER_THREADS), scope()
     else:  # spawn: never fork a process holding torch threads
         pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=images.worker_init)
+                                   initializer=images.worker_init, initargs=(max_pixels,))
         held = nullcontext()
     pending: deque[tuple[int, str, Future[images.PreparedFile | images.EncodedJpeg]]] = deque()
     with held:  # left only once the readers have stopped
@@ -113,6 +118,13 @@ def _reads(paths: Sequence[str], read: Callable[..., images.PreparedFile | image
                 yield i, p, future.result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _within(scope: Callable[[], AbstractContextManager[None]],
+            read: Callable[[str], images.PreparedFile | images.EncodedJpeg], path: str
+            ) -> images.PreparedFile | images.EncodedJpeg:
+    with scope():
+        return read(path)
 
 
 def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | images.EncodedJpeg], threads: int,
@@ -165,7 +177,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     ahead = jpegs_on is not None or backbone.device.type != "cpu"
     reads = _reads(paths, read, processes=0 if in_threads else n, threads=pool_size if in_threads else 0,
                    window=max(window, 4 * pool_size), scope=partial(images.pixel_limit, image.max_pixels),
-                   ahead=ahead)
+                   ahead=ahead, max_pixels=image.max_pixels)
     flush = partial(_decode_jpegs, device=jpegs_on or backbone.device, sizes=sizes, patch_size=backbone.patch_size,
                     max_pixels=image.max_pixels, draft=draft)
     held: list[tuple[int, str, images.EncodedJpeg]] = []
@@ -211,8 +223,9 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
             continue
         log.debug("%s: decoded by Pillow (the decoder on %s refused it)", p, device)
         try:
-            pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
-                                      digest=e.sha256, draft=draft)
+            with images.pixel_limit(max_pixels):
+                pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
+                                          digest=e.sha256, draft=draft)
         except BadImageError as err:
             out.append(Skipped(i, p, err.reason))
             continue
