@@ -11,9 +11,9 @@ import pytest
 from retrieval import RetrievalError
 from retrieval.benchmarks import load_json, load_revisited, read_gnd
 
-from .conftest import ROOT, SHARED
+from .conftest import DATA, ROOT
 
-GND = SHARED / "revisitop-gnd"
+GND = DATA / "revisitop-gnd"
 
 
 @pytest.mark.parametrize("name,n_db,easy_total,hard_total,junk_total",
