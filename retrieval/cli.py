@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -22,7 +23,7 @@ from rich.table import Column, Table
 
 from . import benchmarks, engine  # engine: names load on first use (torch only for commands that embed)
 from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
-from .errors import RetrievalError
+from .errors import RetrievalError, UsageError
 from .types import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,18 +101,28 @@ Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders.", sh
 
 
 def _errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and a non-zero exit code."""
+    """The one error boundary: a value the user gave that cannot be used (UsageError) is one line
+    and exit 2; any other RetrievalError one line and exit 1. Anything else is a bug, not bad
+    input: one line that says so and exit 1, or with -v the whole traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except UsageError as e:
+            _error_line(str(e))
+            raise typer.Exit(2) from None
         except RetrievalError as e:
             _error_line(str(e))
             raise typer.Exit(1) from None
-        except ValueError as e:
-            _error_line(str(e))
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
+                raise
+            _error_line(f"unexpected {type(e).__name__}: {e}. This is a bug, not your input: run the command again "
+                        f"with -v for the traceback and report it")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -245,7 +256,7 @@ def pca(
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
     paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
     picture, skipped = engine.pca_picture(paths, backbone=backbone, image=image, threshold=threshold, workers=workers)
@@ -271,11 +282,11 @@ def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     try:
         x1, y1, x2, y2 = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text!r}") from None
+        raise UsageError(f"--bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text!r}") from None
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise ValueError(f"--bbox needs finite numbers, got {text!r}")
+        raise UsageError(f"--bbox needs finite numbers, got {text!r}")
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"--bbox needs x2 > x1 and y2 > y1, got {text!r}")
+        raise UsageError(f"--bbox needs x2 > x1 and y2 > y1, got {text!r}")
     return x1, y1, x2, y2
 
 
@@ -429,8 +440,6 @@ def query(
                                              help="Write correspondence maps and index.html here.")] = None,
 ) -> None:
     """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
-    if k < 1:
-        raise typer.BadParameter(f"must be at least 1, got {k}", param_hint="-k")
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
     if out is not None and len(images) > 1:
@@ -564,7 +573,7 @@ def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
     if spec.endswith(".json"):
         return benchmarks.load_json(spec, crop=crop)
     if data is None:
-        raise ValueError(f"--data DIR is needed for {spec} (DIR/{spec}/gnd_{spec}.pkl and DIR/{spec}/jpg/)")
+        raise UsageError(f"--data DIR is needed for {spec} (DIR/{spec}/gnd_{spec}.pkl and DIR/{spec}/jpg/)")
     return benchmarks.load_revisited(data, spec, crop=crop)
 
 
@@ -600,7 +609,7 @@ def eval_(
     if whiten_from is not None and whiten_from != "self":
         source = _benchmark(whiten_from, data, crop)
         if source.name == bench.name:
-            raise ValueError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
+            raise UsageError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
     overrides: dict[str, Any] = {
         "backbone": {"name": model, "weights": None if weights is None else str(weights.resolve()),
                      "device": device, "dtype": dtype},

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 DEFAULT_SIZE = 448
 DEFAULT_MAX_PIXELS = 100_000_000
+# The choices of each setting: defined here once; the modules that act on them import them.
+POOLINGS = ("cls+gem", "cls", "gem")
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+DECODERS = ("auto", "cpu", "gpu")  # where plain JPEGs are decoded
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 MAX_SIZE = 4096  # longer side of a model input: 292 x 292 patches already; larger sizes only exhaust memory
 
 
@@ -25,6 +32,10 @@ class BackboneConfig:
     device: str | None = None  # None = cuda when available, else cpu
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (by autocast); an index stores what auto resolved to
 
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -33,9 +44,9 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         if not 14 <= self.size <= MAX_SIZE:
-            raise ValueError(f"size must be 14 to {MAX_SIZE} pixels (the longer side the model sees), got {self.size}")
+            raise UsageError(f"size must be 14 to {MAX_SIZE} pixels (the longer side the model sees), got {self.size}")
         if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+            raise UsageError(f"max_pixels must be positive, got {self.max_pixels}")
 
 
 @dataclass(frozen=True)
@@ -45,12 +56,12 @@ class PoolingConfig:
     scales: tuple[float, ...] = (1.0,)  # e.g. (1.0, 0.7071, 1.4142) for multi-scale
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls+gem", "cls", "gem"):
-            raise ValueError(f"unknown pooling {self.pooling!r}; valid: cls+gem, cls, gem")
+        if self.pooling not in POOLINGS:
+            raise UsageError(f"unknown pooling {self.pooling!r}; valid: {', '.join(POOLINGS)}")
         if self.gem_p <= 0:
-            raise ValueError(f"gem_p must be positive, got {self.gem_p}")
+            raise UsageError(f"gem_p must be positive, got {self.gem_p}")
         if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+            raise UsageError(f"scales must be positive numbers, got {self.scales}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
 
@@ -69,8 +80,8 @@ class IndexConfig:
     dba_alpha: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("auto", "flat", "ivf", "hnsw"):
-            raise ValueError(f"unknown index kind {self.kind!r}; valid: auto, flat, ivf, hnsw")
+        if self.kind not in INDEX_KINDS:
+            raise UsageError(f"unknown index kind {self.kind!r}; valid: {', '.join(INDEX_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -86,11 +97,11 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: decode in threads between forward passes), got {self.workers}")
-        if self.decode not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"unknown decode {self.decode!r}; valid: auto, cpu, gpu")
+            raise UsageError(f"workers must be >= 0 (0: decode in threads between forward passes), got {self.workers}")
+        if self.decode not in DECODERS:
+            raise UsageError(f"unknown decode {self.decode!r}; valid: {', '.join(DECODERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,11 +135,11 @@ def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
     updates: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in names:
-            raise ValueError(f"unknown config key {where}{key!r}; valid keys: {', '.join(sorted(names))}")
+            raise UsageError(f"unknown config key {where}{key!r}; valid keys: {', '.join(sorted(names))}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {where}{key!r} must be a table")
+                raise UsageError(f"config key {where}{key!r} must be a table")
             updates[key] = _merge(type(current), current, value, f"{where}{key}.")
         else:
             updates[key] = tuple(value) if isinstance(value, list) else value

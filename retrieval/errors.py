@@ -26,6 +26,12 @@ def _bad_image(path: str, reason: str, fix: str) -> BadImageError:
     return BadImageError(path, reason, fix=fix)
 
 
+class UsageError(RetrievalError, ValueError):
+    """A value a user gave (a flag, a config key or value, a file's contents) that cannot be used.
+    The message names the value and what would work; the CLI exits with 2. Also a ValueError, so
+    Python callers that catch ValueError keep working."""
+
+
 class UnknownBackboneError(RetrievalError, ValueError):
     """A backbone name that is not in the registry."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("cls+gem", "cls", "gem")
+from .config import POOLINGS
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -21,11 +21,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .config import INDEX_KINDS
 from .errors import ArtifactMismatchError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
 
 
@@ -119,8 +119,8 @@ def _as_vectors(x: np.ndarray, dim: int, what: str) -> np.ndarray:
 
 
 def choose_kind(kind: str, n: int) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; valid: {', '.join(KINDS)}")
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; valid: {', '.join(INDEX_KINDS)}")
     if kind == "auto":
         return "flat" if n <= AUTO_EXACT_MAX else "ivf"
     return kind

@@ -267,3 +267,25 @@ def test_several_queries_in_one_call(folder, tmp_path):
     table = _query(ix, *files, "-k", "1")
     assert table.exit_code == 0 and table.stdout.count("query ") == 2
     _one_line_error(_query(ix, *files, "--bbox", "0,0,10,10"), "one")
+
+
+def test_bad_values_exit_2_and_bugs_are_not_dressed_as_bad_input(folder, tmp_path, monkeypatch):
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+    r = _query(ix, str(folder / "p0.jpg"), "-k", "0")
+    assert r.exit_code == 2 and "-k and --rerank-k must be at least 1" in r.stderr
+    r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i2"), "--model", "test_tiny",
+                            "--pooling", "max"])
+    assert r.exit_code == 2 and "unknown pooling 'max'" in r.stderr
+
+    from retrieval.engine.index import Index
+
+    def broken(self):
+        raise ZeroDivisionError("a bug deep inside")
+
+    monkeypatch.setattr(Index, "info", broken)
+    r = runner.invoke(app, ["info", "--index", str(ix)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "unexpected ZeroDivisionError: a bug deep inside. This is a bug, not your input" in r.stderr
+    r = runner.invoke(app, ["-v", "info", "--index", str(ix)])
+    assert r.exit_code == 1 and isinstance(r.exception, ZeroDivisionError)  # -v: the whole traceback

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import RetrievalError, UnknownBackboneError, WeightsError
+from ..errors import RetrievalError, UnknownBackboneError, UsageError, WeightsError
 from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
@@ -185,7 +185,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None =
     try:
         return _DTYPES[dtype.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, fp32, bf16, fp16") from None
+        raise UsageError(f"unknown dtype {dtype!r}; valid: auto, fp32, bf16, fp16") from None
 
 
 def ensure_weights(name: str, *, weights: str | Path | None = None, cache_dir: str | Path | None = None) -> None:

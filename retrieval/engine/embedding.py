@@ -16,8 +16,8 @@ import torch
 
 from .. import images, jpeg_gpu
 from ..backbone import Backbone
-from ..config import DEFAULT_MAX_PIXELS, ImageConfig
-from ..errors import BadImageError
+from ..config import DECODERS, DEFAULT_MAX_PIXELS, ImageConfig
+from ..errors import BadImageError, UsageError
 from ..types import Skipped, TokenBatch
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ class Batch:
     tokens: TokenBatch
 
 
-DECODERS = ("auto", "cpu", "gpu")
 
 
 def default_workers() -> int:
@@ -59,7 +58,7 @@ def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
     """Where plain JPEGs are decoded: the model's CUDA device ("gpu", or "auto" when nvJPEG is
     there), or None for Pillow in the decoder processes ("cpu", or "auto" on a CPU)."""
     if decode not in DECODERS:
-        raise ValueError(f"unknown decoder {decode!r}; valid: {', '.join(DECODERS)}")
+        raise UsageError(f"unknown decoder {decode!r}; valid: {', '.join(DECODERS)}")
     if decode == "cpu" or not jpeg_gpu.available(device):
         if decode == "gpu":
             log.warning("JPEG decoding on the GPU needs a CUDA device and torchvision's nvJPEG; decoding on the CPU")

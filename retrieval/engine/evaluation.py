@@ -17,7 +17,7 @@ from .. import whitening as wh
 from ..arrays import l2n
 from ..benchmarks import Benchmark
 from ..config import EngineConfig, deep_merge, default_index_dir
-from ..errors import RetrievalError
+from ..errors import RetrievalError, UsageError
 from ..store import PathFilter
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
 from .files import atomic_write
@@ -72,7 +72,7 @@ def evaluate(
 ) -> EvalResult:
     """Run the protocol. Whitening is never learned on the test set unless `whiten_self`."""
     if whiten_self and whiten_from is not None:
-        raise ValueError("choose one whitening source: another benchmark or (explicitly) the test set itself")
+        raise UsageError("choose one whitening source: another benchmark or (explicitly) the test set itself")
     overrides = deep_merge(overrides, {"whitening": {"enabled": False}})  # eval whitens explicitly, below
 
     def progress(stage: str) -> Callable[[int, int], None] | None:

@@ -26,7 +26,7 @@ from .. import vectors as vecs
 from .. import whitening as wh
 from ..config import EngineConfig
 from ..discover import discover
-from ..errors import ArtifactMismatchError, RetrievalError
+from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
 from ..types import shown
@@ -159,7 +159,7 @@ class Index:
         from .descriptors import embed_queries
 
         if bbox is not None and len(paths) != 1:
-            raise ValueError("a box crops one query image; pass one image with --bbox")
+            raise UsageError("a box crops one query image; pass one image with --bbox")
         done = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
         out = []
         for e in done:
@@ -281,7 +281,7 @@ class Index:
         if self.store.count("ok") == 0:
             raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
         if k < 1 or rerank_k < 1 or qe < 0:
-            raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
+            raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, got {k}, {rerank_k}, {qe}")
         return [self.search_embedded(q, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
                 for q in self.queries(paths, bbox=bbox)]
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from ..errors import UsageError
 from ..store import FileRow, PathFilter
 from ..types import ImageRef
 
@@ -83,7 +84,7 @@ class Exclusions:
     def with_globs(self, globs: Sequence[str]) -> Exclusions:
         bad = [g for g in globs if not g.strip() or g.startswith("/")]
         if bad:
-            raise ValueError(f"--exclude {bad[0]!r}: give a pattern relative to any folder, such as 'Trash' or "
+            raise UsageError(f"--exclude {bad[0]!r}: give a pattern relative to any folder, such as 'Trash' or "
                              f"'*.tmp.jpg' (remove a single path with `retrieve remove PATH`)")
         return Exclusions(self.paths, tuple(sorted(set(self.globs) | set(globs))))
 

@@ -14,6 +14,7 @@ import numpy as np
 from .. import local
 from .. import rerank as rr
 from .. import whitening as wh
+from ..errors import UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import Store
 from ..vectors import VectorIndex
@@ -69,7 +70,7 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
            k: int, rerank: bool = False, rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
     """Top k (see Index.search). `candidates` gives the local descriptors of database ids."""
     if k < 1 or rerank_k < 1 or qe < 0:
-        raise ValueError("k and rerank_k must be >= 1 and qe >= 0")
+        raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, got {k}, {rerank_k}, {qe}")
     xq = whitening.apply(q.raw) if whitening is not None else q.raw
     if qe > 0:
         scores, ids = vec.search(xq, qe)
