@@ -600,9 +600,19 @@ def eval_(
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension (default: all).")] = None,
     distractors: Annotated[list[Path] | None, typer.Option("--distractors", help="Extra database folder (repeatable).")] = None,
     save_ranks: Annotated[Path | None, typer.Option("--save-ranks", help="Write the (n_db, n_queries) ranking (.npy).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and the full config as JSON.")] = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank each shortlist by verified patch matches, as "
+                                                          "`retrieve query --rerank` does.")] = False,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
+    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
+    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
+    dba: Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = 0,
+    ladder: Annotated[bool, typer.Option("--ladder", help="One run, a row per stage: global, +DBA, +aQE, "
+                                                          "+re-ranking, all (--qe/--dba set their K; default 2).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The metrics and the full config as JSON on stdout.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Write that JSON to a file.")] = None,
 ) -> None:
-    """Evaluate on revisited Oxford/Paris (Easy/Medium/Hard mAP, mP@1,5,10) or your own ground truth."""
+    """Evaluate on revisited Oxford/Paris (Easy/Medium/Hard mAP, mP@1,5,10) or your own ground truth,
+    ranking through the same search as `retrieve query` (with --rerank, --qe, --dba, or the --ladder)."""
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None
@@ -627,19 +637,32 @@ def eval_(
                 tasks[stage] = bar.add_task(stage, total=total, rate="")
             bar.update(tasks[stage], completed=done, total=total)
 
+        options = engine.EvalOptions(rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha, dba=dba)
         result = engine.evaluate(bench, overrides=overrides, index_dir=index, whiten_from=source,
                                  whiten_self=whiten_from == "self", distractors=distractors or [], crop=crop,
-                                 on_progress=progress)
+                                 options=options, stages=ladder, on_progress=progress)
     if save_ranks is not None:
         engine.save_ranks(result.ranks, save_ranks)
     if json_out is not None:
         engine.save_report(result.report, json_out)
+    if as_json:
+        typer.echo(json.dumps(result.report, indent=2))
+        return
     cfg = result.report["config"]
-    table = Table("protocol", "mAP", "mP@1", "mP@5", "mP@10", box=None,
-                  title=f"{bench.name}: {len(bench.queries)} queries, {len(bench.database)} images"
-                        f"{' + ' + str(result.report['n_distractors']) + ' distractors' if result.report['n_distractors'] else ''}")
-    for protocol, m in result.metrics.items():
-        table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in ("mAP", "mP@1", "mP@5", "mP@10")))
+    title = (f"{bench.name}: {len(bench.queries)} queries, {len(bench.database)} images"
+             f"{' + ' + str(result.report['n_distractors']) + ' distractors' if result.report['n_distractors'] else ''}")
+    keys = ("mAP", "mP@1", "mP@5", "mP@10")
+    if ladder:
+        short = {"easy": "E", "medium": "M", "hard": "H", "all": ""}
+        heads = [f"{short[p]} {k}".strip() for p in result.metrics for k in keys]
+        table = Table("stage", *heads, "ms/query", box=None, title=title)
+        for st in result.stages:
+            table.add_row(st.name, *(f"{100 * m[k]:.2f}" for m in st.metrics.values() for k in keys),
+                          f"{st.ms_per_query:.1f}")
+    else:
+        table = Table("protocol", *keys, box=None, title=f"{title} | {result.stages[-1].name}")
+        for protocol, m in result.metrics.items():
+            table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in keys))
     _stdout().print(table)
     typer.echo(f"{cfg['backbone']} size {cfg['size']} {cfg['pooling']} | crop {cfg['query_crop']} | "
                f"whitening: {cfg['whitening']}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 from typer.testing import CliRunner
 
@@ -37,7 +39,7 @@ def _eval(args, tmp_path):
 
 def test_official_layout_end_to_end(data, tmp_path):
     ranks_file, json_file = tmp_path / "r.npy", tmp_path / "m.json"
-    r = _eval(["synthetic", "--data", str(data), *TINY, "--save-ranks", str(ranks_file), "--json", str(json_file)],
+    r = _eval(["synthetic", "--data", str(data), *TINY, "--save-ranks", str(ranks_file), "--json-out", str(json_file)],
               tmp_path)
     assert r.exit_code == 0, r.output
     assert "random weights" in r.output and "hard" in r.output
@@ -71,7 +73,7 @@ def test_whitening_from_another_set_and_distractors(data, tmp_path):
         synth_photo(300 + i).save(extra / f"d{i}.jpg")
     json_file, ranks_file = tmp_path / "m.json", tmp_path / "r.npy"
     r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "other", "--distractors", str(extra),
-               "--json", str(json_file), "--save-ranks", str(ranks_file), "--no-crop"], tmp_path)
+               "--json-out", str(json_file), "--save-ranks", str(ranks_file), "--no-crop"], tmp_path)
     assert r.exit_code == 0, r.output
     report = json.loads(json_file.read_text())
     assert report["config"]["whitening"].startswith("other (") and report["n_distractors"] == 4
@@ -83,14 +85,14 @@ def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "synthetic"], tmp_path)
     assert r.exit_code == 2 and "--whiten-from self" in r.output
     out = tmp_path / "m.json"
-    r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "self", "--json", str(out)], tmp_path)
+    r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "self", "--json-out", str(out)], tmp_path)
     assert r.exit_code == 0, r.output
     assert "test set itself" in json.loads(out.read_text())["config"]["whitening"]
 
 
 def test_plain_json_ground_truth(data, tmp_path):
     out = tmp_path / "m.json"
-    r = _eval([str(data / "synthetic.json"), *TINY, "--json", str(out)], tmp_path)
+    r = _eval([str(data / "synthetic.json"), *TINY, "--json-out", str(out)], tmp_path)
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert set(report["all"]) == {"mAP", "mP@1", "mP@5", "mP@10"}
@@ -101,3 +103,49 @@ def test_missing_data_is_one_line(tmp_path):
     assert r.exit_code == 1 and "revisitop layout" in r.output
     r = _eval(["roxford5k", *TINY], tmp_path)
     assert r.exit_code == 2 and "--data" in r.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--rerank", "--rerank-k", "5", "--qe", "2", "--dba", "2"]])
+def test_eval_ranks_exactly_as_query_does(data, tmp_path, extra):
+    """Each query's ranking equals `retrieve query` of its cropped image, same options, -k all."""
+    ix, ranks_file, json_file = tmp_path / "ix", tmp_path / "r.npy", tmp_path / "m.json"
+    r = _eval(["synthetic", "--data", str(data), *TINY, "--index", str(ix), "--save-ranks", str(ranks_file),
+               "--json-out", str(json_file), *extra], tmp_path)
+    assert r.exit_code == 0, r.output
+    bench = load_revisited(data, "synthetic")
+    ranks = np.load(ranks_file)
+    report = json.loads(json_file.read_text())
+    for protocol in ("easy", "medium", "hard"):  # the metrics are the saved ranking's, recomputed independently
+        truth = protocol_truth([q.easy for q in bench.queries], [q.hard for q in bench.queries],
+                               [q.junk for q in bench.queries], protocol)
+        assert compute_map(ranks, truth).as_dict() == pytest.approx(report[protocol])
+    if extra:
+        assert report["config"]["rerank"] == {"top": 5} and report["config"]["dba"] == 2
+        assert report["config"]["query_expansion"] == {"k": 2, "alpha": 3.0}
+    query_opts = list(extra)  # DBA is the index's (eval stored it), the rest are query options
+    if "--dba" in query_opts:
+        del query_opts[query_opts.index("--dba"):query_opts.index("--dba") + 2]
+    for i, q in enumerate(bench.queries):
+        crop = tmp_path / f"q{i}.png"
+        x1, y1, x2, y2 = q.bbox  # cropped as images.crop_box does: the box's pixels, edges rounded outwards
+        Image.open(q.image).crop((math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))).save(crop)
+        got = runner.invoke(app, ["query", str(crop), "--index", str(ix), "-k", str(len(bench.database)), "--json",
+                                  *query_opts])
+        assert got.exit_code == 0, got.output
+        assert [h["path"] for h in json.loads(got.stdout)] == [bench.database[j] for j in ranks[:, i]]
+
+
+def test_ladder_one_run_a_row_per_stage(data, tmp_path):
+    json_file = tmp_path / "m.json"
+    r = _eval(["synthetic", "--data", str(data), *TINY, "--ladder", "--rerank-k", "5", "--json-out", str(json_file)],
+              tmp_path)
+    assert r.exit_code == 0, r.output
+    for stage in ("global", "+DBA", "+aQE", "+re-ranking", "all"):
+        assert any(line.split()[:1] == [stage] for line in r.stdout.splitlines()), stage
+    assert "E mAP" in r.stdout and "H mP@10" in r.stdout and "ms/query" in r.stdout
+    ladder = json.loads(json_file.read_text())["ladder"]
+    assert [s["stage"] for s in ladder] == ["global", "+DBA", "+aQE", "+re-ranking", "all"]
+    assert ladder[-1]["options"] == {"rerank": True, "rerank_k": 5, "qe": 2, "qe_alpha": 3.0, "dba": 2}
+    assert all(s["ms_per_query"] > 0 and set(s["hard"]) == {"mAP", "mP@1", "mP@5", "mP@10"} for s in ladder)
+    printed = json.loads(_eval(["synthetic", "--data", str(data), *TINY, "--json"], tmp_path).stdout)
+    assert printed["easy"] == pytest.approx(ladder[0]["easy"])  # --json on stdout: the global stage's metrics

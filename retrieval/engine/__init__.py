@@ -18,6 +18,7 @@ _EXPORTS = {
     "Embedded": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
     "pca_picture": "features", "save_png": "features", "write_features": "features",
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
+    "EvalOptions": "evaluation",
     "Pair": "maps", "explain": "maps", "match_files": "maps",
     "atomic_write": "files", "expand_inputs": "files",
     "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .descriptors import Embedding
     from .check import CheckReport, Finding, backup_store, check_index
     from .embedding import Decoded, Skipped, default_workers
-    from .evaluation import EvalResult, evaluate, save_ranks, save_report
+    from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files
     from .features import Embedded, embed, embed_all, open_backbone, pca_picture, save_png, write_features
     from .files import atomic_write, expand_inputs

@@ -50,6 +50,16 @@ def refit(store: Store, config: EngineConfig, *, force: bool = False) -> tuple[n
     return stored
 
 
+def set_whitening(store: Store, config: EngineConfig, w: wh.Whitening | None, source: str) -> None:
+    """Put a whitening learned elsewhere (another benchmark, or an evaluation's explicit choice) in
+    force for the store's current data; `refit` keeps it until the rows or the whitening settings
+    change. `source` says where it came from."""
+    store.set_meta(whitening={"for_data_version": store.data_version,
+                              "data": None if w is None else base64.b64encode(w.to_bytes()).decode(),
+                              "digest": None if w is None else w.digest(),
+                              "config": dataclasses.asdict(config.whitening), "source": source})
+
+
 def _fit(x: np.ndarray, config: EngineConfig) -> wh.Whitening | None:
     cfg = config.whitening
     n = x.shape[0]

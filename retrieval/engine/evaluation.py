@@ -1,10 +1,13 @@
-"""`retrieve eval`: index a benchmark's database, embed its queries, rank exactly, score."""
+"""`retrieve eval`: index a benchmark's database, embed its queries, rank them through the same
+search `retrieve query` runs (re-ranking, alpha-QE and DBA included), score; or the whole ladder."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,24 +17,63 @@ import numpy as np
 
 from .. import __version__
 from .. import whitening as wh
-from ..arrays import l2n
 from ..benchmarks import Benchmark
 from ..config import EngineConfig, deep_merge, default_index_dir
 from ..errors import RetrievalError, UsageError
 from ..store import PathFilter
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
+from . import derived
 from .files import atomic_write
 from .index import Index
+from .search import Query
 from .settings import fingerprint_fields
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalOptions:
+    """How the database is searched: the options of `retrieve query` (and DBA, an index option)."""
+
+    rerank: bool = False
+    rerank_k: int = 100
+    qe: int = 0
+    qe_alpha: float = 3.0
+    dba: int = 0
+
+    def describe(self) -> str:
+        parts = ([f"DBA {self.dba}"] if self.dba else []) + ([f"aQE {self.qe}"] if self.qe else []) + \
+            ([f"re-ranking top {self.rerank_k}"] if self.rerank else [])
+        return " + ".join(parts) or "global"
+
+
+LADDER_QE = 2  # the ladder's alpha-QE and DBA neighbours when --qe / --dba are not given
+LADDER_DBA = 2
+
+
+def ladder(options: EvalOptions) -> list[tuple[str, EvalOptions]]:
+    """The stages revisitop-style papers report: global, +DBA, +aQE, +re-ranking, all."""
+    qe, dba = options.qe or LADDER_QE, options.dba or LADDER_DBA
+    base = EvalOptions(rerank_k=options.rerank_k, qe_alpha=options.qe_alpha)
+    step = dataclasses.replace
+    return [("global", base), ("+DBA", step(base, dba=dba)), ("+aQE", step(base, qe=qe)),
+            ("+re-ranking", step(base, rerank=True)), ("all", step(base, rerank=True, qe=qe, dba=dba))]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    options: EvalOptions
     metrics: dict[str, dict[str, float]]  # protocol -> {"mAP", "mP@1", "mP@5", "mP@10"} in [0, 1]
-    ranks: np.ndarray  # (n_db + n_distractors, n_queries), indices into the database list
+    ms_per_query: float  # search time (the queries are embedded once, for every stage)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, dict[str, float]]  # the last stage's (the options asked for, or "all" of a ladder)
+    ranks: np.ndarray  # (n_db + n_distractors, n_queries), indices into the database list, the last stage's
     report: dict[str, Any]  # metrics + everything needed to reproduce them
+    stages: tuple[Stage, ...] = ()
 
 
 def eval_index_dir(name: str, overrides: dict[str, Any]) -> Path:
@@ -42,8 +84,9 @@ def eval_index_dir(name: str, overrides: dict[str, Any]) -> Path:
 
 
 def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
-              on_progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, int]:
-    """Raw descriptors in database order (then distractors); returns (x, n_distractors)."""
+              on_progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Raw descriptors in database order (then distractors), the store id of each row of them,
+    and the number of distractors."""
     idx.update(list(files) + list(distractors), on_progress=on_progress)
     ids, x = idx.store.descriptors()
     paths = idx.store.paths(ids)
@@ -56,7 +99,7 @@ def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
     under = PathFilter(distractors)
     extra = sorted(p for p in row_of if p not in in_db and p in under)
     order = [row_of[f] for f in files] + [row_of[p] for p in extra]
-    return x[order], len(extra)
+    return x[order], ids[order], len(extra)
 
 
 def evaluate(
@@ -68,45 +111,54 @@ def evaluate(
     whiten_self: bool = False,
     distractors: Sequence[str | Path] = (),
     crop: bool = True,
+    options: EvalOptions = EvalOptions(),
+    stages: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalResult:
-    """Run the protocol. Whitening is never learned on the test set unless `whiten_self`."""
+    """Run the protocol, ranking every query through the index's own search (what `retrieve query`
+    runs: `Index.search_embedded`) with `options`, or with `stages` the whole ladder (the
+    embeddings computed once). Whitening is never learned on the test set unless `whiten_self`;
+    the chosen whitening is put in force in the evaluation index, so `retrieve query --index` on
+    it searches exactly as the evaluation did."""
     if whiten_self and whiten_from is not None:
         raise UsageError("choose one whitening source: another benchmark or (explicitly) the test set itself")
-    overrides = deep_merge(overrides, {"whitening": {"enabled": False}})  # eval whitens explicitly, below
+    runs = ladder(options) if stages else [(options.describe(), options)]
+    # eval whitens explicitly (below); the index keeps the last stage's DBA, so that `retrieve query`
+    # on it afterwards searches as the evaluation's final ranking did
+    overrides = deep_merge(overrides, {"whitening": {"enabled": False}, "index": {"dba": runs[-1][1].dba}})
 
     def progress(stage: str) -> Callable[[int, int], None] | None:
         return None if on_progress is None else (lambda done, total: on_progress(stage, done, total))
 
     where = index_dir or eval_index_dir(bench.name, overrides)
     extra = [str(Path(d).resolve()) for d in distractors]
-    with Index.open_or_create(where, overrides) as idx:
-        xb, n_distractors = _database(idx, bench.database, extra, progress("database"))
-        xq = np.concatenate([_query(idx, q.image, q.bbox, i, len(bench.queries), progress("queries"))
-                             for i, q in enumerate(bench.queries)])
-        weights_id = idx.store.get_meta("weights_id")
-        config = idx.config
-    whitening_source = "none (L2 only)"
     w: wh.Whitening | None = None
-    if whiten_self:
-        w = wh.fit(xb[: len(bench.database)], dim=config.whitening.dim)
-        whitening_source = f"{bench.name} (the test set itself, chosen explicitly)"
-    elif whiten_from is not None:
+    whitening_source = "none (L2 only)"
+    if whiten_from is not None:
         src_dir = None if index_dir is None else index_dir.parent / f"{index_dir.name}-whiten-{whiten_from.name}"
         src_dir = src_dir or eval_index_dir(whiten_from.name, overrides)
         with Index.open_or_create(src_dir, overrides) as src:
-            xw, _ = _database(src, whiten_from.database, [], progress("whitening set"))
-        w = wh.fit(xw, dim=config.whitening.dim)
+            xw, _, _ = _database(src, whiten_from.database, [], progress("whitening set"))
+        w = wh.fit(xw, dim=src.config.whitening.dim)
         whitening_source = f"{whiten_from.name} ({len(xw)} database images)"
-    if w is not None:
-        xb, xq = w.apply(xb), w.apply(xq)
-    else:
-        xb, xq = l2n(xb), l2n(xq)
-    scores = xq @ xb.T  # exact: (n_queries, n_db)
-    ranks = np.argsort(-scores, axis=1, kind="stable").T.astype(np.int64)  # (n_db, n_queries)
-    metrics = _score(bench, ranks)
+    with Index.open_or_create(where, overrides) as idx:
+        xb, ids, n_distractors = _database(idx, bench.database, extra, progress("database"))
+        if whiten_self:
+            w = wh.fit(xb[: len(bench.database)], dim=idx.config.whitening.dim)
+            whitening_source = f"{bench.name} (the test set itself, chosen explicitly)"
+        derived.set_whitening(idx.store, idx.config, w, whitening_source)
+        position = {int(i): r for r, i in enumerate(ids)}
+        queries = _embed_queries(idx, bench, progress("queries"))
+        done: list[Stage] = []
+        ranks = np.zeros((0, 0), np.int64)
+        for name, opts in runs:
+            ranks, seconds = _rank(idx, queries, position, opts)
+            done.append(Stage(name, opts, _score(bench, ranks), 1000 * seconds / max(len(queries), 1)))
+        weights_id = idx.store.get_meta("weights_id")
+        config = idx.config
+    last = done[-1]
     report = {
-        **metrics,
+        **last.metrics,
         "dataset": bench.name,
         "n_database": len(bench.database),
         "n_distractors": n_distractors,
@@ -123,21 +175,47 @@ def evaluate(
             "query_crop": crop,
             "whitening": whitening_source,
             "whitening_dim": None if w is None else w.dim_out,
-            "rerank": None,
-            "query_expansion": None,
-            "ranking": "exact inner product over all database images",
+            "rerank": {"top": last.options.rerank_k} if last.options.rerank else None,
+            "query_expansion": {"k": last.options.qe, "alpha": last.options.qe_alpha} if last.options.qe else None,
+            "dba": last.options.dba or None,
+            "ranking": "retrieve query's search over every database image (Index.search_embedded, exact inner "
+                       "product; re-ranked within the shortlist, global order beyond it)",
             "retrieval_version": __version__,
         },
     }
-    return EvalResult(metrics, ranks, report)
+    if stages:
+        report["ladder"] = [{"stage": s.name, **s.metrics, "ms_per_query": s.ms_per_query,
+                             "options": dataclasses.asdict(s.options)} for s in done]
+    return EvalResult(last.metrics, ranks, report, tuple(done))
 
 
-def _query(idx: Index, image: str, bbox: tuple[float, float, float, float] | None, i: int, n: int,
-           progress: Callable[[int, int], None] | None) -> np.ndarray:
-    x = idx.embed_query(image, bbox=bbox)
-    if progress is not None:
-        progress(i + 1, n)
-    return x
+def _embed_queries(idx: Index, bench: Benchmark, progress: Callable[[int, int], None] | None) -> list[Query]:
+    """Each query embedded by the index's own pipeline, cropped to its box when it has one."""
+    out: list[Query] = []
+    for i, q in enumerate(bench.queries):
+        out.extend(idx.queries([q.image], bbox=q.bbox))
+        if progress is not None:
+            progress(i + 1, len(bench.queries))
+    return out
+
+
+def _rank(idx: Index, queries: Sequence[Query], position: dict[int, int], opts: EvalOptions) -> tuple[np.ndarray, float]:
+    """(n_db_total, n_queries) ranking of every database image for each query, searched with
+    `opts` exactly as `retrieve query` searches, and the seconds the searches took."""
+    idx.config = dataclasses.replace(idx.config, index=dataclasses.replace(idx.config.index, dba=opts.dba))
+    n = len(position)
+    idx.vectors()  # built (DBA is a property of the database vectors) before the clock starts
+    columns, seconds = [], 0.0
+    for q in queries:
+        t0 = time.perf_counter()
+        hits = idx.search_embedded(q, k=n, rerank=opts.rerank, rerank_k=opts.rerank_k, qe=opts.qe,
+                                   qe_alpha=opts.qe_alpha).hits
+        seconds += time.perf_counter() - t0
+        if len(hits) != n:
+            raise RetrievalError(f"the search returned {len(hits)} of {n} database images (files gone since "
+                                 f"indexing?); index the benchmark again")
+        columns.append([position[h.id] for h in hits])
+    return np.array(columns, np.int64).T.reshape(n, len(queries)), seconds
 
 
 def _score(bench: Benchmark, ranks: np.ndarray) -> dict[str, dict[str, float]]:
