@@ -38,7 +38,7 @@ SCHEMA_VERSION = 2
 class FileRow:
     id: int
     path: str
-    size: int
+    nbytes: int  # the file's size in bytes (column `size`)
     mtime_ns: int
     sha256: str | None
     status: str
@@ -50,7 +50,7 @@ class Upsert:
     """A file's new state. descriptor is None for skipped files."""
 
     path: str
-    size: int
+    nbytes: int  # the file's size in bytes (column `size`)
     mtime_ns: int
     sha256: str | None
     status: str
@@ -210,7 +210,7 @@ class Store:
 
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
               touches: Iterable[tuple[int, int, int]] = ()) -> None:
-        """One transaction: insert/replace files by path, delete ids, update (id, size, mtime_ns)."""
+        """One transaction: insert/replace files by path, delete ids, update (id, nbytes, mtime_ns)."""
         upserts, deletes = list(upserts), list(deletes)
         with self.transaction():
             if upserts or deletes:
@@ -226,7 +226,7 @@ class Store:
                     "height=excluded.height, status=excluded.status, error=excluded.error, "
                     "descriptor=excluded.descriptor, local_feats=excluded.local_feats, "
                     "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w",
-                    [_path_in(u.path), u.size, u.mtime_ns, u.sha256, u.width, u.height, u.status, None if u.error is None else shown(u.error), blob,
+                    [_path_in(u.path), u.nbytes, u.mtime_ns, u.sha256, u.width, u.height, u.status, None if u.error is None else shown(u.error), blob,
                      u.local_feats, u.local_coords, gh, gw],
                 )
             for i in deletes:

@@ -44,7 +44,7 @@ class ImageRef:
     """A file found on disk: absolute path, size in bytes, modification time in ns."""
 
     path: str
-    size: int
+    nbytes: int
     mtime_ns: int
 
 

@@ -21,7 +21,7 @@ def test_recursive_sorted_filtered(tmp_path):
     refs = list(discover([tmp_path], extensions=EXTS))
     assert [os.path.relpath(r.path, tmp_path) for r in refs] == ["a.PNG", "b.jpg", "sub/c.jpg"]
     assert all(os.path.isabs(r.path) for r in refs)
-    assert refs[2].size == 3 and refs[2].mtime_ns == (tmp_path / "sub" / "c.jpg").stat().st_mtime_ns
+    assert refs[2].nbytes == 3 and refs[2].mtime_ns == (tmp_path / "sub" / "c.jpg").stat().st_mtime_ns
 
 
 def test_hidden_and_excluded_skipped(tmp_path):

@@ -65,7 +65,7 @@ def test_read_file_keeps_only_plain_complete_jpegs(tmp_path: Path, awkward_dir: 
     plain.write_bytes(_exif_jpeg(synth_photo(1, (300, 200)), 6))
     got = images.read_file(str(plain), **kw)
     assert isinstance(got, images.EncodedJpeg)
-    assert got.orientation == 6 and got.size == (200, 300) and got.targets == ((154, 224),)
+    assert got.orientation == 6 and got.original_wh == (200, 300) and got.targets == ((154, 224),)
     # decoded by Pillow in the worker: CMYK, MPO, not a JPEG
     for name in ("jpeg_cmyk_adobe.jpg", "jpeg_mpo_stereo.mpo", "misnamed_png_as.jpg"):
         assert isinstance(images.read_file(str(awkward_dir / name), **kw), images.PreparedFile), name
@@ -90,7 +90,7 @@ def test_awkward_set_gives_the_same_outcomes_on_either_path(tiny, awkward_dir: P
             assert isinstance(b, Skipped) and a.reason == b.reason, p
             continue
         assert isinstance(b, Decoded)
-        assert (a.size, a.sha256, a.nbytes) == (b.size, b.sha256, b.nbytes), p
+        assert (a.original_wh, a.sha256, a.nbytes) == (b.original_wh, b.sha256, b.nbytes), p
         x, y = a.pixels[0], b.pixels[0]
         assert x.shape == y.shape, p
         mad = (x.float() - y.float()).abs().mean().item()
@@ -231,7 +231,7 @@ def test_orientation_stored_as_text_is_ignored_on_both_paths(tiny, tmp_path: Pat
     p = tmp_path / "text_orientation.jpg"
     synth_photo(6, (300, 200)).save(p, quality=90, exif=exif)
     pillow, device = _stream([str(p)], tiny, None)[str(p)], _stream([str(p)], tiny, CPU)[str(p)]
-    assert pillow.size == device.size == (300, 200)
+    assert pillow.original_wh == device.original_wh == (300, 200)
     assert pillow.pixels[0].shape == device.pixels[0].shape
 
 

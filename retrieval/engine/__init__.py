@@ -15,7 +15,7 @@ _EXPORTS = {
     "Hit": "search", "SearchResult": "search", "Query": "search",
     "Embedding": "descriptors",
     "Decoded": "embedding", "Skipped": "embedding", "default_workers": "embedding",
-    "Embedded": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
+    "FileTokens": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
     "pca_picture": "features", "save_png": "features", "write_features": "features",
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
     "EvalOptions": "evaluation",
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .embedding import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files
-    from .features import Embedded, embed, embed_all, open_backbone, pca_picture, save_png, write_features
+    from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features
     from .files import atomic_write, expand_inputs
     from .index import Index, UpdateSummary
     from .search import Hit, Query, SearchResult

@@ -40,13 +40,13 @@ def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], kno
             ref = refs[item.path]
             assert counts.skipped is not None
             counts.skipped.append((item.path, item.reason))
-            out.append(Upsert(item.path, ref.size, ref.mtime_ns, None, "skipped", item.reason))
+            out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, None, "skipped", item.reason))
             continue
         d = item.decoded
         ref = refs[d.path]
         lf = item.local_features(pca)
         feats, coords = local.pack(lf) if lf is not None else (None, None)
-        out.append(Upsert(d.path, ref.size, ref.mtime_ns, d.sha256, "ok", width=d.size[0], height=d.size[1],
+        out.append(Upsert(d.path, ref.nbytes, ref.mtime_ns, d.sha256, "ok", width=d.original_wh[0], height=d.original_wh[1],
                           descriptor=item.descriptor, local_feats=feats, local_coords=coords, grid=item.grid))
         if d.path in known:
             counts.updated += 1

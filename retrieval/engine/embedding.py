@@ -31,7 +31,7 @@ class Decoded:
     index: int
     path: str
     pixels: tuple[torch.Tensor, ...]
-    size: tuple[int, int]  # original upright (width, height)
+    original_wh: tuple[int, int]  # the full picture's upright (width, height)
     sha256: str
     nbytes: int
 
@@ -68,7 +68,7 @@ def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
 
 def _decoded(index: int, path: str, pf: images.PreparedFile) -> Decoded:
     """A file decoded by Pillow: its uint8 (H, W, 3) arrays as (3, H, W) tensor views."""
-    return Decoded(index, path, tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels), pf.size, pf.sha256,
+    return Decoded(index, path, tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels), pf.original_wh, pf.sha256,
                    pf.nbytes)
 
 
@@ -211,14 +211,14 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
         resized: tuple[torch.Tensor, ...] | None = None
         if x is not None:
             x = jpeg_gpu.upright(x, e.orientation)
-            if (x.shape[-1], x.shape[-2]) == e.size:
+            if (x.shape[-1], x.shape[-2]) == e.original_wh:
                 try:
                     resized = tuple(jpeg_gpu.resize(x, t) for t in e.targets)
                 except torch.cuda.OutOfMemoryError:  # a 100 MP picture in float: Pillow has the memory
                     resized = None
             del x
         if resized is not None:
-            out.append(Decoded(i, p, resized, e.size, e.sha256, e.nbytes))
+            out.append(Decoded(i, p, resized, e.original_wh, e.sha256, e.nbytes))
             continue
         log.debug("%s: decoded by Pillow (the decoder on %s refused it)", p, device)
         try:

@@ -22,7 +22,7 @@ def open_backbone(cfg: BackboneConfig) -> Backbone:
 
 
 @dataclass(frozen=True)
-class Embedded:
+class FileTokens:
     """Tokens of one image. cls: (d,); patches: (h*w, d); grid (h, w); size: original (w, h)."""
 
     index: int
@@ -30,14 +30,14 @@ class Embedded:
     cls: np.ndarray
     patches: np.ndarray
     grid: tuple[int, int]
-    size: tuple[int, int]
+    original_wh: tuple[int, int]
 
 
 def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
-          workers: int | None = None, decode: str = "cpu", draft: bool = True) -> Iterator[Embedded | Skipped]:
+          workers: int | None = None, decode: str = "cpu", draft: bool = True) -> Iterator[FileTokens | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
-    Every input yields exactly one Embedded or Skipped. `decode`: see embedding.jpeg_device; Pillow
+    Every input yields exactly one FileTokens or Skipped. `decode`: see embedding.jpeg_device; Pillow
     by default, so research outputs are the same on every machine. `draft`: large JPEGs decoded at a
     reduced DCT scale, as `retrieve index` does (fast, close); False decodes them in full, so the
     tokens are those of the official transform (`retrieve extract`'s default; docs/features.md).
@@ -51,25 +51,25 @@ def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig
         cls = out.tokens.cls.cpu().numpy()
         patches = out.tokens.patches.cpu().numpy()
         for j, (d, _) in enumerate(out.items):
-            yield Embedded(d.index, d.path, cls[j], patches[j], out.tokens.grid, d.size)
+            yield FileTokens(d.index, d.path, cls[j], patches[j], out.tokens.grid, d.original_wh)
 
 
-def embed_all(paths: Sequence[str | Path], *, on_result: Callable[[Embedded | Skipped], None] | None = None,
-              **kwargs: object) -> tuple[list[Embedded], list[Skipped]]:
+def embed_all(paths: Sequence[str | Path], *, on_result: Callable[[FileTokens | Skipped], None] | None = None,
+              **kwargs: object) -> tuple[list[FileTokens], list[Skipped]]:
     """`embed`, collected and put back in input order; `on_result` sees each result as it comes."""
-    done: list[Embedded] = []
+    done: list[FileTokens] = []
     skipped: list[Skipped] = []
     for r in embed(paths, **kwargs):  # type: ignore[arg-type]
         if on_result is not None:
             on_result(r)
-        if isinstance(r, Embedded):
+        if isinstance(r, FileTokens):
             done.append(r)
         else:
             skipped.append(r)
     return sorted(done, key=lambda r: r.index), sorted(skipped, key=lambda r: r.index)
 
 
-def write_features(out: str | Path, results: Sequence[Embedded], skipped: Sequence[Skipped], *,
+def write_features(out: str | Path, results: Sequence[FileTokens], skipped: Sequence[Skipped], *,
                    backbone: Backbone, image: ImageConfig, draft: bool) -> Path:
     """Save tokens as .npz (atomically); keys in docs/features.md. `draft`: how `results` were
     decoded (see `embed`), recorded as the key `decode`."""
@@ -80,7 +80,7 @@ def write_features(out: str | Path, results: Sequence[Embedded], skipped: Sequen
         paths=np.array([r.path for r in results]),
         cls=np.stack([r.cls for r in results]).astype(np.float32),
         grid=np.array([r.grid for r in results], np.int32),
-        size=np.array([r.size for r in results], np.int32),
+        size=np.array([r.original_wh for r in results], np.int32),
         patches=np.concatenate([r.patches for r in results]).astype(np.float32),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         model=np.array(backbone.name),
@@ -109,4 +109,4 @@ def save_png(picture: Image.Image, out: str | Path) -> Path:
     return atomic_write(out, lambda f: picture.save(f, format="PNG"))
 
 
-__all__ = ["Batch", "Embedded", "open_backbone", "embed", "embed_all", "pca_picture", "save_png", "write_features"]
+__all__ = ["Batch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "save_png", "write_features"]

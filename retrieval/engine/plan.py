@@ -19,7 +19,7 @@ class Plan:
     embed: list[str] = field(default_factory=list)  # new, changed, or refused files to try again
     known: set[str] = field(default_factory=set)  # found paths that have a row (an embed there is an update)
     deletes: list[int] = field(default_factory=list)  # rows whose files are gone (or now excluded)
-    touches: list[tuple[int, int, int]] = field(default_factory=list)  # (id, size, mtime_ns): same bytes
+    touches: list[tuple[int, int, int]] = field(default_factory=list)  # (id, nbytes, mtime_ns): same bytes
     unchanged: int = 0
     still_refused: int = 0  # refused before and unchanged since
 
@@ -40,13 +40,13 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
         plan.known.add(ref.path)
         if row.status == "skipped" and retry_skipped:
             plan.embed.append(ref.path)
-        elif row.size == ref.size and row.mtime_ns == ref.mtime_ns:
+        elif row.nbytes == ref.nbytes and row.mtime_ns == ref.mtime_ns:
             if row.status == "skipped":
                 plan.still_refused += 1
             else:
                 plan.unchanged += 1
-        elif row.sha256 and row.size == ref.size and same_bytes(ref.path, row.sha256):
-            plan.touches.append((row.id, ref.size, ref.mtime_ns))
+        elif row.sha256 and row.nbytes == ref.nbytes and same_bytes(ref.path, row.sha256):
+            plan.touches.append((row.id, ref.nbytes, ref.mtime_ns))
             plan.unchanged += 1
         else:
             plan.embed.append(ref.path)

@@ -21,7 +21,7 @@ class PreparedFile:
     """A file read once: uint8 model pixels (H, W, 3) at each size, original upright (w, h), sha256, bytes."""
 
     pixels: tuple[np.ndarray, ...]
-    size: tuple[int, int]
+    original_wh: tuple[int, int]
     sha256: str
     nbytes: int
 
@@ -34,7 +34,7 @@ class EncodedJpeg:
     data: bytes
     orientation: int
     targets: tuple[tuple[int, int], ...]
-    size: tuple[int, int]
+    original_wh: tuple[int, int]
     sha256: str
     nbytes: int
 
