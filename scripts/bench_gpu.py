@@ -82,7 +82,7 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
         da, db = (pooling.global_descriptor(t.cls, t.patches, pooling="cls+gem", p=3.0) for t in (ta, tb))
         cos = torch.nn.functional.cosine_similarity(da, db).item()
         note = "" if b.pixels[0].device.type == dev.type else " (decoded by Pillow: GPU refused)"
-        print(f"  {Path(p).name:40s} {a.size[0]:5d}x{a.size[1]:<5d} pixel MAD {mad:5.2f}  descriptor cos {cos:.5f}{note}")
+        print(f"  {Path(p).name:40s} {a.original_wh[0]:5d}x{a.original_wh[1]:<5d} pixel MAD {mad:5.2f}  descriptor cos {cos:.5f}{note}")
         if "corrupt" not in p:
             worst_mad, worst_cos = max(worst_mad, mad), min(worst_cos, cos)
     ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch_size=16)

@@ -16,7 +16,8 @@ from ..types import ImageRef, Skipped
 if TYPE_CHECKING:
     from .descriptors import Embedding
 
-LOCAL_PCA_SAMPLE = 50_000  # patch tokens the local PCA is fitted on (from the first batch indexed)
+LOCAL_PCA_FILES = 16  # a new index learns its patch PCA from the tokens of the first files it embeds
+LOCAL_PCA_SAMPLE = 50_000  # at most this many of their patch tokens
 
 
 @dataclass
@@ -30,10 +31,10 @@ class Counts:
 
 
 def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], known: set[str],
-            pca: LocalPCA | None, counts: Counts) -> list[Upsert]:
+            counts: Counts) -> list[Upsert]:
     """Store rows for one group of results, counting added / updated / skipped into `counts`.
-    Until the patch PCA exists rows get no local descriptors (they are recomputed from the files
-    when a re-ranking needs them)."""
+    Results without local descriptors (an index too small to learn its patch PCA yet) get none:
+    they are recomputed from the files when a re-ranking needs them."""
     out = []
     for item in group:
         if isinstance(item, Skipped):
@@ -44,8 +45,7 @@ def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], kno
             continue
         d = item.decoded
         ref = refs[d.path]
-        lf = item.local_features(pca)
-        feats, coords = local.pack(lf) if lf is not None else (None, None)
+        feats, coords = local.pack(item.features) if item.features is not None else (None, None)
         out.append(Upsert(d.path, ref.nbytes, ref.mtime_ns, d.sha256, "ok", width=d.original_wh[0], height=d.original_wh[1],
                           descriptor=item.descriptor, local_feats=feats, local_coords=coords, grid=item.grid))
         if d.path in known:

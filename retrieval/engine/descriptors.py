@@ -7,7 +7,8 @@ would be indexed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,9 @@ from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches,
 @dataclass(frozen=True)
 class Embedding:
     """One file's result: raw global descriptor (D,) (averaged over scales, L2-normalised), the
-    grid (h, w) of its first scale, and either its local descriptors (made where the model ran,
-    when a patch PCA was given and the model runs on a GPU) or its first scale's patch tokens
-    (h*w, d), from which `local_features` makes them."""
+    grid (h, w) of its first scale, and, from that scale, its local descriptors when the stream
+    was given a patch PCA, else its patch tokens (h*w, d) (queries, pictures, and the sample a new
+    index learns its patch PCA from)."""
 
     decoded: Decoded
     descriptor: np.ndarray
@@ -36,10 +37,10 @@ class Embedding:
     grid: tuple[int, int]
     features: local.LocalFeatures | None = None
 
-    def local_features(self, pca: LocalPCA | None) -> local.LocalFeatures | None:
-        if self.features is not None:
-            return self.features
-        return None if pca is None or self.patches is None else local.select(self.patches, self.grid, pca)
+    def with_features(self, pca: LocalPCA) -> Embedding:
+        """This result with its patch tokens turned into local descriptors by `pca`."""
+        assert self.patches is not None
+        return dataclasses.replace(self, patches=None, features=local.select(self.patches, self.grid, pca))
 
     def picture(self) -> Image.Image:
         """The first scale's model input as an RGB picture (what the patch grid covers)."""
@@ -49,14 +50,14 @@ class Embedding:
 def complete(batch: Batch, partial: dict[int, dict[str, Any]], config: EngineConfig,
              pca: LocalPCA | None) -> list[Embedding]:
     """Pool one forward pass; return the files whose every scale is now done (see Embedding).
-    `partial` holds the scales of files seen so far."""
+    `partial` holds the scales of files seen so far. Local descriptors are selected where the model
+    ran: on a GPU in one batch, so only the kept features reach the host; on a CPU per image
+    (numpy, faster there: cache-sized temporaries, docs/throughput.md)."""
     pcfg = config.pooling
     desc = pooling.global_descriptor(batch.tokens.cls, batch.tokens.patches, pooling=pcfg.pooling, p=pcfg.gem_p)
     desc_np = desc.cpu().numpy()
     first = [j for j, (_, s) in enumerate(batch.items) if s == 0]
     feats: dict[int, local.LocalFeatures] = {}
-    # on a GPU only the kept features come back; on a CPU the tokens stay and local_features
-    # selects per image later (faster there: cache-sized temporaries, docs/throughput.md)
     if pca is not None and first and batch.tokens.patches.device.type != "cpu":
         feats = dict(zip(first, local.select_many(batch.tokens.patches[first], batch.tokens.grid, pca)))
     done = []
@@ -66,6 +67,8 @@ def complete(batch: Batch, partial: dict[int, dict[str, Any]], config: EngineCon
         if s == 0:
             if j in feats:
                 got["features"] = feats[j]
+            elif pca is not None:
+                got["features"] = local.select(batch.tokens.patches[j].cpu().numpy(), batch.tokens.grid, pca)
             else:
                 got["patches"] = batch.tokens.patches[j].cpu().numpy()
             got["grid"] = batch.tokens.grid
@@ -77,11 +80,10 @@ def complete(batch: Batch, partial: dict[int, dict[str, Any]], config: EngineCon
 
 
 def embed_files(paths: Sequence[str], *, backbone: Backbone, config: EngineConfig, workers: int | None = None,
-                pca: Callable[[], LocalPCA | None] = lambda: None, box: images.Box | None = None
-                ) -> Iterator[list[Embedding | Skipped]]:
-    """Descriptor results, grouped per forward pass (the unit committed to the store); `pca`
-    gives the patch PCA to make local descriptors with, as it stands at each batch; `box` crops
-    every file first (a query's box)."""
+                pca: LocalPCA | None = None, box: images.Box | None = None) -> Iterator[list[Embedding | Skipped]]:
+    """Descriptor results, grouped per forward pass (the unit committed to the store): with `pca`,
+    each with its local descriptors, else with its patch tokens; `box` crops every file first (a
+    query's box)."""
     stream = decoded_stream(paths, backbone=backbone, image=config.image, scales=config.pooling.scales,
                             workers=config.workers if workers is None else workers,
                             jpegs_on=jpeg_device(config.decode, backbone.device), jpeg_batch=config.batch_size,
@@ -94,7 +96,7 @@ def embed_files(paths: Sequence[str], *, backbone: Backbone, config: EngineConfi
             if len(group) < config.batch_size:
                 continue
         else:
-            group.extend(complete(out, partial, config, pca()))
+            group.extend(complete(out, partial, config, pca))
         if group:
             yield group
             group = []

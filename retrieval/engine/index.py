@@ -146,9 +146,8 @@ class Index:
         return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
 
     # --- embedding --------------------------------------------------------------------------
-    def embed_files(self, paths: Sequence[str], *, workers: int | None = None,
-                    pca: Callable[[], LocalPCA | None] = lambda: None, box: Box | None = None
-                    ) -> Any:
+    def embed_files(self, paths: Sequence[str], *, workers: int | None = None, pca: LocalPCA | None = None,
+                    box: Box | None = None) -> Any:
         """engine.descriptors.embed_files with this index's backbone and settings."""
         from .descriptors import embed_files
 
@@ -215,25 +214,37 @@ class Index:
 
     def _embed_and_commit(self, todo: list[str], refs: dict[str, Any], known: set[str], summary: UpdateSummary,
                           should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None) -> bool:
-        """Embed `todo` and commit each forward batch in one transaction; True if stopped early."""
-        from .commit import Counts, fit_local_pca, upserts
+        """Embed `todo` and commit each forward batch in one transaction; True if stopped early.
+
+        The patch PCA of the local descriptors is a derived artefact like the whitening: an index
+        without one first embeds a sample (commit.LOCAL_PCA_FILES files) with their patch tokens,
+        learns it from them, then streams the rest with it fixed; every result that reaches the
+        store has one shape."""
+        from .commit import LOCAL_PCA_FILES, Counts, fit_local_pca, upserts
         from .descriptors import Embedding
 
         counts = Counts()
-        seen_patches: list[np.ndarray] = []  # until the patch PCA can be fitted
         pca = self.local_pca()
+        parts = [todo] if pca is not None else [todo[:LOCAL_PCA_FILES], todo[LOCAL_PCA_FILES:]]
         done = 0
         try:
-            for group in self.embed_files(todo, pca=lambda: pca):
-                if pca is None:
-                    seen_patches += [e.patches for e in group if isinstance(e, Embedding) and e.patches is not None]
-                    pca = fit_local_pca(self.store, seen_patches)
-                self.store.apply(upserts(group, refs, known, pca, counts))
-                done += len(group)
-                if on_progress is not None:
-                    on_progress(done, len(todo))
-                if should_stop():
-                    return True
+            for part in parts:
+                if not part:
+                    continue
+                groups: Any = self.embed_files(part, pca=pca)
+                if pca is None:  # the sample: held (a few files), the PCA learned, then committed
+                    sample = list(groups)
+                    pca = fit_local_pca(self.store, [e.patches for g in sample for e in g
+                                                     if isinstance(e, Embedding) and e.patches is not None])
+                    groups = [[e.with_features(pca) if pca is not None and isinstance(e, Embedding) else e
+                               for e in g] for g in sample]
+                for group in groups:
+                    self.store.apply(upserts(group, refs, known, counts))
+                    done += len(group)
+                    if on_progress is not None:
+                        on_progress(done, len(todo))
+                    if should_stop():
+                        return True
             return False
         finally:
             summary.added, summary.updated = counts.added, counts.updated
@@ -300,10 +311,10 @@ class Index:
         if missing:
             paths = self.store.paths(missing)
             by_path = {p: i for i, p in paths.items()}
-            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=lambda: pca):
+            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=pca):
                 for item in group:
-                    if isinstance(item, Embedding) and (lf := item.local_features(pca)) is not None:
-                        out[by_path[item.decoded.path]] = lf
+                    if isinstance(item, Embedding) and item.features is not None:
+                        out[by_path[item.decoded.path]] = item.features
         return out
 
     # --- maintenance ------------------------------------------------------------------------
