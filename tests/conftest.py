@@ -59,3 +59,24 @@ def photos(tmp_path: Path) -> list[Path]:
         synth_photo(i, size).save(p, quality=92)
         out.append(p)
     return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(photos folder, index folder) of 12 small photos: a store of 16 pages of 4 KB."""
+    from .helpers import TINY_ARGS, make_photos, run
+
+    root = tmp_path_factory.mktemp("built")
+    photos = root / "photos"
+    make_photos(photos, range(12))
+    r = run("index", str(photos), "--index", str(root / "index"), *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+    return photos, root / "index"
+
+
+@pytest.fixture()
+def index(built, tmp_path) -> Path:
+    """A private copy of the built index."""
+    import shutil
+
+    return Path(shutil.copytree(built[1], tmp_path / "index"))

@@ -14,9 +14,9 @@ import numpy as np
 from retrieval import vectors as vindex
 from retrieval.store import Store
 
-from .test_store_errors import (  # noqa: F401 (built, index: fixtures)
-    TINY, _FullOnSecondBatch, built, clean_exit, corrupt, count_rows, error_lines, index, make_photos, run, store_mod,
-)
+from retrieval import store as store_mod
+
+from .helpers import TINY_ARGS, FullOnSecondBatch, clean_exit, corrupt, count_rows, error_lines, make_photos, run
 
 
 def test_new_commands_have_help():
@@ -75,12 +75,12 @@ def test_a_run_stopped_by_a_full_disk_leaves_a_healthy_index(tmp_path, monkeypat
     make_photos(photos, range(10))
     index = tmp_path / "index"
 
-    class Injected(store_mod._Cursor, _FullOnSecondBatch):
+    class Injected(store_mod._Cursor, FullOnSecondBatch):
         pass
 
-    monkeypatch.setattr(_FullOnSecondBatch, "batches", 0)
+    monkeypatch.setattr(FullOnSecondBatch, "batches", 0)
     monkeypatch.setattr(store_mod, "_Cursor", Injected)
-    assert run("index", str(photos), "--index", str(index), *TINY).exit_code == 1
+    assert run("index", str(photos), "--index", str(index), *TINY_ARGS).exit_code == 1
     monkeypatch.undo()
     assert count_rows(index / "store.sqlite") == 4
     r = run("check", "--index", str(index))

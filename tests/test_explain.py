@@ -19,7 +19,7 @@ from retrieval.local import grid_xy, unpack
 from retrieval.rerank import MIN_INLIERS, rerank_order, verify
 
 from .conftest import synth_photo
-from .test_indexer import TINY, make_folder
+from .helpers import TINY_CONFIG, make_folder
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
     files = make_folder(photos, range(12))
     base = Image.open(files[4])
     base.crop((14, 14, 160, 120)).save(photos / "img_crop.png")  # a near copy of img_004
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 224}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 224}}) as idx:
         idx.update([photos])
         plain = idx.search(files[4], k=13)
         reranked = idx.search(files[4], k=5, rerank=True, rerank_k=13)
@@ -78,13 +78,13 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
 def test_query_expansion_and_dba(tmp_path):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(8))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         plain = idx.search(files[0], k=8)
         qe = idx.search(files[0], k=8, qe=2)
         assert qe.hits[0].path == str(files[0]) and [h.score for h in qe.hits] != [h.score for h in plain.hits]
         v1 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "index": {"dba": 2}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"dba": 2}}) as idx:
         assert idx.info()["vector_index"]["fresh"] is False  # a DBA change is a different vector index
         v2 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
         assert not np.allclose(v1, v2) and abs(np.linalg.norm(v2) - 1) < 1e-5
@@ -150,7 +150,7 @@ def test_match_command(tmp_path):
 def test_rerank_needs_sane_arguments(tmp_path):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(2))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         with pytest.raises(ValueError):
             idx.search(files[0], rerank=True, rerank_k=0)
@@ -160,7 +160,7 @@ def test_rerank_needs_sane_arguments(tmp_path):
 def test_query_expansion_with_approximate_kinds(tmp_path, kind):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(6))
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "index": {"kind": kind}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"kind": kind}}) as idx:
         idx.update([photos])
         assert idx.vectors().kind == kind
         hits = idx.search(files[2], k=3, qe=2).hits
@@ -170,7 +170,7 @@ def test_query_expansion_with_approximate_kinds(tmp_path, kind):
 def test_rerank_k_limits_what_is_verified(tmp_path):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(8))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         plain = idx.search(files[0], k=8)
         hits = idx.search(files[0], k=8, rerank=True, rerank_k=3).hits
@@ -181,7 +181,7 @@ def test_rerank_k_limits_what_is_verified(tmp_path):
 def test_tiny_images_index_and_rerank(tmp_path):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(3), size=(60, 40))
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 14}}) as idx:  # 1x1 patch grid
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 14}}) as idx:  # 1x1 patch grid
         idx.update([photos])
         assert idx.store.count("ok") == 3 and idx.local_pca() is None  # too few patches to learn a PCA
         assert idx.search(files[1], k=3, rerank=True).hits[0].inliers is not None

@@ -22,19 +22,11 @@ from retrieval.images import (
     to_rgb,
 )
 
-from .conftest import AWKWARD, manifest_rows
-
-ROWS = manifest_rows() if (AWKWARD / "MANIFEST.tsv").is_file() else []
-# Rows whose manifest text allows either outcome, and the choice this project documents (docs/images.md).
-CHOSEN = {
-    "tiff_float32.tiff": "index",  # mode F is stretched min..max, as issue and docs ask
-}
+from .helpers import ROWS, expected
+from .conftest import AWKWARD
 
 
-def expected(row: dict[str, str]) -> str:
-    if row["file"] in CHOSEN:
-        return CHOSEN[row["file"]]
-    return re.split(r"[ :]", row["expected_handling"], maxsplit=1)[0].split("-")[0]
+
 
 
 def expected_size(row: dict[str, str]) -> tuple[int, int] | None:

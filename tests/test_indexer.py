@@ -23,19 +23,10 @@ from retrieval.engine.files import writer_lock
 from retrieval.errors import ArtifactMismatchError
 
 from .conftest import synth_photo
-from .test_images import CHOSEN, ROWS, expected
-
-TINY = {"backbone": {"name": "test_tiny"}, "image": {"size": 112}, "workers": 0, "batch_size": 4}
+from .helpers import CHOSEN, ROWS, TINY_CONFIG, expected, make_folder
 
 
-def make_folder(root: Path, seeds, size=(160, 120)) -> list[Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for s in seeds:
-        p = root / f"img_{s:03d}.png"
-        synth_photo(s, size).save(p)
-        out.append(p)
-    return out
+
 
 
 def ranking(idx: Index, queries, k=5):
@@ -62,7 +53,7 @@ def test_incremental_equals_full_rebuild(tmp_path):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(10))
     queries = [synth_photo(100 + i).save(tmp_path / f"q{i}.png") or tmp_path / f"q{i}.png" for i in range(3)]
-    with Index.open_or_create(tmp_path / "inc", TINY) as idx:
+    with Index.open_or_create(tmp_path / "inc", TINY_CONFIG) as idx:
         first = idx.update([photos])
         assert (first.added, first.unchanged) == (10, 0)
         # add two, change one's content, delete one, touch one (new mtime, same bytes)
@@ -74,7 +65,7 @@ def test_incremental_equals_full_rebuild(tmp_path):
         assert (s.added, s.updated, s.removed, s.unchanged) == (2, 1, 1, 8)
         inc = ranking(idx, queries + [files[3]])
         inc_paths = sorted(r.path for r in idx.store.rows())
-    with Index.open_or_create(tmp_path / "full", TINY) as full:
+    with Index.open_or_create(tmp_path / "full", TINY_CONFIG) as full:
         full.update([photos])
         assert sorted(r.path for r in full.store.rows()) == inc_paths
         assert_same_ranking(inc, ranking(full, queries + [files[3]]))
@@ -83,17 +74,17 @@ def test_incremental_equals_full_rebuild(tmp_path):
 def test_unchanged_folder_does_no_model_work(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     files = make_folder(photos, range(4))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         gen = idx.store.generation
     def boom(*a, **k):
         raise AssertionError("the model was loaded")
     monkeypatch.setattr(backbone_model, "load_backbone", boom)
     os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 5 * 10**9))  # timestamp only
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         s = idx.update([photos])
         assert (s.added, s.updated, s.unchanged) == (0, 0, 4)
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         assert idx.store.generation == gen + 1  # only the touched timestamp was written
         assert idx.info()["vector_index"]["fresh"] is True  # and nothing derived was rebuilt
@@ -102,7 +93,7 @@ def test_unchanged_folder_does_no_model_work(tmp_path, monkeypatch):
 def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     make_folder(photos, range(70), size=(64, 48))
-    cfg = {**TINY, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
+    cfg = {**TINY_CONFIG, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         s = idx.update([photos])
         assert s.whitened
@@ -128,7 +119,7 @@ def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
 def test_below_threshold_no_whitening(tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, range(3))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         assert idx.update([photos]).whitened is False
         assert idx.info()["whitening"] is None
 
@@ -138,7 +129,7 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
     photos = tmp_path / "photos"
     make_folder(photos, range(5))
     ix = tmp_path / "ix"
-    with Index.open_or_create(ix, TINY) as idx:
+    with Index.open_or_create(ix, TINY_CONFIG) as idx:
         idx.update([photos])
         old = (ix / "vectors.npz").read_bytes()
         make_folder(photos, [40])
@@ -159,7 +150,7 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
 
 
 def test_awkward_images_end_to_end(tmp_path, awkward_dir):
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "workers": 1}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "workers": 1}) as idx:
         s = idx.update([awkward_dir])
         info = idx.info()
     to_index = {r["file"] for r in ROWS if expected(r) == "index"}
@@ -175,7 +166,7 @@ def test_skipped_files_not_retried_unless_asked(tmp_path, awkward_dir, monkeypat
     photos = tmp_path / "p"
     photos.mkdir()
     shutil.copy(awkward_dir / "zero_bytes.jpg", photos / "z.jpg")
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         assert len(idx.update([photos]).skipped) == 1
         again = idx.update([photos])
         assert (again.unchanged, again.still_refused) == (0, 1)
@@ -187,12 +178,12 @@ def test_query_errors(tmp_path, awkward_dir):
         Index.open(tmp_path / "none")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([empty])
         with pytest.raises(RetrievalError, match="holds no images"):
             idx.search(awkward_dir / "bmp_24bit.bmp")
     make_folder(empty, [1])
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([empty])
         with pytest.raises(BadImageError, match="png_truncated.png"):
             idx.search(awkward_dir / "png_truncated.png")
@@ -203,7 +194,7 @@ def test_query_errors(tmp_path, awkward_dir):
 def test_config_and_weights_mismatch(tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, range(2))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
     with pytest.raises(ArtifactMismatchError, match="another --index"):
         Index.open_or_create(tmp_path / "ix", {"image": {"size": 224}})
@@ -218,7 +209,7 @@ def test_bbox_query_equals_cropped_file(tmp_path):
     files = make_folder(photos, range(4), size=(200, 150))
     crop = tmp_path / "crop.png"
     Image.open(files[1]).crop((20, 10, 150, 120)).save(crop)
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         a = idx.embed_query(files[1], bbox=(20, 10, 150, 120))
         b = idx.embed_query(crop)
@@ -229,7 +220,7 @@ def test_bbox_query_equals_cropped_file(tmp_path):
 def test_stop_after_batch_then_resume(tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, range(12))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         s = idx.update([photos], should_stop=lambda: True)
         done = idx.store.count("ok")
         assert s.interrupted and s.added == done and 0 < done < 12
@@ -243,7 +234,7 @@ def test_remove_and_lock(tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, range(4))
     make_folder(photos / "sub", [9])
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         assert idx.remove([photos / "sub"]) == 1
         assert idx.remove([photos / "img_000.png"]) == 1
@@ -298,7 +289,7 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
         assert len(rows) == 60 and len({r.path for r in rows}) == 60
         assert idx.store.count("ok") == 60
         resumed = ranking(idx, [photos / "img_010.png"])
-    with Index.open_or_create(tmp_path / "fresh", {**TINY, "batch_size": 2}) as fresh:
+    with Index.open_or_create(tmp_path / "fresh", {**TINY_CONFIG, "batch_size": 2}) as fresh:
         fresh.update([photos])
         assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
 
@@ -347,7 +338,7 @@ def test_emptied_index_can_change_model(tmp_path):
     torch.save(_official_like_small_state_dict(), ckpt)
     photos = tmp_path / "photos"
     files = make_folder(photos, range(2))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         idx.remove([photos])
     cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 224}, "workers": 0}
@@ -360,7 +351,7 @@ def test_emptied_index_can_change_model(tmp_path):
 def test_whitening_options_take_effect_without_data_change(tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, range(70), size=(64, 48))
-    cfg = {**TINY, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
+    cfg = {**TINY_CONFIG, "image": {"size": 56}, "pooling": {"pooling": "cls"}, "whitening": {"min_images": 10}}
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         assert idx.update([photos]).whitened
     with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"min_images": 10, "dim": 8}}) as idx:
@@ -375,11 +366,11 @@ def test_vectors_of_a_deleted_store_are_not_reused(tmp_path):
     make_folder(a, range(3))
     files_b = make_folder(b, range(10, 13))
     ix = tmp_path / "ix"
-    with Index.open_or_create(ix, TINY) as idx:
+    with Index.open_or_create(ix, TINY_CONFIG) as idx:
         idx.update([a])
     for f in ix.glob("store.sqlite*"):
         f.unlink()
-    with Index.open_or_create(ix, TINY) as idx:
+    with Index.open_or_create(ix, TINY_CONFIG) as idx:
         idx.update([b])
         hit = idx.search(files_b[1], k=1).hits[0]
         assert hit.path == str(files_b[1]) and hit.score == pytest.approx(1.0, abs=1e-4)
@@ -389,7 +380,7 @@ def test_unreadable_folder_is_not_deleted(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     make_folder(photos, range(2))
     make_folder(photos / "nas", range(5, 8))
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         real = os.scandir
 
@@ -407,10 +398,10 @@ def test_retry_skipped_even_after_touch(tmp_path, awkward_dir):
     photos = tmp_path / "p"
     photos.mkdir()
     shutil.copy(awkward_dir / "png_large_1bit_12000x12000.png", photos / "big.png")
-    with Index.open_or_create(tmp_path / "ix", TINY) as idx:
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         assert len(idx.update([photos]).skipped) == 1
     os.utime(photos / "big.png", ns=(time.time_ns(), time.time_ns() + 10**9))
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 112, "max_pixels": 200_000_000}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 112, "max_pixels": 200_000_000}}) as idx:
         s = idx.update([photos], retry_skipped=True)
         assert s.skipped == [] and idx.store.count("ok") == 1
 
@@ -420,7 +411,7 @@ def test_query_is_embedded_like_the_database(tmp_path):
     photos.mkdir()
     big = photos / "big.jpg"
     synth_photo(5, (1800, 1350)).save(big, quality=92)  # large enough for a JPEG draft decode
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "image": {"size": 224}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 224}}) as idx:
         idx.update([photos])
         _, stored = idx.store.descriptors()
         np.testing.assert_allclose(idx.embed_query(big), stored, atol=1e-5)
@@ -481,7 +472,7 @@ def test_auto_dtype_is_resolved_once_and_stored(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     make_folder(photos, range(2))
     want = native_dtype(torch.device("cpu"))
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "backbone": {"name": "test_tiny", "device": "cpu"}}) as idx:
         assert idx.config.backbone.dtype == want  # concrete, never "auto"
         idx.update([photos])
         assert idx.backbone().dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
@@ -507,7 +498,7 @@ def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_pat
     # 64 patches per image at 112 px: the patch PCA is fitted after the second batch of 2, so the
     # later batches get local descriptors during the run (on a GPU from local.select_many, whose
     # equality with select is tested in test_local; here on the CPU from select per image)
-    with Index.open_or_create(tmp_path / "ix", {**TINY, "batch_size": 2}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "batch_size": 2}) as idx:
         idx.update([photos])
         pca = idx.local_pca()
         assert pca is not None

@@ -21,7 +21,7 @@ from retrieval.config import ImageConfig
 from retrieval.engine import embedding
 from retrieval.engine.embedding import Decoded, decoded_stream
 
-from .test_jpeg_decode import synth_photo
+from .conftest import synth_photo
 
 
 class Recorder:
@@ -53,26 +53,41 @@ def _reads(rec: Recorder, n: int, *, ahead: bool, window: int = 4):
                             scope=rec.scope, ahead=ahead)
 
 
-def test_readers_ahead_work_while_the_caller_holds_a_file():
+@pytest.fixture()
+def submitted(monkeypatch) -> list[str]:
+    """The files handed to reader threads so far (no clock involved: the pool records them)."""
+    out: list[str] = []
+
+    class Counting(embedding.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            out.append(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(embedding, "ThreadPoolExecutor", Counting)
+    return out
+
+
+def test_readers_ahead_work_while_the_caller_holds_a_file(submitted):
     rec = Recorder(20)
     reads = _reads(rec, 20, ahead=True)
     i, p, get = next(reads)
     assert (i, p, get()) == (0, "0", "0")
-    # the caller has asked for nothing more, yet the files after it are being read
+    # the caller has asked for nothing more, yet the files after it are being read ...
     assert rec.started[4].wait(10)
-    time.sleep(0.2)
-    assert sum(e.is_set() for e in rec.started) == 5  # the one held plus a window of 4, no more
+    # ... the one held plus a window of 4, no more: the generator is suspended until asked again
+    assert submitted == ["0", "1", "2", "3", "4"]
     assert [(i, get()) for i, _, get in reads] == [(k, str(k)) for k in range(1, 20)]
     assert rec.events.count("enter") == 1 and rec.events[-1] == "exit"
 
 
-def test_bursts_read_only_while_the_caller_waits():
+def test_bursts_read_only_while_the_caller_waits(submitted):
     rec = Recorder(20)
     reads = _reads(rec, 20, ahead=False)
     next(reads)
-    time.sleep(0.3)
-    assert sum(e.is_set() for e in rec.started) == 8  # one burst: 4 files per thread
+    # one burst, 4 files per thread, read to the end before the first file is handed over
+    assert submitted == [str(k) for k in range(8)] and all(rec.started[k].is_set() for k in range(8))
     assert [i for i, _, _ in reads] == list(range(1, 20))
+    assert submitted == [str(k) for k in range(20)]
 
 
 def test_closing_early_stops_the_readers_before_leaving_the_scope():
@@ -83,9 +98,7 @@ def test_closing_early_stops_the_readers_before_leaving_the_scope():
     reads.close()
     assert rec.events[0] == "enter" and rec.events[-1] == "exit"
     assert all(e.startswith("done") for e in rec.events[1:-1])  # nothing read after the scope ended
-    done = len(rec.events) - 2
-    time.sleep(0.1)
-    assert len(rec.events) - 2 == done and done < 50
+    assert len(rec.events) - 2 < 50  # the readers were stopped: close() waits for them, so nothing follows
 
 
 def test_an_ahead_stream_decodes_like_inline_and_restores_pillow_settings(tiny, tmp_path: Path, monkeypatch):

@@ -13,73 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from retrieval import store as store_mod
-from retrieval.cli import app
 from retrieval.engine import atomic_write
 from retrieval.engine import derived as derived_mod
 from retrieval.errors import DiskFullError, StoreCorruptError
 
-from .conftest import synth_photo
-
-runner = CliRunner()
-TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0", "--batch", "4"]
-WIDE = {"COLUMNS": "100000"}  # rich folds nothing: one message is one line
+from .helpers import TINY_ARGS, FullOnSecondBatch, clean_exit, corrupt, count_rows, error_lines, make_photos, run
 
 
-def make_photos(folder: Path, seeds) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for s in seeds:
-        p = folder / f"photo_{s:03d}.jpg"
-        synth_photo(s, (160, 120)).save(p, quality=90)
-        out.append(p)
-    return out
 
 
-def run(*args: str):
-    return runner.invoke(app, list(args), env=WIDE)
 
 
-def clean_exit(r) -> bool:
-    """Ended through the CLI's error boundary (typer.Exit), not an escaped exception."""
-    return r.exception is None or isinstance(r.exception, SystemExit)
 
 
-def error_lines(r) -> list[str]:
-    """stderr without the test backbone's random-weights warning."""
-    return [x for x in r.stderr.splitlines() if x.strip() and "random weights" not in x]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path]:
-    """(photos folder, index folder) of 12 small photos: a store of 16 pages of 4 KB."""
-    root = tmp_path_factory.mktemp("built")
-    photos = root / "photos"
-    make_photos(photos, range(12))
-    r = run("index", str(photos), "--index", str(root / "index"), *TINY)
-    assert r.exit_code == 0, r.output
-    return photos, root / "index"
 
 
-@pytest.fixture()
-def index(built, tmp_path) -> Path:
-    """A private copy of the built index."""
-    return Path(shutil.copytree(built[1], tmp_path / "index"))
 
 
-def corrupt(store: Path, *, offset: int = 5000, size: int = 2048, seed: int = 0) -> None:
-    assert not Path(str(store) + "-wal").exists()  # every page is in the file itself
-    assert store.stat().st_size >= offset + size + 4096  # the bytes land inside b-tree pages, not past the end
-    with open(store, "r+b") as f:
-        f.seek(offset)
-        f.write(np.random.default_rng(seed).bytes(size))
 
 
-def count_rows(store: Path) -> int:
-    with sqlite3.connect(store) as conn:
-        return int(conn.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0])
+
 
 
 
@@ -131,25 +88,6 @@ def test_damaged_vectors_file_is_rebuilt(built, index):
     assert json.loads(again.stdout) == want
 
 
-# --- a full disk --------------------------------------------------------------------------------
-class _FullOnSecondBatch(sqlite3.Cursor):
-    """Below the store's guard: the COMMIT of the second transaction that inserts images fails
-    the way SQLite fails when the disk fills (after rolling back, as SQLite does on SQLITE_FULL)."""
-
-    batches = 0
-    in_batch = False
-
-    def execute(self, sql, parameters=(), /):
-        cls = _FullOnSecondBatch
-        if sql.startswith("INSERT INTO images"):
-            cls.in_batch = True
-        elif sql == "COMMIT" and cls.in_batch:
-            cls.in_batch = False
-            cls.batches += 1
-            if cls.batches == 2:
-                super().execute("ROLLBACK")
-                raise sqlite3.OperationalError("database or disk is full")
-        return super().execute(sql, parameters)
 
 
 def _assert_disk_full_line(r, index: Path) -> None:
@@ -166,17 +104,17 @@ def test_disk_full_on_commit_is_one_line_and_the_rerun_finishes(tmp_path, monkey
     make_photos(photos, range(10))
     index = tmp_path / "index"
 
-    class Injected(store_mod._Cursor, _FullOnSecondBatch):
+    class Injected(store_mod._Cursor, FullOnSecondBatch):
         pass
 
-    monkeypatch.setattr(_FullOnSecondBatch, "batches", 0)
+    monkeypatch.setattr(FullOnSecondBatch, "batches", 0)
     monkeypatch.setattr(store_mod, "_Cursor", Injected)
-    r = run("index", str(photos), "--index", str(index), *TINY)
+    r = run("index", str(photos), "--index", str(index), *TINY_ARGS)
     _assert_disk_full_line(r, index)
-    assert _FullOnSecondBatch.batches == 2
+    assert FullOnSecondBatch.batches == 2
     assert count_rows(index / "store.sqlite") == 4  # the first batch (--batch 4) was committed and kept
     monkeypatch.undo()
-    again = run("index", str(photos), "--index", str(index), *TINY)
+    again = run("index", str(photos), "--index", str(index), *TINY_ARGS)
     assert again.exit_code == 0, again.output
     assert "10 images indexed | added 6," in again.stdout  # the 4 committed before were not redone
 
@@ -186,7 +124,7 @@ def test_sqlite_full_from_sqlite_itself(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     make_photos(photos, range(4))
     index = tmp_path / "index"
-    assert run("index", str(photos), "--index", str(index), *TINY).exit_code == 0
+    assert run("index", str(photos), "--index", str(index), *TINY_ARGS).exit_code == 0
     with sqlite3.connect(index / "store.sqlite") as conn:
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
     make_photos(photos, range(4, 16))
@@ -198,12 +136,12 @@ def test_sqlite_full_from_sqlite_itself(tmp_path, monkeypatch):
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", capped)
-    r = run("index", str(photos), "--index", str(index), *TINY)
+    r = run("index", str(photos), "--index", str(index), *TINY_ARGS)
     _assert_disk_full_line(r, index)
     assert isinstance(r.exception, SystemExit)
     monkeypatch.undo()
     assert count_rows(index / "store.sqlite") >= 4
-    again = run("index", str(photos), "--index", str(index), *TINY)
+    again = run("index", str(photos), "--index", str(index), *TINY_ARGS)
     assert again.exit_code == 0 and "16 images indexed" in again.stdout, again.output
 
 
@@ -238,12 +176,12 @@ def test_disk_full_on_a_real_small_disk(tmp_path):
         photos = tmp_path / "photos"
         make_photos(photos, range(48))
         index = disk / "index"
-        r = run("index", str(photos), "--index", str(index), *TINY)
+        r = run("index", str(photos), "--index", str(index), *TINY_ARGS)
         _assert_disk_full_line(r, index)
         kept = count_rows(index / "store.sqlite")
         assert 0 < kept < 48
         subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
-        again = run("index", str(photos), "--index", str(index), *TINY)
+        again = run("index", str(photos), "--index", str(index), *TINY_ARGS)
         assert again.exit_code == 0, again.output
         assert f"48 images indexed | added {48 - kept}," in again.stdout
     finally:
