@@ -14,7 +14,7 @@ import numpy as np
 from retrieval import vectors as vindex
 from retrieval.store import Store
 
-from retrieval import store as store_mod
+from retrieval.store import connection as store_mod
 
 from .helpers import TINY_ARGS, FullOnSecondBatch, clean_exit, corrupt, count_rows, error_lines, make_photos, run
 

@@ -96,7 +96,7 @@ def test_v1_store_migrates_to_current(tmp_path):
     """A store written by schema 1 (before local descriptors) opens, keeps its rows, gains the columns."""
     import sqlite_utils
 
-    from retrieval.store import _v1
+    from retrieval.store.schema import _v1
 
     p = tmp_path / "old.sqlite"
     db = sqlite_utils.Database(p)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import store as store_mod
+from retrieval.store import connection as store_mod
 from retrieval.engine import atomic_write
 from retrieval.engine import derived as derived_mod
 from retrieval.errors import DiskFullError, StoreCorruptError

@@ -1,0 +1,14 @@
+"""SQLite store (sqlite-utils): the source of truth of an index.
+
+    store      the Store: rows, meta, generation and data version, backup and integrity check
+    schema     the schema version and its stepwise migrations
+    connection the one guarded connection: transactions, sqlite3 errors -> one-line StoreErrors
+    paths      paths stored losslessly (TEXT, or the file system's bytes), PathFilter
+"""
+
+from .connection import store_error
+from .paths import PathFilter
+from .schema import MIGRATIONS, SCHEMA_VERSION
+from .store import BlobSizes, FileRow, Store, Upsert
+
+__all__ = ["BlobSizes", "FileRow", "MIGRATIONS", "PathFilter", "SCHEMA_VERSION", "Store", "Upsert", "store_error"]
