@@ -101,3 +101,23 @@ def expected(row: dict[str, str]) -> str:
     if row["file"] in CHOSEN:
         return CHOSEN[row["file"]]
     return re.split(r"[ :]", row["expected_handling"], maxsplit=1)[0].split("-")[0]
+
+
+def index_with_full_disk(tmp_path: Path, monkeypatch, n: int = 10):  # noqa: ANN001, ANN201
+    """`retrieve index` of n photos (batches of 4) whose second batch's COMMIT fails as on a full
+    disk; returns (result, photos folder, index folder), the failure injection undone."""
+    from retrieval.store import connection
+
+    photos, index = tmp_path / "photos", tmp_path / "index"
+    make_photos(photos, range(n))
+
+    class Injected(connection._Cursor, FullOnSecondBatch):
+        pass
+
+    monkeypatch.setattr(FullOnSecondBatch, "batches", 0)
+    monkeypatch.setattr(connection, "_Cursor", Injected)
+    r = run("index", str(photos), "--index", str(index), *TINY_ARGS)
+    batches = FullOnSecondBatch.batches
+    monkeypatch.undo()
+    assert batches == 2
+    return r, photos, index

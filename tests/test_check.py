@@ -14,9 +14,8 @@ import numpy as np
 from retrieval import vectors as vindex
 from retrieval.store import Store
 
-from retrieval.store import connection as store_mod
 
-from .helpers import TINY_ARGS, FullOnSecondBatch, clean_exit, corrupt, count_rows, error_lines, make_photos, run
+from .helpers import clean_exit, corrupt, count_rows, error_lines, index_with_full_disk, run
 
 
 def test_new_commands_have_help():
@@ -71,17 +70,8 @@ def test_check_healthy_index(index):
 
 
 def test_a_run_stopped_by_a_full_disk_leaves_a_healthy_index(tmp_path, monkeypatch):
-    photos = tmp_path / "photos"
-    make_photos(photos, range(10))
-    index = tmp_path / "index"
-
-    class Injected(store_mod._Cursor, FullOnSecondBatch):
-        pass
-
-    monkeypatch.setattr(FullOnSecondBatch, "batches", 0)
-    monkeypatch.setattr(store_mod, "_Cursor", Injected)
-    assert run("index", str(photos), "--index", str(index), *TINY_ARGS).exit_code == 1
-    monkeypatch.undo()
+    r, _, index = index_with_full_disk(tmp_path, monkeypatch)
+    assert r.exit_code == 1
     assert count_rows(index / "store.sqlite") == 4
     r = run("check", "--index", str(index))
     assert r.exit_code == 0, r.output  # the batch in flight left nothing half-written

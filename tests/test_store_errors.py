@@ -19,7 +19,7 @@ from retrieval.engine import atomic_write
 from retrieval.engine import derived as derived_mod
 from retrieval.errors import DiskFullError, StoreCorruptError
 
-from .helpers import TINY_ARGS, FullOnSecondBatch, clean_exit, corrupt, count_rows, error_lines, make_photos, run
+from .helpers import TINY_ARGS, clean_exit, corrupt, count_rows, error_lines, index_with_full_disk, make_photos, run
 
 
 
@@ -100,20 +100,9 @@ def _assert_disk_full_line(r, index: Path) -> None:
 
 
 def test_disk_full_on_commit_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
-    photos = tmp_path / "photos"
-    make_photos(photos, range(10))
-    index = tmp_path / "index"
-
-    class Injected(store_mod._Cursor, FullOnSecondBatch):
-        pass
-
-    monkeypatch.setattr(FullOnSecondBatch, "batches", 0)
-    monkeypatch.setattr(store_mod, "_Cursor", Injected)
-    r = run("index", str(photos), "--index", str(index), *TINY_ARGS)
+    r, photos, index = index_with_full_disk(tmp_path, monkeypatch)
     _assert_disk_full_line(r, index)
-    assert FullOnSecondBatch.batches == 2
     assert count_rows(index / "store.sqlite") == 4  # the first batch (--batch 4) was committed and kept
-    monkeypatch.undo()
     again = run("index", str(photos), "--index", str(index), *TINY_ARGS)
     assert again.exit_code == 0, again.output
     assert "10 images indexed | added 6," in again.stdout  # the 4 committed before were not redone
