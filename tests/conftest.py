@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny random backbone, synthetic photos, and the shared test data."""
+"""Shared fixtures: the tiny random backbone, synthetic photos, and the test data in tests/data."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-AWKWARD = SHARED / "awkward-images"
+DATA = ROOT / "tests" / "data"  # in the repository: tests never read anything outside it
+AWKWARD = DATA / "awkward-images"
+GND = DATA / "revisitop-gnd"
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +25,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def awkward_dir() -> Path:
     if not (AWKWARD / "MANIFEST.tsv").is_file():
-        pytest.fail(f"shared test data missing: {AWKWARD} (the repository expects ../shared beside it)")
+        pytest.fail(f"test data missing: {AWKWARD}/MANIFEST.tsv (it is committed in tests/data; is the clone complete?)")
     return AWKWARD
 
 

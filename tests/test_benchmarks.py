@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,7 @@ import pytest
 from retrieval import RetrievalError
 from retrieval.benchmarks import load_json, load_revisited, read_gnd
 
-from .conftest import ROOT, SHARED
-
-GND = SHARED / "revisitop-gnd"
+from .conftest import GND, ROOT
 
 
 @pytest.mark.parametrize("name,n_db,easy_total,hard_total,junk_total",
@@ -24,6 +23,31 @@ def test_official_pickles_read_as_plain_data(name, n_db, easy_total, hard_total,
     assert sum(len(g["easy"]) for g in data["gnd"]) == easy_total
     assert sum(len(g["hard"]) for g in data["gnd"]) == hard_total
     assert sum(len(g["junk"]) for g in data["gnd"]) == junk_total
+
+
+@pytest.mark.parametrize("name,n_db", [("roxford5k", 4993), ("rparis6k", 6322)])
+def test_official_pickles_load_as_benchmarks(name, n_db, tmp_path):
+    """The real ground truth through `load_revisited`, in the revisitop layout (empty stand-in JPEGs)."""
+    data = read_gnd(GND / f"gnd_{name}.pkl")
+    assert all(set(g) == {"bbx", "easy", "hard", "junk"} for g in data["gnd"])
+    root = tmp_path / name
+    (root / "jpg").mkdir(parents=True)
+    shutil.copy(GND / f"gnd_{name}.pkl", root)
+    for stem in [*data["imlist"], *data["qimlist"]]:
+        (root / "jpg" / f"{stem}.jpg").touch()
+    bench = load_revisited(tmp_path, name)
+    assert bench.name == name and bench.protocols == ("easy", "medium", "hard")
+    assert len(bench.database) == n_db and len(set(bench.database)) == n_db
+    assert len(bench.queries) == 70 and not {q.image for q in bench.queries} & set(bench.database)
+    for q, g, stem in zip(bench.queries, data["gnd"], data["qimlist"]):
+        assert q.image == str((root / "jpg" / f"{stem}.jpg").resolve())
+        assert q.bbox is not None and len(q.bbox) == 4 and all(isinstance(v, float) for v in q.bbox)
+        assert q.bbox == tuple(float(v) for v in g["bbx"]) and q.bbox[0] < q.bbox[2] and q.bbox[1] < q.bbox[3]
+        for key in ("easy", "hard", "junk"):
+            ids = getattr(q, key)
+            assert ids.dtype == np.int64 and list(ids) == list(g[key])
+            assert ids.size == 0 or (ids.min() >= 0 and ids.max() < n_db)
+    assert all(q.bbox is None for q in load_revisited(tmp_path, name, crop=False).queries)
 
 
 def test_unpickler_refuses_code(tmp_path):
