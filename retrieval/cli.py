@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from . import benchmarks
-from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
+from .config import (DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, cli_overrides, default_index_dir,
+                     eval_defaults, load_config)
 from .errors import RetrievalError
 
 app = typer.Typer(
@@ -57,6 +58,10 @@ Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML preset (configs/*.toml): its settings "
+                                                                  "replace the defaults; options given here win.")]
+Multiscale = Annotated[bool | None, typer.Option("--multiscale/--single-scale",
+                                                 help="Average over scales 1, 1/sqrt2, sqrt2, or use 1 only (default).")]
 
 
 def _errors(fn: F) -> F:
@@ -229,6 +234,7 @@ class _StopAfterBatch:
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     index: IndexDir = None,
+    config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (new index only; default dinov2_vits14).")] = None,
     weights: Weights = None,
     size: Annotated[int | None, typer.Option("--size", help=f"Longer side (new index only; default {DEFAULT_SIZE}).")] = None,
@@ -240,7 +246,7 @@ def index(
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto (default: bf16 where the hardware computes it "
                                                               "natively, else fp32), fp32, bf16, fp16; new index only.")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem (new index only).")] = None,
-    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2 (new index only).")] = False,
+    multiscale: Multiscale = None,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto (default), flat, ivf or hnsw.")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
@@ -252,28 +258,9 @@ def index(
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default 100 MP).")] = None,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files."""
-    overrides: dict[str, Any] = {}
-
-    def put(section: str | None, key: str, value: Any) -> None:
-        if value is not None:
-            (overrides.setdefault(section, {}) if section else overrides)[key] = value
-
-    put("backbone", "name", model)
-    put("backbone", "weights", None if weights is None else str(weights.resolve()))
-    put("backbone", "device", device)
-    put("backbone", "dtype", dtype)
-    put("image", "size", size)
-    put("image", "max_pixels", max_pixels)
-    put("pooling", "pooling", pooling)
-    put("pooling", "scales", [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else None)
-    put("index", "kind", kind)
-    put("index", "dba", dba)
-    if whiten_dim is not None:  # 0 clears an earlier reduction, so it is stored even as None
-        overrides.setdefault("whitening", {})["dim"] = whiten_dim or None
-    put("whitening", "enabled", whitening)
-    put(None, "batch_size", batch)
-    put(None, "workers", workers)
-    put(None, "decode", decode)
+    overrides = cli_overrides(config, model=model, weights=weights, device=device, dtype=dtype, size=size,
+                              max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
+                              whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         task = bar.add_task("indexing", total=None, rate="")
@@ -391,24 +378,30 @@ def eval_(
                                                 "or a ground-truth .json file.")],
     data: Annotated[Path | None, typer.Option("--data", help="Folder holding DATASET/jpg and DATASET/gnd_DATASET.pkl.")] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder for the database (default: a cache per setup).")] = None,
-    model: Model = "dinov2_vits14",
+    config: ConfigFile = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone short name (see `retrieve models`; "
+                                                                    "default dinov2_vits14).")] = None,
     weights: Weights = None,
-    size: Size = DEFAULT_SIZE,
-    pooling: Annotated[str, typer.Option("--pooling", help="cls+gem, cls or gem.")] = "cls+gem",
-    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average scales 1, 1/sqrt2, sqrt2.")] = False,
-    batch: Batch = 16,
+    size: Annotated[int | None, typer.Option("--size", help=f"Longer image side in pixels (default {DEFAULT_SIZE}).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem (default), cls or gem.")] = None,
+    multiscale: Multiscale = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default 16).")] = None,
     workers: Workers = None,
     device: Device = None,
-    dtype: Dtype = "fp32",
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 (default here), auto, or bf16 / fp16 autocast.")] = None,
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use whole query images instead of their boxes.")] = False,
     whiten_from: Annotated[str | None, typer.Option("--whiten-from", help="Learn PCA-whitening on another set "
                                                     "(name under --data, or .json), or 'self' for the test set.")] = None,
-    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension.")] = None,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Whitened dimension (0: keep all).")] = None,
     distractors: Annotated[list[Path] | None, typer.Option("--distractors", help="Extra database folder (repeatable).")] = None,
     save_ranks: Annotated[Path | None, typer.Option("--save-ranks", help="Write the (n_db, n_queries) ranking (.npy).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics and the full config as JSON.")] = None,
 ) -> None:
     """Evaluate on revisited Oxford/Paris (Easy/Medium/Hard mAP, mP@1,5,10) or your own ground truth."""
+    # the whole setup, never an --index folder's stored one: defaults, eval's fp32, the file, then flags
+    overrides = load_config(**cli_overrides(config, defaults=eval_defaults(), model=model, weights=weights, device=device,
+                                            dtype=dtype, size=size, pooling=pooling, multiscale=multiscale,
+                                            whiten_dim=whiten_dim, batch=batch, workers=workers)).to_dict()
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None
@@ -416,15 +409,6 @@ def eval_(
         source = _benchmark(whiten_from, data, crop)
         if source.name == bench.name:
             raise ValueError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
-    overrides: dict[str, Any] = {
-        "backbone": {"name": model, "weights": None if weights is None else str(weights.resolve()),
-                     "device": device, "dtype": dtype},
-        "image": {"size": size},
-        "pooling": {"pooling": pooling, "scales": [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else [1.0]},
-        "whitening": {"dim": whiten_dim},
-        "batch_size": batch,
-        "workers": workers,
-    }
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
