@@ -23,6 +23,7 @@ _EXPORTS = {
     "WeightsError": "retrieval.errors",
     "ArtifactMismatchError": "retrieval.errors",
     "SchemaVersionError": "retrieval.errors",
+    "ConfigError": "retrieval.errors",
     "Index": "retrieval.engine",
     "SearchResult": "retrieval.engine",
     "Hit": "retrieval.engine",
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .backbone import Backbone, backbone_names, load_backbone
     from .config import EngineConfig, load_config
     from .engine import Hit, Index, SearchResult
-    from .errors import (ArtifactMismatchError, BadImageError, RetrievalError, SchemaVersionError,
+    from .errors import (ArtifactMismatchError, BadImageError, ConfigError, RetrievalError, SchemaVersionError,
                          UnknownBackboneError, WeightsError)
     from .images import load_image
     from .types import TokenBatch

@@ -22,7 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextCol
 from rich.table import Column, Table
 
 from . import benchmarks, engine  # engine: names load on first use (torch only for commands that embed)
-from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
+from .config import (DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, cli_overrides, default_index_dir,
+                     eval_defaults, load_config)
 from .errors import RetrievalError, UsageError
 from .types import shown
 
@@ -98,6 +99,11 @@ Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML preset (configs/*.toml): its settings "
+                                                                  "replace the defaults; options given here win.")]
+Multiscale = Annotated[bool | None, typer.Option("--multiscale/--single-scale",
+                                                 help="Average over scales 1, 1/sqrt2, sqrt2, or use 1 only "
+                                                      "(default: the index's or the config's, else one scale).")]
 
 
 def _errors(fn: F) -> F:
@@ -319,6 +325,7 @@ class _StopAfterBatch:
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     index: IndexDir = None,
+    config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
                                                                    "(default: the index's, else "
                                                                    "dinov2_vits14).")] = None,
@@ -339,8 +346,7 @@ def index(
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
                                                                   "created (default: the index's, else "
                                                                   "cls+gem).")] = None,
-    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average over scales 1, 1/sqrt2, sqrt2; fixed when "
-                                                                  "the index is created.")] = False,
+    multiscale: Multiscale = None,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf or hnsw "
                                                                   "(default: the index's, else auto).")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
@@ -366,28 +372,9 @@ def index(
 
     Settings left out are the index's own; a new index starts from the defaults named.
     """
-    overrides: dict[str, Any] = {}
-
-    def put(section: str | None, key: str, value: Any) -> None:
-        if value is not None:
-            (overrides.setdefault(section, {}) if section else overrides)[key] = value
-
-    put("backbone", "name", model)
-    put("backbone", "weights", None if weights is None else str(weights.resolve()))
-    put("backbone", "device", device)
-    put("backbone", "dtype", dtype)
-    put("image", "size", size)
-    put("image", "max_pixels", max_pixels)
-    put("pooling", "pooling", pooling)
-    put("pooling", "scales", [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else None)
-    put("index", "kind", kind)
-    put("index", "dba", dba)
-    if whiten_dim is not None:  # 0 clears an earlier reduction, so it is stored even as None
-        overrides.setdefault("whitening", {})["dim"] = whiten_dim or None
-    put("whitening", "enabled", whitening)
-    put(None, "batch_size", batch)
-    put(None, "workers", workers)
-    put(None, "decode", decode)
+    overrides = cli_overrides(config, model=model, weights=weights, device=device, dtype=dtype, size=size,
+                              max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
+                              whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         if exclude or clear_excludes:
@@ -584,15 +571,18 @@ def eval_(
                                                 "or a ground-truth .json file.")],
     data: Annotated[Path | None, typer.Option("--data", help="Folder holding DATASET/jpg and DATASET/gnd_DATASET.pkl.")] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder for the database (default: a cache per setup).")] = None,
-    model: Model = "dinov2_vits14",
+    config: ConfigFile = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone short name, see `retrieve models` "
+                                                                    "(default: the config's, else dinov2_vits14).")] = None,
     weights: Weights = None,
-    size: Size = DEFAULT_SIZE,
-    pooling: Annotated[str, typer.Option("--pooling", help="cls+gem, cls or gem.")] = "cls+gem",
-    multiscale: Annotated[bool, typer.Option("--multiscale", help="Average scales 1, 1/sqrt2, sqrt2.")] = False,
-    batch: Batch = 16,
+    size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP} (default: the config's, else {DEFAULT_SIZE}).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem (default: the config's, else cls+gem).")] = None,
+    multiscale: Multiscale = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default: the config's, else 16).")] = None,
     workers: Workers = None,
     device: Device = None,
-    dtype: Dtype = "fp32",
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, auto, or bf16 / fp16 autocast (default: the config's, "
+                                                              "else fp32).")] = None,
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use whole query images instead of their boxes.")] = False,
     whiten_from: Annotated[str | None, typer.Option("--whiten-from", help="Learn PCA-whitening on another set "
                                                     "(name under --data, or .json), or 'self' for the test set "
@@ -613,6 +603,10 @@ def eval_(
 ) -> None:
     """Evaluate on revisited Oxford/Paris (Easy/Medium/Hard mAP, mP@1,5,10) or your own ground truth,
     ranking through the same search as `retrieve query` (with --rerank, --qe, --dba, or the --ladder)."""
+    # the whole setup, never an --index folder's stored one: defaults, eval's fp32, the file, then flags
+    overrides = load_config(**cli_overrides(config, defaults=eval_defaults(), model=model, weights=weights, device=device,
+                                            dtype=dtype, size=size, pooling=pooling, multiscale=multiscale,
+                                            whiten_dim=whiten_dim, batch=batch, workers=workers)).to_dict()
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None
@@ -620,15 +614,6 @@ def eval_(
         source = _benchmark(whiten_from, data, crop)
         if source.name == bench.name:
             raise UsageError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
-    overrides: dict[str, Any] = {
-        "backbone": {"name": model, "weights": None if weights is None else str(weights.resolve()),
-                     "device": device, "dtype": dtype},
-        "image": {"size": size},
-        "pooling": {"pooling": pooling, "scales": [1.0, 2 ** -0.5, 2 ** 0.5] if multiscale else [1.0]},
-        "whitening": {"dim": whiten_dim},
-        "batch_size": batch,
-        "workers": workers,
-    }
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 

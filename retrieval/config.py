@@ -2,6 +2,7 @@
 
 `configs/*.toml` files only override these. `load_config` merges such a file over the
 defaults and rejects unknown keys, so a typo never silently falls back to a default.
+Command-line options go over both (`cli_overrides`): defaults, then the file, then flags.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 
 DEFAULT_SIZE = 448
 DEFAULT_MAX_PIXELS = 100_000_000
+MULTISCALE: tuple[float, ...] = (1.0, 2 ** -0.5, 2 ** 0.5)  # the scales of `--multiscale`
 # The choices of each setting: defined here once; the modules that act on them import them.
 POOLINGS = ("cls+gem", "cls", "gem")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
@@ -53,7 +57,7 @@ class ImageConfig:
 class PoolingConfig:
     pooling: str = "cls+gem"  # cls+gem | cls | gem
     gem_p: float = 3.0
-    scales: tuple[float, ...] = (1.0,)  # e.g. (1.0, 0.7071, 1.4142) for multi-scale
+    scales: tuple[float, ...] = (1.0,)  # multi-scale: MULTISCALE = (1, 1/sqrt2, sqrt2)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -130,28 +134,131 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML / JSON value fits a config field's annotation (ints count as floats)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return "none" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
 def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     updates: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in names:
-            raise UsageError(f"unknown config key {where}{key!r}; valid keys: {', '.join(sorted(names))}")
+            raise UsageError(f"unknown config key {where + key!r}; valid keys: {', '.join(sorted(names))}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise UsageError(f"config key {where}{key!r} must be a table")
+                raise UsageError(f"config key {where + key!r} must be a table")
             updates[key] = _merge(type(current), current, value, f"{where}{key}.")
+        elif not _type_ok(value, hints[key]):
+            raise UsageError(f"config key {where + key!r} must be {_type_name(hints[key])}, got {value!r}")
+        elif isinstance(value, (list, tuple)):
+            updates[key] = tuple(value)
         else:
-            updates[key] = tuple(value) if isinstance(value, list) else value
+            updates[key] = float(value) if hints[key] is float else value
     return dataclasses.replace(base, **updates)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The overrides in a TOML config file, checked against EngineConfig.
+
+    Returns only what the file sets (nested dicts), so that it can go over an existing index's
+    stored config as well as over the defaults. A relative `backbone.weights` is taken relative
+    to the file. Every problem is a one-line ConfigError naming the file.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    weights = data.get("backbone", {}).get("weights") if isinstance(data.get("backbone"), dict) else None
+    if isinstance(weights, str):
+        data["backbone"]["weights"] = str((path.parent / Path(weights).expanduser()).resolve())
+    try:
+        _merge(EngineConfig, EngineConfig(), data, "")
+    except ValueError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    return data
+
+
+def eval_defaults() -> dict[str, Any]:
+    """What `retrieve eval` changes from EngineConfig's defaults, under a config file and flags:
+    fp32, since its users compare scores with published numbers and across machines."""
+    return {"backbone": {"dtype": "fp32"}}
+
+
+# `retrieve` options -> config keys; None for top-level keys of EngineConfig.
+_OPTIONS: dict[str, tuple[str | None, str]] = {
+    "model": ("backbone", "name"),
+    "weights": ("backbone", "weights"),
+    "device": ("backbone", "device"),
+    "dtype": ("backbone", "dtype"),
+    "size": ("image", "size"),
+    "max_pixels": ("image", "max_pixels"),
+    "pooling": ("pooling", "pooling"),
+    "multiscale": ("pooling", "scales"),
+    "whitening": ("whitening", "enabled"),
+    "whiten_dim": ("whitening", "dim"),
+    "index_kind": ("index", "kind"),
+    "dba": ("index", "dba"),
+    "batch": (None, "batch_size"),
+    "workers": (None, "workers"),
+    "decode": (None, "decode"),
+}
+
+
+def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, Any] | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Nested overrides for a command: `defaults`, then the config file, then the options given.
+
+    An option that is None was not given and leaves the file's (or the stored, or the default)
+    value alone. `multiscale` True / False means MULTISCALE / one scale; `whiten_dim` 0 means
+    keep every dimension; `weights` is made absolute.
+    """
+    out = deep_merge(defaults or {}, read_config_file(config_file) if config_file is not None else {})
+    flags: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in _OPTIONS:
+            raise TypeError(f"cli_overrides: unknown option {name!r}; known: {', '.join(_OPTIONS)}")
+        if value is None:
+            continue
+        if name == "weights":
+            value = str(Path(value).expanduser().resolve())
+        elif name == "multiscale":
+            value = MULTISCALE if value else (1.0,)
+        elif name == "whiten_dim":
+            value = value or None  # 0 clears a reduction, so it is set even as None
+        section, key = _OPTIONS[name]
+        (flags.setdefault(section, {}) if section else flags)[key] = value
+    return deep_merge(out, flags)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:
     """Defaults, then the TOML file at `path` (if any), then keyword overrides (nested dicts)."""
     config = EngineConfig()
     if path is not None:
-        with open(path, "rb") as f:
-            config = _merge(EngineConfig, config, tomllib.load(f), "")
+        config = _merge(EngineConfig, config, read_config_file(path), "")
     if overrides:
         config = _merge(EngineConfig, config, overrides, "")
     return config

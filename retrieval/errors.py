@@ -41,6 +41,10 @@ class UnknownBackboneError(RetrievalError, ValueError):
         super().__init__(f"unknown backbone {name!r}; valid names: {', '.join(valid)}")
 
 
+class ConfigError(UsageError):
+    """A configuration file that cannot be used: unreadable, not TOML, an unknown key or a bad value."""
+
+
 class WeightsError(RetrievalError):
     """Weights that are missing, unreadable, or belong to another model."""
 

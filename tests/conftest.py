@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # in the repository: tests never read outside it (tests/data/README.md)
 AWKWARD = DATA / "awkward-images"
+GND = DATA / "revisitop-gnd"
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from retrieval.benchmarks import load_json, load_revisited, read_gnd
 
 from .conftest import DATA, ROOT
 
-GND = DATA / "revisitop-gnd"
+from .conftest import GND  # noqa: E402
 
 
 @pytest.mark.parametrize("name,n_db,easy_total,hard_total,junk_total",

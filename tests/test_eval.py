@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 from typer.testing import CliRunner
 
+from retrieval.backbone import native_dtype, resolve_device
 from retrieval.benchmarks import load_revisited
 from retrieval.cli import app
 from retrieval.engine import Index
@@ -56,6 +57,7 @@ def test_official_layout_end_to_end(data, tmp_path):
         assert compute_map(ranks, truth).as_dict() == pytest.approx(m)  # the JSON is the saved ranking's score
     cfg = report["config"]
     assert cfg["backbone"] == "test_tiny" and cfg["size"] == 112 and cfg["query_crop"] is True
+    assert cfg["dtype"] == "fp32" and cfg["pooling"] == "cls+gem" and cfg["scales"] == [1.0]  # eval's defaults
     assert cfg["whitening"] == "none (L2 only)" and cfg["weights_id"] == "random:test_tiny:seed0"
     # the ranking is the index's own exact search of the cropped query
     eval_dirs = list((tmp_path / "default" / "eval").iterdir())
@@ -88,6 +90,26 @@ def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "self", "--json-out", str(out)], tmp_path)
     assert r.exit_code == 0, r.output
     assert "test set itself" in json.loads(out.read_text())["config"]["whitening"]
+
+
+@pytest.mark.parametrize("preset,flags,want", [
+    # the file's settings reach the run; test_tiny stands in for the file's model (no real weights here)
+    ("table9-vitl14.toml", ["--size", "112"], {"size": 112, "pooling": "cls", "scales": [1.0], "dtype": "fp32"}),
+    ("fast-cpu.toml", [], {"size": 224, "pooling": "cls+gem", "scales": [1.0], "dtype": "auto"}),
+    # flags win over the file
+    ("table9-vitl14.toml", ["--size", "112", "--pooling", "gem", "--multiscale", "--dtype", "auto"],
+     {"size": 112, "pooling": "gem", "scales": [1.0, 2 ** -0.5, 2 ** 0.5], "dtype": "auto"}),
+])
+def test_config_presets(data, tmp_path, preset, flags, want):
+    out = tmp_path / "m.json"
+    r = _eval(["synthetic", "--data", str(data), "--config", str(ROOT / "configs" / preset), "--model", "test_tiny",
+               "--workers", "0", *flags, "--json-out", str(out)], tmp_path)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(out.read_text())["config"]
+    if want["dtype"] == "auto":  # the index keeps what auto resolved to on this machine
+        want = {**want, "dtype": native_dtype(resolve_device(None))}
+    assert cfg["backbone"] == "test_tiny" and cfg["scales"] == pytest.approx(want.pop("scales"))
+    assert {k: cfg[k] for k in want} == want
 
 
 def test_plain_json_ground_truth(data, tmp_path):

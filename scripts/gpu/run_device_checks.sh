@@ -7,7 +7,6 @@
 #                       12 packages); since GPU search is torch (docs/index.md), faiss-cpu is enough.
 #   libcublas*.so.12    only with faiss-gpu-cu12: built from scripts/gpu/cublas12_shim.c (faiss's CUDA 12
 #                       cuBLAS calls -> the machine's CUDA 13 cuBLAS)
-#   awkward-images/     the shared awkward-image set
 # Each stage runs even if an earlier one failed; logs go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -16,10 +15,9 @@ tar -C /tmp/site -xJf .gpu/site.tar.xz
 cublas=$(find /opt /usr/local /usr/lib -name 'libcublas.so.13*' 2>/dev/null | head -1)
 export PYTHONPATH=/tmp/site:$PWD LD_LIBRARY_PATH=$PWD/.gpu:/tmp/site:$(dirname "${cublas:-/x/y}"):${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
-mkdir -p ../shared/data && cp -r .gpu/awkward-images ../shared/data/
 nvidia-smi -L; nproc; echo "cublas 13: $cublas"
 python3 -c "import torch, torchvision, timm, faiss; print(torch.__version__, torchvision.__version__, timm.__version__, faiss.__version__, 'faiss GPUs', faiss.get_num_gpus())"
-python3 scripts/bench_gpu.py --awkward .gpu/awkward-images --skip "${SKIP:-}" 2>&1 | grep -v "WEBP\|Corrupt JPEG" | tee "$OUT/checks.log"
+python3 scripts/bench_gpu.py --awkward tests/data/awkward-images --skip "${SKIP:-}" 2>&1 | grep -v "WEBP\|Corrupt JPEG" | tee "$OUT/checks.log"
 python3 -c "import sys; sys.path.insert(0, 'scripts'); from bench_index import make_photos; from pathlib import Path; make_photos(Path('/tmp/photos'), ${PHOTOS:-2000}, 64)"
 du -sh /tmp/photos
 B="python3 scripts/bench_index.py --device cuda --dtype bf16 --folder /tmp/photos --workers 15 --stages"
