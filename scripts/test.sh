@@ -23,6 +23,17 @@ if [ ! -d "$REF/dinov2" ]; then
     || echo "WARNING: could not install dinov2==0.0.1.dev2; fidelity tests will be skipped" >&2
 fi
 
+# Debian's chromium for the browser test of `retrieve serve`'s page (tests/test_serve_browser.py;
+# Playwright's own browser download is not used). Missing and not installable: that test fails.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "WARNING: could not install chromium; the browser test will fail" >&2
+  else
+    echo "WARNING: chromium is missing (install it: apt-get install chromium); the browser test will fail" >&2
+  fi
+fi
+
 echo "== import layers"
 "$VENV/bin/lint-imports"
 echo "== types"

@@ -56,3 +56,11 @@ def test_measure_draft_decode_prints_differences(tmp_path):
     out = _run("scripts/measure_draft_decode.py", str(tmp_path / "big.jpg"), "--size", "224")
     row = next(line.split() for line in out.splitlines() if line.startswith("big.jpg"))
     assert row[1:4] == ["1000x750", "250x188", "224x168"] and int(row[4]) > 0  # drafted at 1/4, pixels moved
+
+
+def test_bench_serve_prints_its_table():
+    out = _run("scripts/bench_serve.py", "--model", "test_tiny", "--size", "112", "--images", "6",
+               "--clients", "1,2", "--requests", "4")
+    assert "| 2 |" in out and "in-process" in out
+    assert re.search(r"single-client p50 / in-process search: [\d.]+x", out)
+    assert re.search(r"2-client throughput / single-client: [\d.]+x", out)

@@ -1,0 +1,150 @@
+"""What a long-running service asks of an open index, beyond `Index`: queries embedded together
+with what is needed to explain them later (the model's picture, the original size, the box),
+indexed pictures by id, and a query's correspondences with one indexed image.
+
+Everything here runs on the one thread that owns the `Index` (its SQLite connection and model);
+`retrieval.serve` sees to that.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .. import images
+from ..errors import BadImageError, UsageError
+from .descriptors import embed_queries
+from .index import Box, Index
+from .maps import Pair, View, pair, render, view
+from .search import Query
+
+PICTURE_KINDS = ("matches", "heatmap", "pca")
+
+
+@dataclass(frozen=True)
+class ExplainedQuery:
+    """An embedded query and what its correspondences are drawn and measured with: the model's
+    picture of it (first scale), the original upright size (w, h) and the box it was cropped to."""
+
+    query: Query
+    picture: Image.Image
+    size: tuple[int, int]
+    box: Box | None = None
+
+    def view(self) -> View:
+        return View(self.picture, self.query.patches, self.query.grid)
+
+
+def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[ExplainedQuery]:
+    """Index.queries, keeping each query's picture and size. A box (one image only) must lie
+    inside the upright image: UsageError otherwise. BadImageError for the first unusable file."""
+    if bbox is not None and len(paths) != 1:
+        raise UsageError("a box crops one query image; pass one image with a box")
+    done = embed_queries([str(p) for p in paths], backbone=idx.backbone(), config=idx.config, box=bbox)
+    out = []
+    for e in done:
+        assert e.patches is not None  # no patch PCA was passed: the tokens come back
+        if bbox is not None:
+            w, h = e.decoded.original_wh
+            x1, y1, x2, y2 = bbox
+            if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+                raise UsageError(f"bbox {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
+                                 f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
+        out.append(ExplainedQuery(Query(e.descriptor[None], e.patches, e.grid), e.picture(), e.decoded.original_wh, bbox))
+    return out
+
+
+def indexed_path(idx: Index, image_id: int) -> str | None:
+    """The file of an indexed image (status ok), or None when no such image is indexed."""
+    return None if _indexed_size(idx, image_id) is None else idx.store.paths([image_id]).get(image_id)
+
+
+def _indexed_size(idx: Index, image_id: int) -> tuple[int, int] | None:
+    """Upright (w, h) of an indexed image as it was indexed; None when no such image is indexed."""
+    row = idx.store.db.execute("SELECT width, height FROM images WHERE id = ? AND status = 'ok'",
+                               [image_id]).fetchone()
+    return None if row is None else (int(row[0] or 0), int(row[1] or 0))
+
+
+def indexed_picture(idx: Index, image_id: int, *, max_side: int | None = None) -> bytes | None:
+    """An indexed image, upright RGB, at most max_side pixels on its longer side, as JPEG bytes;
+    None when the id is not an indexed image. BadImageError when its file is gone or damaged."""
+    path = indexed_path(idx, image_id)
+    if path is None:
+        return None
+    im = images.load_image(path, max_pixels=idx.config.image.max_pixels,
+                           min_side_hint=max_side)
+    if max_side is not None and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    pair: Pair
+    patch_size: int
+    query_size: tuple[int, int]
+    query_box: Box | None
+    other_size: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """{"matches", "inliers", "pairs": [[qx, qy, x, y], ...], "similarity": [...]}: the verified
+        matches' patch centres in each image's own upright pixels (the query's: the uploaded image,
+        box included)."""
+        from ..local import grid_xy
+
+        v = self.pair.verification
+        m, inl = v.matches, v.inliers
+        qa = _to_original(grid_xy(self.pair.a.grid)[m.ia[inl]] * self.patch_size, self.pair.a.picture.size,
+                          self.query_size, self.query_box)
+        xb = _to_original(grid_xy(self.pair.b.grid)[m.ib[inl]] * self.patch_size, self.pair.b.picture.size,
+                          self.other_size, None)
+        pairs = np.concatenate([qa, xb], axis=1) if len(qa) else np.zeros((0, 4))
+        return {"matches": self.pair.n_matches, "inliers": self.pair.n_inliers,
+                "query_size": list(self.query_size), "size": list(self.other_size),
+                "pairs": [[round(float(c), 1) for c in row] for row in pairs],
+                "similarity": [round(float(s), 4) for s in np.asarray(m.sim)[inl]]}
+
+    def picture(self, kind: str = "matches") -> Image.Image:
+        """The picture `retrieve match` draws (matches), or its heat map / PCA companion."""
+        if kind not in PICTURE_KINDS:
+            raise UsageError(f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
+        return render(self.pair, patch_size=self.patch_size)[kind]
+
+
+def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Correspondences | None:
+    """The verified patch matches between a query and an indexed image (None: no such image),
+    made as `retrieve match` makes them."""
+    size, path = _indexed_size(idx, image_id), indexed_path(idx, image_id)
+    if size is None or path is None:
+        return None
+    bb = idx.backbone()
+    other = view(path, backbone=bb, image=idx.config.image)
+    return Correspondences(pair(q.view(), other), bb.patch_size, q.size, q.box, size)
+
+
+def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
+    """Pixels of the model's picture (w, h) -> pixels of the upright original (w, h), through the
+    crop the box made (engine: images.crop_box rounds it outwards and clamps it)."""
+    if box is None:
+        x0, y0, cw, ch = 0.0, 0.0, float(size[0]), float(size[1])
+    else:
+        x1, y1, x2, y2 = box
+        x0, y0 = float(np.floor(max(0.0, x1))), float(np.floor(max(0.0, y1)))
+        cw, ch = float(np.ceil(min(size[0], x2))) - x0, float(np.ceil(min(size[1], y2))) - y0
+    out = np.asarray(xy, np.float64).reshape(-1, 2).copy()
+    out[:, 0] = x0 + out[:, 0] * cw / picture[0]
+    out[:, 1] = y0 + out[:, 1] * ch / picture[1]
+    return out
+
+
+__all__ = ["Correspondences", "ExplainedQuery", "PICTURE_KINDS", "correspondences", "embed_explained",
+           "indexed_path", "indexed_picture", "BadImageError"]

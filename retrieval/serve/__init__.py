@@ -1,0 +1,10 @@
+"""`retrieve serve`: an index behind an HTTP API and a web page (docs/serve.md).
+
+The top layer beside cli.py: it imports the engine only (and config / types / errors).
+"""
+
+from __future__ import annotations
+
+from .app import DEFAULT_MAX_UPLOAD, create_app, parse_size
+
+__all__ = ["DEFAULT_MAX_UPLOAD", "create_app", "parse_size"]

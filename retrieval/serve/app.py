@@ -1,0 +1,325 @@
+"""The HTTP face of an index: a JSON API and a static web page (Starlette; docs/serve.md).
+
+    app = create_app("demo-index", token=None, max_upload=50_000_000)
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+A thin adapter like cli.py: it parses requests, calls the engine on the index's own thread
+(batching.IndexThread) and turns RetrievalError into `{"error": "one line"}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
+from ..errors import BadImageError, RetrievalError, UsageError
+from .batching import Batcher, IndexThread, SearchJob, Searched
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def parse_size(text: str) -> int:
+    """'50MB' -> 50_000_000, '1MiB' -> 1048576, '2048' -> 2048; UsageError otherwise."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").lower().removesuffix("b") if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"--max-upload must be a size like 50MB, 512KB or 1GiB, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _QueryCache:
+    """The most recent searches (query embedding and picture), least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Searched] = OrderedDict()
+
+    def put(self, searched: Searched) -> str:
+        qid = secrets.token_urlsafe(12)
+        self._items[qid] = searched
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return qid
+
+    def get(self, qid: str) -> Searched:
+        if qid not in self._items:
+            raise HTTPException(404, f"query {qid!r} is not among the {self.size} most recent searches; "
+                                     f"search again (POST /api/search) for a new query id")
+        self._items.move_to_end(qid)
+        return self._items[qid]
+
+
+def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
+               weights: str | None = None, device: str | None = None, cache_size: int = 64,
+               window: float = 0.0, max_batch: int = 16) -> Starlette:
+    """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
+    thread; closed when the app shuts down. token: every /api/ request must carry
+    `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted.
+    window: seconds a search waits for others to share its forward pass (see batching.Batcher)."""
+    thread = IndexThread(index_path, weights=weights, device=device)
+    batcher = Batcher(thread, window=window, max_batch=max_batch)
+    cache = _QueryCache(cache_size)
+    uploads = Path(tempfile.mkdtemp(prefix="retrieval-serve-"))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, thread.close)
+            shutil.rmtree(uploads, ignore_errors=True)
+
+    async def health(request: Request) -> Response:
+        n = await thread.call(lambda idx: idx.count())
+        return JSONResponse({"status": "ok", "images": n})
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(await thread.call(lambda idx: idx.info()))
+
+    async def search(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_upload:
+            raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of {max_upload} bytes "
+                                     f"(--max-upload)")
+        counted = Request(request.scope, receive=_counting(request.receive, max_upload))
+        try:
+            async with counted.form(max_files=1, max_fields=8) as form:
+                job = await _job(form, uploads)
+        except _TooLarge:
+            raise HTTPException(413, f"upload is over the limit of {max_upload} bytes (--max-upload)") from None
+        searched = await batcher.search(job)
+        qid = cache.put(searched)
+        hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
+                 **({"inliers": h.inliers} if h.inliers is not None else {})} for h in searched.result.hits]
+        return JSONResponse({"query": qid, "hits": hits, "reranked": searched.result.reranked,
+                             "size": list(searched.query.size)})
+
+    async def image(request: Request) -> Response:
+        image_id = request.path_params["id"]
+        max_side = _int_param(request, "max", low=16)
+        data = await thread.call(lambda idx: indexed_picture(idx, image_id, max_side=max_side))
+        if data is None:
+            raise HTTPException(404, f"no indexed image with id {image_id}")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+    async def matches(request: Request) -> Response:
+        searched = cache.get(request.path_params["qid"])
+        image_id = request.path_params["id"]
+        fmt = request.query_params.get("format", "json")
+        kind = request.query_params.get("kind", "matches")
+        if fmt not in ("json", "png"):
+            raise HTTPException(400, f"format must be json or png, got {fmt!r}")
+        if kind not in PICTURE_KINDS:
+            raise HTTPException(400, f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
+        c = await thread.call(lambda idx: correspondences(idx, searched.query, image_id))
+        if c is None:
+            raise HTTPException(404, f"no indexed image with id {image_id}")
+        if fmt == "json":
+            return JSONResponse(c.to_json())
+        buf = io.BytesIO()
+        c.picture(kind).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    routes = [
+        Route("/", page),
+        Route("/api/health", health),
+        Route("/api/info", info),
+        Route("/api/search", search, methods=["POST"]),
+        Route("/api/images/{id:int}", image),
+        Route("/api/queries/{qid:str}/matches/{id:int}", matches),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, RetrievalError: _retrieval_error,
+                                        Exception: _unexpected})
+    app.state.thread, app.state.batcher, app.state.cache = thread, batcher, cache
+    app.add_middleware(_Guard, token=token)
+    return app
+
+
+async def _job(form: Any, uploads: Path) -> SearchJob:
+    """A search job from the form: the upload copied to a private file, options checked."""
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
+    k = _int_field(form.get("k"), "k", default=10, low=1)
+    qe = _int_field(form.get("qe"), "qe", default=0, low=0)
+    rerank = _bool_field(form.get("rerank"), "rerank")
+    bbox = _bbox_field(form.get("bbox"))
+    fd, name = tempfile.mkstemp(dir=uploads, prefix="query-")
+    with os.fdopen(fd, "wb") as f:
+        await asyncio.get_running_loop().run_in_executor(None, shutil.copyfileobj, upload.file, f)
+    return SearchJob(name, k=k, bbox=bbox, rerank=rerank, qe=qe)
+
+
+def _field(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise HTTPException(400, f"{name} must be a form field, not a file")
+    return value.strip() or None
+
+
+def _int_field(value: Any, name: str, *, default: int, low: int) -> int:
+    text = _field(value, name)
+    if text is None:
+        return default
+    try:
+        n = int(text)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be a whole number >= {low}, got {text[:40]!r}") from None
+    if n < low:
+        raise HTTPException(400, f"{name} must be at least {low}, got {n}")
+    return n
+
+
+def _bool_field(value: Any, name: str) -> bool:
+    text = _field(value, name)
+    if text is None:
+        return False
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise HTTPException(400, f"{name} must be true or false, got {text[:40]!r}")
+
+
+def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
+    text = _field(value, "bbox")
+    if text is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text[:80]!r}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x1 < 0 or y1 < 0:
+        raise HTTPException(400, f"bbox needs finite, non-negative numbers, got {text[:80]!r}")
+    if x2 <= x1 or y2 <= y1:
+        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {text[:80]!r}")
+    return x1, y1, x2, y2
+
+
+def _int_param(request: Request, name: str, *, low: int) -> int | None:
+    text = request.query_params.get(name)
+    return None if text is None else _int_field(text, name, default=0, low=low)
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises _TooLarge once the body passes `limit` bytes (whatever Content-Length said)."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge()
+        return message
+
+    return wrapped
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return _error(404, f"no such resource: {request.url.path[:200]}")
+    if exc.status_code == 405:
+        return _error(405, f"{request.method} is not allowed on {request.url.path[:200]}")
+    return _error(exc.status_code, exc.detail)
+
+
+async def _retrieval_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, BadImageError):  # the path is our private temporary file: say "upload"
+        what = "upload" if request.url.path == "/api/search" else "indexed image"
+        return _error(400, f"the {what} cannot be used: {exc.reason}")
+    if isinstance(exc, UsageError):
+        return _error(400, str(exc))
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return _error(409, str(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+class _Guard:
+    """Token check on every /api/ request (when a token is set), and headers that keep the page's
+    content its own (no sniffing, no framing, scripts and images from this server only)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.token is not None and scope["path"].startswith("/api/"):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                why = "missing" if not given else "wrong"
+                await _error(401, f"{why} token: send the header Authorization: Bearer <token> "
+                                  f"(the one `retrieve serve --token` was started with)")(scope, receive, send)
+                return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"content-security-policy",
+                     b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+
+__all__ = ["DEFAULT_MAX_UPLOAD", "create_app", "parse_size"]

@@ -1,0 +1,181 @@
+"""One thread owns the index; concurrent queries share its forward passes.
+
+`IndexThread` opens the `Index` on its own thread and runs every call on it there (SQLite
+connections and the model belong to one thread; two forward passes never run at once).
+`Batcher` collects the searches that arrive while the thread is busy (plus an optional short
+window) and embeds them in one `embed_explained` call, i.e. batched forward passes; a query
+with a box is embedded alone, since a box crops one image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from ..engine import Index
+from ..engine.index import Box
+from ..engine.search import SearchResult
+from ..engine.serving import ExplainedQuery, embed_explained
+from ..errors import BadImageError, RetrievalError
+
+T = TypeVar("T")
+
+
+class IndexThread:
+    """An Index opened, used and closed on one dedicated thread."""
+
+    def __init__(self, path: str | Path, *, weights: str | None = None, device: str | None = None,
+                 warm: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval-index")
+        self._idx: Index | None = None
+        try:
+            self._pool.submit(self._open, path, weights, device, warm).result()
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            raise
+
+    def _open(self, path: str | Path, weights: str | None, device: str | None, warm: bool) -> None:
+        idx = Index.open(path, weights=weights, device=device)
+        try:
+            if warm:  # load the model and the vectors now, not on the first request
+                idx.backbone()
+                if idx.count() > 0:
+                    idx.vectors()
+        except BaseException:
+            idx.close()
+            raise
+        self._idx = idx
+
+    @property
+    def index(self) -> Index:
+        """The Index; use it only from functions passed to `call` / `run`."""
+        assert self._idx is not None
+        return self._idx
+
+    def run(self, fn: Callable[[Index], T]) -> T:
+        """fn(index) on the index's thread, waiting for it (from any thread but that one)."""
+        return self._pool.submit(lambda: fn(self.index)).result()
+
+    async def call(self, fn: Callable[[Index], T]) -> T:
+        """fn(index) on the index's thread, awaited."""
+        return await asyncio.wrap_future(self._pool.submit(lambda: fn(self.index)))
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._idx is not None:
+                self._idx.close()
+                self._idx = None
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    path: str  # a private temporary file; deleted once embedded
+    k: int = 10
+    bbox: Box | None = None
+    rerank: bool = False
+    qe: int = 0
+
+
+@dataclass(frozen=True)
+class Searched:
+    query: ExplainedQuery
+    result: SearchResult
+
+
+class Batcher:
+    """Searches from many requests, their queries embedded together. window: seconds to wait for
+    more queries before a batch starts (0: only those that queued while the previous batch ran)."""
+
+    def __init__(self, thread: IndexThread, *, window: float = 0.0, max_batch: int = 16) -> None:
+        self.thread, self.window, self.max_batch = thread, window, max_batch
+        self._pending: list[tuple[SearchJob, asyncio.Future[Searched]]] = []
+        self._draining = False
+        self.batches: list[int] = []  # sizes of the embedding calls made (for tests and the benchmark)
+
+    async def search(self, job: SearchJob) -> Searched:
+        fut: asyncio.Future[Searched] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, fut))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(self.window)
+                take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+                jobs = [j for j, _ in take]
+                try:
+                    outcomes = await self.thread.call(lambda idx: _run(idx, jobs, self.batches))
+                except BaseException as e:  # a bug: every waiter hears of it
+                    outcomes = [e] * len(take)
+                for (_, fut), out in zip(take, outcomes):
+                    if fut.done():
+                        continue
+                    if isinstance(out, BaseException):
+                        fut.set_exception(out)
+                    else:
+                        fut.set_result(out)
+        finally:
+            self._draining = False
+
+
+def _run(idx: Index, jobs: list[SearchJob], sizes: list[int]) -> list[Searched | BaseException]:
+    """On the index thread: embed the plain queries together and each boxed one alone, then search
+    each with its own options. One bad file fails only its own request."""
+    embedded: dict[int, ExplainedQuery | BaseException] = {}
+    try:
+        plain = [i for i, j in enumerate(jobs) if j.bbox is None]
+        if plain:
+            for i, q in zip(plain, _embed(idx, [jobs[i] for i in plain], sizes)):
+                embedded[i] = q
+        for i, j in enumerate(jobs):
+            if j.bbox is not None:
+                embedded[i] = _embed(idx, [j], sizes)[0]
+    finally:
+        for j in jobs:
+            _unlink(j.path)
+    out: list[Searched | BaseException] = []
+    for i, j in enumerate(jobs):
+        q = embedded[i]
+        if isinstance(q, BaseException):
+            out.append(q)
+            continue
+        try:
+            out.append(Searched(q, idx.search_embedded(q.query, k=j.k, rerank=j.rerank, qe=j.qe)))
+        except RetrievalError as e:
+            out.append(e)
+    return out
+
+
+def _embed(idx: Index, jobs: list[SearchJob], sizes: list[int]) -> list[ExplainedQuery | BaseException]:
+    """Embed together; when a file is refused, embed each alone so that only it fails."""
+    try:
+        sizes.append(len(jobs))
+        return list(embed_explained(idx, [j.path for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
+    except (BadImageError, RetrievalError) as e:
+        if len(jobs) == 1:
+            return [e]
+    out: list[ExplainedQuery | BaseException] = []
+    for j in jobs:
+        out.extend(_embed(idx, [j], sizes))
+    return out
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+__all__ = ["Batcher", "IndexThread", "SearchJob", "Searched"]

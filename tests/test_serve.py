@@ -1,0 +1,370 @@
+"""retrieve serve: the HTTP API against the CLI's answers, its refusals, and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from retrieval.cli import app as cli
+from retrieval.images import load_image
+from retrieval.serve import create_app, parse_size
+from retrieval.serve.batching import Batcher, IndexThread, SearchJob
+
+from .conftest import synth_photo
+
+runner = CliRunner()
+TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
+
+
+def _cli(*args: str) -> Any:
+    r = runner.invoke(cli, list(args))
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, awkward_dir) -> dict[str, Path]:
+    """An index of 8 synthetic photos plus one stored rotated (EXIF orientation 6)."""
+    root = tmp_path_factory.mktemp("serve")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(8):
+        synth_photo(100 + i, (320, 240) if i % 2 else (240, 320)).save(photos / f"p{i}.jpg", quality=92)
+    shutil.copy(awkward_dir / "jpeg_exif_orient6_landscape.jpg", photos / "rotated.jpg")
+    ix = root / "ix"
+    _cli("index", str(photos), "--index", str(ix), *TINY)
+    query = root / "query.jpg"  # not indexed: a crop of p3 re-encoded
+    Image.open(photos / "p3.jpg").crop((20, 10, 300, 230)).save(query, quality=85)
+    return {"root": root, "photos": photos, "index": ix, "query": query}
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with TestClient(create_app(served["index"])) as c:
+        yield c
+
+
+def _search(c: TestClient, path: Path, **fields: str) -> httpx.Response:
+    with open(path, "rb") as f:
+        return c.post("/api/search", files={"image": (path.name, f, "image/jpeg")}, data=fields)
+
+
+def _cli_hits(served, path: Path, *args: str) -> list[dict[str, Any]]:
+    r = _cli("query", str(path), "--index", str(served["index"]), "--json", *args)
+    return json.loads(r.stdout)
+
+
+def _same_hits(api: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
+    assert [(h["rank"], h["path"], h.get("inliers")) for h in api] == \
+           [(h["rank"], h["path"], h.get("inliers")) for h in ref]
+    assert np.allclose([h["score"] for h in api], [h["score"] for h in ref], atol=1e-4)
+
+
+def test_health(client, served):
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "images": 9}
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"k": "4"}, {"k": "5", "rerank": "true"}, {"k": "3", "qe": "2"}, {"k": "3", "bbox": "30,20,200,180"},
+    {"k": "3", "bbox": "30,20,200,180", "rerank": "true"}, {"k": "50"},
+])
+def test_search_equals_the_cli(client, served, options):
+    r = _search(client, served["query"], **options)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    args = []
+    for name, flag in (("k", "-k"), ("bbox", "--bbox"), ("qe", "--qe")):
+        if name in options:
+            args += [flag, options[name]]
+    if options.get("rerank") == "true":
+        args.append("--rerank")
+    ref = _cli_hits(served, served["query"], *args)
+    _same_hits(body["hits"], ref)
+    assert isinstance(body["query"], str) and body["query"]
+    ids = {h["id"] for h in body["hits"]}
+    assert len(ids) == len(body["hits"])
+    if "rerank" in options:
+        assert all("inliers" in h for h in body["hits"])
+
+
+def test_images_by_id_upright_and_nothing_else(client, served):
+    body = _search(client, served["photos"] / "rotated.jpg", k="1").json()
+    hit = body["hits"][0]
+    assert hit["path"].endswith("rotated.jpg")
+    r = client.get(f"/api/images/{hit['id']}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    got = Image.open(io.BytesIO(r.content))
+    assert got.size == load_image(served["photos"] / "rotated.jpg").size == (1800, 1200)  # upright
+    thumb = Image.open(io.BytesIO(client.get(f"/api/images/{hit['id']}?max=300").content))
+    assert thumb.size == (300, 200)
+    for bad in ["/api/images/999999", "/api/images/-1", "/api/images/abc", "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+                "/api/images/..%2F..%2Fetc%2Fpasswd", "/api/images/1/../../../etc/passwd", "/api/images/%2Fetc%2Fpasswd"]:
+        r = client.get(bad)
+        assert r.status_code == 404, bad
+        assert set(r.json()) == {"error"} and "root:" not in r.text
+    assert client.get("/api/images/1?max=0").status_code == 400
+
+
+def test_matches_json_png_and_cache_miss(client, served, tmp_path):
+    body = _search(client, served["query"], k="3").json()
+    qid, top = body["query"], body["hits"][0]
+    m = client.get(f"/api/queries/{qid}/matches/{top['id']}")
+    assert m.status_code == 200
+    data = m.json()
+    assert data["inliers"] <= data["matches"] and len(data["pairs"]) == data["inliers"] > 0
+    qw, qh = Image.open(served["query"]).size
+    w, h = Image.open(top["path"]).size
+    for qx, qy, x, y in data["pairs"]:  # in each image's own pixels
+        assert 0 <= qx <= qw and 0 <= qy <= qh and 0 <= x <= w and 0 <= y <= h
+    # the same picture `retrieve match` draws for the two files
+    out = tmp_path / "pair.png"
+    dtype = client.get("/api/info").json()["config"]["backbone"]["dtype"]  # what `auto` resolved to
+    r = _cli("match", str(served["query"]), top["path"], "--out", str(out), "--model", "test_tiny", "--size", "112",
+             "--dtype", dtype)
+    assert f"{data['matches']} matches, {data['inliers']} inliers" in r.output
+    png = client.get(f"/api/queries/{qid}/matches/{top['id']}?format=png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), np.asarray(Image.open(out)))
+    for kind in ("heatmap", "pca"):
+        pic = client.get(f"/api/queries/{qid}/matches/{top['id']}?format=png&kind={kind}")
+        assert pic.status_code == 200
+        ref = out.with_name(f"pair_{kind}.png")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(pic.content))), np.asarray(Image.open(ref)))
+    assert client.get(f"/api/queries/{qid}/matches/{top['id']}?format=gif").status_code == 400
+    assert client.get(f"/api/queries/{qid}/matches/999999").status_code == 404
+    miss = client.get(f"/api/queries/not-a-query/matches/{top['id']}")
+    assert miss.status_code == 404 and "most recent searches" in miss.json()["error"]
+
+
+def test_box_pairs_are_in_the_uploaded_images_pixels(client, served):
+    body = _search(client, served["query"], k="1", bbox="100,60,260,200").json()
+    data = client.get(f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}").json()
+    assert data["pairs"]
+    for qx, qy, _, _ in data["pairs"]:
+        assert 100 <= qx <= 260 and 60 <= qy <= 200
+
+
+def test_query_cache_is_bounded(served):
+    with TestClient(create_app(served["index"], cache_size=2)) as c:
+        qids = [_search(c, served["query"], k="1").json()["query"] for _ in range(3)]
+        image_id = 1
+        assert c.get(f"/api/queries/{qids[0]}/matches/{image_id}").status_code == 404
+        assert c.get(f"/api/queries/{qids[2]}/matches/{image_id}").status_code == 200
+
+
+def test_info_is_what_the_cli_prints(client, served):
+    ref = json.loads(_cli("info", "--index", str(served["index"]), "--json").stdout)
+    got = client.get("/api/info").json()
+    assert got["images"] == ref["images"] == 9 and got["config"] == ref["config"]
+    assert got["fingerprint"] == ref["fingerprint"] and got["skipped"] == ref["skipped"]
+    assert set(got) == set(ref)
+
+
+@pytest.mark.parametrize("fields, upload, needle", [
+    ({}, b"this is not an image", "cannot be used"),
+    ({}, "png_truncated.png", "cannot be used"),
+    ({}, "gif_decompression_bomb.gif", "cannot be used"),
+    ({"bbox": "200,10,100,50"}, None, "x2 > x1"),
+    ({"bbox": "10,10,5000,50"}, None, "not inside"),
+    ({"bbox": "1,2,3"}, None, "x1,y1,x2,y2"),
+    ({"bbox": "nan,1,2,3"}, None, "finite"),
+    ({"k": "0"}, None, "at least 1"),
+    ({"k": "ten"}, None, "whole number"),
+    ({"k": "2.5"}, None, "whole number"),
+    ({"qe": "-1"}, None, "at least 0"),
+    ({"rerank": "maybe"}, None, "true or false"),
+])
+def test_bad_input_is_400_in_one_line(client, served, awkward_dir, fields, upload, needle):
+    if upload is None:
+        content = served["query"].read_bytes()
+    elif isinstance(upload, bytes):
+        content = upload
+    else:
+        content = (awkward_dir / upload).read_bytes()
+    r = client.post("/api/search", files={"image": ("q.jpg", content)}, data=fields)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and needle in r.json()["error"]
+    assert "\n" not in r.json()["error"] and "Traceback" not in r.text
+    assert "retrieval-serve-" not in r.json()["error"]  # the private temporary path is not shown
+
+
+def test_no_file_and_wrong_method(client):
+    assert client.post("/api/search", data={"k": "3"}).status_code == 400
+    assert client.get("/api/search").status_code == 405
+    assert client.get("/api/nothing").status_code == 404 and "error" in client.get("/api/nothing").json()
+
+
+def test_oversized_upload_is_413_without_reading_it_all(served):
+    with TestClient(create_app(served["index"], max_upload=20_000)) as c:
+        big = b"\xff" * 200_000
+        r = c.post("/api/search", files={"image": ("big.jpg", big)})
+        assert r.status_code == 413 and "20000" in r.json()["error"]
+        # no Content-Length (chunked): the body is counted as it streams in
+        def chunks():
+            head = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n"
+                    b"Content-Type: image/jpeg\r\n\r\n")
+            yield head
+            for _ in range(100):
+                yield b"\xff" * 10_000
+
+        r = c.post("/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413
+        # a small one still passes
+        assert _search(c, served["query"], k="1").status_code == 200
+
+
+def test_body_is_counted_as_it_streams_in():
+    from retrieval.serve.app import _counting, _TooLarge
+
+    pulled = []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    async def drain():
+        r = _counting(receive, 5_500)
+        while True:
+            await r()
+
+    with pytest.raises(_TooLarge):
+        asyncio.run(drain())
+    assert len(pulled) == 6  # stopped at the first chunk past the limit, not at the end of the body
+
+
+def test_parse_size():
+    assert parse_size("50MB") == 50_000_000 and parse_size("1MiB") == 2**20 and parse_size("2048") == 2048
+    assert parse_size("1.5 kb") == 1500
+    for bad in ["", "-1MB", "lots", "5XB", "0"]:
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_token_required_on_every_api_request(served):
+    with TestClient(create_app(served["index"], token="s3cret")) as c:
+        for path in ["/api/health", "/api/info", "/api/images/1", "/api/queries/x/matches/1", "/api/nothing"]:
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert _search(c, served["query"]).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/api/health", headers=ok).status_code == 200
+        with open(served["query"], "rb") as f:
+            assert c.post("/api/search", files={"image": f}, headers=ok).status_code == 200
+        assert c.get("/").status_code == 200  # the page itself carries no data
+
+
+def test_cli_refuses_other_hosts_without_token(served):
+    r = runner.invoke(cli, ["serve", "--index", str(served["index"]), "--host", "0.0.0.0"])
+    assert r.exit_code != 0
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--token" in lines[0]
+    bad = runner.invoke(cli, ["serve", "--index", str(served["index"]), "--max-upload", "lots"])
+    assert bad.exit_code == 2 and "--max-upload" in bad.output
+
+
+def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
+    thread = IndexThread(served["index"])
+    try:
+        files = []
+        for i in range(5):
+            p = tmp_path / f"q{i}"
+            shutil.copy(served["photos"] / f"p{i}.jpg", p)
+            files.append(p)
+
+        async def go():
+            b = Batcher(thread)
+            out = await asyncio.gather(*(b.search(SearchJob(str(p), k=3)) for p in files))
+            return b.batches, out
+
+        batches, out = asyncio.run(go())
+        assert batches == [5]  # one embedding call for the five
+        assert not any(p.exists() for p in files)  # uploads deleted once embedded
+        for i, s in enumerate(out):
+            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", k=3))
+            assert [h.id for h in s.result.hits] == [h.id for h in alone.hits]
+            assert np.allclose([h.score for h in s.result.hits], [h.score for h in alone.hits], atol=1e-4)
+    finally:
+        thread.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    """A real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def test_48_requests_from_16_clients_all_equal(served):
+    data = served["query"].read_bytes()
+    with _Server(create_app(served["index"])) as url:
+        def one(_: int) -> tuple[int, Any]:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                r = c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "5"})
+                return r.status_code, [(h["id"], round(h["score"], 4)) for h in r.json().get("hits", [])]
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(48)))
+    assert [s for s, _ in results] == [200] * 48
+    ids = [[i for i, _ in hits] for _, hits in results]
+    assert all(x == ids[0] for x in ids)
+    scores = np.array([[s for _, s in hits] for _, hits in results])
+    assert np.allclose(scores, scores[0], atol=1e-4)
+    _same_hits([{"rank": r + 1, "path": "", "score": s} for r, (_, s) in enumerate(results[0][1])],
+               [{"rank": h["rank"], "path": "", "score": h["score"]} for h in _cli_hits(served, served["query"], "-k", "5")])
+
+
+def test_new_images_from_a_concurrent_index_run_are_seen(served, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(served["photos"], photos)
+    ix = tmp_path / "ix"
+    _cli("index", str(photos), "--index", str(ix), *TINY)
+    with TestClient(create_app(ix)) as c:
+        assert c.get("/api/health").json()["images"] == 9
+        new = photos / "new.jpg"
+        synth_photo(999, (300, 300)).save(new, quality=92)
+        before = _search(c, new, k="1").json()["hits"][0]
+        assert not before["path"].endswith("new.jpg")
+        _cli("index", str(photos), "--index", str(ix))  # another writer, its own connection
+        assert c.get("/api/health").json()["images"] == 10
+        after = _search(c, new, k="1").json()["hits"][0]
+        assert after["path"] == str(new.resolve()) and after["score"] == pytest.approx(1.0, abs=1e-4)
+        r = c.get(f"/api/images/{after['id']}")
+        assert r.status_code == 200

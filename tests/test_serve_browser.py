@@ -1,0 +1,116 @@
+"""The page of `retrieve serve` in a real browser: Playwright driving Debian's chromium.
+
+Not skipped when the browser is missing: scripts/test.sh installs it, and a page nobody opened
+is not a tested page."""
+
+from __future__ import annotations
+
+import shutil
+import pytest
+
+from retrieval.serve import create_app
+
+from .test_serve import _Server, served  # noqa: F401  (the module's index fixture)
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("no chromium found: install it (`apt-get install -y chromium`; scripts/test.sh does this as root)")
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+
+
+def test_page_search_and_correspondences(served, tmp_path):  # noqa: F811
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    errors: list[str] = []
+    with _Server(create_app(served["index"], token="t0ken")) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            # bypass_csp: Playwright's waits evaluate strings, which the page's own CSP forbids
+            page = browser.new_page(viewport={"width": 1366, "height": 800}, bypass_csp=True)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"{url}/?token=t0ken")
+            assert "token" not in page.url  # taken out of the address bar, kept for the tab
+            page.wait_for_function("document.getElementById('status').textContent.includes('9 images')")
+            page.set_input_files("#file", str(served["query"]))
+            page.wait_for_selector("#results li img.thumb")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results img.thumb')].length > 0 && "
+                "[...document.querySelectorAll('#results img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+            n = page.locator("#results li").count()
+            assert n == 9  # k=20 asked, 9 indexed
+            names = page.locator("#results .name").all_text_contents()
+            assert all(x.endswith(".jpg") for x in names)
+            page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+            page.locator("#results li").first.click()
+            page.wait_for_selector("#detail-view:not([hidden])")
+            page.wait_for_function("document.getElementById('detail-stats').textContent.includes('verified')")
+            stats = page.locator("#detail-stats").text_content() or ""
+            assert "patch matches" in stats
+            size = page.evaluate("[document.getElementById('pair').width, document.getElementById('pair').height]")
+            assert size[0] > 300 and size[1] >= 200  # the two images side by side, drawn
+            drawn = page.evaluate("state.detail.pairs.length")
+            assert drawn > 0
+            first = page.evaluate("state.detail.pairs[0].a")
+            box = page.locator("#pair").bounding_box()
+            assert box is not None
+            scale = box["width"] / size[0]
+            page.mouse.move(box["x"] + first[0] * scale, box["y"] + first[1] * scale)
+            assert page.evaluate("state.detail.hover") >= 0  # hovering a query patch picks its match
+            page.screenshot(path=str(tmp_path / "correspondences.png"), full_page=True)
+            page.click("button.kind[data-kind=heatmap]")
+            page.wait_for_function("document.getElementById('picture').complete && "
+                                   "document.getElementById('picture').naturalWidth > 0")
+            page.click("#tab-index")
+            page.wait_for_function("document.getElementById('index-facts').children.length > 0")
+            assert "9 indexed" in (page.locator("#index-facts").text_content() or "")
+            page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert (tmp_path / "correspondences.png").stat().st_size > 0
+
+
+def test_page_escapes_file_names(tmp_path):
+    """A file named like markup shows as text."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app as cli
+
+    from .conftest import synth_photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    evil = '<img src=x onerror="window.pwned=1">.jpg'
+    for i, name in enumerate([evil, "plain.jpg"]):
+        synth_photo(i).save(photos / name, format="JPEG")
+    ix = tmp_path / "ix"
+    r = CliRunner().invoke(cli, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    with _Server(create_app(ix)) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(bypass_csp=True)
+            page.goto(url + "/")
+            page.set_input_files("#file", str(photos / "plain.jpg"))
+            page.wait_for_selector("#results li .name")
+            names = page.locator("#results .name").all_text_contents()
+            assert evil in names
+            assert page.evaluate("window.pwned === undefined")
+            assert page.locator("#results img:not(.thumb)").count() == 0
+        finally:
+            browser.close()
