@@ -1,4 +1,4 @@
-"""One exception tree for the library; `cli.py` turns these into one-line messages."""
+"""One exception tree for the library; the CLI (`retrieval/cli/app.py`) turns these into one-line messages."""
 
 from __future__ import annotations
 

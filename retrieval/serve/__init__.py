@@ -1,6 +1,6 @@
 """`retrieve serve`: an index behind an HTTP API and a web page (docs/serve.md).
 
-The top layer beside cli.py: it imports the engine only (and config / types / errors).
+The top layer beside the CLI (retrieval/cli): it imports the engine only (and config / types / errors).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     app = create_app("demo-index", token=None, max_upload=50_000_000)
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-A thin adapter like cli.py: it parses requests, calls the engine on the index's own thread
+A thin adapter like the CLI: it parses requests, calls the engine on the index's own thread
 (batching.IndexThread) and turns RetrievalError into `{"error": "one line"}` with a 4xx status.
 """
 

@@ -1,0 +1,259 @@
+"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from .. import engine
+from ..config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_overrides
+from ..errors import RetrievalError
+from ..types import shown
+from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
+                  _index_dir, _parse_bbox, _progress, _rate, _stdout, _StopAfterBatch, app)
+
+
+@app.command()
+@_errors
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
+    index: IndexDir = None,
+    config: ConfigFile = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
+                                                                   "(default: the index's, else "
+                                                                   "dinov2_vits14).")] = None,
+    weights: Weights = None,
+    size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
+                                                            f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
+                                                              "(default: the index's, else 16).")] = None,
+    workers: Workers = None,
+    device: Device = None,
+    decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
+                                                                "model runs on one), cpu or gpu "
+                                                                "(default: the index's, else auto).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, bf16 or fp16, or auto: bf16 where the "
+                                                              "hardware computes it natively, else fp32; fixed when "
+                                                              "the index is created (default: the index's, else "
+                                                              "auto).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
+                                                                  "created (default: the index's, else "
+                                                                  "cls+gem).")] = None,
+    multiscale: Multiscale = None,
+    kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf or hnsw "
+                                                                  "(default: the index's, else auto).")] = None,
+    dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
+                                                          "(default: the index's, else 0).")] = None,
+    whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
+                                                                          "dimension, 0: keep all (default: the "
+                                                                          "index's, else 0).")] = None,
+    whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
+                                                   help="PCA-whiten once there are enough images, or L2 only "
+                                                        "(default: the index's, else --whitening).")] = None,
+    refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
+    retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels "
+                                                                        "(default: the index's, else "
+                                                                        f"{DEFAULT_MAX_PIXELS}).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out files whose path or a folder "
+                                                      "of it matches this glob ('Trash', '*.tmp.jpg'); kept in the "
+                                                      "index for later runs (repeatable).")] = None,
+    clear_excludes: Annotated[bool, typer.Option("--clear-excludes", help="Forget every exclusion (globs and what "
+                                                                         "`retrieve remove` took out) first.")] = False,
+) -> None:
+    """Index the images under FOLDERS; re-running only embeds new or changed files.
+
+    Settings left out are the index's own; a new index starts from the defaults named.
+    """
+    overrides = cli_overrides(config, model=model, weights=weights, device=device, dtype=dtype, size=size,
+                              max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
+                              whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
+    where = _index_dir(index)
+    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
+        if exclude or clear_excludes:
+            idx.exclude(exclude or [], clear=clear_excludes)
+        task = bar.add_task("indexing", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            bar.update(task, rate=_rate(bar.tasks[0]))
+
+        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress)
+        if refit_whitening:
+            idx.refresh(refit=True)
+        images_now = idx.count()
+    log = logging.getLogger("retrieval")
+    for path, reason in summary.skipped:
+        log.warning("skipped %s: %s", shown(path), reason)
+    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+        if summary.still_refused else ""
+    typer.echo(
+        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
+        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
+    )
+    if summary.interrupted:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+
+
+@app.command()
+@_errors
+def query(
+    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
+                                                      "are embedded together.", show_default=False)],
+    index: IndexDir = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = 10,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout: the list of {rank, score, path} "
+                                                         "(several queries: a list of {query, hits}).")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths", "--filepath-only",
+                                             help="Only the result paths, one per line, as the file system's bytes.")] = False,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved "
+                                                                    "(default: the path the index holds).")] = None,
+    device: Device = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = False,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
+    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
+    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Write correspondence maps and index.html here.")] = None,
+) -> None:
+    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
+    if as_json and paths_only:
+        raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if out is not None and len(images) > 1:
+        raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
+    box = _parse_bbox(bbox)
+    with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
+        results = idx.search_many(images, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+        for result in results:
+            if result.gone:
+                logging.getLogger("retrieval").warning(
+                    "left out %d result(s) whose files are gone (deleted or moved since indexing), e.g. %s; "
+                    "`retrieve index` of their folder removes them from the index", len(result.gone), result.gone[0])
+        if as_json:
+            data: Any = results[0].to_json() if len(images) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            typer.echo(json.dumps(data, indent=2))
+        elif paths_only:
+            lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
+            sys.stdout.buffer.write(lines)
+            sys.stdout.flush()
+        else:
+            for q, result in zip(images, results):
+                _print_hits(result, title=f"query {shown(str(q))}" if len(images) > 1 else None)
+        if out is not None:  # after the results are out: a slow or failing map never hides them
+            Console(stderr=True).print(f"maps: {engine.explain(idx, images[0], results[0], out, bbox=box)}")
+
+
+def _print_hits(result: Any, *, title: str | None) -> None:
+    """Rank, what the order is by, and the path. Re-ranked lists are ordered by verified inliers
+    (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
+    if result.reranked:
+        columns = ["rank", "inliers", "similarity"]
+        caption = "ordered by verified patch matches (inliers; fewer than 6 count as none), then similarity"
+    else:
+        columns, caption = ["rank", "similarity"], None
+    table = Table(*columns, Column("path", overflow="fold"), box=None, title=title, title_justify="left",
+                  caption=caption, caption_justify="left")
+    for h in result.hits:
+        inliers = [] if not result.reranked else ["-" if h.inliers is None else str(h.inliers)]
+        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", shown(h.path))
+    _stdout().print(table)
+
+
+@app.command()
+@_errors
+def info(
+    index: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """What an index holds: configuration, counts, skipped files, size on disk."""
+    with engine.Index.open(_index_dir(index)) as idx:
+        data = idx.info()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    cfg = data["config"]
+    typer.echo(f"index        {data['index']}")
+    typer.echo(f"images       {data['images']} indexed, {len(data['skipped'])} skipped")
+    typer.echo(f"model        {cfg['backbone']['name']} ({cfg['backbone']['dtype']}), size {cfg['image']['size']}, "
+               f"pooling {cfg['pooling']['pooling']}, scales {cfg['pooling']['scales']}")
+    w = data["whitening"]
+    typer.echo("whitening    " + ("none (L2 only)" if w is None else f"PCA {w['dim_in']} -> {w['dim_out']}, "
+                                                                    f"fitted on {w['fitted_on']}"))
+    v = data["vector_index"]
+    typer.echo("vectors      " + (f"{v['kind']}, {v['vectors']} x {v['dim']}" if v["fresh"] else "stale (rebuilt on next use)"))
+    typer.echo(f"on disk      {data['bytes_on_disk'] / 1e6:.1f} MB")
+    excluded = data["excluded"]
+    for g in excluded["globs"]:
+        typer.echo(f"excluded     {shown(g)} (glob; `retrieve index --clear-excludes` forgets exclusions)")
+    for p in excluded["paths"]:
+        typer.echo(f"excluded     {shown(p)} (by `retrieve remove`; `retrieve index {shown(p)}` takes it back)")
+    for s in data["skipped"]:
+        typer.echo(f"skipped      {shown(s['path'])}: {s['reason']}")
+
+
+@app.command()
+@_errors
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.", show_default=False)],
+    index: IndexDir = None,
+) -> None:
+    """Remove files (or everything under folders) from an index, and keep them out of later
+    `retrieve index` runs of their folders (`retrieve index PATH` takes a path back)."""
+    where = _index_dir(index)
+    with engine.Index.open(where) as idx:
+        n = idx.remove(paths)
+        left = idx.count()
+    if n == 0:
+        raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+    typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
+               f"them out (`retrieve index PATH` takes a path back)")
+
+
+@app.command()
+@_errors
+def check(
+    index: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
+) -> None:
+    """Check an index: SQLite's integrity check, then every row against the index's own rules and the
+    vectors file against the store. One line per finding; exit 1 when something is damaged."""
+    report = engine.check_index(_index_dir(index))
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.findings:
+            typer.echo(f"{f.level:5s}  {f.message}")
+    if report.damaged:
+        _error_line(report.summary)
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(report.summary)
+
+
+@app.command()
+@_errors
+def backup(
+    dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
+                                         show_default=False)],
+    index: IndexDir = None,
+) -> None:
+    """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
+    (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
+    out, images = engine.backup_store(_index_dir(index), dest)
+    typer.echo(f"wrote {out}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
+               f"folder (the vectors file is rebuilt from it)")
+
+

@@ -1,0 +1,100 @@
+"""`retrieve extract`, `pca`, `match`, `models`: research outputs and pictures of any images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import engine
+from ..config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
+from ..errors import UsageError
+from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
+                  _embed_with_progress, _errors, _inputs, app)
+
+
+@app.command()
+@_errors
+def extract(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file.")],
+    model: Model = "dinov2_vits14",
+    weights: Weights = None,
+    size: Size = DEFAULT_SIZE,
+    batch: Batch = 16,
+    workers: Workers = None,
+    device: Device = None,
+    dtype: Dtype = "fp32",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    exact: Annotated[bool, typer.Option("--exact/--draft", help="Decode JPEGs in full, as the official transform "
+                                        "does, or (--draft) at a reduced DCT scale as `retrieve index` does: "
+                                        "faster on large photos, tokens not equal (docs/features.md).")] = True,
+) -> None:
+    """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
+    paths = _inputs(inputs)
+    image = ImageConfig(size=size, max_pixels=max_pixels)
+    backbone = _backbone(model, weights, device, dtype)
+    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
+                                         draft=not exact)
+    engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
+    typer.echo(f"wrote {out}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
+
+
+@app.command()
+@_errors
+def pca(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")],
+    model: Model = "dinov2_vits14",
+    weights: Weights = None,
+    size: Size = DEFAULT_SIZE,
+    threshold: Annotated[float, typer.Option(help="Foreground cut on the first component, in [0, 1].")] = 0.5,
+    workers: Workers = None,
+    device: Device = None,
+    dtype: Dtype = "fp32",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
+    paths = _inputs(inputs)
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
+    image = ImageConfig(size=size, max_pixels=max_pixels)
+    backbone = _backbone(model, weights, device, dtype)
+    picture, skipped = engine.pca_picture(paths, backbone=backbone, image=image, threshold=threshold, workers=workers)
+    for s in skipped:
+        logging.getLogger("retrieval").warning("skipped %s: %s", s.path, s.reason)
+    engine.save_png(picture, out)
+    typer.echo(f"wrote {out}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
+
+
+
+@app.command()
+@_errors
+def match(
+    a: Annotated[Path, typer.Argument(help="First image.")],
+    b: Annotated[Path, typer.Argument(help="Second image.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG of the verified matches (also writes *_heatmap, *_pca).")],
+    model: Model = "dinov2_vits14",
+    weights: Weights = None,
+    size: Size = DEFAULT_SIZE,
+    threshold: Annotated[float, typer.Option(help="Minimum cosine of a patch match.")] = 0.5,
+    device: Device = None,
+    dtype: Dtype = "fp32",
+) -> None:
+    """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    backbone = _backbone(model, weights, device, dtype)
+    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold)
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
+
+
+
+@app.command()
+def models() -> None:
+    """List backbone names, their size and where official weights come from."""
+    from ..backbone.registry import registry
+
+    for name, arch in registry().items():
+        source = "random weights (tests only)" if arch.random_only else arch.url
+        typer.echo(f"{name:20s} dim {arch.dim:5d}  {arch.depth:2d} blocks  registers {arch.num_registers}  {source}")

@@ -1,0 +1,49 @@
+"""`retrieve serve`: the HTTP API and web page over an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from .app import Device, IndexDir, _errors, _index_dir, app
+
+
+@app.command()
+@_errors
+def serve(
+    index: IndexDir = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[str | None, typer.Option("--token", envvar="RETRIEVAL_TOKEN", show_envvar=False,
+                                              help="Every /api/ request must send Authorization: Bearer TOKEN "
+                                                   "(also $RETRIEVAL_TOKEN); the page takes it from /?token=TOKEN.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
+    device: Device = None,
+    max_upload: Annotated[str, typer.Option("--max-upload", help="Largest query upload accepted (50MB, 1GiB, ...).")] = "50MB",
+) -> None:
+    """HTTP API and web page over an index; the model stays loaded (docs/serve.md). Ctrl-C stops."""
+    import ipaddress
+
+    from .. import serve as service
+
+    limit = service.parse_size(max_upload)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise UsageError(f"--host {host} is reachable from other machines: pass --token TOKEN (every /api/ request "
+                         f"must then send it), or serve on 127.0.0.1")
+    import uvicorn
+
+    web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
+                             weights=None if weights is None else str(weights), device=device)
+    shown_host = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving {_index_dir(index)} on http://{shown_host}:{port}/" + ("?token=..." if token else "")
+               + "  (Ctrl-C stops)")
+    uvicorn.run(web, host=host.strip("[]"), port=port, log_level="warning")
+
+
