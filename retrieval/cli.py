@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextCol
 from rich.table import Column, Table
 
 from . import benchmarks
-from .config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
+from .config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig, default_index_dir
 from .errors import RetrievalError
 from .types import shown
 
@@ -348,6 +348,8 @@ def query(
     qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
     qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
     out: Annotated[Path | None, typer.Option("--out", help="Write correspondence maps and index.html here.")] = None,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
+                                           "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
     """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
     if k < 1:
@@ -377,7 +379,8 @@ def query(
             for q, result in zip(images, results):
                 _print_hits(result, title=f"query {shown(str(q))}" if len(images) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
-            Console(stderr=True).print(f"maps: {engine.explain(idx, images[0], results[0], out, bbox=box)}")
+            maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
+            Console(stderr=True).print(f"maps: {maps}")
 
 
 def _print_hits(result: Any, *, title: str | None) -> None:
@@ -534,12 +537,17 @@ def match(
     weights: Weights = None,
     size: Size = DEFAULT_SIZE,
     threshold: Annotated[float, typer.Option(help="Minimum cosine of a patch match.")] = 0.5,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="Verified matches drawn as lines, spread "
+                                           "over A; the other inliers as dots.")] = DEFAULT_MAX_LINES,
+    show_outliers: Annotated[bool, typer.Option("--show-outliers", help="Also draw the matches RANSAC rejected, "
+                                                "in red.")] = False,
     device: Device = None,
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
     backbone = _backbone(model, weights, device, dtype)
-    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold)
+    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
+                           max_lines=max_lines, show_outliers=show_outliers)
     typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
 
 

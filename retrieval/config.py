@@ -15,6 +15,7 @@ from typing import Any
 
 DEFAULT_SIZE = 448
 DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_LINES = 50  # matches drawn as lines in a correspondence picture (the other inliers are dots)
 MAX_SIZE = 4096  # longer side of a model input: 292 x 292 patches already; larger sizes only exhaust memory
 
 

@@ -49,3 +49,12 @@ def test_bench_gpu_runs_its_checks_on_a_cpu():
     assert "decoded on the GPU:" in out and "worst descriptor cosine" in out  # the decode check ran
     assert re.search(r"n=\s+1000 .* ids equal to CPU exact 1\.0000", out)
     assert "FAILED" not in out
+
+
+def test_make_doc_images_writes_the_pictures_the_docs_show(tmp_path):
+    out = _run("scripts/make_doc_images.py", "--out", str(tmp_path))
+    assert re.search(r"match_example: \d+ matches, \d+ inliers", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "match_example.png", "match_example_heatmap.png", "match_poor_example.png"]
+    docs = (ROOT / "docs" / "rerank.md").read_text()
+    assert all(f"img/{p.name}" in docs for p in tmp_path.iterdir())

@@ -26,11 +26,14 @@ _RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain
 
 @dataclass(frozen=True)
 class View:
-    """One image as the model saw it: picture (model input size), patch tokens (h*w, d), grid (h, w)."""
+    """One image as the model saw it: picture (model input size), patch tokens (h*w, d), grid (h, w);
+    and `display`, the same image (box-cropped likewise) for pictures: longer side
+    visualize.DISPLAY_SIDE, or the original's size when that is smaller."""
 
     picture: Image.Image
     patches: np.ndarray
     grid: tuple[int, int]
+    display: Image.Image
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,29 @@ class Pair:
     def n_inliers(self) -> int:
         return self.verification.n_inliers
 
+    @property
+    def verified(self) -> bool:
+        return self.n_inliers >= rr.MIN_INLIERS
+
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
     size = images.scaled_size(image.size, 1.0, backbone.patch_size)  # exactly the index's first scale
     im, original = images.decode(path, max_pixels=image.max_pixels, min_side_hint=None if bbox is not None else size)
+    full = im
+    if bbox is None and max(im.size) < min(max(original), visualize.DISPLAY_SIDE):
+        # the model's reduced JPEG decode has fewer pixels than a readable picture wants: decode again for it
+        full, _ = images.decode(path, max_pixels=image.max_pixels, min_side_hint=visualize.DISPLAY_SIDE)
     like: tuple[int, int] | None = original
     if bbox is not None:
         im, like = images.crop_box(im, bbox), None
+        full = im
     picture = images.resize_for_model(im, size=size, patch_size=backbone.patch_size, like=like)
     x = images.normalize(picture, mean=backbone.mean, std=backbone.std)
     t = backbone.encode(torch.from_numpy(x)[None])
-    return View(picture, t.patches[0].cpu().numpy(), t.grid)
+    scale = visualize.DISPLAY_SIDE / max(full.size)
+    display = full if scale >= 1 else full.resize(
+        (max(1, round(full.width * scale)), max(1, round(full.height * scale))), Image.Resampling.LANCZOS)
+    return View(picture, t.patches[0].cpu().numpy(), t.grid, display)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -73,32 +88,64 @@ def pair(a: View, b: View, *, threshold: float = 0.5, kind: str = "similarity") 
     return Pair(a, b, v)
 
 
-def render(p: Pair, *, patch_size: int = 14) -> dict[str, Image.Image]:
-    """{"matches", "heatmap", "pca"} pictures of a pair."""
+def model_label(backbone: Backbone) -> str:
+    """The backbone's name, and "(random weights)" when it has them: pictures must never pass for real results."""
+    return backbone.name + (" (random weights)" if backbone.weights_id.startswith("random:") else "")
+
+
+def caption(p: Pair, *, model: str, score: float | None = None, rank: int | None = None) -> list[str]:
+    """What a picture of `p` says below it: rank and global similarity when known (a query
+    result), the match and inlier counts with the verdict, and the model."""
+    parts = [] if rank is None else [f"#{rank}"]
+    if score is not None:
+        parts.append(f"similarity {score:.4f}")
+    verdict = f"{'verified' if p.verified else 'not verified'} ({rr.MIN_INLIERS} needed)"
+    parts += [f"{p.n_matches} matches, {p.n_inliers} inliers: {verdict}", model]
+    return parts
+
+
+def render(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False,
+           text: list[str] | None = None) -> dict[str, Image.Image]:
+    """{"matches", "heatmap", "pca"} pictures of a pair, drawn on the views' display images; `text`
+    (see `caption`) in the strip below the matches, its last part (the model) below the heat map."""
     from ..local import grid_xy
 
-    m, inl = p.verification.matches, p.verification.inliers
-    xa = grid_xy(p.a.grid)[m.ia[inl]] * patch_size
-    xb = grid_xy(p.b.grid)[m.ib[inl]] * patch_size
-    matches = visualize.draw_matches(p.a.picture, p.b.picture, xa, xb, m.sim[inl])
+    m, v = p.verification.matches, p.verification
+
+    def shown_xy(w: View, idx: np.ndarray) -> np.ndarray:  # patch centres in the display image's pixels
+        scale = np.array(w.display.size) / np.array(w.picture.size)
+        return grid_xy(w.grid)[idx] * patch_size * scale
+
+    text = text or []
+    matches = visualize.draw_matches(p.a.display, p.b.display, shown_xy(p.a, m.ia), shown_xy(p.b, m.ib), m.sim,
+                                     inliers=v.inliers, max_lines=max_lines, show_outliers=show_outliers,
+                                     caption=text, verified=p.verified)
     s = _unit(p.a.patches) @ _unit(p.b.patches).T
     # cosine on a fixed 0..1 scale, so maps of different results compare (no per-pair stretching)
     best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
-    heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, np.clip(best_a, 0, 1)),
-                                      visualize.heat_overlay(p.b.picture, np.clip(best_b, 0, 1)))
+    heat = visualize.heat_pair(p.a.display, p.b.display, np.clip(best_a, 0, 1), np.clip(best_b, 0, 1),
+                               caption=["each patch's best-match cosine in the other image", *text[-1:]])
     maps = visualize.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
     pca = visualize.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
     return {"matches": matches, "heatmap": heat, "pca": pca}
 
 
-def _png(im: Image.Image, out: Path) -> Path:
-    return atomic_write(out, lambda f: im.save(f, format="PNG"))
+def _png(im: Image.Image, out: Path, description: str | None = None) -> Path:
+    """PNG, atomically; `description` goes into its text chunk (what the caption strip says)."""
+    info = None
+    if description:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_itxt("Description", description)
+    return atomic_write(out, lambda f: im.save(f, format="PNG", pnginfo=info))
 
 
 def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | Path, *,
-            bbox: Box | None = None) -> Path:
+            bbox: Box | None = None, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False) -> Path:
     """Write matches / heat map / PCA PNGs for each hit and an index.html that shows them all.
-    What an earlier call wrote there (and only that) is deleted first, so no stale result stays."""
+    What an earlier call wrote there (and only that) is deleted first, so no stale result stays.
+    max_lines, show_outliers: see visualize.draw_matches."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RetrievalError(f"--out {shown(str(out))} is a file; pass a folder for the maps (created if missing)")
@@ -108,7 +155,8 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
             old.unlink()
     bb = idx.backbone()
     q = view(query, backbone=bb, image=idx.config.image, bbox=bbox)
-    _png(q.picture, out / "query.png")
+    _png(q.display, out / "query.png")
+    model = model_label(bb)
     rows: list[dict[str, Any]] = []
     for h in result.hits:
         try:
@@ -117,11 +165,13 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
             rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers,
                          "error": e.reason})
             continue
-        pics = render(pair(q, other), patch_size=bb.patch_size)
+        p = pair(q, other)
+        text = caption(p, model=model, score=h.score, rank=h.rank)
+        pics = render(p, patch_size=bb.patch_size, max_lines=max_lines, show_outliers=show_outliers, text=text)
         names = {}
         for kind, pic in pics.items():
             name = f"{h.rank:03d}_{kind}.png"
-            _png(pic, out / name)
+            _png(pic, out / name, " · ".join(text))
             names[kind] = name
         rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers, **names})
     page = visualize.results_html({"image": "query.png", "path": shown(str(Path(query).resolve()))}, rows)
@@ -129,15 +179,19 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
 
 
 def match_files(a: str | Path, b: str | Path, *, backbone: Backbone, image: ImageConfig, out: str | Path,
-                threshold: float = 0.5) -> Pair:
-    """`retrieve match`: the matches picture of two files (heat map and PCA beside it as *_heatmap/_pca)."""
+                threshold: float = 0.5, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False) -> Pair:
+    """`retrieve match`: the matches picture of two files (heat map and PCA beside it as *_heatmap/_pca).
+
+    Its caption has no similarity score: without an index there is no whitening, so no number
+    comparable to a query's score exists; the inlier count and its verdict say how good the match is.
+    """
     p = pair(view(a, backbone=backbone, image=image), view(b, backbone=backbone, image=image), threshold=threshold)
-    pics = render(p, patch_size=backbone.patch_size)
+    text = caption(p, model=model_label(backbone))
+    pics = render(p, patch_size=backbone.patch_size, max_lines=max_lines, show_outliers=show_outliers, text=text)
     out = Path(out)
-    _png(pics["matches"], out)
+    _png(pics["matches"], out, " · ".join(text))
     for kind in ("heatmap", "pca"):
-        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"))
+        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"), " · ".join(text))
     return p
 
-
-__all__ = ["Pair", "View", "explain", "match_files", "pair", "render"]
+__all__ = ["Pair", "View", "caption", "explain", "match_files", "model_label", "pair", "render"]
