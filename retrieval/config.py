@@ -26,6 +26,7 @@ POOLINGS = ("cls+gem", "cls", "gem")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 DECODERS = ("auto", "cpu", "gpu")  # where plain JPEGs are decoded
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_MAX_LINES = 50  # matches drawn as lines in a correspondence picture (the other inliers are dots)
 MAX_SIZE = 4096  # longer side of a model input: 292 x 292 patches already; larger sizes only exhaust memory
 
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from retrieval.cli import app
 from retrieval.config import ImageConfig
 from retrieval.engine import Index
-from retrieval.engine.maps import pair, view
+from retrieval import visualize
+from retrieval.engine.maps import caption, model_label, pair, render, view
 from retrieval.local import grid_xy, unpack
 from retrieval.rerank import MIN_INLIERS, rerank_order, verify
 
@@ -117,7 +118,7 @@ def test_query_out_writes_complete_page(tmp_path):
                             "--workers", "0"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["query", str(files[1]), "--index", str(ix), "-k", "3", "--rerank", "--out", str(out),
-                            "--json"])
+                            "--json", "--max-lines", "10"])
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
     assert len(hits) == 3 and all("inliers" in h for h in hits)
@@ -133,18 +134,80 @@ def test_query_out_writes_complete_page(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted({*page.imgs, "index.html"})
 
 
+def _match(tmp_path, a, b, *extra):
+    out = tmp_path / "pair.png"
+    r = runner.invoke(app, ["match", str(a), str(b), "--model", "test_tiny", "--size", "224", "--out", str(out),
+                            *extra])
+    assert r.exit_code == 0, r.output
+    matches, inliers = (int(x) for x in r.stdout.split(" matches, ")[0:1] + [r.stdout.split(", ")[1].split()[0]])
+    return out, matches, inliers
+
+
 def test_match_command(tmp_path):
     a = tmp_path / "a.png"
     synth_photo(3, (224, 168)).save(a)
     Image.open(a).crop((28, 0, 224, 168)).save(tmp_path / "b.png")
-    out = tmp_path / "pair.png"
-    r = runner.invoke(app, ["match", str(a), str(tmp_path / "b.png"), "--model", "test_tiny", "--size", "224",
-                            "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    matches, inliers = (int(x) for x in r.stdout.split(" matches, ")[0:1] + [r.stdout.split(", ")[1].split()[0]])
-    assert 0 < inliers <= matches
+    out, matches, inliers = _match(tmp_path, a, tmp_path / "b.png")
+    assert MIN_INLIERS <= inliers <= matches
     for name in ("pair.png", "pair_heatmap.png", "pair_pca.png"):
         assert Image.open(tmp_path / name).format == "PNG"
+    with Image.open(out) as im:  # the caption's text travels in the file too
+        said = im.text["Description"]
+        assert f"{matches} matches, {inliers} inliers: verified" in said and "test_tiny (random weights)" in said
+        assert "similarity" not in said  # no index, no comparable score (docs/decisions.md)
+        assert im.width >= 2 * visualize.DISPLAY_SIDE  # small inputs are shown at a readable size
+    # two unrelated pictures: few matches, and the caption says they are not verified
+    synth_photo(40, (224, 168)).save(tmp_path / "c.png")
+    out, matches, inliers = _match(tmp_path, a, tmp_path / "c.png", "--max-lines", "3", "--show-outliers")
+    assert inliers < MIN_INLIERS
+    with Image.open(out) as im:
+        assert f"{matches} matches, {inliers} inliers: not verified" in im.text["Description"]
+    r = runner.invoke(app, ["match", str(a), str(a), "--model", "test_tiny", "--out", str(out), "--max-lines", "-1"])
+    assert r.exit_code != 0 and "max-lines" in r.output
+
+
+def _shift_pair(tmp_path, tiny):
+    base = synth_photo(12, (448, 336))
+    base.save(tmp_path / "a.png")
+    base.crop((28, 42, 448, 336)).save(tmp_path / "b.png")
+    return pair(view(tmp_path / "a.png", backbone=tiny, image=ImageConfig(size=448)),  # patch-aligned shift
+                view(tmp_path / "b.png", backbone=tiny, image=ImageConfig(size=420)))
+
+
+def test_rendered_pictures_keep_the_images_visible(tmp_path, tiny):
+    p = _shift_pair(tmp_path, tiny)
+    assert p.n_inliers > 3 * visualize.MAX_LINES  # a good match: many more inliers than lines
+    text = caption(p, model=model_label(tiny), score=0.9, rank=1)
+    assert text[:2] == ["#1", "similarity 0.9000"]
+    assert f"{p.n_matches} matches, {p.n_inliers} inliers: verified" in text[2] and "random weights" in text[3]
+    pics = render(p, patch_size=tiny.patch_size, text=text)
+    lay = visualize.layout(p.a.display.size, p.b.display.size)
+    plain = visualize.compose(p.a.display, p.b.display, lay)
+    for kind in ("matches", "heatmap"):
+        for x, y, w, h in lay.boxes:
+            got = np.asarray(pics[kind].crop((x, y, x + w, y + h)).convert("L"), np.int16)
+            want = np.asarray(plain.crop((x, y, x + w, y + h)).convert("L"), np.int16)
+            assert (np.abs(got - want) <= 6).mean() >= 0.7, kind
+            assert max(w, h) >= visualize.DISPLAY_SIDE
+    # the lines drawn are the ones choose_lines picks over the inliers' query positions
+    m, inl = p.verification.matches, p.verification.inliers
+    xy = grid_xy(p.a.grid)[m.ia[inl]] * tiny.patch_size
+    chosen = visualize.choose_lines(xy, m.sim[inl], size=p.a.picture.size)
+    assert 0.6 * visualize.MAX_LINES <= len(chosen) <= visualize.MAX_LINES
+
+
+def test_view_display_is_sharp_and_readable(tmp_path, tiny):
+    big = synth_photo(13, (1600, 1200))
+    big.save(tmp_path / "big.jpg", quality=95)
+    v = view(tmp_path / "big.jpg", backbone=tiny, image=ImageConfig(size=112))
+    assert v.picture.size == (112, 84)  # the model saw the usual small input (a reduced JPEG decode)
+    assert v.display.size == (visualize.DISPLAY_SIDE, 384)
+    ref = Image.open(tmp_path / "big.jpg").convert("RGB").resize(v.display.size, Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(v.display, np.int16) - np.asarray(ref, np.int16)).mean() < 2  # not an upscaled thumbnail
+    synth_photo(14, (200, 150)).save(tmp_path / "small.png")
+    assert view(tmp_path / "small.png", backbone=tiny, image=ImageConfig(size=112)).display.size == (200, 150)
+    boxed = view(tmp_path / "big.jpg", backbone=tiny, image=ImageConfig(size=112), bbox=(100, 100, 900, 500))
+    assert boxed.display.size == (visualize.DISPLAY_SIDE, 256)
 
 
 def test_rerank_needs_sane_arguments(tmp_path):

@@ -64,3 +64,12 @@ def test_bench_serve_prints_its_table():
     assert "| 2 |" in out and "in-process" in out
     assert re.search(r"single-client p50 / in-process search: [\d.]+x", out)
     assert re.search(r"2-client throughput / single-client: [\d.]+x", out)
+
+
+def test_make_doc_images_writes_the_pictures_the_docs_show(tmp_path):
+    out = _run("scripts/make_doc_images.py", "--out", str(tmp_path))
+    assert re.search(r"match_example: \d+ matches, \d+ inliers", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "match_example.png", "match_example_heatmap.png", "match_poor_example.png"]
+    docs = (ROOT / "docs" / "rerank.md").read_text()
+    assert all(f"img/{p.name}" in docs for p in tmp_path.iterdir())

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from .. import engine
-from ..config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_overrides
+from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_overrides
 from ..errors import RetrievalError
 from ..types import shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
@@ -126,6 +126,8 @@ def query(
     qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Write correspondence maps and index.html here.")] = None,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
+                                           "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
     """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
     if as_json and paths_only:
@@ -152,7 +154,8 @@ def query(
             for q, result in zip(images, results):
                 _print_hits(result, title=f"query {shown(str(q))}" if len(images) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
-            Console(stderr=True).print(f"maps: {engine.explain(idx, images[0], results[0], out, bbox=box)}")
+            maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
+            Console(stderr=True).print(f"maps: {maps}")
 
 
 def _print_hits(result: Any, *, title: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import engine
-from ..config import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
+from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
 from ..errors import UsageError
 from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
                   _embed_with_progress, _errors, _inputs, app)
@@ -80,12 +80,17 @@ def match(
     weights: Weights = None,
     size: Size = DEFAULT_SIZE,
     threshold: Annotated[float, typer.Option(help="Minimum cosine of a patch match.")] = 0.5,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="Verified matches drawn as lines, spread "
+                                           "over A; the other inliers as dots.")] = DEFAULT_MAX_LINES,
+    show_outliers: Annotated[bool, typer.Option("--show-outliers", help="Also draw the matches RANSAC rejected, "
+                                                "in red.")] = False,
     device: Device = None,
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
     backbone = _backbone(model, weights, device, dtype)
-    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold)
+    p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
+                           max_lines=max_lines, show_outliers=show_outliers)
     typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
 
 

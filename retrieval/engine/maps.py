@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .. import visualize
+from .. import images, visualize
 from .. import rerank as rr
 from ..arrays import l2n
 from ..backbone import Backbone
@@ -28,11 +28,14 @@ _RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain
 
 @dataclass(frozen=True)
 class View:
-    """One image as the model saw it: picture (model input size), patch tokens (h*w, d), grid (h, w)."""
+    """One image as the model saw it: picture (model input size), patch tokens (h*w, d), grid (h, w);
+    and `display`, the same image (box-cropped likewise) for pictures: longer side
+    visualize.DISPLAY_SIDE, or the original's size when that is smaller."""
 
     picture: Image.Image
     patches: np.ndarray
     grid: tuple[int, int]
+    display: Image.Image
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,32 @@ class Pair:
     def n_inliers(self) -> int:
         return self.verification.n_inliers
 
+    @property
+    def verified(self) -> bool:
+        return self.n_inliers >= rr.MIN_INLIERS
+
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
     """One file as the index sees it at its first scale, embedded by the one pipeline
-    (engine/descriptors.py); BadImageError when it cannot be used."""
+    (engine/descriptors.py), with a readable-size picture of it for drawing; BadImageError when it
+    cannot be used."""
     config = EngineConfig(image=image, batch_size=1, workers=0, decode="cpu")  # one scale: (1.0,)
     e = embed_queries([str(path)], backbone=backbone, config=config, box=bbox)[0]
     assert e.patches is not None
-    return View(e.picture(), e.patches, e.grid)
+    return View(e.picture(), e.patches, e.grid, display_picture(path, image, bbox))
+
+
+def display_picture(path: str | Path, image: ImageConfig, bbox: Box | None = None) -> Image.Image:
+    """The picture people look at: the file (or its box) decoded for a longer side of at least
+    visualize.DISPLAY_SIDE where it has that many pixels, scaled down to that side when larger."""
+    with images.pixel_limit(image.max_pixels):
+        full, _ = images.decode(path, max_pixels=image.max_pixels,
+                                min_side_hint=None if bbox is not None else visualize.DISPLAY_SIDE)
+    if bbox is not None:
+        full = images.crop_box(full, bbox)
+    scale = visualize.DISPLAY_SIDE / max(full.size)
+    return full if scale >= 1 else full.resize(
+        (max(1, round(full.width * scale)), max(1, round(full.height * scale))), Image.Resampling.LANCZOS)
 
 
 def pair(a: View, b: View, *, threshold: float = 0.5, kind: str = "similarity") -> Pair:
@@ -68,32 +89,64 @@ def pair(a: View, b: View, *, threshold: float = 0.5, kind: str = "similarity") 
     return Pair(a, b, v)
 
 
-def render(p: Pair, *, patch_size: int = 14) -> dict[str, Image.Image]:
-    """{"matches", "heatmap", "pca"} pictures of a pair."""
+def model_label(backbone: Backbone) -> str:
+    """The backbone's name, and "(random weights)" when it has them: pictures must never pass for real results."""
+    return backbone.name + (" (random weights)" if backbone.weights_id.startswith("random:") else "")
+
+
+def caption(p: Pair, *, model: str, score: float | None = None, rank: int | None = None) -> list[str]:
+    """What a picture of `p` says below it: rank and global similarity when known (a query
+    result), the match and inlier counts with the verdict, and the model."""
+    parts = [] if rank is None else [f"#{rank}"]
+    if score is not None:
+        parts.append(f"similarity {score:.4f}")
+    verdict = f"{'verified' if p.verified else 'not verified'} ({rr.MIN_INLIERS} needed)"
+    parts += [f"{p.n_matches} matches, {p.n_inliers} inliers: {verdict}", model]
+    return parts
+
+
+def render(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False,
+           text: list[str] | None = None) -> dict[str, Image.Image]:
+    """{"matches", "heatmap", "pca"} pictures of a pair, drawn on the views' display images; `text`
+    (see `caption`) in the strip below the matches, its last part (the model) below the heat map."""
     from ..local import grid_xy
 
-    m, inl = p.verification.matches, p.verification.inliers
-    xa = grid_xy(p.a.grid)[m.ia[inl]] * patch_size
-    xb = grid_xy(p.b.grid)[m.ib[inl]] * patch_size
-    matches = visualize.draw_matches(p.a.picture, p.b.picture, xa, xb, m.sim[inl])
+    m, v = p.verification.matches, p.verification
+
+    def shown_xy(w: View, idx: np.ndarray) -> np.ndarray:  # patch centres in the display image's pixels
+        scale = np.array(w.display.size) / np.array(w.picture.size)
+        return grid_xy(w.grid)[idx] * patch_size * scale
+
+    text = text or []
+    matches = visualize.draw_matches(p.a.display, p.b.display, shown_xy(p.a, m.ia), shown_xy(p.b, m.ib), m.sim,
+                                     inliers=v.inliers, max_lines=max_lines, show_outliers=show_outliers,
+                                     caption=text, verified=p.verified)
     s = l2n(p.a.patches) @ l2n(p.b.patches).T
     # cosine on a fixed 0..1 scale, so maps of different results compare (no per-pair stretching)
     best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
-    heat, *_ = visualize.side_by_side(visualize.heat_overlay(p.a.picture, np.clip(best_a, 0, 1)),
-                                      visualize.heat_overlay(p.b.picture, np.clip(best_b, 0, 1)))
+    heat = visualize.heat_pair(p.a.display, p.b.display, np.clip(best_a, 0, 1), np.clip(best_b, 0, 1),
+                               caption=["each patch's best-match cosine in the other image", *text[-1:]])
     maps = visualize.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
     pca = visualize.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
     return {"matches": matches, "heatmap": heat, "pca": pca}
 
 
-def _png(im: Image.Image, out: Path) -> Path:
-    return atomic_write(out, lambda f: im.save(f, format="PNG"))
+def _png(im: Image.Image, out: Path, description: str | None = None) -> Path:
+    """PNG, atomically; `description` goes into its text chunk (what the caption strip says)."""
+    info = None
+    if description:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_itxt("Description", description)
+    return atomic_write(out, lambda f: im.save(f, format="PNG", pnginfo=info))
 
 
 def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | Path, *,
-            bbox: Box | None = None) -> Path:
+            bbox: Box | None = None, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False) -> Path:
     """Write matches / heat map / PCA PNGs for each hit and an index.html that shows them all.
-    What an earlier call wrote there (and only that) is deleted first, so no stale result stays."""
+    What an earlier call wrote there (and only that) is deleted first, so no stale result stays.
+    max_lines, show_outliers: see visualize.draw_matches."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RetrievalError(f"--out {shown(str(out))} is a file; pass a folder for the maps (created if missing)")
@@ -103,7 +156,8 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
             old.unlink()
     bb = idx.backbone()
     q = view(query, backbone=bb, image=idx.config.image, bbox=bbox)
-    _png(q.picture, out / "query.png")
+    _png(q.display, out / "query.png")
+    model = model_label(bb)
     rows: list[dict[str, Any]] = []
     for h in result.hits:
         try:
@@ -112,11 +166,13 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
             rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers,
                          "error": e.reason})
             continue
-        pics = render(pair(q, other), patch_size=bb.patch_size)
+        p = pair(q, other)
+        text = caption(p, model=model, score=h.score, rank=h.rank)
+        pics = render(p, patch_size=bb.patch_size, max_lines=max_lines, show_outliers=show_outliers, text=text)
         names = {}
         for kind, pic in pics.items():
             name = f"{h.rank:03d}_{kind}.png"
-            _png(pic, out / name)
+            _png(pic, out / name, " · ".join(text))
             names[kind] = name
         rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers, **names})
     page = visualize.results_html({"image": "query.png", "path": shown(str(Path(query).resolve()))}, rows)
@@ -124,15 +180,19 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
 
 
 def match_files(a: str | Path, b: str | Path, *, backbone: Backbone, image: ImageConfig, out: str | Path,
-                threshold: float = 0.5) -> Pair:
-    """`retrieve match`: the matches picture of two files (heat map and PCA beside it as *_heatmap/_pca)."""
+                threshold: float = 0.5, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False) -> Pair:
+    """`retrieve match`: the matches picture of two files (heat map and PCA beside it as *_heatmap/_pca).
+
+    Its caption has no similarity score: without an index there is no whitening, so no number
+    comparable to a query's score exists; the inlier count and its verdict say how good the match is.
+    """
     p = pair(view(a, backbone=backbone, image=image), view(b, backbone=backbone, image=image), threshold=threshold)
-    pics = render(p, patch_size=backbone.patch_size)
+    text = caption(p, model=model_label(backbone))
+    pics = render(p, patch_size=backbone.patch_size, max_lines=max_lines, show_outliers=show_outliers, text=text)
     out = Path(out)
-    _png(pics["matches"], out)
+    _png(pics["matches"], out, " · ".join(text))
     for kind in ("heatmap", "pca"):
-        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"))
+        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"), " · ".join(text))
     return p
 
-
-__all__ = ["Pair", "View", "explain", "match_files", "pair", "render"]
+__all__ = ["Pair", "View", "caption", "explain", "match_files", "model_label", "pair", "render"]

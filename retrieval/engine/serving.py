@@ -21,7 +21,7 @@ from .. import images
 from ..errors import BadImageError, UsageError
 from .descriptors import embed_queries
 from .index import Box, Index
-from .maps import Pair, View, pair, render, view
+from .maps import Pair, View, caption, display_picture, model_label, pair, render, view
 from .search import Query
 
 PICTURE_KINDS = ("matches", "heatmap", "pca")
@@ -35,10 +35,11 @@ class ExplainedQuery:
     query: Query
     picture: Image.Image
     size: tuple[int, int]
+    display: Image.Image  # the readable-size picture the correspondences are drawn on
     box: Box | None = None
 
     def view(self) -> View:
-        return View(self.picture, self.query.patches, self.query.grid)
+        return View(self.picture, self.query.patches, self.query.grid, self.display)
 
 
 def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[ExplainedQuery]:
@@ -56,7 +57,8 @@ def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None
             if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
                 raise UsageError(f"bbox {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
                                  f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
-        out.append(ExplainedQuery(Query(e.descriptor[None], e.patches, e.grid), e.picture(), e.decoded.original_wh, bbox))
+        out.append(ExplainedQuery(Query(e.descriptor[None], e.patches, e.grid), e.picture(), e.decoded.original_wh,
+                                  display_picture(e.decoded.path, idx.config.image, bbox), bbox))
     return out
 
 
@@ -94,6 +96,7 @@ class Correspondences:
     query_size: tuple[int, int]
     query_box: Box | None
     other_size: tuple[int, int]
+    model: str  # the caption's model label (maps.model_label)
 
     def to_json(self) -> dict[str, Any]:
         """{"matches", "inliers", "pairs": [[qx, qy, x, y], ...], "similarity": [...]}: the verified
@@ -117,7 +120,8 @@ class Correspondences:
         """The picture `retrieve match` draws (matches), or its heat map / PCA companion."""
         if kind not in PICTURE_KINDS:
             raise UsageError(f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
-        return render(self.pair, patch_size=self.patch_size)[kind]
+        text = caption(self.pair, model=self.model)
+        return render(self.pair, patch_size=self.patch_size, text=text)[kind]
 
 
 def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Correspondences | None:
@@ -128,7 +132,7 @@ def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Corresponde
         return None
     bb = idx.backbone()
     other = view(path, backbone=bb, image=idx.config.image)
-    return Correspondences(pair(q.view(), other), bb.patch_size, q.size, q.box, size)
+    return Correspondences(pair(q.view(), other), bb.patch_size, q.size, q.box, size, model_label(bb))
 
 
 def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
