@@ -138,11 +138,19 @@ def ransac(src: np.ndarray, dst: np.ndarray, *, kind: str = "similarity", thresh
         return None, np.zeros(n, bool)
     mask = inl[best]
     refined = fit_transform(src[mask], dst[mask], kind=kind)  # least squares on the consensus set
-    refined_mask = np.linalg.norm(apply_transform(refined, src) - dst, axis=1) <= threshold
     plausible = SCALE_RANGE[0] <= float(model_scale(refined)) <= SCALE_RANGE[1]
-    if plausible and refined_mask.sum() >= mask.sum():
-        return refined, refined_mask
+    # the refit replaces the sampled model when it explains the matches better by the MSAC cost
+    # (squared distances, capped at the threshold): by inlier count alone, a sampled model tilted
+    # by a few degrees could keep one more match at the edge of the threshold than the true shift
+    if plausible and _msac(refined, src, dst, threshold) <= _msac(models[best], src, dst, threshold):
+        return refined, np.linalg.norm(apply_transform(refined, src) - dst, axis=1) <= threshold
     return models[best], mask
+
+
+def _msac(model: np.ndarray, src: np.ndarray, dst: np.ndarray, threshold: float) -> float:
+    """Sum over matches of min(squared distance, threshold**2) (Torr and Zisserman's MSAC cost)."""
+    d2 = ((apply_transform(model, src) - dst) ** 2).sum(axis=1)
+    return float(np.minimum(d2, threshold**2).sum())
 
 
 def verify(fa: np.ndarray, xya: np.ndarray, fb: np.ndarray, xyb: np.ndarray, *, threshold: float = 0.5,

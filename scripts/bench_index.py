@@ -80,7 +80,7 @@ def make_photos(folder: Path, n: int, distinct: int | None = None) -> list[Path]
 
 
 def _trained_like(name: str, v, torch):  # noqa: ANN001, ANN202 - script helper
-    """Random values with the spread of trained weights (timm's init leaves layer scales at 1e-5,
+    """Random values with the spread of trained weights (a ViT's init leaves layer scales at 1e-5,
     which makes every block a no-op and any precision comparison meaningless)."""
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     if name.endswith("gamma"):
@@ -343,13 +343,13 @@ def main() -> None:
 
 def random_checkpoint(model: str, folder: Path) -> str:
     """A checkpoint of `model` in the official layout with trained-like random values."""
-    import timm
     import torch
 
     from retrieval.backbone.registry import registry
+    from retrieval.backbone.vit import build_vit
 
     arch = registry()[model]
-    m = timm.create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0)
+    m = build_vit(arch, init=False)  # names and shapes only ("meta" device)
     sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
     sd["mask_token"] = torch.zeros(1, arch.dim)
     path = folder / f"{model}_random.pth"

@@ -46,11 +46,12 @@ def photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def random_vits_checkpoint(path: Path) -> Path:
-    import timm
     import torch
 
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0)
-    sd = dict(model.state_dict())
+    from retrieval.backbone.registry import registry
+    from retrieval.backbone.vit import build_vit
+
+    sd = dict(build_vit(registry()["dinov2_vits14"], init=True).state_dict())
     sd["mask_token"] = torch.zeros(1, 384)
     torch.save(sd, path)
     return path

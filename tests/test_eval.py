@@ -58,7 +58,7 @@ def test_official_layout_end_to_end(data, tmp_path):
     cfg = report["config"]
     assert cfg["backbone"] == "test_tiny" and cfg["size"] == 112 and cfg["query_crop"] is True
     assert cfg["dtype"] == "fp32" and cfg["pooling"] == "cls+gem" and cfg["scales"] == [1.0]  # eval's defaults
-    assert cfg["whitening"] == "none (L2 only)" and cfg["weights_id"] == "random:test_tiny:seed0"
+    assert cfg["whitening"] == "none (L2 only)" and cfg["weights_id"] == "random:test_tiny:own-init:seed0"
     # the ranking is the index's own exact search of the cropped query
     eval_dirs = list((tmp_path / "default" / "eval").iterdir())
     assert len(eval_dirs) == 1

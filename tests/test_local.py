@@ -29,6 +29,18 @@ def test_select_keeps_distinctive_and_round_trips():
     np.testing.assert_allclose(np.linalg.norm(f.feats.astype(np.float32), axis=1), 1, atol=2e-3)
 
 
+def test_pca_components_are_the_principal_axes():
+    """Against an SVD of the centred data (the reference): same axes, in order, signs fixed."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 24)) * np.linspace(3, 0.2, 24) @ np.linalg.qr(rng.normal(size=(24, 24)))[0] + 2.0
+    pca = fit_pca(x, dim=10)
+    vt = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:10].T
+    signs = np.sign(vt[np.abs(vt).argmax(axis=0), np.arange(10)])
+    np.testing.assert_allclose(pca.components, vt * signs, atol=1e-5)
+    np.testing.assert_allclose(pca.mean, x.mean(0), rtol=1e-6)
+    assert fit_pca(x[:5], dim=10).components.shape == (24, 4)  # at most t - 1 components
+
+
 def test_pca_round_trip_and_grid():
     pca = fit_pca(np.random.default_rng(2).normal(size=(50, 10)), dim=4)
     back = LocalPCA.from_bytes(pca.to_bytes())

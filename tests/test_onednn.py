@@ -8,17 +8,19 @@ import copy
 
 import pytest
 import torch
-from timm.layers import GluMlp, Mlp
-from timm.models.vision_transformer import VisionTransformer
 
 from retrieval import load_backbone
 from retrieval.backbone import onednn
+from retrieval.backbone.vit import Mlp, SwiGLU, VisionTransformer
 
 
-def _vit() -> torch.nn.Module:
-    torch.manual_seed(3)
-    return VisionTransformer(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5,
-                             num_classes=0).eval()
+def _vit() -> VisionTransformer:
+    vit = VisionTransformer(dim=64, depth=2, heads=4, pretrain_grid=4)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.ndim > 1 else 0.1))
+    return vit.eval()
 
 
 def _relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,13 +42,13 @@ def test_swapped_vit_gives_the_same_tokens_and_keeps_its_state_dict():
     assert all(type(b.mlp.act) is torch.nn.Identity and b.mlp.fc1.gelu for b in fast.blocks)
     x = torch.randn(3, 3, 56, 56)
     with torch.inference_mode():
-        want, got = plain.forward_features(x), fast.forward_features(x)
+        want, got = plain.tokens(x, antialias=False), fast.tokens(x, antialias=False)
     assert _relative_diff(got, want) < 1e-5
 
 
 def test_gated_mlp_is_not_fused():
-    """ViT-g's SwiGLU (timm GluMlp): its activation gates half of fc1, so GELU folding must not apply."""
-    plain = GluMlp(32, 64, act_layer=torch.nn.SiLU, gate_last=False).eval()
+    """ViT-g's SwiGLU: its activation gates half of fc1, so GELU folding must not apply."""
+    plain = SwiGLU(32, 32).eval()
     fast = copy.deepcopy(plain)
     assert onednn.use_onednn(fast) == 2
     assert type(fast.act) is torch.nn.SiLU and not fast.fc1.gelu
@@ -56,7 +58,8 @@ def test_gated_mlp_is_not_fused():
 
 
 def test_tanh_gelu_is_not_fused():
-    mlp = Mlp(16, 32, act_layer=lambda: torch.nn.GELU(approximate="tanh")).eval()
+    mlp = Mlp(16, 32).eval()
+    mlp.act = torch.nn.GELU(approximate="tanh")
     assert onednn.use_onednn(mlp) == 2
     assert type(mlp.act) is torch.nn.GELU and not mlp.fc1.gelu
 

@@ -34,6 +34,32 @@ def test_ransac_recovers_model_among_outliers():
     assert (inl == truth).mean() > 0.95 and inl[truth].all()
 
 
+# Mutual neighbours of a patch-aligned shift by (-2, -3) that were not exact, as (x, y) -> (x', y')
+# patch cells, from the test_tiny model on tests/test_explain.py's picture; every other cell of the
+# 30 x 21 overlap matched exactly. A model one patch off on both axes (-1, -2) keeps every exact
+# match within the 1.5-patch threshold (distance sqrt 2) and more of these than the true shift does.
+NEAR_MISSES = [(3, 10, 3, 9), (19, 10, 17, 9), (20, 10, 19, 8), (16, 11, 15, 9), (17, 12, 16, 11), (3, 13, 3, 11),
+               (16, 13, 15, 11), (31, 13, 29, 11), (3, 14, 3, 12), (31, 14, 29, 12), (3, 15, 3, 13), (15, 15, 14, 13),
+               (31, 15, 29, 13), (3, 16, 3, 14), (31, 16, 29, 14), (3, 17, 3, 15), (31, 17, 29, 15), (3, 18, 3, 16),
+               (19, 18, 18, 16), (20, 18, 19, 16), (21, 18, 20, 16), (23, 18, 21, 16), (24, 18, 23, 16),
+               (26, 18, 24, 16), (27, 18, 25, 16), (25, 19, 23, 17), (17, 20, 16, 17), (18, 20, 17, 17),
+               (19, 20, 18, 17), (21, 20, 20, 17), (22, 20, 21, 17), (17, 21, 16, 18), (18, 21, 17, 18),
+               (19, 21, 18, 18), (20, 21, 19, 18), (18, 22, 17, 19), (19, 22, 18, 19), (20, 22, 19, 19),
+               (21, 22, 20, 19), (22, 22, 21, 19), (20, 23, 19, 20), (21, 23, 20, 20), (22, 23, 21, 20)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ransac_returns_the_shift_not_a_model_one_patch_off(seed):
+    near = np.array(NEAR_MISSES, float) + 0.5
+    taken = {(x, y) for x, y, _, _ in NEAR_MISSES}
+    exact = np.array([(x, y) for y in range(3, 24) for x in range(2, 32) if (x, y) not in taken], float) + 0.5
+    src = np.concatenate([exact, near[:, :2]])
+    dst = np.concatenate([exact - [2, 3], near[:, 2:]])
+    got, inl = ransac(src, dst, threshold=1.5, seed=seed)
+    np.testing.assert_allclose(got, [[1, 0, -2], [0, 1, -3]], atol=0.1)
+    assert inl[:len(exact)].all()
+
+
 def test_ransac_too_few():
     m, inl = ransac(np.zeros((1, 2)), np.zeros((1, 2)))
     assert m is None and not inl.any()

@@ -1,52 +1,28 @@
-"""A DINOv2 ViT (timm modules) whose tokens match the official implementation."""
+"""A DINOv2 backbone (our own ViT, vit.py) whose tokens match the official implementation."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import RetrievalError, UnknownBackboneError, UsageError, WeightsError
 from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
 from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
+from .vit import TEST_TINY_WEIGHTS, VisionTransformer, build_vit, interpolate_pos_embed
+
+__all__ = ["Backbone", "backbone_names", "ensure_weights", "interpolate_pos_embed", "load_backbone", "native_dtype",
+           "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-TEST_TINY_SEED = 0
-
-
-def interpolate_pos_embed(
-    patch_pos: torch.Tensor, grid: tuple[int, int], *, antialias: bool
-) -> torch.Tensor:
-    """Resize the patch position embeddings `(1, M*M, d)` to `grid` = (h, w), as the official code does.
-
-    antialias=False (original DINOv2): bicubic with scale factor (grid + 0.1) / M, no antialiasing.
-    antialias=True (register models): bicubic to the exact target size with antialiasing.
-    Computed in float32; returns `(1, h*w, d)`.
-    """
-    _, n, d = patch_pos.shape
-    m = int(math.isqrt(n))
-    assert m * m == n, "pretrained position grid must be square"
-    h, w = grid
-    if (h, w) == (m, m):
-        return patch_pos
-    src = patch_pos.float().reshape(1, m, m, d).permute(0, 3, 1, 2)
-    if antialias:
-        out = F.interpolate(src, size=(h, w), mode="bicubic", antialias=True)
-    else:
-        out = F.interpolate(src, scale_factor=((h + 0.1) / m, (w + 0.1) / m), mode="bicubic", antialias=False)
-    assert tuple(out.shape[-2:]) == (h, w)
-    return out.permute(0, 2, 3, 1).reshape(1, h * w, d).to(patch_pos.dtype)
 
 
 class Backbone(torch.nn.Module):
@@ -56,7 +32,7 @@ class Backbone(torch.nn.Module):
     linear_kernels ("onednn" when fp32 CPU linear layers run through oneDNN, else "default").
     """
 
-    def __init__(self, arch: Arch, vit: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
+    def __init__(self, arch: Arch, vit: VisionTransformer, *, device: torch.device, dtype: torch.dtype,
                  weights_id: str, onednn: bool = True) -> None:
         super().__init__()
         self.arch = arch
@@ -74,23 +50,6 @@ class Backbone(torch.nn.Module):
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        vit: Any = self.vit  # timm VisionTransformer
-        b, _, height, width = x.shape
-        grid = (height // self.patch_size, width // self.patch_size)
-        t = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        t = vit.patch_embed.norm(t)
-        cls = vit.cls_token.expand(b, -1, -1)
-        if vit.no_embed_class:  # register models: cls already carries its position embedding
-            t = t + interpolate_pos_embed(vit.pos_embed, grid, antialias=self.arch.antialias_pos).to(t.dtype)
-            t = torch.cat([cls, vit.reg_token.expand(b, -1, -1), t], dim=1)
-        else:
-            pos = vit.pos_embed
-            patch_pos = interpolate_pos_embed(pos[:, 1:], grid, antialias=self.arch.antialias_pos)
-            t = torch.cat([cls, t], dim=1) + torch.cat([pos[:, :1], patch_pos.to(pos.dtype)], dim=1)
-        t = vit.norm_pre(t)
-        t = vit.blocks(t)
-        return vit.norm(t)
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> TokenBatch:
@@ -108,7 +67,7 @@ class Backbone(torch.nn.Module):
         if self.dtype != torch.float32:
             autocast = torch.autocast(self.device.type, dtype=self.dtype)
         with autocast:
-            t = self._tokens(x)
+            t = self.vit.tokens(x, antialias=self.arch.antialias_pos)
         t = t.float()
         grid = (height // self.patch_size, width // self.patch_size)
         return TokenBatch(cls=t[:, 0], patches=t[:, 1 + self.num_registers:], grid=grid)
@@ -121,18 +80,10 @@ def backbone_names() -> list[str]:
     return list(registry())
 
 
-def _build_vit(arch: Arch) -> torch.nn.Module:
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    if arch.timm_name is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TEST_TINY_SEED)
-            return VisionTransformer(
-                img_size=arch.pretrain_grid * 14, patch_size=14, embed_dim=arch.dim, depth=arch.depth,
-                num_heads=arch.heads, init_values=1e-5, num_classes=0, global_pool="token",
-            )
-    return timm.create_model(arch.timm_name, pretrained=False, img_size=arch.pretrain_grid * 14, num_classes=0)
+def _build_vit(arch: Arch) -> VisionTransformer:
+    """A checkpoint's model is built empty ("meta" device) and its weights assigned; only the random
+    `test_tiny` is initialised."""
+    return build_vit(arch, init=arch.random_only)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -234,7 +185,7 @@ def load_backbone(
         weights_id = W.file_id(weights, hash_cache)
     elif arch.random_only:
         log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
-        weights_id = f"random:{name}:seed{TEST_TINY_SEED}"
+        weights_id = TEST_TINY_WEIGHTS
     else:
         path = W.fetch_official(arch, cache_dir=cache_dir)
         W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))

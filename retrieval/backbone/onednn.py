@@ -19,6 +19,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .vit import Mlp
+
 log = logging.getLogger(__name__)
 
 
@@ -63,12 +65,11 @@ def available() -> bool:
 
 def use_onednn(model: torch.nn.Module) -> int:
     """Swap `model`'s fp32 CPU `nn.Linear` layers for `OneDnnLinear`, folding exact GELU into the
-    first layer of timm's plain `Mlp`; returns how many layers now run through oneDNN (0 when the
-    operator is unusable here, the model then unchanged)."""
+    first layer of the plain `vit.Mlp` (not ViT-g's SwiGLU, whose activation gates half of fc1);
+    returns how many layers now run through oneDNN (0 when the operator is unusable here, the model
+    then unchanged)."""
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()) or not available():
         return 0
-    from timm.layers import Mlp
-
     swapped = 0
     for module in list(model.modules()):
         if type(module) is Mlp and type(module.act) is torch.nn.GELU and module.act.approximate == "none" \

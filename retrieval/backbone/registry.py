@@ -19,7 +19,7 @@ class Arch:
     """
 
     name: str
-    timm_name: str | None  # None for the in-repo test model
+    timm_name: str | None  # timm's model of the same layout (tests/test_vit.py); None for the test model
     dim: int
     depth: int
     heads: int

@@ -139,7 +139,8 @@ def is_official_layout(sd: dict[str, torch.Tensor]) -> bool:
 
 
 def official_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the official key layout onto timm's VisionTransformer.
+    """Map the official key layout onto timm's VisionTransformer names, which our own ViT
+    (vit.py) keeps: the "timm layout".
 
     timm's register models keep no position embedding for prefix tokens, so the class
     token's position embedding is folded into the class token (the same sum the official
@@ -176,4 +177,5 @@ def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch: Arch, s
             f"weights {source} do not fit {arch.describe()}: they look like {describe_state_dict(sd)} "
             f"({detail}); pass the matching --model, or the official {arch.checkpoint_file} ({arch.url})"
         )
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items()}, strict=True)
+    # assign: the model may be empty ("meta" device, vit.build_vit); the file's tensors become its parameters
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items()}, strict=True, assign=True)

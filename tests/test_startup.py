@@ -1,0 +1,71 @@
+"""What each command imports at start-up (issue 11, "cold start"): commands without a model import
+no torch; commands with one import neither timm nor torchvision (GPU JPEG decoding only) nor
+scikit-learn. Checked in fresh processes, since the test process itself has imported everything.
+Times are measured by scripts/bench_startup.py (docs/throughput.md), not asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, synth_photo
+
+HEAVY = ("torch", "timm", "torchvision", "sklearn", "scipy")
+
+_PROBE = """
+import atexit, json, sys
+out, heavy = sys.argv[1], set(sys.argv[2].split(","))
+def _seen():
+    with open(out, "w") as f:
+        json.dump(sorted({m.split(".")[0] for m in sys.modules} & heavy), f)
+atexit.register(_seen)
+sys.argv = ["retrieve", *sys.argv[3:]]
+from retrieval.cli import app
+app()
+"""
+
+
+def _imports(tmp_path: Path, *args: str) -> set[str]:
+    """The heavy top-level packages a `retrieve ARGS` process had imported when it exited."""
+    out = tmp_path / "modules.json"
+    out.unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(out), ",".join(HEAVY), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return set(json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("startup")
+    (root / "photos").mkdir()
+    for i in range(3):
+        synth_photo(i).save(root / "photos" / f"p{i}.jpg")
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    ix = root / "ix"
+    r = CliRunner().invoke(app, ["index", str(root / "photos"), "--index", str(ix), "--model", "test_tiny"])
+    assert r.exit_code == 0, r.output
+    return root, ix
+
+
+def test_commands_without_a_model_import_no_torch(tiny_index, tmp_path):
+    root, ix = tiny_index
+    for args in (["--help"], ["models"], ["info", "--index", str(ix)], ["check", "--index", str(ix)],
+                 ["info", "--help"], ["remove", str(root / "photos" / "p2.jpg"), "--index", str(ix)]):
+        assert _imports(tmp_path, *args) == set(), args
+
+
+def test_model_commands_import_torch_only(tiny_index, tmp_path):
+    root, ix = tiny_index
+    assert _imports(tmp_path, "query", str(root / "photos" / "p0.jpg"), "--index", str(ix)) == {"torch"}
+    one = root / "one"
+    one.mkdir()
+    synth_photo(9).save(one / "x.jpg")
+    assert _imports(tmp_path, "index", str(one), "--index", str(root / "new"), "--model", "test_tiny") == {"torch"}
