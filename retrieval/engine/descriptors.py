@@ -37,6 +37,11 @@ class Embedding:
     grid: tuple[int, int]
     features: local.LocalFeatures | None = None
 
+    def tokens(self) -> np.ndarray:
+        """The first scale's patch tokens (h*w, d): there when the stream was given no patch PCA."""
+        assert self.patches is not None, "embedded with a patch PCA: only local descriptors were kept"
+        return self.patches
+
     def with_features(self, pca: LocalPCA) -> Embedding:
         """This result with its patch tokens turned into local descriptors by `pca`."""
         assert self.patches is not None

@@ -153,18 +153,18 @@ class Index:
 
         return embed_files(paths, backbone=self.backbone(), config=self.config, workers=workers, pca=pca, box=box)
 
-    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
-        """Query files embedded exactly like the database (a box crops the single query given)."""
+    def embed_queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Embedding]:
+        """Query files embedded exactly like the database, each with its first-scale patch tokens
+        and model input (a box crops the single query given)."""
         from .descriptors import embed_queries
 
         if bbox is not None and len(paths) != 1:
             raise UsageError("a box crops one query image; pass one image with --bbox")
-        done = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
-        out = []
-        for e in done:
-            assert e.patches is not None  # no patch PCA was passed: the tokens come back
-            out.append(Query(e.descriptor[None], e.patches, e.grid))
-        return out
+        return embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
+
+    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
+        """What `search_embedded` takes: see `embed_queries`."""
+        return [Query(e.descriptor[None], e.tokens(), e.grid) for e in self.embed_queries(paths, bbox=bbox)]
 
     def query_tokens(self, path: str | Path, *, bbox: Box | None = None
                      ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:

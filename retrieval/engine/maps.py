@@ -63,8 +63,7 @@ def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box 
     cannot be used."""
     config = EngineConfig(image=image, batch_size=1, workers=0, decode="cpu")  # one scale: (1.0,)
     e = embed_queries([str(path)], backbone=backbone, config=config, box=bbox)[0]
-    assert e.patches is not None
-    return View(e.picture(), e.patches, e.grid, display_picture(path, image, bbox))
+    return View(e.picture(), e.tokens(), e.grid, display_picture(path, image, bbox))
 
 
 def display_picture(path: str | Path, image: ImageConfig, bbox: Box | None = None) -> Image.Image:

@@ -19,7 +19,6 @@ from PIL import Image
 
 from .. import images
 from ..errors import BadImageError, UsageError
-from .descriptors import embed_queries
 from .index import Box, Index
 from .maps import Pair, View, caption, display_picture, model_label, pair, render, view
 from .search import Query
@@ -45,19 +44,15 @@ class ExplainedQuery:
 def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[ExplainedQuery]:
     """Index.queries, keeping each query's picture and size. A box (one image only) must lie
     inside the upright image: UsageError otherwise. BadImageError for the first unusable file."""
-    if bbox is not None and len(paths) != 1:
-        raise UsageError("a box crops one query image; pass one image with a box")
-    done = embed_queries([str(p) for p in paths], backbone=idx.backbone(), config=idx.config, box=bbox)
     out = []
-    for e in done:
-        assert e.patches is not None  # no patch PCA was passed: the tokens come back
+    for e in idx.embed_queries(paths, bbox=bbox):
         if bbox is not None:
             w, h = e.decoded.original_wh
             x1, y1, x2, y2 = bbox
             if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
                 raise UsageError(f"bbox {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
                                  f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
-        out.append(ExplainedQuery(Query(e.descriptor[None], e.patches, e.grid), e.picture(), e.decoded.original_wh,
+        out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
                                   display_picture(e.decoded.path, idx.config.image, bbox), bbox))
     return out
 
