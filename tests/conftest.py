@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,25 @@ def index(built, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(built[1], tmp_path / "index"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, awkward_dir) -> dict[str, Path]:
+    """An index of 8 synthetic photos plus one stored rotated (EXIF orientation 6)."""
+    root = tmp_path_factory.mktemp("serve")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(8):
+        synth_photo(100 + i, (320, 240) if i % 2 else (240, 320)).save(photos / f"p{i}.jpg", quality=92)
+    shutil.copy(awkward_dir / "jpeg_exif_orient6_landscape.jpg", photos / "rotated.jpg")
+    ix = root / "ix"
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    r = CliRunner().invoke(app, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    query = root / "query.jpg"  # not indexed: a crop of p3 re-encoded
+    Image.open(photos / "p3.jpg").crop((20, 10, 300, 230)).save(query, quality=85)
+    return {"root": root, "photos": photos, "index": ix, "query": query}

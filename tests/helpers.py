@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
+import threading
+import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from retrieval.cli import app
@@ -121,3 +126,48 @@ def index_with_full_disk(tmp_path: Path, monkeypatch, n: int = 10):  # noqa: ANN
     monkeypatch.undo()
     assert batches == 2
     return r, photos, index
+
+
+def official_like_small_state_dict(registers: int = 0) -> dict[str, torch.Tensor]:
+    """A ViT-S state dict in the official key layout, made from our own model's keys."""
+    import timm
+
+    name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
+    model = timm.create_model(name, pretrained=False, img_size=518, num_classes=0)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["mask_token"] = torch.zeros(1, 384)
+    if registers:
+        sd["register_tokens"] = sd.pop("reg_token")
+        cls_pos = torch.randn(1, 1, 384)
+        sd["pos_embed"] = torch.cat([cls_pos, sd["pos_embed"]], dim=1)
+        sd["cls_token"] = sd["cls_token"] - cls_pos
+    return sd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)

@@ -9,6 +9,8 @@ from retrieval import UnknownBackboneError, WeightsError, backbone_names, load_b
 from retrieval.backbone import interpolate_pos_embed, registry
 from retrieval.backbone import weights as W
 
+from .helpers import official_like_small_state_dict
+
 
 def test_registry_names():
     names = backbone_names()
@@ -99,26 +101,10 @@ def test_pos_embed_constant_field_stays_constant():
 
 # --- weights ---------------------------------------------------------------------------------
 
-def _official_like_small_state_dict(registers: int = 0) -> dict[str, torch.Tensor]:
-    """A ViT-S state dict in the official key layout, made from our own model's keys."""
-    import timm
-
-    name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
-    model = timm.create_model(name, pretrained=False, img_size=518, num_classes=0)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    sd["mask_token"] = torch.zeros(1, 384)
-    if registers:
-        sd["register_tokens"] = sd.pop("reg_token")
-        cls_pos = torch.randn(1, 1, 384)
-        sd["pos_embed"] = torch.cat([cls_pos, sd["pos_embed"]], dim=1)
-        sd["cls_token"] = sd["cls_token"] - cls_pos
-    return sd
-
-
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("w") / "dinov2_vits14_pretrain.pth"
-    torch.save(_official_like_small_state_dict(), path)
+    torch.save(official_like_small_state_dict(), path)
     return str(path)
 
 
@@ -162,7 +148,7 @@ def test_safetensors_equals_pth(small_ckpt, tmp_path):
 
 
 def test_register_layout_folds_class_position(tmp_path):
-    sd = _official_like_small_state_dict(registers=4)
+    sd = official_like_small_state_dict(registers=4)
     p = tmp_path / "r.pth"
     torch.save(sd, p)
     bb = load_backbone("dinov2_vits14_reg", weights=p)
@@ -200,7 +186,7 @@ def test_offline_download_fails_fast_with_instructions(tmp_path):
 def test_timm_layout_safetensors(tmp_path):
     from safetensors.torch import save_file
 
-    sd = _official_like_small_state_dict(registers=4)
+    sd = official_like_small_state_dict(registers=4)
     p = tmp_path / "r.pth"
     torch.save(sd, p)
     official = load_backbone("dinov2_vits14_reg", weights=p)

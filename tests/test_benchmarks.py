@@ -11,7 +11,7 @@ import pytest
 from retrieval import RetrievalError
 from retrieval.benchmarks import load_json, load_revisited, read_gnd
 
-from .conftest import DATA, ROOT
+from .conftest import ROOT
 
 from .conftest import GND  # noqa: E402
 

@@ -6,9 +6,6 @@ import asyncio
 import io
 import json
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from retrieval.serve import create_app, parse_size
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
 
 from .conftest import synth_photo
+from .helpers import Server
 
 runner = CliRunner()
 TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
@@ -35,22 +33,6 @@ def _cli(*args: str) -> Any:
     r = runner.invoke(cli, list(args))
     assert r.exit_code == 0, r.output
     return r
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, awkward_dir) -> dict[str, Path]:
-    """An index of 8 synthetic photos plus one stored rotated (EXIF orientation 6)."""
-    root = tmp_path_factory.mktemp("serve")
-    photos = root / "photos"
-    photos.mkdir()
-    for i in range(8):
-        synth_photo(100 + i, (320, 240) if i % 2 else (240, 320)).save(photos / f"p{i}.jpg", quality=92)
-    shutil.copy(awkward_dir / "jpeg_exif_orient6_landscape.jpg", photos / "rotated.jpg")
-    ix = root / "ix"
-    _cli("index", str(photos), "--index", str(ix), *TINY)
-    query = root / "query.jpg"  # not indexed: a crop of p3 re-encoded
-    Image.open(photos / "p3.jpg").crop((20, 10, 300, 230)).save(query, quality=85)
-    return {"root": root, "photos": photos, "index": ix, "query": query}
 
 
 @pytest.fixture(scope="module")
@@ -303,38 +285,9 @@ def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
         thread.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """A real uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-
 def test_48_requests_from_16_clients_all_equal(served):
     data = served["query"].read_bytes()
-    with _Server(create_app(served["index"])) as url:
+    with Server(create_app(served["index"])) as url:
         def one(_: int) -> tuple[int, Any]:
             with httpx.Client(base_url=url, timeout=120) as c:
                 r = c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "5"})

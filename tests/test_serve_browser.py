@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.serve import create_app
 
-from .test_serve import _Server, served  # noqa: F401  (the module's index fixture)
+from .helpers import Server
 
 
 def _chromium() -> str:
@@ -25,13 +25,13 @@ def _launch(p):
     return p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
 
 
-def test_page_search_and_correspondences(served, tmp_path):  # noqa: F811
+def test_page_search_and_correspondences(served, tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("playwright is not installed: pip install -e '.[test]'")
     errors: list[str] = []
-    with _Server(create_app(served["index"], token="t0ken")) as url, sync_playwright() as p:
+    with Server(create_app(served["index"], token="t0ken")) as url, sync_playwright() as p:
         browser = _launch(p)
         try:
             # bypass_csp: Playwright's waits evaluate strings, which the page's own CSP forbids
@@ -101,7 +101,7 @@ def test_page_escapes_file_names(tmp_path):
     r = CliRunner().invoke(cli, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
                                  "--workers", "0"])
     assert r.exit_code == 0, r.output
-    with _Server(create_app(ix)) as url, sync_playwright() as p:
+    with Server(create_app(ix)) as url, sync_playwright() as p:
         browser = _launch(p)
         try:
             page = browser.new_page(bypass_csp=True)
