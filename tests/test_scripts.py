@@ -73,3 +73,11 @@ def test_make_doc_images_writes_the_pictures_the_docs_show(tmp_path):
         "match_example.png", "match_example_heatmap.png", "match_poor_example.png"]
     docs = (ROOT / "docs" / "rerank.md").read_text()
     assert all(f"img/{p.name}" in docs for p in tmp_path.iterdir())
+
+
+def test_bench_startup_prints_its_table():
+    out = _run("scripts/bench_startup.py", "--repeats", "1", "--model", "test_tiny", "--images", "2")
+    for command in ("retrieve --help", "retrieve models", "retrieve info", "retrieve query", "retrieve index"):
+        assert re.search(rf"\| `{re.escape(command)}[^`]*` \| \d+\.\d\d \| `python -c ", out), command
+    assert re.search(r"\| `retrieve info` .* \| <= 0\.3x: (met|NOT met) \|", out)
+    assert re.search(r"\| `retrieve query` .* \| <= 1\.5x: (met|NOT met) \|", out)
