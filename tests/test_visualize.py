@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.visualize import foreground_masks, pca_panel, pca_rgb
+from retrieval.pca_maps import foreground_masks, pca_panel, pca_rgb
 
 
 def _scene(seed: int, h: int = 8, w: int = 10, d: int = 16):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import images, visualize
+from .. import images, pca_maps
 from ..backbone import Backbone, load_backbone
 from ..config import BackboneConfig, ImageConfig
 from ..errors import RetrievalError
@@ -95,13 +95,13 @@ def write_features(out: str | Path, results: Sequence[FileTokens], skipped: Sequ
 
 def pca_picture(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, threshold: float = 0.5,
                 workers: int | None = None) -> tuple[Image.Image, list[Skipped]]:
-    """The DINOv2 PCA visualisation over all `paths` (see visualize.pca_rgb), one row per image."""
+    """The DINOv2 PCA visualisation over all `paths` (see pca_maps.pca_rgb), one row per image."""
     done, skipped = embed_all(paths, backbone=backbone, image=image, workers=workers)
     if not done:
         raise RetrievalError("no image could be loaded, so there is nothing to draw")
-    maps = visualize.pca_rgb([r.patches for r in done], [r.grid for r in done], threshold=threshold)
+    maps = pca_maps.pca_rgb([r.patches for r in done], [r.grid for r in done], threshold=threshold)
     pictures = [images.load_image(r.path, max_pixels=image.max_pixels, min_side_hint=image.size) for r in done]
-    return visualize.pca_panel(pictures, maps), skipped
+    return pca_maps.pca_panel(pictures, maps), skipped
 
 
 def save_png(picture: Image.Image, out: str | Path) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .. import images, visualize
+from .. import images, pca_maps, visualize
 from .. import rerank as rr
 from ..arrays import l2n
 from ..backbone import Backbone
@@ -125,8 +125,8 @@ def render(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINE
     best_a, best_b = s.max(axis=1).reshape(p.a.grid), s.max(axis=0).reshape(p.b.grid)
     heat = visualize.heat_pair(p.a.display, p.b.display, np.clip(best_a, 0, 1), np.clip(best_b, 0, 1),
                                caption=["each patch's best-match cosine in the other image", *text[-1:]])
-    maps = visualize.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
-    pca = visualize.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
+    maps = pca_maps.pca_rgb([p.a.patches, p.b.patches], [p.a.grid, p.b.grid])
+    pca = pca_maps.pca_panel([p.a.picture, p.b.picture], maps, height=max(p.a.picture.height, 64))
     return {"matches": matches, "heatmap": heat, "pca": pca}
 
 
