@@ -150,6 +150,17 @@ def test_query_cache_is_bounded(served):
         assert c.get(f"/api/queries/{qids[2]}/matches/{image_id}").status_code == 200
 
 
+def test_query_cache_is_bounded_by_upload_bytes(served):
+    """Uploads are kept (their pictures are drawn only when asked for): a byte budget below two
+    uploads keeps only the newest query, however many the count allows."""
+    size = Path(served["query"]).stat().st_size
+    with TestClient(create_app(served["index"], cache_size=8, cache_bytes=size + size // 2)) as c:
+        qids = [_search(c, served["query"], k="1").json()["query"] for _ in range(3)]
+        assert len(c.app.state.cache) == 1 and c.app.state.cache.nbytes() == size
+        assert c.get(f"/api/queries/{qids[1]}/matches/1").status_code == 404
+        assert c.get(f"/api/queries/{qids[2]}/matches/1?format=png").status_code == 200
+
+
 def test_info_is_what_the_cli_prints(client, served):
     ref = json.loads(_cli("info", "--index", str(served["index"]), "--json").stdout)
     got = client.get("/api/info").json()

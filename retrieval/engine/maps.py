@@ -66,11 +66,13 @@ def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box 
     return View(e.picture(), e.tokens(), e.grid, display_picture(path, image, bbox))
 
 
-def display_picture(path: str | Path, image: ImageConfig, bbox: Box | None = None) -> Image.Image:
+def display_picture(path: str | Path, image: ImageConfig, bbox: Box | None = None, *,
+                    data: bytes | None = None) -> Image.Image:
     """The picture people look at: the file (or its box) decoded for a longer side of at least
-    visualize.DISPLAY_SIDE where it has that many pixels, scaled down to that side when larger."""
+    visualize.DISPLAY_SIDE where it has that many pixels, scaled down to that side when larger.
+    data: the file's bytes, when the caller holds them (the file may be gone)."""
     with images.pixel_limit(image.max_pixels):
-        full, _ = images.decode(path, max_pixels=image.max_pixels,
+        full, _ = images.decode(path, max_pixels=image.max_pixels, data=data,
                                 min_side_hint=None if bbox is not None else visualize.DISPLAY_SIDE)
     if bbox is not None:
         full = images.crop_box(full, bbox)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .. import images
+from ..config import ImageConfig
 from ..errors import BadImageError, UsageError
 from .index import Box, Index
 from .maps import Pair, View, caption, display_picture, model_label, pair, render, view
@@ -29,23 +31,38 @@ PICTURE_KINDS = ("matches", "heatmap", "pca")
 @dataclass(frozen=True)
 class ExplainedQuery:
     """An embedded query and what its correspondences are drawn and measured with: the model's
-    picture of it (first scale), the original upright size (w, h) and the box it was cropped to."""
+    picture of it (first scale), the original upright size (w, h), the box it was cropped to, and
+    the file's bytes, from which the readable-size picture is decoded when first drawn (not
+    before: a search that is never explained does not pay for a second decode)."""
 
     query: Query
     picture: Image.Image
     size: tuple[int, int]
-    display: Image.Image  # the readable-size picture the correspondences are drawn on
+    source: bytes
+    name: str  # the file's name, for messages
+    image: ImageConfig
     box: Box | None = None
+
+    @cached_property
+    def display(self) -> Image.Image:
+        """The readable-size picture the correspondences are drawn on."""
+        return display_picture(self.name, self.image, self.box, data=self.source)
 
     def view(self) -> View:
         return View(self.picture, self.query.patches, self.query.grid, self.display)
 
 
 def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[ExplainedQuery]:
-    """Index.queries, keeping each query's picture and size. A box (one image only) must lie
-    inside the upright image: UsageError otherwise. BadImageError for the first unusable file."""
+    """Index.queries, keeping each query's picture, size and bytes (the files may be deleted once
+    this returns). A box (one image only) must lie inside the upright image: UsageError
+    otherwise. BadImageError for the first unusable file."""
     out = []
     for e in idx.embed_queries(paths, bbox=bbox):
+        try:
+            source = Path(e.decoded.path).read_bytes()
+        except OSError as err:
+            raise BadImageError(e.decoded.path, f"cannot read the file ({err.strerror or err})",
+                                fix="check the path and permissions") from err
         if bbox is not None:
             w, h = e.decoded.original_wh
             x1, y1, x2, y2 = bbox
@@ -53,7 +70,7 @@ def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None
                 raise UsageError(f"bbox {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
                                  f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
         out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
-                                  display_picture(e.decoded.path, idx.config.image, bbox), bbox))
+                                  source, e.decoded.path, idx.config.image, bbox))
     return out
 
 

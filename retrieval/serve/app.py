@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
+DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -64,18 +65,26 @@ class _TooLarge(Exception):
 
 
 class _QueryCache:
-    """The most recent searches (query embedding and picture), least recently used dropped first."""
+    """The most recent searches (query embedding, picture and uploaded bytes), least recently used
+    dropped first: at most `size` of them, holding at most `max_bytes` of uploads (the newest is
+    always kept)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.size, self.max_bytes = size, max_bytes
         self._items: OrderedDict[str, Searched] = OrderedDict()
 
     def put(self, searched: Searched) -> str:
         qid = secrets.token_urlsafe(12)
         self._items[qid] = searched
-        while len(self._items) > self.size:
+        while len(self._items) > 1 and (len(self._items) > self.size or self.nbytes() > self.max_bytes):
             self._items.popitem(last=False)
         return qid
+
+    def nbytes(self) -> int:
+        return sum(len(s.query.source) for s in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, qid: str) -> Searched:
         if qid not in self._items:
@@ -87,6 +96,7 @@ class _QueryCache:
 
 def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                weights: str | None = None, device: str | None = None, cache_size: int = 64,
+               cache_bytes: int = DEFAULT_CACHE_BYTES,
                window: float = 0.0, max_batch: int = 16) -> Starlette:
     """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
     thread; closed when the app shuts down. token: every /api/ request must carry
@@ -94,7 +104,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     window: seconds a search waits for others to share its forward pass (see batching.Batcher)."""
     thread = IndexThread(index_path, weights=weights, device=device)
     batcher = Batcher(thread, window=window, max_batch=max_batch)
-    cache = _QueryCache(cache_size)
+    cache = _QueryCache(cache_size, cache_bytes)
     uploads = Path(tempfile.mkdtemp(prefix="retrieval-serve-"))
 
     @asynccontextmanager
