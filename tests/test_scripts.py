@@ -56,3 +56,11 @@ def test_measure_draft_decode_prints_differences(tmp_path):
     out = _run("scripts/measure_draft_decode.py", str(tmp_path / "big.jpg"), "--size", "224")
     row = next(line.split() for line in out.splitlines() if line.startswith("big.jpg"))
     assert row[1:4] == ["1000x750", "250x188", "224x168"] and int(row[4]) > 0  # drafted at 1/4, pixels moved
+
+
+def test_bench_startup_prints_its_table():
+    out = _run("scripts/bench_startup.py", "--repeats", "1", "--model", "test_tiny", "--images", "2")
+    for command in ("retrieve --help", "retrieve models", "retrieve info", "retrieve query", "retrieve index"):
+        assert re.search(rf"\| `{re.escape(command)}[^`]*` \| \d+\.\d\d \| `python -c ", out), command
+    assert re.search(r"\| `retrieve info` .* \| <= 0\.3x: (met|NOT met) \|", out)
+    assert re.search(r"\| `retrieve query` .* \| <= 1\.5x: (met|NOT met) \|", out)
