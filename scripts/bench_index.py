@@ -341,6 +341,26 @@ def main() -> None:
         print(f"    {'everything else':30s} {rest:7.2f} s  {100 * rest / total:5.1f} %")
 
 
+def photos(folder: Path, n: int, *, seed: int = 0) -> list[Path]:
+    """n synthetic 640x480 / 480x640 JPEGs (noise plus coloured rectangles) for the benchmarks
+    that need an indexed folder; deterministic for a seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        w, h = (640, 480) if i % 3 else (480, 640)
+        im = Image.fromarray(np.clip(rng.normal(rng.integers(40, 215, 3), 20, (h, w, 3)), 0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(im)
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
+            d.rectangle((x0, y0, x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))),
+                        fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        p = folder / f"p{i:04d}.jpg"
+        im.save(p, quality=90)
+        out.append(p)
+    return out
+
+
 def random_checkpoint(model: str, folder: Path) -> str:
     """A checkpoint of `model` in the official layout with trained-like random values."""
     import torch

@@ -17,44 +17,15 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_index import photos, random_checkpoint  # noqa: E402
 
-from retrieval import Index
-
-
-def photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        w, h = (640, 480) if i % 3 else (480, 640)
-        a = np.clip(rng.normal(rng.integers(40, 215, 3), 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        im = Image.fromarray(a, "RGB")
-        d = ImageDraw.Draw(im)
-        for _ in range(12):
-            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
-            d.rectangle((x0, y0, x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))),
-                        fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        p = folder / f"p{i:04d}.jpg"
-        im.save(p, quality=90)
-        out.append(p)
-    return out
-
-
-def random_vits_checkpoint(path: Path) -> Path:
-    import torch
-
-    from retrieval.backbone.registry import registry
-    from retrieval.backbone.vit import build_vit
-
-    sd = dict(build_vit(registry()["dinov2_vits14"], init=True).state_dict())
-    sd["mask_token"] = torch.zeros(1, 384)
-    torch.save(sd, path)
-    return path
+from retrieval import Index  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +41,7 @@ def main() -> None:
         root = Path(tmp)
         (root / "photos").mkdir()
         files = photos(root / "photos", args.images)
-        weights = args.weights or random_vits_checkpoint(root / "vits14_random.pth")
+        weights = args.weights or random_checkpoint(args.model, root)
         cfg = {"backbone": {"name": args.model, "weights": str(weights)}, "image": {"size": args.size}}
         with Index.open_or_create(root / "ix", cfg) as idx:
             t0 = time.perf_counter()

@@ -30,8 +30,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import random_checkpoint  # noqa: E402
-from bench_rerank import photos  # noqa: E402
+from bench_index import photos, random_checkpoint  # noqa: E402
 
 from retrieval import Index  # noqa: E402
 

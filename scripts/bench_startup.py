@@ -28,31 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-from bench_index import random_checkpoint
+from bench_index import photos, random_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"retrieve info": 0.3, "retrieve query": 1.5}
 
-
-def photos(folder: Path, n: int, *, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        w, h = (640, 480) if i % 3 else (480, 640)
-        im = Image.fromarray(np.clip(rng.normal(rng.integers(40, 215, 3), 20, (h, w, 3)), 0, 255).astype(np.uint8))
-        d = ImageDraw.Draw(im)
-        for _ in range(12):
-            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
-            d.rectangle((x0, y0, x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))),
-                        fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        p = folder / f"p{i:03d}.jpg"
-        im.save(p, quality=90)
-        out.append(p)
-    return out
 
 
 def run(argv: list[str], env: dict[str, str]) -> float:
