@@ -23,6 +23,13 @@ def test_bench_query_prints_recall():
     assert float(rows[0][-1]) == 1.0  # exact search is its own ground truth
 
 
+def test_bench_store_prints_its_table():
+    out = _run("scripts/bench_store.py", "--rows", "300", "--dim", "16", "--local", "8", "--no-cold")
+    row = next(line for line in out.splitlines() if line.startswith("| 300 |")).split("|")
+    assert float(row[2].replace(",", "")) > 16 * 4 + 8 * (64 * 2 + 4)  # the blobs are all stored
+    assert row[5].strip() == "n/a"
+
+
 def test_bench_index_prints_ratios(tmp_path):
     for i in range(4):
         synth_photo(i, (640, 480) if i % 2 else (480, 640)).save(tmp_path / f"p{i}.jpg")
