@@ -13,7 +13,7 @@ from ..errors import RetrievalError, UnknownBackboneError, UsageError, WeightsEr
 from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
-from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
+from .registry import IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, Arch, registry
 from .vit import TEST_TINY_WEIGHTS, VisionTransformer, build_vit, interpolate_pos_embed
 
 __all__ = ["Backbone", "backbone_names", "ensure_weights", "interpolate_pos_embed", "load_backbone", "native_dtype",
@@ -45,7 +45,7 @@ class Backbone(torch.nn.Module):
         self.weights_id = weights_id
         self.name = arch.name
         self.dim = arch.dim
-        self.patch_size = 14
+        self.patch_size = PATCH_SIZE
         self.num_registers = arch.num_registers
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD

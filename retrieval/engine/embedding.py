@@ -66,18 +66,6 @@ def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
     return device
 
 
-def model_reader(image: ImageConfig, *, scales: Sequence[float], patch_size: int, keep_jpeg: bool = False,
-                 draft: bool = True, box: images.Box | None = None
-                 ) -> Callable[[str], images.PreparedFile | images.EncodedJpeg]:
-    """The one way a file is read for the model: `read(path)` gives its uint8 pixels at each scale
-    (images.read_file; BadImageError for a refused file), to be called under a pixel_limit scope.
-    A module-level function of a module without torch, so decoder processes (and Ray's decode
-    tasks, engine/distributed.py) start light."""
-    sizes = tuple(images.scaled_size(image.size, s, patch_size) for s in scales)
-    return partial(images.read_file, sizes=sizes, patch_size=patch_size, max_pixels=image.max_pixels,
-                   keep_jpeg=keep_jpeg, draft=draft, box=box)
-
-
 def from_prepared(index: int, path: str, pf: images.PreparedFile) -> Decoded:
     """A file decoded by Pillow: its uint8 (H, W, 3) arrays as (3, H, W) tensor views."""
     return Decoded(index, path, tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels), pf.original_wh, pf.sha256,
@@ -179,8 +167,8 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     """
     jpegs_on = None if box is not None else jpegs_on
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
-    read = model_reader(image, scales=scales, patch_size=backbone.patch_size, keep_jpeg=jpegs_on is not None,
-                        draft=draft, box=box)
+    read = images.model_reader(image, scales=scales, patch_size=backbone.patch_size, keep_jpeg=jpegs_on is not None,
+                               draft=draft, box=box)
     n = default_workers() if workers is None else workers
     in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
     pool_size = n if n > 0 else (os.cpu_count() or 1)

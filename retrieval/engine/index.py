@@ -136,6 +136,11 @@ class Index:
             self._backbone = bb
         return self._backbone
 
+    @property
+    def device(self) -> str | None:
+        """This run's choice of device (`open`'s), or None: the index's setting, else cuda when present."""
+        return self._device
+
     def weights_file(self) -> str | None:
         """Where this run finds the index's weights: `open`'s weights, else the stored path, else
         None (the official checkpoint in the weights cache)."""

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Indexing on Ray against one process, and the driver's commit ceiling (docs/scale.md).
+
+    python scripts/bench_ray.py [--images 200] [--model dinov2_vits14] [--size 224] [--batch 16]
+                                [--folder DIR] [--weights FILE] [--rows 4000] [--parts local,ray,commit]
+
+Each part runs in its own fresh process, one after the other:
+  local   Index.update of --folder into a new index, in this process (the single-process path);
+  ray     the same with --ray local: a Ray runtime started on this machine, Ray Data decoding and
+          an actor pool embedding, the driver committing;
+  commit  the driver alone, embedding free: --rows synthetic results of the size the defaults
+          store (a 2 x 384 = 768-d descriptor for ViT-S's cls+gem, local.DEFAULT_PATCHES local
+          descriptors of local.DEFAULT_DIM in fp16 with their coordinates) turned back from Ray's
+          columns (distributed.from_columns), into rows (commit.upserts) and committed per batch
+          (Store.apply), as the Ray driver does; and Store.apply(upserts(...)) alone; best of two each.
+Prints img/s of local and ray (the whole update, Ray's start included, and the steady rate from
+the first commit after the patch-PCA sample to the last), their ratio, the commit ceiling in rows/s and how many GPUs at the
+model-only rates of docs/throughput.md one driver could feed. Without --folder it makes photo-like
+JPEGs (scripts/bench_index.py's mix of 12 MP and 2 MP); without --weights a checkpoint of
+--model with random weights (speed does not depend on the values). The load average is printed
+before and after: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_index import make_photos, random_checkpoint
+
+GPU_MODEL_ONLY = {"ViT-S/14 at 224 (H200)": 5213, "ViT-B/14 at 518 (H200)": 1060}  # docs/throughput.md, (b)
+
+
+def part_index(folder: Path, out: Path, *, model: str, weights: str | None, size: int, batch: int, ray: bool) -> dict:
+    from retrieval import Index
+    from retrieval.engine import Cluster
+    from retrieval.engine.commit import LOCAL_PCA_FILES
+
+    overrides = {"backbone": {"name": model, "weights": weights}, "image": {"size": size}, "batch_size": batch}
+    stamps: list[tuple[float, int]] = []
+    with Index.open_or_create(out, overrides) as idx:
+        start = time.perf_counter()
+        summary = idx.update([folder], cluster=Cluster("local") if ray else None,
+                             on_progress=lambda done, total: stamps.append((time.perf_counter(), done)))
+        seconds = time.perf_counter() - start
+        n = idx.count()
+    # steady: from the first commit after the patch-PCA sample (a new index embeds that first, in
+    # a run of its own; on Ray a second dataset and actor start) to the last
+    after = [s for s in stamps if s[1] > LOCAL_PCA_FILES] or stamps
+    (t0, n0), (t1, n1) = after[0], after[-1]
+    return {"images": n, "added": summary.added, "seconds": seconds, "img_s": n / seconds,
+            "steady_img_s": (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan"),
+            "first_commit_s": stamps[0][0] - start}
+
+
+def part_commit(out: Path, *, rows: int, batch: int) -> dict:
+    from retrieval import local
+    from retrieval.engine.commit import Counts, Embedded, upserts
+    from retrieval.engine.distributed import from_columns, to_columns
+    from retrieval.store import Store
+    from retrieval.types import ImageRef
+
+    rng = np.random.default_rng(0)
+    dim, k, n = 768, local.DEFAULT_DIM, local.DEFAULT_PATCHES
+
+    def result(i: int) -> Embedded:
+        desc = rng.normal(size=dim).astype(np.float32)
+        feats = rng.normal(size=(n, k)).astype(np.float16).tobytes()
+        coords = rng.integers(0, 16, size=(n, 2)).astype(np.uint16).tobytes()
+        return Embedded(f"/photos/{i:08d}.jpg", f"{i:064x}", 4000, 3000, desc / np.linalg.norm(desc), (16, 16),
+                        feats, coords)
+
+    made = [result(i) for i in range(rows)]
+    refs = {e.path: ImageRef(e.path, 3_000_000, 1_700_000_000_000_000_000) for e in made}
+    blocks = [to_columns([(0, e) for e in made[i:i + batch]], call=str(i)) for i in range(0, rows, batch)]
+    got: dict[str, float] = {}
+    rounds = [("apply(upserts)", False), ("from_columns+apply(upserts)", True)] * 2  # best of two, interleaved
+    for r, (label, through_columns) in enumerate(rounds):
+        store = Store(out / f"{r}.sqlite", create=True)
+        counts = Counts()
+        start = time.perf_counter()
+        if through_columns:
+            for block in blocks:
+                for group in from_columns(block):
+                    store.apply(upserts(group, refs, set(), counts))
+        else:
+            for i in range(0, rows, batch):
+                store.apply(upserts(made[i:i + batch], refs, set(), counts))
+        seconds = time.perf_counter() - start
+        assert counts.added == rows and store.count("ok") == rows
+        store.close()
+        got[label] = max(got.get(label, 0.0), rows / seconds)
+    row_bytes = dim * 4 + n * k * 2 + n * 4
+    return {"rows": rows, "batch": batch, "row_bytes": row_bytes, "rows_s": got}
+
+
+def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str | None, tmp: Path) -> dict:
+    cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--out", str(tmp / part),
+           "--model", args.model, "--size", str(args.size), "--batch", str(args.batch), "--rows", str(args.rows)]
+    if weights:
+        cmd += ["--weights", weights]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"part {part} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--model", default="dinov2_vits14")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--folder", type=Path)
+    ap.add_argument("--weights")
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--parts", default="local,ray,commit")
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.part in ("local", "ray"):
+        print(json.dumps(part_index(args.folder, args.out, model=args.model, weights=args.weights, size=args.size,
+                                    batch=args.batch, ray=args.part == "ray")))
+        return
+    if args.part == "commit":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(part_commit(args.out, rows=args.rows, batch=args.batch)))
+        return
+
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench_ray_") as t:
+        tmp = Path(t)
+        folder = args.folder
+        if folder is None and ("local" in parts or "ray" in parts):
+            folder = tmp / "photos"
+            make_photos(folder, args.images, distinct=min(args.images, 20))
+        weights = args.weights
+        if weights is None and args.model != "test_tiny":
+            weights = random_checkpoint(args.model, tmp)
+        load_before = os.getloadavg()
+        res = {p: run_part(args, p, folder or tmp, weights, tmp) for p in parts}
+        load_after = os.getloadavg()
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average before {load_before[0]:.2f} "
+          f"{load_before[1]:.2f} {load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} "
+          f"{load_after[2]:.2f}")
+    weights_note = "random weights" if args.weights is None else args.weights
+    print(f"model: {args.model} ({weights_note}), size {args.size}, batch {args.batch}")
+    for p in ("local", "ray"):
+        if p in res:
+            r = res[p]
+            print(f"{p:6s} {r['images']} images in {r['seconds']:.1f} s: {r['img_s']:.1f} img/s overall, "
+                  f"{r['steady_img_s']:.1f} img/s steady (first commit after "
+                  f"{r['first_commit_s']:.1f} s)")
+    if "local" in res and "ray" in res:
+        print(f"ray / local: {res['ray']['img_s'] / res['local']['img_s']:.2f} overall, "
+              f"{res['ray']['steady_img_s'] / res['local']['steady_img_s']:.2f} steady")
+    if "commit" in res:
+        c = res["commit"]
+        print(f"commit ceiling ({c['rows']} rows of {c['row_bytes'] / 1024:.1f} KB, {c['batch']} per transaction):")
+        for label, rate in c["rows_s"].items():
+            print(f"  {label}: {rate:,.0f} rows/s")
+        ceiling = c["rows_s"]["from_columns+apply(upserts)"]
+        for name, rate in GPU_MODEL_ONLY.items():
+            print(f"  one driver feeds {ceiling / rate:.1f} GPUs running {name} at its model-only {rate:,} img/s")
+
+
+if __name__ == "__main__":
+    main()
