@@ -25,6 +25,7 @@ from .conftest import AWKWARD
 from .helpers import TINY_ARGS, TINY_CONFIG, error_lines, make_photos, run
 
 BAD = ["jpeg_truncated_progressive.jpg", "jpeg_truncated_baseline_photo.jpg"]
+ODD_NAME = os.fsdecode(b"caf\xe9.jpg")  # not UTF-8: Linux names are bytes, and Arrow strings must be UTF-8
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +42,26 @@ def ray_runtime(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """20 photos (more than the 16 a new index learns its patch PCA from) and two refused files."""
+    """21 photos (more than the 16 a new index learns its patch PCA from), one named in Latin-1, and
+    two refused files."""
     root = tmp_path_factory.mktemp("rayphotos") / "photos"
     make_photos(root, range(20))
+    make_photos(root / "more", [20])[0].rename(root / ODD_NAME)
     for name in BAD:
         shutil.copy(AWKWARD / name, root / name)
     return root
 
 
-def _rows(index: Path) -> dict[str, tuple]:
+def _rows(index: Path) -> dict[bytes, tuple]:
+    """Every stored row by its path's bytes (a name that is not UTF-8 is stored as a BLOB)."""
     with sqlite3.connect(index / "store.sqlite") as conn:
         cur = conn.execute("SELECT path, status, error, sha256, width, height, descriptor, local_feats, local_coords "
                            "FROM images")
-        return {r[0]: r[1:] for r in cur.fetchall()}
+        return {r[0] if isinstance(r[0], bytes) else os.fsencode(r[0]): r[1:] for r in cur.fetchall()}
 
 
 def _query(index: Path, image: Path) -> list[dict]:
-    r = run("query", str(image), "--index", str(index), "--json", "-k", "22")
+    r = run("query", str(image), "--index", str(index), "--json", "-k", "23")
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -68,29 +72,29 @@ def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("index", str(folder), "--index", str(spread), *TINY_ARGS, "--ray", "local")
     assert r.exit_code == 0, r.output
-    assert "added 20, updated 0, removed 0, unchanged 0, skipped 2" in r.stdout
+    assert "added 21, updated 0, removed 0, unchanged 0, skipped 2" in r.stdout
     assert ray_runtime.is_initialized()  # a runtime this process held is used, not shut down
 
     a, b = _rows(alone), _rows(spread)
-    assert sorted(a) == sorted(b) and len(a) == 22
+    assert sorted(a) == sorted(b) and len(a) == 23 and os.fsencode(folder / ODD_NAME) in a
     for path, (status, error, sha, w, h, desc, feats, coords) in a.items():
         s2, e2, sha2, w2, h2, desc2, feats2, coords2 = b[path]
         assert (status, error, sha, w, h) == (s2, e2, sha2, w2, h2), path
         if status == "skipped":
-            assert Path(path).name in BAD and "truncated" in error
+            assert os.fsdecode(os.path.basename(path)) in BAD and "truncated" in error
             continue
         np.testing.assert_allclose(np.frombuffer(desc2, np.float32), np.frombuffer(desc, np.float32), atol=1e-5)
         assert coords2 == coords  # the same patches kept, by the same (frozen) patch PCA
         np.testing.assert_allclose(np.frombuffer(feats2, np.float16).astype(np.float32),
                                    np.frombuffer(feats, np.float16).astype(np.float32), atol=2e-3)
-    for name in ("photo_003.jpg", "photo_017.jpg"):
+    for name in ("photo_003.jpg", "photo_017.jpg", ODD_NAME):
         qa, qb = _query(alone, folder / name), _query(spread, folder / name)
         assert [h["path"] for h in qa] == [h["path"] for h in qb]
         np.testing.assert_allclose([h["score"] for h in qb], [h["score"] for h in qa], atol=1e-4)
 
     again = run("index", str(folder), "--index", str(spread), *TINY_ARGS, "--ray", "local")
     assert again.exit_code == 0, again.output
-    assert "added 0, updated 0, removed 0, unchanged 20, skipped 0, still refused 2" in again.stdout
+    assert "added 0, updated 0, removed 0, unchanged 21, skipped 0, still refused 2" in again.stdout
     assert _rows(spread) == b
 
 
@@ -98,7 +102,7 @@ class DiesOnce(Embedder):
     """Kills its worker process in its first call (once per folder: a marker file beside it)."""
 
     def __call__(self, batch):  # noqa: ANN001, ANN204
-        marker = Path(str(batch["path"][0])).parent.parent / "died-once"
+        marker = Path(os.fsdecode(batch["path"][0])).parent.parent / "died-once"
         if not marker.exists():
             marker.touch()
             os._exit(1)
@@ -114,7 +118,7 @@ def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime
         assert (summary.added, summary.updated, summary.skipped, summary.interrupted) == (10, 0, [], False)
         assert idx.count() == 10
     rows = _rows(tmp_path / "index")
-    assert sorted(Path(p).name for p in rows) == [f"photo_{i:03d}.jpg" for i in range(10)]
+    assert sorted(Path(os.fsdecode(p)).name for p in rows) == [f"photo_{i:03d}.jpg" for i in range(10)]
 
 
 def test_stopping_keeps_what_was_committed_and_the_same_command_continues(ray_runtime, tmp_path):
@@ -163,6 +167,8 @@ def test_results_cross_as_plain_columns_and_come_back_the_same():
     e2 = Embedded("/p/b.jpg", "cd" * 32, 10, 20, rng.normal(size=8).astype(np.float32), (2, 2), None, None,
                   rng.normal(size=(4, 6)).astype(np.float32))
     cols = to_columns([(0, e1), (0, Skipped(3, "/p/c.png", "truncated file")), (1, e2)], call="x")
+    odd = to_columns([(0, Skipped(0, "/p/" + ODD_NAME, "not an image"))], call="y")
+    assert from_columns(odd)[0][0] == Skipped(-1, "/p/" + ODD_NAME, "not an image")
     for v in cols.values():  # numpy columns of str, int, bool or bytes: nothing else crosses
         assert isinstance(v, np.ndarray) and all(isinstance(x, (str, bytes, np.integer, np.bool_)) for x in v)
     groups = from_columns(cols)

@@ -152,7 +152,7 @@ def embed_on_ray(paths: Sequence[str], pca: LocalPCA | None, *, spec: WorkerSpec
     import ray
 
     per_call = CALLS_PER_BATCH * spec.config.batch_size
-    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+    items = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]  # names are bytes (not UTF-8)
     embed_args, decode_args, actors = pool(ray)
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
@@ -232,7 +232,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: EngineConfig) -> dict[
     pixel_limit scope. Out: the files' uint8 pixels per scale as bytes with their shapes, or the
     reason a file was refused."""
     read = images.model_reader(config.image, scales=config.pooling.scales, patch_size=PATCH_SIZE)
-    paths = [str(p) for p in batch["path"]]
+    paths = [os.fsdecode(p) for p in batch["path"]]
 
     def one(path: str) -> images.PreparedFile | str:
         try:
@@ -244,8 +244,9 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: EngineConfig) -> dict[
 
     with images.pixel_limit(config.image.max_pixels), ThreadPoolExecutor(_cores()) as threads:
         got = list(threads.map(one, paths))
-    out: dict[str, Any] = {"index": batch["index"], "path": np.array(paths, dtype=object),
-                           "reason": np.array([g if isinstance(g, str) else "" for g in got], dtype=object)}
+    out: dict[str, Any] = {"index": batch["index"], "path": batch["path"],
+                           "reason": np.array([os.fsencode(g) if isinstance(g, str) else b"" for g in got],
+                                              dtype=object)}
     out["sha256"] = np.array([g.sha256 if not isinstance(g, str) else "" for g in got], dtype=object)
     out["nbytes"] = np.array([0 if isinstance(g, str) else g.nbytes for g in got], np.int64)
     out["width"] = np.array([0 if isinstance(g, str) else g.original_wh[0] for g in got], np.int64)
@@ -302,31 +303,32 @@ def _decoded(batch: dict[str, np.ndarray], scales: int) -> Iterator[Any]:
     """decode_batch's columns back into the Decoded files (and Skipped ones) embed_stream takes."""
     from .embedding import from_prepared
 
-    for j, path in enumerate(batch["path"]):
-        i, reason = int(batch["index"][j]), str(batch["reason"][j])
+    for j, name in enumerate(batch["path"]):
+        i, path, reason = int(batch["index"][j]), os.fsdecode(name), os.fsdecode(batch["reason"][j])
         if reason:
-            yield Skipped(i, str(path), reason)
+            yield Skipped(i, path, reason)
             continue
         pixels = tuple(np.frombuffer(batch[f"px{s}"][j], np.uint8).reshape(int(batch[f"h{s}"][j]),
                                                                            int(batch[f"w{s}"][j]), 3).copy()
                        for s in range(scales))
         pf = images.PreparedFile(pixels, (int(batch["width"][j]), int(batch["height"][j])), str(batch["sha256"][j]),
                                  int(batch["nbytes"][j]))
-        yield from_prepared(i, str(path), pf)
+        yield from_prepared(i, path, pf)
 
 
 # --- results as columns -----------------------------------------------------------------------
 def to_columns(rows: Sequence[tuple[int, Embedded | Skipped]], *, call: str) -> dict[str, np.ndarray]:
     """(forward-batch number, result) rows of one worker call as plain columns: strings, integers
-    and bytes (descriptor float32, local descriptors as stored, patch tokens float32 or empty)."""
+    and bytes (paths and reasons as the file system's bytes, since Arrow strings must be UTF-8;
+    descriptor float32, local descriptors as stored, patch tokens float32 or empty)."""
     def col(values: list[Any], dtype: Any = object) -> np.ndarray:
         return np.array(values, dtype=dtype)
 
     ok = list(rows)
     return {
         "group": col([f"{call}:{g}" for g, _ in ok]),
-        "path": col([r.path for _, r in ok]),
-        "reason": col([r.reason if isinstance(r, Skipped) else "" for _, r in ok]),
+        "path": col([os.fsencode(r.path) for _, r in ok]),
+        "reason": col([os.fsencode(r.reason) if isinstance(r, Skipped) else b"" for _, r in ok]),
         "sha256": col(["" if isinstance(r, Skipped) else r.sha256 for _, r in ok]),
         "width": col([0 if isinstance(r, Skipped) else r.width for _, r in ok], np.int64),
         "height": col([0 if isinstance(r, Skipped) else r.height for _, r in ok], np.int64),
@@ -346,8 +348,8 @@ def to_columns(rows: Sequence[tuple[int, Embedded | Skipped]], *, call: str) -> 
 def from_columns(block: dict[str, np.ndarray]) -> list[list[Embedded | Skipped]]:
     """Inverse of to_columns: the results of a block, grouped per forward batch (first-seen order)."""
     groups: dict[str, list[Embedded | Skipped]] = {}
-    for j, path in enumerate(block["path"]):
-        path, reason = str(path), str(block["reason"][j])
+    for j, name in enumerate(block["path"]):
+        path, reason = os.fsdecode(bytes(name)), os.fsdecode(bytes(block["reason"][j]))
         item: Embedded | Skipped
         if reason:
             item = Skipped(-1, path, reason)
