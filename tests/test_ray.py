@@ -1,7 +1,8 @@
 """`retrieve index --ray` (issue 13): the files embedded by Ray workers, planned and committed by
-the driver exactly as without Ray. One local Ray runtime (2 CPUs, a small object store, no
-dashboard, its files in the test's temporary folder) serves the module; `--ray local` uses the
-runtime the process already holds. Ray is part of the `test` extra: a missing Ray fails here."""
+the driver exactly as without Ray. One local Ray runtime (2 CPUs and a declared GPU, a small
+object store, no dashboard, its files in the test's temporary folder) serves the module;
+`--ray local` uses the runtime the process already holds. Ray is part of the `test` extra: a
+missing Ray fails here."""
 
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ def ray_runtime(tmp_path_factory):
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, logging_level=logging.WARNING,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    # one GPU declared (Ray's resources are labels): the cluster's shape is a GPU node's, so decoding
+    # runs in tasks of its own and its pixels cross to the actor as a GPU cluster's do; the model
+    # runs on the CPU (torch finds no CUDA device). The CPU shape is checked in test_pool_sizing.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=80 * 2**20,
+             logging_level=logging.WARNING, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()
 
@@ -203,3 +207,40 @@ def test_an_error_raised_on_a_worker_reaches_the_user_as_its_own_line():
     assert isinstance(got, RetrievalError) and str(got) == "weights on node n1 differ from the index's"
     other = _as_retrieval_error(ConnectionError("node lost\nobject store full"))
     assert str(other).startswith("the Ray run failed (ConnectionError: object store full)")
+
+
+class _FakeRay:
+    def __init__(self, resources: dict, nodes: list[dict]) -> None:
+        self.resources, self.node_list = resources, nodes
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+    def nodes(self) -> list[dict]:
+        return self.node_list
+
+
+def test_pool_sizing():
+    from retrieval.engine.distributed import pool
+
+    def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+        return {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}}
+
+    # GPUs: an actor per GPU, one CPU each; decoding in one-CPU tasks of its own (not fused)
+    embed, decode, actors = pool(_FakeRay({"CPU": 48, "GPU": 8}, [node(16), node(16, 4), node(16, 4)]))
+    assert (embed, decode, actors) == ({"num_gpus": 1, "num_cpus": 1}, {"num_cpus": 1}, 8)
+    # CPUs only: an actor per node of the smallest node's cores; decoding with equal resources (fused)
+    embed, decode, actors = pool(_FakeRay({"CPU": 40}, [node(16), node(8), node(16), node(64, alive=False)]))
+    assert embed == decode == {"num_cpus": 8} and actors == 5
+    assert pool(_FakeRay({"CPU": 2}, [node(2)])) == ({"num_cpus": 2}, {"num_cpus": 2}, 1)
+
+
+def test_decode_tasks_start_without_torch_or_ray():
+    """A decode task's process imports the module of its function, and only that."""
+    import subprocess
+
+    code = "import sys, retrieval.engine.distributed; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
