@@ -68,7 +68,7 @@ def index(
                                                       "index for later runs (repeatable).")] = None,
     clear_excludes: Annotated[bool, typer.Option("--clear-excludes", help="Forget every exclusion (globs and what "
                                                                          "`retrieve remove` took out) first.")] = False,
-    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS",
+    ray: Annotated[str | None, typer.Option("--ray",
                                             help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
