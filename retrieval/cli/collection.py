@@ -84,6 +84,7 @@ def index(
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours show
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         if exclude or clear_excludes:
             idx.exclude(exclude or [], clear=clear_excludes)
