@@ -23,7 +23,6 @@ path never import it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import socket
@@ -149,16 +148,20 @@ def embed_on_ray(paths: Sequence[str], pca: LocalPCA | None, *, spec: WorkerSpec
     a path already given in this run (`seen`: a retried task whose first output also arrived) is
     dropped, so no row is written twice; a path that never comes back is an error once the stream
     ends (what came back is committed by then; the same command continues)."""
+    import pyarrow as pa  # Ray Data's own dependency
     import ray
 
-    per_call = CALLS_PER_BATCH * spec.config.batch_size
-    items = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]  # names are bytes (not UTF-8)
+    per_call = CALLS_PER_BATCH * spec.config.batch_size  # paths go as bytes: names need not be UTF-8
     embed_args, decode_args, actors = pool(ray)
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # the caller shows progress; datasets keep a copy of the context
     try:
-        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_call)))
+        # blocks of exactly per_call files, one per worker call (Ray Data would merge smaller ones
+        # into one call, whose results then reach the driver only when all of it is done)
+        ds: Any = ray.data.from_arrow([pa.table({"index": pa.array(range(i, i + len(chunk)), pa.int64()),
+                                                 "path": pa.array([os.fsencode(p) for p in chunk], pa.binary())})
+                                       for i in range(0, len(paths), per_call) for chunk in [paths[i:i + per_call]]])
         ds = ds.map_batches(decode_batch, batch_size=per_call, batch_format="numpy",
                             fn_kwargs={"config": spec.config}, **decode_args)
         ds = ds.map_batches(embedder, batch_size=per_call, batch_format="numpy",
