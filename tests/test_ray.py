@@ -103,24 +103,30 @@ def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
 
 
 class DiesOnce(Embedder):
-    """Kills its worker process in its first call (once per folder: a marker file beside it)."""
+    """Kills its worker process in its first call (once per folder: a marker file beside it);
+    notes the size of every call that returns."""
 
     def __call__(self, batch):  # noqa: ANN001, ANN204
         marker = Path(os.fsdecode(batch["path"][0])).parent.parent / "died-once"
         if not marker.exists():
             marker.touch()
             os._exit(1)
-        return super().__call__(batch)
+        out = super().__call__(batch)
+        with open(marker.parent / "calls", "a") as f:
+            f.write(f"{len(batch['path'])}\n")
+        return out
 
 
 def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(10))
-    with engine.Index.open_or_create(tmp_path / "index", TINY_CONFIG) as idx:
+    with engine.Index.open_or_create(tmp_path / "index", {**TINY_CONFIG, "batch_size": 1}) as idx:
         summary = idx.update([photos], cluster=Cluster("local", embedder=DiesOnce))
         assert (tmp_path / "died-once").exists()  # the worker did die
         assert (summary.added, summary.updated, summary.skipped, summary.interrupted) == (10, 0, [], False)
         assert idx.count() == 10
+    # a call takes 4 x batch files, no more (results come back per call): 4, 4, 2
+    assert sorted(int(n) for n in (tmp_path / "calls").read_text().split()) == [2, 4, 4]
     rows = _rows(tmp_path / "index")
     assert sorted(Path(os.fsdecode(p)).name for p in rows) == [f"photo_{i:03d}.jpg" for i in range(10)]
 
