@@ -12,7 +12,8 @@ Each part runs in its own fresh process, one after the other:
           store (a 2 x 384 = 768-d descriptor for ViT-S's cls+gem, local.DEFAULT_PATCHES local
           descriptors of local.DEFAULT_DIM in fp16 with their coordinates) turned back from Ray's
           columns (distributed.from_columns), into rows (commit.upserts) and committed per batch
-          (Store.apply), as the Ray driver does; and Store.apply(upserts(...)) alone; best of two each.
+          (Store.apply), as the Ray driver does; and Store.apply(upserts(...)) alone; best of two each,
+          at --batch 16 and at 128 rows per transaction (--commit-batches; a GPU's batch is larger).
 Prints img/s of local and ray (the whole update, Ray's start included, and the steady rate from
 the first commit after the patch-PCA sample to the last), their ratio, the commit ceiling in rows/s and how many GPUs at the
 model-only rates of docs/throughput.md one driver could feed. Without --folder it makes photo-like
@@ -62,7 +63,7 @@ def part_index(folder: Path, out: Path, *, model: str, weights: str | None, size
             "first_commit_s": stamps[0][0] - start}
 
 
-def part_commit(out: Path, *, rows: int, batch: int) -> dict:
+def part_commit(out: Path, *, rows: int, batches: list[int]) -> dict:
     from retrieval import local
     from retrieval.engine.commit import Counts, Embedded, upserts
     from retrieval.engine.distributed import from_columns, to_columns
@@ -81,11 +82,23 @@ def part_commit(out: Path, *, rows: int, batch: int) -> dict:
 
     made = [result(i) for i in range(rows)]
     refs = {e.path: ImageRef(e.path, 3_000_000, 1_700_000_000_000_000_000) for e in made}
+    got: dict[str, float] = {}
+    for batch in batches:
+        got.update(_commits(out, made, refs, batch, upserts, Counts, Store, from_columns, to_columns))
+    row_bytes = dim * 4 + n * k * 2 + n * 4
+    return {"rows": rows, "row_bytes": row_bytes, "rows_s": got}
+
+
+def _commits(out: Path, made: list, refs: dict, batch: int, upserts, Counts, Store, from_columns,  # noqa: ANN001
+             to_columns) -> dict[str, float]:
+    """rows/s of the two ways, best of two rounds each, interleaved; `batch` rows per transaction."""
+    rows = len(made)
     blocks = [to_columns([(0, e) for e in made[i:i + batch]], call=str(i)) for i in range(0, rows, batch)]
     got: dict[str, float] = {}
-    rounds = [("apply(upserts)", False), ("from_columns+apply(upserts)", True)] * 2  # best of two, interleaved
+    rounds = [(f"apply(upserts), {batch} per transaction", False),
+              (f"from_columns+apply(upserts), {batch} per transaction", True)] * 2
     for r, (label, through_columns) in enumerate(rounds):
-        store = Store(out / f"{r}.sqlite", create=True)
+        store = Store(out / f"{batch}-{r}.sqlite", create=True)
         counts = Counts()
         start = time.perf_counter()
         if through_columns:
@@ -99,13 +112,13 @@ def part_commit(out: Path, *, rows: int, batch: int) -> dict:
         assert counts.added == rows and store.count("ok") == rows
         store.close()
         got[label] = max(got.get(label, 0.0), rows / seconds)
-    row_bytes = dim * 4 + n * k * 2 + n * 4
-    return {"rows": rows, "batch": batch, "row_bytes": row_bytes, "rows_s": got}
+    return got
 
 
 def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str | None, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--out", str(tmp / part),
-           "--model", args.model, "--size", str(args.size), "--batch", str(args.batch), "--rows", str(args.rows)]
+           "--model", args.model, "--size", str(args.size), "--batch", str(args.batch), "--rows", str(args.rows),
+           "--commit-batches", args.commit_batches]
     if weights:
         cmd += ["--weights", weights]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -133,6 +146,7 @@ def main() -> None:
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--weights")
     ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--commit-batches", default="16,128", help="rows per transaction in the commit part")
     ap.add_argument("--parts", default="local,ray,commit")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -144,7 +158,8 @@ def main() -> None:
         return
     if args.part == "commit":
         args.out.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(part_commit(args.out, rows=args.rows, batch=args.batch)))
+        print(json.dumps(part_commit(args.out, rows=args.rows,
+                                     batches=[int(b) for b in args.commit_batches.split(",")])))
         return
 
     parts = args.parts.split(",")
@@ -177,12 +192,14 @@ def main() -> None:
               f"{res['ray']['steady_img_s'] / res['local']['steady_img_s']:.2f} steady")
     if "commit" in res:
         c = res["commit"]
-        print(f"commit ceiling ({c['rows']} rows of {c['row_bytes'] / 1024:.1f} KB, {c['batch']} per transaction):")
+        print(f"commit ceiling ({c['rows']} rows of {c['row_bytes'] / 1024:.1f} KB):")
         for label, rate in c["rows_s"].items():
             print(f"  {label}: {rate:,.0f} rows/s")
-        ceiling = c["rows_s"]["from_columns+apply(upserts)"]
-        for name, rate in GPU_MODEL_ONLY.items():
-            print(f"  one driver feeds {ceiling / rate:.1f} GPUs running {name} at its model-only {rate:,} img/s")
+        for label, ceiling in c["rows_s"].items():
+            if label.startswith("from_columns"):
+                for name, rate in GPU_MODEL_ONLY.items():
+                    print(f"  {label.split(', ')[1]}: one driver feeds {ceiling / rate:.1f} GPUs running {name} at "
+                          f"its model-only {rate:,} img/s")
 
 
 if __name__ == "__main__":
