@@ -86,7 +86,7 @@ def test_bench_startup_prints_its_table():
 def test_bench_ray_prints_ratio_and_commit_ceiling():
     """The Ray part itself runs in tests/test_ray.py (a runtime per process is seconds)."""
     out = _run("scripts/bench_ray.py", "--parts", "local,commit", "--images", "3", "--model", "test_tiny", "--size",
-               "112", "--batch", "2", "--rows", "64", "--commit-batches", "2,16")
+               "112", "--batch", "2", "--rows", "64", "--commit-batches", "2,16", "--repeats", "1")
     assert re.search(r"^local +3 images in [\d.]+ s: [\d.]+ img/s overall", out, re.M)
     assert re.search(r"from_columns\+apply\(upserts\), 16 per transaction: [\d,]+ rows/s", out)
     assert re.search(r"16 per transaction: one driver feeds [\d.]+ GPUs running ViT-S/14", out)
