@@ -88,3 +88,13 @@ def test_bench_startup_prints_its_table():
         assert re.search(rf"\| `{re.escape(command)}[^`]*` \| \d+\.\d\d \| `python -c ", out), command
     assert re.search(r"\| `retrieve info` .* \| <= 0\.3x: (met|NOT met) \|", out)
     assert re.search(r"\| `retrieve query` .* \| <= 1\.5x: (met|NOT met) \|", out)
+
+
+def test_bench_ray_prints_ratio_and_commit_ceiling():
+    """The Ray part itself runs in tests/test_ray.py (a runtime per process is seconds)."""
+    out = _run("scripts/bench_ray.py", "--parts", "local,commit", "--images", "3", "--model", "test_tiny", "--size",
+               "112", "--batch", "2", "--rows", "64", "--commit-batches", "2,16", "--repeats", "1")
+    assert re.search(r"^local +3 images in [\d.]+ s: [\d.]+ img/s overall", out, re.M)
+    assert re.search(r"from_columns\+apply\(upserts\), 16 per transaction: [\d,]+ rows/s", out)
+    assert re.search(r"16 per transaction: one driver feeds [\d.]+ GPUs running ViT-S/14", out)
+    assert "load average before" in out

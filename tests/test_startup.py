@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import ROOT, synth_photo
 
-HEAVY = ("torch", "timm", "torchvision", "sklearn", "scipy")
+HEAVY = ("torch", "timm", "torchvision", "sklearn", "scipy", "ray")  # ray: only `retrieve index --ray` imports it
 
 _PROBE = """
 import atexit, json, sys

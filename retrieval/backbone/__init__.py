@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Backbone": "model", "backbone_names": "model", "ensure_weights": "model", "interpolate_pos_embed": "model",
-    "load_backbone": "model", "native_dtype": "model", "resolve_device": "model",
+    "load_backbone": "model", "native_dtype": "model", "resolve_device": "model", "weights_id": "model",
 }
 
-__all__ = sorted([*_EXPORTS, "Arch", "registry"])
+__all__ = sorted([*_EXPORTS, "PATCH_SIZE", "Arch", "registry"])
 
 # torch-free, and bound here so that the name `registry` is the function, not the submodule
-from .registry import Arch, registry  # noqa: E402
+from .registry import PATCH_SIZE, Arch, registry  # noqa: E402
 
 if TYPE_CHECKING:
     from .model import (Backbone, backbone_names, ensure_weights, interpolate_pos_embed, load_backbone, native_dtype,
-                        resolve_device)
+                        resolve_device, weights_id)
 
 
 def __getattr__(name: str) -> Any:

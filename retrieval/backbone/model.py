@@ -13,11 +13,11 @@ from ..errors import RetrievalError, UnknownBackboneError, UsageError, WeightsEr
 from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
-from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
+from .registry import IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, Arch, registry
 from .vit import TEST_TINY_WEIGHTS, VisionTransformer, build_vit, interpolate_pos_embed
 
 __all__ = ["Backbone", "backbone_names", "ensure_weights", "interpolate_pos_embed", "load_backbone", "native_dtype",
-           "resolve_device", "resolve_dtype"]
+           "resolve_device", "resolve_dtype", "weights_id"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Backbone(torch.nn.Module):
         self.weights_id = weights_id
         self.name = arch.name
         self.dim = arch.dim
-        self.patch_size = 14
+        self.patch_size = PATCH_SIZE
         self.num_registers = arch.num_registers
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
@@ -155,6 +155,32 @@ def ensure_weights(name: str, *, weights: str | Path | None = None, cache_dir: s
         W.fetch_official(arch, cache_dir=cache_dir)
 
 
+def _weights_file(name: str, weights: str | Path | None, cache_dir: str | Path | None) -> tuple[Arch, Path | None]:
+    """The architecture of `name` and the weights file load_backbone reads: `weights`, else the
+    official checkpoint (fetched once into the cache), else None for a random-only test model."""
+    archs = registry()
+    if name not in archs:
+        raise UnknownBackboneError(name, list(archs))
+    arch = archs[name]
+    if weights is not None:
+        return arch, Path(weights)
+    if arch.random_only:
+        return arch, None
+    return arch, W.fetch_official(arch, cache_dir=cache_dir)
+
+
+def weights_id(name: str, *, weights: str | Path | None = None, cache_dir: str | Path | None = None,
+               hash_cache: MutableMapping[str, str] | None = None) -> str:
+    """The `weights_id` load_backbone(name, weights=...) would give, without building the model:
+    what a driver checks against its index before workers load the model themselves."""
+    _, path = _weights_file(name, weights, cache_dir)
+    if path is None:
+        return TEST_TINY_WEIGHTS
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; pass the index's weights file with --weights")
+    return W.file_id(path, hash_cache)
+
+
 def load_backbone(
     name: str,
     *,
@@ -175,20 +201,13 @@ def load_backbone(
     onednn: in fp32 on the CPU, run the linear layers through oneDNN (onednn.py); False keeps
     PyTorch's default kernels, as a plain torch hub model has them.
     """
-    archs = registry()
-    if name not in archs:
-        raise UnknownBackboneError(name, list(archs))
-    arch = archs[name]
+    arch, path = _weights_file(name, weights, cache_dir)
     vit = _build_vit(arch)
-    if weights is not None:
-        W.load_into(vit, W.read_checkpoint(weights, arch), arch, str(weights))
-        weights_id = W.file_id(weights, hash_cache)
-    elif arch.random_only:
-        log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
-        weights_id = TEST_TINY_WEIGHTS
-    else:
-        path = W.fetch_official(arch, cache_dir=cache_dir)
+    if path is not None:
         W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
         weights_id = W.file_id(path, hash_cache)
+    else:
+        log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
+        weights_id = TEST_TINY_WEIGHTS
     where = resolve_device(device)
     return Backbone(arch, vit, device=where, dtype=resolve_dtype(dtype, where), weights_id=weights_id, onednn=onednn)

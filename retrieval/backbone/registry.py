@@ -9,6 +9,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
 
+PATCH_SIZE = 14  # every DINOv2 model: what decoders resize to multiples of, before any model is built
+
+
 @dataclass(frozen=True)
 class Arch:
     """One DINOv2 variant.

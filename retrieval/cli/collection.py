@@ -68,6 +68,10 @@ def index(
                                                       "index for later runs (repeatable).")] = None,
     clear_excludes: Annotated[bool, typer.Option("--clear-excludes", help="Forget every exclusion (globs and what "
                                                                          "`retrieve remove` took out) first.")] = False,
+    ray: Annotated[str | None, typer.Option("--ray",
+                                            help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
+                                                 "or a head's ray://HOST:PORT; needs pip install "
+                                                 "\"retrieval[ray]\" (docs/scale.md).")] = None,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files.
 
@@ -77,6 +81,10 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
+    cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
+    if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours show
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         if exclude or clear_excludes:
             idx.exclude(exclude or [], clear=clear_excludes)
@@ -86,7 +94,8 @@ def index(
             bar.update(task, completed=done, total=total)
             bar.update(task, rate=_rate(bar.tasks[0]))
 
-        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress)
+        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
+                             cluster=cluster)
         if refit_whitening:
             idx.refresh(refit=True)
         images_now = idx.count()

@@ -21,6 +21,7 @@ _EXPORTS = {
     "EvalOptions": "evaluation",
     "Pair": "maps", "explain": "maps", "match_files": "maps",
     "atomic_write": "files", "expand_inputs": "files",
+    "Cluster": "distributed", "ray_cluster": "distributed",
     "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
 }
 
@@ -28,6 +29,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .descriptors import Embedding
+    from .distributed import Cluster, ray_cluster
     from .check import CheckReport, Finding, backup_store, check_index
     from .embedding import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report

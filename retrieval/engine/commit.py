@@ -1,11 +1,16 @@
-"""Turning embedding results into store rows, per forward batch; the index's patch PCA."""
+"""Turning embedding results into store rows, per forward batch; the index's patch PCA.
+
+The single-process path and the Ray path (engine/distributed.py) both commit through here:
+results become `Embedded` records, and `upserts` turns a group of them into one transaction."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .. import local
@@ -30,7 +35,46 @@ class Counts:
         self.skipped = self.skipped if self.skipped is not None else []
 
 
-def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], known: set[str],
+@dataclass(frozen=True)
+class Embedded:
+    """What the store keeps of one embedded file, in plain numpy and bytes: the light record that
+    crosses processes (engine/distributed.py) and that `upserts` turns into a row.
+
+    descriptor: raw global descriptor (D,) float32; grid: the first scale's (h, w); local_feats /
+    local_coords: local.pack's blobs, or None before the index has its patch PCA, when `patches`
+    (h*w, d) float32 holds the first scale's tokens instead (the sample the PCA is learned from)."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
+    descriptor: np.ndarray
+    grid: tuple[int, int]
+    local_feats: bytes | None = None
+    local_coords: bytes | None = None
+    patches: np.ndarray | None = None
+
+
+def stored(item: Embedding | Skipped) -> Embedded | Skipped:
+    """The light record of one embedding result (a refused file passes through)."""
+    if isinstance(item, Skipped):
+        return item
+    d = item.decoded
+    feats, coords = local.pack(item.features) if item.features is not None else (None, None)
+    return Embedded(d.path, d.sha256, d.original_wh[0], d.original_wh[1], item.descriptor, item.grid, feats, coords,
+                    item.patches)
+
+
+def featured(item: Embedded | Skipped, pca: LocalPCA | None) -> Embedded | Skipped:
+    """A result embedded with its patch tokens, given its local descriptors by `pca` (the tokens
+    dropped); anything else unchanged."""
+    if pca is None or isinstance(item, Skipped) or item.patches is None:
+        return item
+    feats, coords = local.pack(local.select(item.patches, item.grid, pca))
+    return dataclasses.replace(item, local_feats=feats, local_coords=coords, patches=None)
+
+
+def upserts(group: Sequence[Embedded | Skipped], refs: dict[str, ImageRef], known: set[str],
             counts: Counts) -> list[Upsert]:
     """Store rows for one group of results, counting added / updated / skipped into `counts`.
     Results without local descriptors (an index too small to learn its patch PCA yet) get none:
@@ -43,12 +87,11 @@ def upserts(group: Sequence[Embedding | Skipped], refs: dict[str, ImageRef], kno
             counts.skipped.append((item.path, item.reason))
             out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, None, "skipped", item.reason))
             continue
-        d = item.decoded
-        ref = refs[d.path]
-        feats, coords = local.pack(item.features) if item.features is not None else (None, None)
-        out.append(Upsert(d.path, ref.nbytes, ref.mtime_ns, d.sha256, "ok", width=d.original_wh[0], height=d.original_wh[1],
-                          descriptor=item.descriptor, local_feats=feats, local_coords=coords, grid=item.grid))
-        if d.path in known:
+        ref = refs[item.path]
+        out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, item.sha256, "ok", width=item.width, height=item.height,
+                          descriptor=item.descriptor, local_feats=item.local_feats, local_coords=item.local_coords,
+                          grid=item.grid))
+        if item.path in known:
             counts.updated += 1
         else:
             counts.added += 1

@@ -7,7 +7,6 @@ would be indexed.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,6 @@ class Embedding:
         """The first scale's patch tokens (h*w, d): there when the stream was given no patch PCA."""
         assert self.patches is not None, "embedded with a patch PCA: only local descriptors were kept"
         return self.patches
-
-    def with_features(self, pca: LocalPCA) -> Embedding:
-        """This result with its patch tokens turned into local descriptors by `pca`."""
-        assert self.patches is not None
-        return dataclasses.replace(self, patches=None, features=local.select(self.patches, self.grid, pca))
 
     def picture(self) -> Image.Image:
         """The first scale's model input as an RGB picture (what the patch grid covers)."""
@@ -93,6 +87,13 @@ def embed_files(paths: Sequence[str], *, backbone: Backbone, config: EngineConfi
                             workers=config.workers if workers is None else workers,
                             jpegs_on=jpeg_device(config.decode, backbone.device), jpeg_batch=config.batch_size,
                             box=box)
+    yield from embed_stream(stream, backbone=backbone, config=config, pca=pca)
+
+
+def embed_stream(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, config: EngineConfig,
+                 pca: LocalPCA | None = None) -> Iterator[list[Embedding | Skipped]]:
+    """`embed_files` for files already decoded (this process's decoders, or a Ray decode task's):
+    batched forward passes, pooled, grouped per forward pass."""
     partial: dict[int, dict[str, Any]] = {}
     group: list[Embedding | Skipped] = []
     for out in forward_batches(stream, backbone=backbone, batch_size=config.batch_size):
@@ -124,4 +125,4 @@ def embed_queries(paths: Sequence[str], *, backbone: Backbone, config: EngineCon
     return [done[i] for i in range(len(paths))]
 
 
-__all__ = ["Embedding", "complete", "embed_files", "embed_queries"]
+__all__ = ["Embedding", "complete", "embed_files", "embed_queries", "embed_stream"]

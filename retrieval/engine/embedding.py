@@ -66,7 +66,7 @@ def jpeg_device(decode: str, device: torch.device) -> torch.device | None:
     return device
 
 
-def _decoded(index: int, path: str, pf: images.PreparedFile) -> Decoded:
+def from_prepared(index: int, path: str, pf: images.PreparedFile) -> Decoded:
     """A file decoded by Pillow: its uint8 (H, W, 3) arrays as (3, H, W) tensor views."""
     return Decoded(index, path, tuple(torch.from_numpy(a).permute(2, 0, 1) for a in pf.pixels), pf.original_wh, pf.sha256,
                    pf.nbytes)
@@ -167,9 +167,8 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     """
     jpegs_on = None if box is not None else jpegs_on
     sizes = tuple(images.scaled_size(image.size, s, backbone.patch_size) for s in scales)
-    # a module-level function of a module without torch, so worker processes start light
-    read = partial(images.read_file, sizes=sizes, patch_size=backbone.patch_size, max_pixels=image.max_pixels,
-                   keep_jpeg=jpegs_on is not None, draft=draft, box=box)
+    read = images.model_reader(image, scales=scales, patch_size=backbone.patch_size, keep_jpeg=jpegs_on is not None,
+                               draft=draft, box=box)
     n = default_workers() if workers is None else workers
     in_threads = (jpegs_on is not None or n <= 0) if threads is None else threads
     pool_size = n if n > 0 else (os.cpu_count() or 1)
@@ -188,7 +187,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
                 yield Skipped(i, p, e.reason)
                 continue
             if isinstance(got, images.PreparedFile):
-                yield _decoded(i, p, got)
+                yield from_prepared(i, p, got)
                 continue
             held.append((i, p, got))
             if len(held) >= jpeg_batch:
@@ -228,7 +227,7 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
         except BadImageError as err:
             out.append(Skipped(i, p, err.reason))
             continue
-        out.append(_decoded(i, p, pf))
+        out.append(from_prepared(i, p, pf))
     yield from out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from ..discover import discover
 from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
-from ..types import shown
+from ..types import Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, writer_lock
 from .plan import Exclusions, plan_update
@@ -37,7 +37,12 @@ from .search import Query, SearchResult, search, stored_local
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
+    from .commit import Embedded
     from .descriptors import Embedding
+    from .distributed import Cluster
+
+    # embed(paths, pca): results grouped per forward batch, as the store takes them
+    Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
 
 log = logging.getLogger(__name__)
 
@@ -124,23 +129,52 @@ class Index:
 
             cfg = self.config.backbone
             weights = weights or self._weights
-            hashes: dict[str, str] = dict(self.store.get_meta("weights_hashes") or {})
-            before = dict(hashes)
+            hashes = self.weights_hashes()
             bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or self._device or cfg.device,
                                dtype=cfg.dtype, hash_cache=hashes)
-            if hashes != before:
-                self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
-            known = self.store.get_meta("weights_id")
-            if known is None:
-                self.store.set_meta(weights_id=bb.weights_id, fingerprint=self.fingerprint(bb.weights_id))
-            elif known != bb.weights_id:
-                raise ArtifactMismatchError(
-                    f"weights {weights or cfg.weights or 'official ' + cfg.name} ({bb.weights_id[:20]}...) differ "
-                    f"from those the index at {self.path} was built with ({known[:20]}...); pass the original "
-                    f"file with --weights"
-                )
+            self._adopt_weights(bb.weights_id, weights, hashes)
             self._backbone = bb
         return self._backbone
+
+    @property
+    def device(self) -> str | None:
+        """This run's choice of device (`open`'s), or None: the index's setting, else cuda when present."""
+        return self._device
+
+    def weights_file(self) -> str | None:
+        """Where this run finds the index's weights: `open`'s weights, else the stored path, else
+        None (the official checkpoint in the weights cache)."""
+        return self._weights or self.config.backbone.weights
+
+    def weights_hashes(self) -> dict[str, str]:
+        """Weights-file hashes remembered by (path, size, mtime) (backbone.weights.file_id)."""
+        return dict(self.store.get_meta("weights_hashes") or {})
+
+    def checked_weights_id(self) -> str:
+        """The weights id of `weights_file()` (hashed, or taken from the remembered hashes), checked
+        against the index's exactly as `backbone()` checks it, without building the model: what a
+        driver does before its workers load the model themselves (engine/distributed.py)."""
+        from ..backbone import weights_id
+
+        hashes = self.weights_hashes()
+        wid = weights_id(self.config.backbone.name, weights=self.weights_file(), hash_cache=hashes)
+        self._adopt_weights(wid, self._weights, hashes)
+        return wid
+
+    def _adopt_weights(self, weights_id: str, weights: str | None, hashes: dict[str, str]) -> None:
+        """Record the hashes learned and, for a new index, its weights id; refuse other weights."""
+        if hashes != self.weights_hashes():
+            self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
+        cfg = self.config.backbone
+        known = self.store.get_meta("weights_id")
+        if known is None:
+            self.store.set_meta(weights_id=weights_id, fingerprint=self.fingerprint(weights_id))
+        elif known != weights_id:
+            raise ArtifactMismatchError(
+                f"weights {weights or cfg.weights or 'official ' + cfg.name} ({weights_id[:20]}...) differ "
+                f"from those the index at {self.path} was built with ({known[:20]}...); pass the original "
+                f"file with --weights"
+            )
 
     def fingerprint(self, weights_id: str | None = None) -> str:
         return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
@@ -185,8 +219,10 @@ class Index:
     # --- update -----------------------------------------------------------------------------
     def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
                should_stop: Callable[[], bool] = lambda: False,
-               on_progress: Callable[[int, int], None] | None = None) -> UpdateSummary:
-        """Bring the index in line with the files under `roots` (see docs/index.md)."""
+               on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None) -> UpdateSummary:
+        """Bring the index in line with the files under `roots` (see docs/index.md). With a
+        `cluster` (engine.distributed.Cluster) the files are embedded by Ray workers; planning and
+        committing stay here, the same as without (docs/scale.md)."""
         start = time.monotonic()
         summary = UpdateSummary()
         with writer_lock(self.path):
@@ -206,22 +242,36 @@ class Index:
             summary.removed, summary.unchanged, summary.still_refused = \
                 len(plan.deletes), plan.unchanged, plan.still_refused
             if plan.embed:
-                summary.interrupted = self._embed_and_commit(plan.embed, {r.path: r for r in found}, plan.known,
-                                                             summary, should_stop, on_progress)
+                refs = {r.path: r for r in found}
+                if cluster is None:
+                    summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary, should_stop,
+                                                                 on_progress, self._embedded)
+                else:
+                    with cluster.session(self) as embed:
+                        summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary,
+                                                                     should_stop, on_progress, embed)
             summary.whitened = self.refresh() is not None
         summary.seconds = time.monotonic() - start
         return summary
 
+    def _embedded(self, paths: Sequence[str], pca: LocalPCA | None) -> Iterator[list[Embedded | Skipped]]:
+        """This process's embedding of `paths`, as the light records the store takes."""
+        from .commit import stored
+
+        for group in self.embed_files(paths, pca=pca):
+            yield [stored(e) for e in group]
+
     def _embed_and_commit(self, todo: list[str], refs: dict[str, Any], known: set[str], summary: UpdateSummary,
-                          should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None) -> bool:
-        """Embed `todo` and commit each forward batch in one transaction; True if stopped early.
+                          should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None,
+                          embed: Embed) -> bool:
+        """Embed `todo` through `embed(paths, pca)` (groups of results, one per forward batch: this
+        process's, or Ray workers') and commit each group in one transaction; True if stopped early.
 
         The patch PCA of the local descriptors is a derived artefact like the whitening: an index
         without one first embeds a sample (commit.LOCAL_PCA_FILES files) with their patch tokens,
         learns it from them, then streams the rest with it fixed; every result that reaches the
         store has one shape."""
-        from .commit import LOCAL_PCA_FILES, Counts, fit_local_pca, upserts
-        from .descriptors import Embedding
+        from .commit import LOCAL_PCA_FILES, Counts, Embedded, featured, fit_local_pca, upserts
 
         counts = Counts()
         pca = self.local_pca()
@@ -231,13 +281,12 @@ class Index:
             for part in parts:
                 if not part:
                     continue
-                groups: Any = self.embed_files(part, pca=pca)
+                groups: Iterable[list[Embedded | Skipped]] = embed(part, pca)
                 if pca is None:  # the sample: held (a few files), the PCA learned, then committed
                     sample = list(groups)
                     pca = fit_local_pca(self.store, [e.patches for g in sample for e in g
-                                                     if isinstance(e, Embedding) and e.patches is not None])
-                    groups = [[e.with_features(pca) if pca is not None and isinstance(e, Embedding) else e
-                               for e in g] for g in sample]
+                                                     if isinstance(e, Embedded) and e.patches is not None])
+                    groups = [[featured(e, pca) for e in g] for g in sample]
                 for group in groups:
                     self.store.apply(upserts(group, refs, known, counts))
                     done += len(group)

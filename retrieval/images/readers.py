@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..config import DEFAULT_MAX_PIXELS
+from ..config import DEFAULT_MAX_PIXELS, ImageConfig
 from ..errors import BadImageError
 from .decoding import _check_header, _refuse_raw, decode
-from .geometry import Box, crop_box, model_pixels, target_size
+from .geometry import Box, crop_box, model_pixels, scaled_size, target_size
 
 @dataclass(frozen=True)
 class PreparedFile:
@@ -67,6 +69,17 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
             return encoded
     return prepare_bytes(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest,
                          draft=draft, box=box)
+
+
+def model_reader(image: ImageConfig, *, scales: Sequence[float], patch_size: int, keep_jpeg: bool = False,
+                 draft: bool = True, box: Box | None = None) -> Callable[[str], PreparedFile | EncodedJpeg]:
+    """The one way a file is read for the model: `read(path)` gives its uint8 pixels at each scale
+    of `image.size` (read_file; BadImageError for a refused file), to be called under a
+    pixel_limit scope. A partial of a module-level function of a package without torch, so decoder
+    processes, and Ray's decode tasks (engine/distributed.py), start light."""
+    sizes = tuple(scaled_size(image.size, s, patch_size) for s in scales)
+    return partial(read_file, sizes=sizes, patch_size=patch_size, max_pixels=image.max_pixels, keep_jpeg=keep_jpeg,
+                   draft=draft, box=box)
 
 
 def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
