@@ -64,6 +64,7 @@ class VectorIndex:
     row_ids: np.ndarray | None = None
     exact: np.ndarray | None = None
     token: str = ""  # ivfpq: ties the saved index to the one exact file written with it
+    rescore_min: int = RESCORE_MIN  # ivfpq: the shortlist's floor (benchmarks vary it)
 
     @property
     def ntotal(self) -> int:
@@ -144,7 +145,7 @@ class VectorIndex:
         """ivfpq: a shortlist of max(RESCORE_FACTOR k, RESCORE_MIN) (at most ntotal) from the
         codes, re-scored with exact inner products against the memory-mapped vectors."""
         assert self.exact is not None and self.row_ids is not None
-        shortlist = min(self.ntotal, max(RESCORE_FACTOR * k, RESCORE_MIN))
+        shortlist = min(self.ntotal, max(RESCORE_FACTOR * k, self.rescore_min))
         _, rows = self.faiss_index.search(xq, shortlist)
         scores = np.full((len(xq), k), -np.inf, np.float32)
         ids = np.full((len(xq), k), -1, np.int64)

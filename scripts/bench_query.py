@@ -22,6 +22,7 @@ Also, once: the time to embed one 448 px query with ViT-S/14 (random weights) an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -90,7 +91,22 @@ def sample_rows(db: Path, d: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def bench_kind(kind: str, n: int, d: int, xq: np.ndarray, truth: np.ndarray, tmp: str) -> dict:
+def measure(idx: vindex.VectorIndex, xq: np.ndarray, truth: np.ndarray) -> dict:
+    single = []
+    for q in xq[:50]:
+        t0 = time.perf_counter()
+        idx.search(q[None], 10)
+        single.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    _, got = idx.search(xq, 10)
+    batch = (time.perf_counter() - t0) / len(xq)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]))
+    return {"recall_at_10": recall, "ms_per_query": 1000 * statistics.median(single),
+            "ms_per_query_batched": 1000 * batch}
+
+
+def bench_kind(kind: str, n: int, d: int, xq: np.ndarray, truth: np.ndarray, tmp: str,
+               sweep: list[tuple[int, int]] | None = None) -> list[dict]:
     exact, db = Path(tmp) / f"bench-{os.getpid()}.f32", Path(tmp) / "database.f32"
     try:
         t0 = time.perf_counter()
@@ -99,18 +115,14 @@ def bench_kind(kind: str, n: int, d: int, xq: np.ndarray, truth: np.ndarray, tmp
                                    n=n, dim=d, kind=kind, fingerprint="b", generation=0, exact_path=exact)
         build = time.perf_counter() - t0
         rss = peak_rss()
-        single = []
-        for q in xq[:50]:
-            t0 = time.perf_counter()
-            idx.search(q[None], 10)
-            single.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _, got = idx.search(xq, 10)
-        batch = (time.perf_counter() - t0) / len(xq)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]))
-        return {"vectors": n, "kind": kind, "recall_at_10": recall, "bytes_per_vector": idx.nbytes() / n,
-                "disk_bytes_per_vector": idx.exact_nbytes() / n, "ms_per_query": 1000 * statistics.median(single),
-                "ms_per_query_batched": 1000 * batch, "build_s": build, "peak_rss_bytes": rss}
+        base = {"vectors": n, "kind": kind, "bytes_per_vector": idx.nbytes() / n,
+                "disk_bytes_per_vector": idx.exact_nbytes() / n, "build_s": build, "peak_rss_bytes": rss}
+        rows = [{**base, **measure(idx, xq, truth)}]
+        for nprobe, floor in (sweep or []) if kind == "ivfpq" else []:  # other search settings, same index
+            idx.faiss_index.nprobe = nprobe
+            rows.append({**base, **measure(dataclasses.replace(idx, rescore_min=floor), xq, truth),
+                         "nprobe": nprobe, "shortlist": floor})
+        return rows
     finally:
         exact.unlink(missing_ok=True)
 
@@ -125,7 +137,7 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
 
 
-def _child(args: tuple) -> dict:
+def _child(args: tuple) -> list[dict]:
     return bench_kind(*args)
 
 
@@ -168,6 +180,8 @@ def main() -> None:
     ap.add_argument("--kinds", default="flat,ivf,hnsw,ivfpq", help="comma-separated: flat, ivf, hnsw, ivfpq")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--json", help="also write the rows to this file (a JSON list)")
+    ap.add_argument("--ivfpq-sweep", default="", help="extra ivfpq search settings on the same index, "
+                    "NPROBE:SHORTLIST pairs, comma-separated (e.g. 128:1000,256:2000)")
     ap.add_argument("--tmp", help="folder for ivfpq's exact file (default: the system's temporary folder)")
     ap.add_argument("--no-model", action="store_true", help="skip the embed / re-rank timings")
     args = ap.parse_args()
@@ -181,7 +195,8 @@ def main() -> None:
         print(f"embed one 448x336 query (ViT-S/14, fp32): {e:.0f} ms; re-rank 100 candidates: {r:.0f} ms")
     print(f"{'n':>9} {'kind':5} {'build s':>8} {'1 query ms':>10} {'batched ms/q':>12} {'recall@10':>9} "
           f"{'RAM B/vec':>9} {'disk B/vec':>10} {'peak RSS MB':>11}")
-    rows = []
+    rows: list[dict] = []
+    sweep = [(int(a), int(b)) for a, b in (p.split(":") for p in args.ivfpq_sweep.split(",") if p)]
     ctx = mp.get_context("spawn")
     for n in (int(s) for s in args.sizes.split(",")):
         xq = vectors(args.queries, args.dim, 1)
@@ -190,11 +205,13 @@ def main() -> None:
             write_database(n, args.dim, Path(tmp) / "database.f32")
             for kind in kinds:
                 with ctx.Pool(1) as pool:
-                    r = pool.apply(_child, ((kind, n, args.dim, xq, truth, tmp),))
-                rows.append(r)
-                print(f"{n:9d} {kind:5} {r['build_s']:8.1f} {r['ms_per_query']:10.2f} "
-                      f"{r['ms_per_query_batched']:12.3f} {r['recall_at_10']:9.3f} {r['bytes_per_vector']:9.0f} "
-                      f"{r['disk_bytes_per_vector']:10.0f} {r['peak_rss_bytes'] / 2**20:11.0f}", flush=True)
+                    got = pool.apply(_child, ((kind, n, args.dim, xq, truth, tmp, sweep),))
+                rows.extend(got)
+                for r in got:
+                    extra = f"  nprobe {r['nprobe']}, shortlist >= {r['shortlist']}" if "nprobe" in r else ""
+                    print(f"{n:9d} {kind:5} {r['build_s']:8.1f} {r['ms_per_query']:10.2f} "
+                          f"{r['ms_per_query_batched']:12.3f} {r['recall_at_10']:9.3f} {r['bytes_per_vector']:9.0f} "
+                          f"{r['disk_bytes_per_vector']:10.0f} {r['peak_rss_bytes'] / 2**20:11.0f}{extra}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
