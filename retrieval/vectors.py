@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
 # ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
 PQ_BYTES = 96  # bytes of PQ code per vector (8-bit sub-quantisers)
-IVFPQ_NPROBE = 64
-RESCORE_FACTOR, RESCORE_MIN = 40, 400  # the shortlist re-scored exactly: max(40 k, 400) candidates
+IVFPQ_NPROBE = 256  # of ~2 sqrt(n) lists; 64 kept 0.72 of the top 10 at 2M, 256 0.88 (docs/throughput.md)
+RESCORE_FACTOR, RESCORE_MIN = 40, 2000  # the shortlist re-scored exactly: max(40 k, 2000) candidates
 NLIST_MAX = 65_536
 TRAIN_PER_LIST = 39  # k-means training sample per inverted list (FAISS's own minimum)
 EXACT_MAGIC = b"RETRIEVAL-EXACT1"
