@@ -65,3 +65,18 @@ def test_descriptor_chunks_equal_all_descriptors(built):
         np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), x)
         np.testing.assert_array_equal(s.descriptor_ids(), ids)
         np.testing.assert_array_equal(s.descriptors_of(ids[[7, 2]]), x[[7, 2]])
+
+
+def test_whitening_of_a_large_store_is_fitted_on_a_sample(index, monkeypatch):
+    """Above WHITEN_SAMPLE_MAX rows the whitening sees a seeded sample, never every descriptor."""
+    from retrieval.config import EngineConfig
+    from retrieval.engine import derived
+
+    seen = []
+    monkeypatch.setattr(derived, "WHITEN_SAMPLE_MAX", 5)
+    monkeypatch.setattr(derived, "_fit", lambda x, config: seen.append(x))
+    with Store(index / "store.sqlite") as s:
+        ids, x = s.descriptors()
+        assert derived.refit(s, EngineConfig(), force=True) is None  # it did not read them all
+        pick = np.sort(np.random.default_rng(0).choice(len(ids), 5, replace=False))
+        np.testing.assert_array_equal(seen[0], x[pick])
