@@ -23,7 +23,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 MULTISCALE: tuple[float, ...] = (1.0, 2 ** -0.5, 2 ** 0.5)  # the scales of `--multiscale`
 # The choices of each setting: defined here once; the modules that act on them import them.
 POOLINGS = ("cls+gem", "cls", "gem")
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 DECODERS = ("auto", "cpu", "gpu")  # where plain JPEGs are decoded
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_MAX_LINES = 50  # matches drawn as lines in a correspondence picture (the other inliers are dots)
@@ -79,7 +79,7 @@ class WhiteningConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "auto"  # auto | flat | ivf | hnsw
+    kind: str = "auto"  # auto | flat | ivf | hnsw | ivfpq
     gpu: bool | None = None  # exact search on the GPU (through torch); None: when CUDA is present
     dba: int = 0  # database-side augmentation: mix each vector with its top-k neighbours (0: off)
     dba_alpha: float = 3.0
@@ -87,6 +87,9 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise UsageError(f"unknown index kind {self.kind!r}; valid: {', '.join(INDEX_KINDS)}")
+        if self.kind == "ivfpq" and self.dba:
+            raise UsageError("database-side augmentation (--dba) needs every vector's neighbours, which ivfpq "
+                             "does not compute; use --dba 0 or another --index-kind")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search returns (s
 (m, min(k, n)), best first: `k` is clamped to what exists, never used to size an allocation (a
 user's `-k 1000000000` must not exhaust memory). An approximate index may still find fewer than
 that for some query: those slots hold id -1 and score -inf.
+
+Kind `ivfpq` (10M-1B vectors) keeps only compressed codes in memory: FAISS IVF over PQ codes
+gives a shortlist, which is re-scored exactly against the float vectors in a separate file that
+is memory-mapped, never read whole (`exact_path`; its header carries the fingerprint, the
+generation and a build token that the saved index must match). `build_chunked` builds any kind
+from a training sample plus an iterator of (ids, vectors) chunks, so the caller never holds every
+vector at once.
 """
 
 from __future__ import annotations
@@ -15,8 +22,12 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import secrets
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -27,6 +38,14 @@ from .errors import ArtifactMismatchError
 log = logging.getLogger(__name__)
 
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
+# ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
+PQ_BYTES = 96  # bytes of PQ code per vector (8-bit sub-quantisers)
+IVFPQ_NPROBE = 256  # of ~2 sqrt(n) lists; 64 kept 0.72 of the top 10 at 2M, 256 0.88 (docs/throughput.md)
+RESCORE_FACTOR, RESCORE_MIN = 40, 2000  # the shortlist re-scored exactly: max(40 k, 2000) candidates
+NLIST_MAX = 65_536
+TRAIN_PER_LIST = 39  # k-means training sample per inverted list (FAISS's own minimum)
+EXACT_MAGIC = b"RETRIEVAL-EXACT1"
+EXACT_HEADER = 4096  # bytes before the first float row of an exact-vectors file
 
 
 @dataclass
@@ -40,6 +59,12 @@ class VectorIndex:
     fingerprint: str
     generation: int
     exact_on: TorchExact | None = None
+    # ivfpq only: FAISS holds row numbers; row_ids maps them to external ids, and `exact` is the
+    # memory-mapped (ntotal, dim) float32 file of the vectors themselves (re-scoring, read-back).
+    row_ids: np.ndarray | None = None
+    exact: np.ndarray | None = None
+    token: str = ""  # ivfpq: ties the saved index to the one exact file written with it
+    rescore_min: int = RESCORE_MIN  # ivfpq: the shortlist's floor (benchmarks vary it)
 
     @property
     def ntotal(self) -> int:
@@ -49,7 +74,52 @@ class VectorIndex:
         """(ntotal,) int64: the external ids, in the order the vectors were added."""
         import faiss
 
+        if self.row_ids is not None:
+            return self.row_ids.copy()
         return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) float32: the indexed vectors of these external ids (query expansion);
+        ivfpq reads them from its exact file, the others reconstruct them from FAISS."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        if self.row_ids is None:
+            return np.stack([self.faiss_index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        assert self.exact is not None
+        order = np.argsort(self.row_ids, kind="stable")  # 8 bytes a vector, only while reading back
+        pos = np.searchsorted(self.row_ids, ids, sorter=order)
+        pos = np.minimum(pos, len(order) - 1)
+        rows = order[pos]
+        if not (self.row_ids[rows] == ids).all():
+            raise KeyError(f"ids not in the index: {ids[self.row_ids[rows] != ids][:5].tolist()}")
+        return np.asarray(self.exact[rows], np.float32)
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays the index holds in memory (vectors or codes, ids, centroids,
+        rotation; not allocator overhead nor FAISS's id->slot hash map). ivfpq's exact file is on
+        disk and not counted (see `exact_nbytes`)."""
+        import faiss
+
+        n, d = self.ntotal, self.dim
+        if self.kind == "flat":
+            return n * (4 * d + 8)
+        index: Any = faiss.downcast_index(self.faiss_index.index if self.row_ids is None else self.faiss_index)
+        if self.kind == "hnsw":
+            links = faiss.vector_to_array(index.hnsw.neighbors).nbytes + faiss.vector_to_array(index.hnsw.offsets).nbytes
+            return n * (4 * d + 8) + links
+        ivf: Any = index
+        codes = n * (ivf.code_size + 8)  # inverted lists: a code and an int64 id per vector
+        extra = ivf.nlist * d * 4  # coarse centroids
+        if self.kind == "ivf":
+            return codes + extra + n * 8 + n * 8  # + IndexIDMap2's ids + the direct map
+        pq: Any = ivf.pq
+        extra += pq.M * pq.ksub * pq.dsub * 4  # PQ codebooks
+        return codes + extra + n * 8  # + row_ids
+
+    def exact_nbytes(self) -> int:
+        """ivfpq: bytes of the memory-mapped exact file on disk (0 for the other kinds)."""
+        return 0 if self.exact is None else EXACT_HEADER + self.ntotal * self.dim * 4
 
     def on_device(self, device: str) -> VectorIndex:
         """This exact index with its searches run by PyTorch on `device` (used for "cuda"; any
@@ -65,9 +135,27 @@ class VectorIndex:
         k = min(k, self.ntotal)
         if k == 0:  # nothing to find
             return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
+        if self.row_ids is not None:
+            return self._search_rescored(xq, k)
         searcher = self.exact_on or self.faiss_index
         scores, ids = searcher.search(xq, k)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+    def _search_rescored(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """ivfpq: a shortlist of max(RESCORE_FACTOR k, RESCORE_MIN) (at most ntotal) from the
+        codes, re-scored with exact inner products against the memory-mapped vectors."""
+        assert self.exact is not None and self.row_ids is not None
+        shortlist = min(self.ntotal, max(RESCORE_FACTOR * k, self.rescore_min))
+        _, rows = self.faiss_index.search(xq, shortlist)
+        scores = np.full((len(xq), k), -np.inf, np.float32)
+        ids = np.full((len(xq), k), -1, np.int64)
+        for j, found in enumerate(rows):
+            r = np.unique(found[found >= 0])  # sorted: the file is read front to back
+            s = np.nan_to_num(np.asarray(self.exact[r], np.float32) @ xq[j], nan=-np.inf)  # NaN last, as FAISS
+            top = np.argsort(-s, kind="stable")[:k]
+            scores[j, : len(top)] = s[top]
+            ids[j, : len(top)] = self.row_ids[r[top]]
+        return scores, ids
 
 
 @dataclass(frozen=True)
@@ -122,14 +210,41 @@ def choose_kind(kind: str, n: int) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; valid: {', '.join(INDEX_KINDS)}")
     if kind == "auto":
-        return "flat" if n <= AUTO_EXACT_MAX else "ivf"
+        return "flat" if n <= AUTO_EXACT_MAX else "ivfpq"
     return kind
 
 
-def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int) -> VectorIndex:
-    """Inner-product index over xb (n, d) with external int64 ids, in host memory (see `place`)."""
-    import faiss
+def _nlist(kind: str, n: int) -> int:
+    if kind == "ivf":
+        return max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39 if n >= 39 else 1))
+    # ivfpq: about 2 sqrt(n) lists (2M vectors: 2,828; k-means over 4 sqrt(n) lists took too long to
+    # train on 2 cores), capped (1B vectors: 63,245 lists of ~16k), at least TRAIN_PER_LIST training points each
+    return max(1, min(int(2 * np.sqrt(max(n, 1))), NLIST_MAX, max(n // TRAIN_PER_LIST, 1)))
 
+
+def train_size(kind: str, n: int) -> int:
+    """How many of n vectors `build_chunked` wants as its training sample (0: none)."""
+    chosen = choose_kind(kind, n)
+    if chosen == "ivf":  # k-means on a sample: 100 points per list is plenty and bounds the training cost
+        return min(n, 100 * _nlist("ivf", n))
+    if chosen == "ivfpq":  # the lists' k-means and the PQ codebooks (>= 256 x 39 points for 8-bit codes)
+        return min(n, max(TRAIN_PER_LIST * _nlist("ivfpq", n), 256 * TRAIN_PER_LIST))
+    return 0
+
+
+def train_rows(kind: str, n: int) -> np.ndarray:
+    """Which rows (positions 0..n-1 in the order the vectors are added) form the training sample, in
+    training order; seeded, so a chunked build that trains on these rows equals a one-shot `build`."""
+    t = train_size(kind, n)
+    if t >= n:
+        return np.arange(n)
+    return np.random.default_rng(0).choice(n, t, replace=False)
+
+
+def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int,
+          exact_path: str | Path | None = None) -> VectorIndex:
+    """Inner-product index over xb (n, d) with external int64 ids, in host memory (see `place`).
+    ivfpq writes the exact vectors to `exact_path` (required for that kind)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if xb.ndim != 2:
         raise ValueError(f"database vectors must be (n, d), got shape {xb.shape}")
@@ -137,31 +252,154 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
     xb = _as_vectors(xb, d, "database")
     if len(ids) != len(xb):
         raise ValueError(f"{len(xb)} vectors but {len(ids)} ids")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError("ids must be unique")
     n = len(xb)
+    return build_chunked(xb[train_rows(kind, n)], [(ids, xb)], n=n, dim=d, kind=kind, fingerprint=fingerprint,
+                         generation=generation, exact_path=exact_path)
+
+
+def build_chunked(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, n: int, dim: int,
+                  kind: str = "auto", fingerprint: str, generation: int,
+                  exact_path: str | Path | None = None) -> VectorIndex:
+    """The index over n vectors arriving as (ids (c,), xb (c, dim)) chunks, trained on `sample`
+    (s, dim) (rows `train_rows(kind, n)` of the data, for a result equal to `build`'s). Holds one
+    chunk at a time besides the index; ivfpq streams the chunks into `exact_path` (written to a
+    temporary file beside it, then moved over it)."""
+    import faiss
+
     chosen = choose_kind(kind, n)
     inner: Any
+    if chosen == "ivfpq":
+        if exact_path is None:
+            raise ValueError("an ivfpq index needs exact_path, the file that holds its exact vectors")
+        return _build_ivfpq(sample, chunks, n=n, dim=dim, fingerprint=fingerprint, generation=generation,
+                            exact_path=Path(exact_path))
     if chosen == "flat":
-        inner = faiss.IndexFlatIP(d)
+        inner = faiss.IndexFlatIP(dim)
     elif chosen == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = 80
         inner.hnsw.efSearch = 512  # recall@10 0.46 at 128, 0.84 at 512 (scripts/bench_query.py, 100k)
     else:  # ivf
-        nlist = max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39 if n >= 39 else 1))
-        quantizer = faiss.IndexFlatIP(d)
-        inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        if n:  # k-means on a sample: 100 points per list is plenty and bounds the training cost
-            sample = xb if n <= 100 * nlist else xb[np.random.default_rng(0).choice(n, 100 * nlist, replace=False)]
-            inner.train(sample)
+        nlist = _nlist("ivf", n)
+        quantizer = faiss.IndexFlatIP(dim)
+        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if n:
+            inner.train(_as_vectors(sample, dim, "training"))
         inner.nprobe = min(nlist, 64)  # recall@10 0.86 at 16, 0.985 at 64 (scripts/bench_query.py, 100k)
     index = faiss.IndexIDMap2(inner)
-    if n:
-        index.add_with_ids(xb, ids)
+    added = 0
+    for chunk_ids, xb in chunks:
+        chunk_ids, xb = _chunk(chunk_ids, xb, dim)
+        if len(xb):
+            index.add_with_ids(xb, chunk_ids)
+        added += len(xb)
+    _check_added(added, n, faiss.vector_to_array(index.id_map))
     if chosen == "ivf":
         inner.make_direct_map()  # so vectors can be read back by id (query expansion)
-    return VectorIndex(index, chosen, d, fingerprint, generation)
+    return VectorIndex(index, chosen, dim, fingerprint, generation)
+
+
+def _chunk(ids: np.ndarray, xb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    xb = _as_vectors(xb, dim, "database")
+    if len(ids) != len(xb):
+        raise ValueError(f"{len(xb)} vectors but {len(ids)} ids")
+    return ids, xb
+
+
+def _check_added(added: int, n: int, ids: np.ndarray) -> None:
+    if added != n:
+        raise ValueError(f"the chunks held {added} vectors, {n} were announced")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+
+
+def _build_ivfpq(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, n: int, dim: int,
+                 fingerprint: str, generation: int, exact_path: Path) -> VectorIndex:
+    index = _ivfpq_index(dim, n, _as_vectors(sample, dim, "training") if n else np.zeros((0, dim), np.float32))
+    token = secrets.token_hex(8)
+    meta = {"fingerprint": fingerprint, "generation": generation, "token": token, "ntotal": n, "dim": dim}
+    row_ids = np.zeros(n, np.int64)  # 8 bytes a vector: the one array besides the codes
+    tmp = exact_path.with_name(f".{exact_path.name}.{token}.tmp")
+    added = 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * EXACT_HEADER)
+            for chunk_ids, xb in chunks:
+                chunk_ids, xb = _chunk(chunk_ids, xb, dim)
+                if added + len(xb) > n:
+                    raise ValueError(f"the chunks hold more than the {n} vectors announced")
+                if len(xb):
+                    index.add_with_ids(xb, np.arange(added, added + len(xb), dtype=np.int64))
+                    f.write(xb.tobytes())
+                row_ids[added: added + len(xb)] = chunk_ids
+                added += len(xb)
+            _check_added(added, n, row_ids)
+            f.seek(0)
+            f.write(_exact_header(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, exact_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    out = VectorIndex(index, "ivfpq", dim, fingerprint, generation, row_ids=row_ids, token=token)
+    return attach_exact(out, exact_path)
+
+
+def _ivfpq_index(d: int, n: int, sample: np.ndarray) -> Any:
+    """IVF (inner product) over PQ codes of PQ_BYTES bytes (8-bit sub-quantisers: the largest
+    count <= PQ_BYTES that divides d into sub-vectors of at least 4 dimensions; fewer bits when
+    the sample is small), trained on `sample` (k-means of the lists: 10 iterations).
+    No OPQ rotation: training it took 28 minutes at 200k 768-d vectors on 2 cores (docs/decisions.md)."""
+    import faiss
+
+    m = max(m for m in range(1, max(min(PQ_BYTES, d // 4), 1) + 1) if d % m == 0)  # sub-vectors of >= 4 dims
+    nlist = _nlist("ivfpq", n)
+    nbits = 8 if len(sample) >= 256 * TRAIN_PER_LIST else max(1, min(8, int(np.log2(max(len(sample) // 39, 2)))))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # small sets: no FAISS warning
+    if len(sample):
+        index.train(sample)
+    index.nprobe = min(nlist, IVFPQ_NPROBE)
+    return index
+
+
+def _exact_header(meta: dict[str, Any]) -> bytes:
+    head = EXACT_MAGIC + json.dumps(meta).encode()
+    assert len(head) <= EXACT_HEADER
+    return head + b"\0" * (EXACT_HEADER - len(head))
+
+
+def attach_exact(index: VectorIndex, exact_path: str | Path) -> VectorIndex:
+    """`index` (ivfpq) with its exact vectors memory-mapped from `exact_path`;
+    ArtifactMismatchError if that file is missing, damaged, stale or from another build."""
+    exact_path = Path(exact_path)
+    source = f"exact vectors {exact_path}"
+    try:
+        with open(exact_path, "rb") as f:
+            head = f.read(EXACT_HEADER)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise ArtifactMismatchError(f"{source} is missing ({e.strerror or e})") from e
+    try:
+        if not head.startswith(EXACT_MAGIC):
+            raise ValueError("not an exact-vectors file")
+        meta = json.loads(head[len(EXACT_MAGIC):].rstrip(b"\0"))
+    except ValueError as e:
+        raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
+    if meta.get("fingerprint") != index.fingerprint or meta.get("generation") != index.generation:
+        raise ArtifactMismatchError(f"{source} is stale (another configuration or store generation)")
+    if meta.get("token") != index.token:
+        raise ArtifactMismatchError(f"{source} belongs to another build of the vector index")
+    n, d = index.ntotal, index.dim
+    if meta.get("ntotal") != n or meta.get("dim") != d or size != EXACT_HEADER + 4 * n * d:
+        raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
+    exact = (np.memmap(exact_path, np.float32, "r", offset=EXACT_HEADER, shape=(n, d)) if n
+             else np.zeros((0, d), np.float32))
+    return dataclasses.replace(index, exact=exact)
 
 
 def place(index: VectorIndex, *, use_gpu: bool | None, device: str = "cuda") -> VectorIndex:
@@ -188,9 +426,12 @@ def to_bytes(index: VectorIndex) -> bytes:
 
     cpu = index.faiss_index
     meta = json.dumps({"kind": index.kind, "dim": index.dim, "fingerprint": index.fingerprint,
-                       "generation": index.generation, "ntotal": index.ntotal})
+                       "generation": index.generation, "ntotal": index.ntotal, "token": index.token})
     buf = io.BytesIO()
-    np.savez(buf, faiss=faiss.serialize_index(cpu), meta=np.array(meta))
+    arrays: dict[str, Any] = {"faiss": faiss.serialize_index(cpu), "meta": np.array(meta)}
+    if index.row_ids is not None:
+        arrays["row_ids"] = index.row_ids
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -211,26 +452,37 @@ def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vec
     return meta
 
 
-def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index") -> VectorIndex:
-    """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read."""
+def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index",
+              exact_path: str | Path | None = None) -> VectorIndex:
+    """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read.
+    An ivfpq index also maps its exact vectors from `exact_path` (checked: see `attach_exact`)."""
     import faiss
 
     meta = header(f, fingerprint=fingerprint, generation=generation, source=source)
+    if meta["kind"] == "ivfpq" and exact_path is None:
+        raise ValueError("an ivfpq index needs exact_path, the file that holds its exact vectors")
     f.seek(0)
+    row_ids = None
     try:
         with np.load(f) as z:
             raw = z["faiss"]
+            if meta["kind"] == "ivfpq":
+                row_ids = np.ascontiguousarray(z["row_ids"], np.int64)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
     try:
         index = faiss.deserialize_index(raw)
     except RuntimeError as e:  # bytes that pass the zip's CRC yet are no FAISS index
         raise ArtifactMismatchError(f"{source} is damaged ({str(e).splitlines()[0] if str(e) else e!r})") from e
-    if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
+    if index.ntotal != meta["ntotal"] or index.d != meta["dim"] or (row_ids is not None and len(row_ids) != index.ntotal):
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
-    return VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]))
+    out = VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]),
+                      row_ids=row_ids, token=str(meta.get("token", "")))
+    return out if row_ids is None else attach_exact(out, exact_path)  # type: ignore[arg-type]
 
 
-def from_bytes(data: bytes, *, fingerprint: str, generation: int, source: str = "vector index") -> VectorIndex:
+def from_bytes(data: bytes, *, fingerprint: str, generation: int, source: str = "vector index",
+               exact_path: str | Path | None = None) -> VectorIndex:
     """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
-    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, source=source)
+    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, source=source,
+                     exact_path=exact_path)

@@ -3,6 +3,7 @@ are measurements, not tests)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,11 +17,17 @@ def _run(*args: str) -> str:
     return r.stdout
 
 
-def test_bench_query_prints_recall():
-    out = _run("scripts/bench_query.py", "--sizes", "2000", "--dim", "32", "--queries", "20", "--no-model")
+def test_bench_query_prints_recall(tmp_path):
+    out = _run("scripts/bench_query.py", "--sizes", "2000", "--dim", "32", "--queries", "20", "--no-model",
+               "--json", str(tmp_path / "q.json"), "--tmp", str(tmp_path))
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("2000")]
-    assert [r[1] for r in rows] == ["flat", "ivf", "hnsw"]
-    assert float(rows[0][-1]) == 1.0  # exact search is its own ground truth
+    assert [r[1] for r in rows] == ["flat", "ivf", "hnsw", "ivfpq"]
+    assert float(rows[0][5]) == 1.0  # exact search is its own ground truth
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert [r["kind"] for r in saved] == ["flat", "ivf", "hnsw", "ivfpq"]
+    assert {"vectors", "kind", "recall_at_10", "bytes_per_vector", "ms_per_query", "build_s"} <= set(saved[0])
+    assert saved[0]["bytes_per_vector"] == 32 * 4 + 8 and saved[3]["disk_bytes_per_vector"] > 32 * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json"]  # the database and exact files are gone
 
 
 def test_bench_store_prints_its_table():

@@ -70,7 +70,7 @@ def test_validation():
     idx = vindex.build(_unit(3, 4, 0), np.arange(3), fingerprint="f", generation=0)
     with pytest.raises(ValueError, match=r"\(n, 4\)"):
         idx.search(np.zeros((1, 5), np.float32), 1)
-    assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "ivf"
+    assert vindex.choose_kind("auto", 10) == "flat" and vindex.choose_kind("auto", 10**7) == "ivfpq"
     with pytest.raises(ValueError, match="only exact"):
         vindex.build(_unit(50, 4, 0), np.arange(50), kind="hnsw", fingerprint="f", generation=0).on_device("cpu")
 

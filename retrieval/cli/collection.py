@@ -48,7 +48,7 @@ def index(
                                                                   "created (default: the index's, else "
                                                                   "cls+gem).")] = None,
     multiscale: Multiscale = None,
-    kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf or hnsw "
+    kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf, hnsw or ivfpq "
                                                                   "(default: the index's, else auto).")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
                                                           "(default: the index's, else 0).")] = None,

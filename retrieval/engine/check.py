@@ -30,7 +30,7 @@ from ..errors import ArtifactMismatchError, RetrievalError, StoreCorruptError
 from ..local import LocalPCA
 from ..store import SCHEMA_VERSION, Store
 from .derived import vectors_fingerprint
-from .files import STORE_FILE, VECTORS_FILE
+from .files import EXACT_FILE, STORE_FILE, VECTORS_FILE
 
 OK, NOTE, ERROR = "ok", "note", "error"
 NAMED = 5  # rows named per finding; the count says how many there are
@@ -325,7 +325,8 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
     fingerprint = vectors_fingerprint(store, config)
     try:
         with open(file, "rb") as f:
-            vec = vindex.from_file(f, fingerprint=fingerprint, generation=store.data_version, source=str(file))
+            vec = vindex.from_file(f, fingerprint=fingerprint, generation=store.data_version, source=str(file),
+                                   exact_path=path / EXACT_FILE)
     except ArtifactMismatchError as e:  # stale, from another setup, or unreadable: the engine rebuilds it
         found.note(f"{e}; it is rebuilt from the store on next use")
         return

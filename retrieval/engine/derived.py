@@ -4,8 +4,8 @@ stored descriptors (or the settings they depend on) change. numpy and FAISS; no 
 from __future__ import annotations
 
 import base64
-import errno
 import dataclasses
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,15 @@ from .. import vectors as vecs
 from .. import whitening as wh
 from ..arrays import l2n
 from ..config import EngineConfig
-from ..errors import ArtifactMismatchError, DiskFullError
+from ..errors import ArtifactMismatchError, DiskFullError, RetrievalError
 from ..store import Store
-from .files import VECTORS_FILE, atomic_write
+from .files import EXACT_FILE, VECTORS_FILE, atomic_write
 from .settings import digest, fingerprint
 
 log = logging.getLogger(__name__)
+
+WHITEN_SAMPLE_MAX = 200_000  # whitening is fitted on at most this many stored descriptors (seeded sample)
+STREAM_CHUNK = 50_000  # rows read from the store at once while an ivfpq index is built
 
 
 def whitening(store: Store) -> wh.Whitening | None:
@@ -35,14 +38,22 @@ def whitening(store: Store) -> wh.Whitening | None:
 
 def refit(store: Store, config: EngineConfig, *, force: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Refit the whitening if the data or its settings changed since it was fitted (or when
-    forced). Returns the store's (ids, raw descriptors) when it read them, else None."""
+    forced): on every stored descriptor, or on a sample of WHITEN_SAMPLE_MAX of them when the
+    store holds more. Returns the store's (ids, raw descriptors) when it read them all, else None."""
     state = store.get_meta("whitening")
     stale = (state is None or state.get("for_data_version") != store.data_version
              or state.get("config") != dataclasses.asdict(config.whitening))
     if not (force or stale):
         return None
-    stored = store.descriptors()
-    w = _fit(stored[1], config)
+    n = store.count("ok")
+    stored: tuple[np.ndarray, np.ndarray] | None
+    if n > WHITEN_SAMPLE_MAX:  # a large store: a seeded uniform sample, never every descriptor at once
+        ids = store.descriptor_ids()
+        pick = np.sort(np.random.default_rng(0).choice(len(ids), WHITEN_SAMPLE_MAX, replace=False))
+        stored, w = None, _fit(store.descriptors_of(ids[pick]), config)
+    else:
+        stored = store.descriptors()
+        w = _fit(stored[1], config)
     blob = None if w is None else base64.b64encode(w.to_bytes()).decode()
     store.set_meta(whitening={"for_data_version": store.data_version, "data": blob,
                               "digest": None if w is None else w.digest(),
@@ -91,20 +102,50 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
     except ArtifactMismatchError as e:
         if file.exists():
             log.info("rebuilding the vector index from the store: %s", e)
-    ids, x = data if data is not None else store.descriptors()
     w = whitening(store)
-    xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else l2n(x))
-    if config.index.dba > 0 and len(ids) > 1:
-        exact = vecs.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", generation=0)
-        sims, nbrs = exact.search(xb, config.index.dba + 1)
-        xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
-    built = vecs.build(xb, ids, kind=config.index.kind, fingerprint=fp, generation=gen)
+    n = store.count("ok") if data is None else len(data[0])
+    kind = vecs.choose_kind(config.index.kind, n)
+    if kind == "ivfpq" and config.index.dba > 0:  # auto past AUTO_EXACT_MAX (config refuses ivfpq + dba)
+        log.info("database-side augmentation needs every vector's neighbours: an IVF index, not ivfpq")
+        kind = "ivf"
+    if kind == "ivfpq" and n > 0:
+        built = _streamed(store, w, n, fp, gen, folder / EXACT_FILE)
+    else:
+        ids, x = data if data is not None else store.descriptors()
+        xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else l2n(x))
+        if config.index.dba > 0 and len(ids) > 1:
+            exact = vecs.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", generation=0)
+            sims, nbrs = exact.search(xb, config.index.dba + 1)
+            xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
+        built = vecs.build(xb, ids, kind="flat" if kind == "ivfpq" else kind, fingerprint=fp, generation=gen)
     try:
         atomic_write(file, lambda f: f.write(vecs.to_bytes(built)))
     except OSError as e:  # a read-only or full index folder still answers queries
         reason = DiskFullError(file, e.strerror or str(e)) if e.errno == errno.ENOSPC else e
         log.warning("could not save the vector index: %s; it will be rebuilt next time", reason)
+    if built.kind != "ivfpq":  # an earlier ivfpq build's exact file is stale now
+        (folder / EXACT_FILE).unlink(missing_ok=True)
     return built
+
+
+def _streamed(store: Store, w: wh.Whitening | None, n: int, fp: str, gen: int, exact: Path) -> vecs.VectorIndex:
+    """The ivfpq index, built from the store chunk by chunk: trained on a seeded sample of rows
+    (vecs.train_rows), then STREAM_CHUNK rows at a time whitened, coded and written to `exact`."""
+    def prep(x: np.ndarray) -> np.ndarray:
+        return w.apply(x) if w is not None else l2n(x)
+
+    ids = store.descriptor_ids()
+    rows = vecs.train_rows("ivfpq", n)
+    sample = prep(store.descriptors_of(ids[rows]))
+    chunks = ((i, prep(x)) for i, x in store.descriptors_chunks(STREAM_CHUNK))
+    try:
+        return vecs.build_chunked(sample, chunks, n=len(ids), dim=sample.shape[1], kind="ivfpq", fingerprint=fp,
+                                  generation=gen, exact_path=exact)
+    except OSError as e:  # the exact file is needed to search: no index without it
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(exact, e.strerror or str(e)) from e
+        raise RetrievalError(f"cannot write {exact} ({e.strerror or e}); the ivfpq index needs it: "
+                             f"make the index folder writable") from e
 
 
 def read_vectors(store: Store, config: EngineConfig, folder: Path, *, header_only: bool = False) -> Any:
@@ -116,6 +157,6 @@ def read_vectors(store: Store, config: EngineConfig, folder: Path, *, header_onl
         with open(file, "rb") as f:
             if header_only:
                 return vecs.header(f, fingerprint=fp, generation=version, source=source)
-            return vecs.from_file(f, fingerprint=fp, generation=version, source=source)
+            return vecs.from_file(f, fingerprint=fp, generation=version, source=source, exact_path=folder / EXACT_FILE)
     except OSError as e:
         raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e

@@ -52,6 +52,7 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
 
 STORE_FILE = "store.sqlite"
 VECTORS_FILE = "vectors.npz"
+EXACT_FILE = "vectors.f32"  # ivfpq: the exact vectors it re-scores with, memory-mapped
 LOCK_FILE = "lock"
 
 

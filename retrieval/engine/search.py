@@ -121,6 +121,6 @@ def stored_local(store: Store, ids: Sequence[int], pca: LocalPCA) -> tuple[dict[
 
 
 def vectors_of(vec: VectorIndex, ids: np.ndarray) -> np.ndarray:
-    """Database vectors (as indexed: whitened, augmented) of the given ids, from the FAISS index."""
-    index = vec.faiss_index
-    return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, vec.dim), np.float32)
+    """Database vectors (as indexed: whitened, augmented) of the given ids, from the FAISS index
+    (ivfpq: from its memory-mapped exact file)."""
+    return vec.vectors_of(np.asarray(ids, np.int64))

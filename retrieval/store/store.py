@@ -232,6 +232,42 @@ class Store:
         x = np.stack([np.frombuffer(r[1], np.float32) for r in rows])
         return ids, x
 
+    def descriptor_ids(self) -> np.ndarray:
+        """(n,) int64: the ids of every indexed file, ascending (8 bytes a row; no descriptor is read)."""
+        rows = self.db.execute("SELECT id FROM images WHERE status = 'ok' ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    def descriptors_chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`descriptors()` as (ids, raw descriptors) chunks of at most `size` rows, by id, so a
+        caller never holds them all. Reads in one snapshot transaction: a writer committing
+        meanwhile is not seen half-way."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        with self.snapshot():  # one committed state across the chunks
+            last = -(1 << 62)
+            while True:
+                rows = self.db.execute("SELECT id, descriptor FROM images WHERE status = 'ok' AND id > ? "
+                                       "ORDER BY id LIMIT ?", [last, size]).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield (np.array([r[0] for r in rows], np.int64),
+                       np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+    def descriptors_of(self, ids: Iterable[int]) -> np.ndarray:
+        """(len(ids), d) float32: the raw descriptors of these indexed ids, in the order given."""
+        ids = [int(i) for i in ids]
+        got: dict[int, np.ndarray] = {}
+        for s in range(0, len(ids), 500):  # under SQLite's bound-variable limit
+            part = ids[s:s + 500]
+            rows = self.db.execute(f"SELECT id, descriptor FROM images WHERE status = 'ok' AND id IN "
+                                   f"({','.join('?' * len(part))})", part).fetchall()
+            got.update((r[0], np.frombuffer(r[1], np.float32)) for r in rows)
+        missing = [i for i in ids if i not in got]
+        if missing:
+            raise KeyError(f"no indexed descriptor for ids {missing[:5]}")
+        return np.stack([got[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
+
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]
         if not ids:
