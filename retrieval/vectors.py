@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +37,7 @@ from .errors import ArtifactMismatchError
 
 log = logging.getLogger(__name__)
 
+GPU_MAX_K = 2048  # the most results FAISS's GPU k-selection returns; larger k search on the host
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
 # ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
 PQ_BYTES = 96  # bytes of PQ code per vector (8-bit sub-quantisers)
@@ -59,6 +60,7 @@ class VectorIndex:
     fingerprint: str
     generation: int
     exact_on: TorchExact | None = None
+    on_gpu: Any = None  # ivf / ivfpq: FAISS's GPU copy of faiss_index (`on_faiss_gpu`), used for searches it can take
     # ivfpq only: FAISS holds row numbers; row_ids maps them to external ids, and `exact` is the
     # memory-mapped (ntotal, dim) float32 file of the vectors themselves (re-scoring, read-back).
     row_ids: np.ndarray | None = None
@@ -137,16 +139,34 @@ class VectorIndex:
             return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         if self.row_ids is not None:
             return self._search_rescored(xq, k)
-        searcher = self.exact_on or self.faiss_index
+        searcher = self.exact_on or self._faiss_for(k)
         scores, ids = searcher.search(xq, k)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+    def _faiss_for(self, k: int) -> Any:
+        """The FAISS index to ask for k results: the GPU copy when there is one and k is within
+        what FAISS's GPU k-selection takes, else the host index."""
+        return self.on_gpu if self.on_gpu is not None and k <= GPU_MAX_K else self.faiss_index
+
+    def on_faiss_gpu(self, gpu: int) -> VectorIndex:
+        """This IVF / IVF-PQ index with a copy on FAISS GPU `gpu` that answers its searches (the
+        caller has checked FAISS's GPU code first: faiss_gpu.probe). PQ lookup tables in fp16,
+        which 96-byte codes need on a GPU (48 KB of shared memory)."""
+        import faiss
+
+        if self.kind not in ("ivf", "ivfpq"):
+            raise ValueError(f"only IVF indexes search on FAISS's GPU code, not {self.kind!r}")
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = True
+        copy = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, self.faiss_index, options)
+        return dataclasses.replace(self, on_gpu=copy)
 
     def _search_rescored(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """ivfpq: a shortlist of max(RESCORE_FACTOR k, RESCORE_MIN) (at most ntotal) from the
         codes, re-scored with exact inner products against the memory-mapped vectors."""
         assert self.exact is not None and self.row_ids is not None
         shortlist = min(self.ntotal, max(RESCORE_FACTOR * k, self.rescore_min))
-        _, rows = self.faiss_index.search(xq, shortlist)
+        _, rows = self._faiss_for(shortlist).search(xq, shortlist)
         scores = np.full((len(xq), k), -np.inf, np.float32)
         ids = np.full((len(xq), k), -1, np.int64)
         for j, found in enumerate(rows):
@@ -402,10 +422,13 @@ def attach_exact(index: VectorIndex, exact_path: str | Path) -> VectorIndex:
     return dataclasses.replace(index, exact=exact)
 
 
-def place(index: VectorIndex, *, use_gpu: bool | None, device: str = "cuda") -> VectorIndex:
-    """An exact index searched on the CUDA `device` when asked (True) or when one is present
-    (None); otherwise, and for IVF/HNSW, the index itself."""
-    if index.kind != "flat" or use_gpu is False:
+def place(index: VectorIndex, *, use_gpu: bool | None, device: str = "cuda",
+          faiss_gpus: Callable[[], tuple[int, str]] | None = None) -> VectorIndex:
+    """The index searched on the CUDA `device` when asked (True) or when one is present (None):
+    an exact index through torch; an IVF / IVF-PQ index through FAISS's GPU code when
+    `faiss_gpus()` (the caller's cached faiss_gpu.probe: number of GPUs, reason when none) says it
+    works here. Otherwise, and for HNSW, the index itself."""
+    if index.kind not in ("flat", "ivf", "ivfpq") or use_gpu is False:
         return index
     import torch
 
@@ -413,6 +436,19 @@ def place(index: VectorIndex, *, use_gpu: bool | None, device: str = "cuda") -> 
         if use_gpu:
             log.warning("no CUDA device here; searching on the CPU")
         return index
+    if index.kind != "flat":
+        gpus, reason = faiss_gpus() if faiss_gpus is not None else (0, "no FAISS GPU check was made")
+        gpu = torch.device(device).index or 0
+        if gpu >= gpus:
+            (log.warning if use_gpu else log.info)("%s index searched on the CPU: %s", index.kind,
+                                                   reason or f"FAISS sees {gpus} GPU(s), not GPU {gpu}")
+            return index
+        try:
+            return index.on_faiss_gpu(gpu)
+        except (RuntimeError, MemoryError) as e:  # FAISS's errors (out of GPU memory, say) are RuntimeErrors
+            log.warning("%s index searched on the CPU: FAISS could not copy it to GPU %d (%s)", index.kind, gpu,
+                        str(e).splitlines()[0] if str(e) else repr(e))
+            return index
     try:
         return index.on_device(device)
     except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU too small for the vectors

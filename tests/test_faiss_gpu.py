@@ -28,3 +28,64 @@ def test_disagreeing_results_or_garbage_or_a_hang_mean_no_gpu():
 def test_a_working_gpu_build_is_used():
     ok = 'import json; print(json.dumps({"build": "gpu", "gpus": 2, "agree": 1.0}))'
     assert faiss_gpu.probe(code=ok) == faiss_gpu.Probe(2)
+
+
+# --- routing: which searches go to FAISS's GPU copy (the copy itself needs a GPU: a stand-in
+# that answers from the host index and records what it was asked stands for it here) ---------
+
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from retrieval import vectors as vindex  # noqa: E402
+
+
+class _StandIn:
+    def __init__(self, host):
+        self.host, self.asked = host, []
+
+    def search(self, xq, k):
+        self.asked.append(k)
+        return self.host.search(xq, k)
+
+
+def _unit(n, d, seed):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def ivfpq(tmp_path_factory):
+    xb = _unit(12000, 32, 0)
+    return vindex.build(xb, np.arange(12000) + 7, kind="ivfpq", fingerprint="f", generation=0,
+                        exact_path=tmp_path_factory.mktemp("gpu") / "vectors.f32")
+
+
+def test_gpu_copy_answers_what_faiss_gpu_can_select_and_the_host_the_rest(ivfpq):
+    q = _unit(3, 32, 1)
+    gpu = _StandIn(ivfpq.faiss_index)
+    placed = dataclasses.replace(ivfpq, on_gpu=gpu)
+    assert all(np.array_equal(a, b) for a, b in zip(placed.search(q, 10), ivfpq.search(q, 10)))
+    small = max(vindex.RESCORE_FACTOR * 10, ivfpq.rescore_min)
+    assert gpu.asked == [small] and small <= vindex.GPU_MAX_K
+    big_k = vindex.GPU_MAX_K // vindex.RESCORE_FACTOR + 1  # its shortlist is over FAISS's GPU limit
+    placed.search(q, big_k)
+    assert gpu.asked == [small]  # the host index took it
+
+
+def test_place_uses_faiss_gpu_only_when_the_check_says_it_works(ivfpq, monkeypatch, caplog):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    copied = []
+    monkeypatch.setattr(vindex.VectorIndex, "on_faiss_gpu",
+                        lambda self, gpu: copied.append(gpu) or dataclasses.replace(self, on_gpu=_StandIn(self.faiss_index)))
+    with caplog.at_level(logging.INFO, logger="retrieval.vectors"):
+        same = vindex.place(ivfpq, use_gpu=None, faiss_gpus=lambda: (0, "this FAISS is the CPU build"))
+    assert same is ivfpq and not copied and "CPU build" in caplog.text
+    assert vindex.place(ivfpq, use_gpu=False, faiss_gpus=lambda: (1, "")) is ivfpq and not copied
+    placed = vindex.place(ivfpq, use_gpu=None, device="cuda:1", faiss_gpus=lambda: (2, ""))
+    assert copied == [1] and isinstance(placed.on_gpu, _StandIn)
+    assert vindex.place(ivfpq, use_gpu=True, device="cuda:2", faiss_gpus=lambda: (2, "")) is ivfpq  # no GPU 2

@@ -74,6 +74,7 @@ class Index:
         self._backbone: Backbone | None = None
         self._vectors: vecs.VectorIndex | None = None
         self._searcher: vecs.VectorIndex | None = None
+        self._faiss_gpu: tuple[int, str] | None = None
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -321,8 +322,18 @@ class Index:
         if self._searcher is None or self._searcher.faiss_index is not vec.faiss_index:
             device = self._device or self.config.backbone.device
             where = device if device is not None and device.startswith("cuda") else "cuda"
-            self._searcher = vecs.place(vec, use_gpu=self.config.index.gpu, device=where)
+            self._searcher = vecs.place(vec, use_gpu=self.config.index.gpu, device=where, faiss_gpus=self._faiss_gpus)
         return self._searcher
+
+    def _faiss_gpus(self) -> tuple[int, str]:
+        """How many GPUs FAISS's GPU code may use here, and why none: asked once per Index, in a
+        child process (retrieval/faiss_gpu.py), and only when an IVF index meets a CUDA device."""
+        if self._faiss_gpu is None:
+            from .. import faiss_gpu
+
+            p = faiss_gpu.probe()
+            self._faiss_gpu = (p.gpus, p.reason)
+        return self._faiss_gpu
 
     # --- query ------------------------------------------------------------------------------
     def search(self, path: str | Path, *, k: int = 10, bbox: Box | None = None, rerank: bool = False,
