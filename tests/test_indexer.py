@@ -506,3 +506,27 @@ def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_pat
         want = local.select(tokens[paths[i]].patches, grid, pca)
         np.testing.assert_array_equal(got.xy, want.xy)
         np.testing.assert_allclose(got.feats.astype(np.float32), want.feats.astype(np.float32), atol=2e-3)
+
+
+def test_an_open_index_sees_a_whitening_set_by_another_connection(index):
+    """Index caches the decoded whitening and the vector index per store generation; a change
+    made through another connection (another process: `retrieve eval`, a concurrent run) bumps
+    the generation and is seen by the next search."""
+    import numpy as np
+
+    from retrieval import Index
+    from retrieval import whitening as wh
+    from retrieval.engine import derived
+    from retrieval.store import Store
+
+    with Index.open(index) as idx:
+        assert idx.whitening() is None
+        before = idx.vectors()
+        assert idx.vectors() is before  # nothing changed: not re-checked
+        ids, x = idx.store.descriptors()
+        w = wh.fit(np.concatenate([x, -x, x * 0.5 + 0.1]), dim=None)
+        with Store(index / "store.sqlite") as other:
+            derived.set_whitening(other, idx.config, w, "test")
+        got = idx.whitening()
+        assert got is not None and got.digest() == w.digest()
+        assert idx.vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening

@@ -73,6 +73,8 @@ class Index:
         self._weights, self._device = weights, device
         self._backbone: Backbone | None = None
         self._vectors: vecs.VectorIndex | None = None
+        self._vectors_for: tuple[int, EngineConfig] | None = None  # (store generation, config) it was checked at
+        self._whitening: tuple[int, wh.Whitening | None] | None = None
         self._searcher: vecs.VectorIndex | None = None
         self._faiss_gpu: tuple[int, str] | None = None
 
@@ -302,7 +304,12 @@ class Index:
 
     # --- derived artefacts ------------------------------------------------------------------
     def whitening(self) -> wh.Whitening | None:
-        return derived.whitening(self.store)
+        """The whitening in force, decoded once per store generation (every search asks for it,
+        and a ViT-B whitening is megabytes of JSON in the store's meta table)."""
+        gen = self.store.generation
+        if self._whitening is None or self._whitening[0] != gen:
+            self._whitening = (gen, derived.whitening(self.store))
+        return self._whitening[1]
 
     def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
         """Refit whitening if the data changed since it was fitted (or when asked), then make
@@ -314,7 +321,11 @@ class Index:
     def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
         and saved. data: the store's (ids, raw descriptors) when the caller has just read them."""
+        key = (self.store.generation, self.config)
+        if data is None and self._vectors is not None and self._vectors_for == key:
+            return self._vectors  # nothing was committed or set since it was checked
         self._vectors = derived.vectors(self.store, self.config, self.path, cached=self._vectors, data=data)
+        self._vectors_for = (self.store.generation, self.config)
         return self._vectors
 
     def _searcher_for(self, vec: vecs.VectorIndex) -> vecs.VectorIndex:
