@@ -266,9 +266,14 @@ def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tm
         cmd += ["--stages"]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    return run_json(cmd, f"part {part}")
+
+
+def run_json(cmd: list[str], what: str) -> dict:
+    """Run a benchmark part in a fresh process; its last line of output is its result as JSON."""
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise SystemExit(f"part {part} failed:\n{res.stderr}")
+        raise SystemExit(f"{what} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -375,6 +380,17 @@ def random_checkpoint(model: str, folder: Path) -> str:
     path = folder / f"{model}_random.pth"
     torch.save(sd, path)
     return str(path)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the machine line every benchmark prints."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: str) -> str:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import shutil
 import tempfile
@@ -38,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_index import make_photos, random_checkpoint
+from bench_index import cpu_name, make_photos, random_checkpoint, run_json
 
 GPU_MODEL_ONLY = {"ViT-S/14 at 224 (H200)": 5213, "ViT-B/14 at 518 (H200)": 1060}  # docs/throughput.md, (b)
 
@@ -124,20 +122,7 @@ def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str | N
            "--commit-batches", args.commit_batches]
     if weights:
         cmd += ["--weights", weights]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"part {part} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return run_json(cmd, f"part {part}")
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_index import photos, random_checkpoint
+from bench_index import cpu_name, photos, random_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"retrieve info": 0.3, "retrieve query": 1.5}
@@ -43,15 +43,6 @@ def run(argv: list[str], env: dict[str, str]) -> float:
         sys.exit(f"failed ({r.returncode}): {' '.join(argv)}\n{r.stderr[-2000:]}")
     return seconds
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

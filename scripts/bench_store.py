@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.store import Store, Upsert
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_index import cpu_name  # noqa: E402
+
+from retrieval.store import Store, Upsert  # noqa: E402
 
 LOCAL_DIM = 64
 
@@ -96,7 +99,7 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold scan (it empties the whole machine's page cache)")
     ap.add_argument("--dir", type=Path, help="where the stores are written (default: a temporary folder)")
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.dim}-d descriptors, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; {args.dim}-d descriptors, "
           f"{args.local} x {LOCAL_DIM} local descriptors per row, batches of {args.batch}")
     print("| rows | bytes per row | write (rows/s) | descriptor scan, warm (rows/s) | scan, cold (rows/s) "
           "| 100 random local reads (ms) |")
