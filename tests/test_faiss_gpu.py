@@ -66,7 +66,8 @@ def ivfpq(tmp_path_factory):
 def test_gpu_copy_answers_what_faiss_gpu_can_select_and_the_host_the_rest(ivfpq):
     q = _unit(3, 32, 1)
     gpu = _StandIn(ivfpq.faiss_index)
-    placed = dataclasses.replace(ivfpq, on_gpu=gpu)
+    placed = dataclasses.replace(ivfpq, on_gpu=gpu, rescore_min=400)
+    ivfpq = dataclasses.replace(ivfpq, rescore_min=400)
     assert all(np.array_equal(a, b) for a, b in zip(placed.search(q, 10), ivfpq.search(q, 10)))
     small = max(vindex.RESCORE_FACTOR * 10, ivfpq.rescore_min)
     assert gpu.asked == [small] and small <= vindex.GPU_MAX_K
@@ -82,10 +83,14 @@ def test_place_uses_faiss_gpu_only_when_the_check_says_it_works(ivfpq, monkeypat
     copied = []
     monkeypatch.setattr(vindex.VectorIndex, "on_faiss_gpu",
                         lambda self, gpu: copied.append(gpu) or dataclasses.replace(self, on_gpu=_StandIn(self.faiss_index)))
+    short = dataclasses.replace(ivfpq, rescore_min=vindex.GPU_MAX_K)  # a shortlist FAISS's GPU can return
     with caplog.at_level(logging.INFO, logger="retrieval.vectors"):
-        same = vindex.place(ivfpq, use_gpu=None, faiss_gpus=lambda: (0, "this FAISS is the CPU build"))
-    assert same is ivfpq and not copied and "CPU build" in caplog.text
-    assert vindex.place(ivfpq, use_gpu=False, faiss_gpus=lambda: (1, "")) is ivfpq and not copied
-    placed = vindex.place(ivfpq, use_gpu=None, device="cuda:1", faiss_gpus=lambda: (2, ""))
+        same = vindex.place(short, use_gpu=None, faiss_gpus=lambda: (0, "this FAISS is the CPU build"))
+    assert same is short and not copied and "CPU build" in caplog.text
+    assert vindex.place(short, use_gpu=False, faiss_gpus=lambda: (1, "")) is short and not copied
+    # the default shortlist is longer than FAISS's GPU k-selection returns: the CPU keeps it
+    assert ivfpq.rescore_min > vindex.GPU_MAX_K
+    assert vindex.place(ivfpq, use_gpu=None, faiss_gpus=lambda: (1, "")) is ivfpq and not copied
+    placed = vindex.place(short, use_gpu=None, device="cuda:1", faiss_gpus=lambda: (2, ""))
     assert copied == [1] and isinstance(placed.on_gpu, _StandIn)
-    assert vindex.place(ivfpq, use_gpu=True, device="cuda:2", faiss_gpus=lambda: (2, "")) is ivfpq  # no GPU 2
+    assert vindex.place(short, use_gpu=True, device="cuda:2", faiss_gpus=lambda: (2, "")) is short  # no GPU 2
