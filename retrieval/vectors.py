@@ -42,7 +42,7 @@ AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/benc
 # ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
 PQ_BYTES = 96  # bytes of PQ code per vector (8-bit sub-quantisers)
 # ivfpq search: nprobe of ~2 sqrt(n) lists and a shortlist of max(40 k, 8000) re-scored exactly.
-# At 2M vectors: 0.952 of the true top 10 in 63 ms a query (exact search 924 ms); nprobe 256 with
+# At 2M vectors: 0.952 of the true top 10 in 63 ms a query (exact search 642 ms); nprobe 256 with
 # 2000 kept 0.88, 512 with 8000 0.936 (scripts/bench_query.py --ivfpq-sweep, docs/throughput.md)
 IVFPQ_NPROBE = 1024
 RESCORE_FACTOR, RESCORE_MIN = 40, 8000
@@ -92,10 +92,13 @@ class VectorIndex:
         if self.row_ids is None:
             return np.stack([self.faiss_index.reconstruct(int(i)) for i in ids]).astype(np.float32)
         assert self.exact is not None
-        order = np.argsort(self.row_ids, kind="stable")  # 8 bytes a vector, only while reading back
-        pos = np.searchsorted(self.row_ids, ids, sorter=order)
-        pos = np.minimum(pos, len(order) - 1)
-        rows = order[pos]
+        last = len(self.row_ids) - 1
+        # the engine adds rows in ascending id order (the store's), so a binary search finds them
+        # without sorting all n ids per call; any other order is sorted once for this call
+        rows = np.minimum(np.searchsorted(self.row_ids, ids), last)
+        if not (self.row_ids[rows] == ids).all():
+            order = np.argsort(self.row_ids, kind="stable")
+            rows = order[np.minimum(np.searchsorted(self.row_ids, ids, sorter=order), last)]
         if not (self.row_ids[rows] == ids).all():
             raise KeyError(f"ids not in the index: {ids[self.row_ids[rows] != ids][:5].tolist()}")
         return np.asarray(self.exact[rows], np.float32)
@@ -185,9 +188,9 @@ class VectorIndex:
 class TorchExact:
     """Exact inner-product search as matrix products on a torch device: the GPU path.
 
-    Chosen over FAISS's GPU builds: the PyPI faiss-gpu-cu12 1.14 wheel has no kernels for
-    Hopper GPUs (H100/H200) and aborts the whole process on its first search there
-    (docs/throughput.md), while PyTorch is already installed for the model and runs everywhere.
+    Exact search needs nothing beyond PyTorch, which is installed for the model and runs on every
+    GPU it supports (1.04 ms a query at 1M vectors on an H200, docs/throughput.md); FAISS's GPU
+    build (`retrieval[gpu]`, faiss_gpu.probe) is used for IVF indexes only.
     Scores are fp32 products (TF32 stays off, PyTorch's default), so results equal FAISS's up to
     float rounding and the order of exact ties.
     """

@@ -153,3 +153,14 @@ def test_empty_ivfpq(tmp_path):
                        generation=0, exact_path=tmp_path / "v.f32")
     scores, got = idx.search(_clustered(2, 8, 1), 5)
     assert got.shape == scores.shape == (2, 0)
+
+
+def test_vectors_read_back_by_id_when_ids_ascend(tmp_path):
+    """The engine adds rows in ascending id order: read-back finds them by binary search, and an
+    id between two stored ones is still refused."""
+    xb = _clustered(3000, 16, 3)
+    ids = np.arange(0, 6000, 2, dtype=np.int64)  # even ids only
+    idx = vindex.build(xb, ids, kind="ivfpq", fingerprint="f", generation=0, exact_path=tmp_path / "v.f32")
+    np.testing.assert_array_equal(idx.vectors_of(np.array([5998, 0, 2000])), xb[[2999, 0, 1000]])
+    with pytest.raises(KeyError):
+        idx.vectors_of(np.array([0, 7]))
