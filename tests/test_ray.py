@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,6 +169,22 @@ def test_addresses_ray_takes_are_accepted(address):
     assert check_address(address) == address
     with pytest.raises(UsageError):
         check_address(address + " x")
+
+
+def test_a_local_runtime_keeps_token_auth_without_rays_warning(tmp_path_factory):
+    """Ray warns on every start that it chose token authentication; `--ray local` keeps the token
+    and drops the line (a real runtime, in a process of its own, so this module's is not reused)."""
+    temp = str(tmp_path_factory.mktemp("rt"))  # short: Ray's socket paths must fit 107 bytes
+    code = ("import ray, logging; from retrieval.engine.distributed import connect; "
+            f"assert connect('local', num_cpus=1, object_store_memory=80 * 2**20, _temp_dir={temp!r}); "
+            "import os; print(os.environ.get('RAY_AUTH_MODE')); "  # Ray sets it when it turns the token on
+            "level = logging.getLogger('ray._private.authentication.authentication_token_setup').level; "
+            "ray.shutdown(); print('level', level)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["token", "level 0"]  # authenticated; the logger's level given back
+    assert "Token authentication" not in r.stderr
 
 
 def test_results_cross_as_plain_columns_and_come_back_the_same():

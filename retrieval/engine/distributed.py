@@ -119,7 +119,16 @@ def connect(address: str, **init: Any) -> bool:
     init.setdefault("logging_level", logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     try:
         if address == "local":
-            ray.init(address="local", include_dashboard=False, **init)
+            # A runtime started here keeps Ray's default token authentication; Ray warns on every
+            # start that it chose it, a line that would only tear the progress bar (not RAY_AUTH_MODE
+            # set here: Ray reads its configuration at import, so the runtime would start without a token)
+            token_setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            level = token_setup.level
+            token_setup.setLevel(logging.ERROR)
+            try:
+                ray.init(address="local", include_dashboard=False, **init)
+            finally:
+                token_setup.setLevel(level)
         else:
             ray.init(address=address, **init)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
