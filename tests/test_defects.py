@@ -289,3 +289,31 @@ def test_bad_values_exit_2_and_bugs_are_not_dressed_as_bad_input(folder, tmp_pat
     assert "unexpected ZeroDivisionError: a bug deep inside. This is a bug, not your input" in r.stderr
     r = runner.invoke(app, ["-v", "info", "--index", str(ix)])
     assert r.exit_code == 1 and isinstance(r.exception, ZeroDivisionError)  # -v: the whole traceback
+
+
+def test_an_emptied_root_is_refused_not_wiped(folder, tmp_path):
+    """A drive not mounted leaves an empty mount point: indexing it again must not delete every
+    row it had. A root that still holds images loses only the files that went; an exclusion that
+    leaves nothing is the user's wish and is applied."""
+    ix, mount = tmp_path / "ix", tmp_path / "mnt" / "drive"
+    mount.parent.mkdir()
+    shutil.copytree(folder, mount)
+    _index(mount, ix)
+    away = tmp_path / "unmounted"
+    mount.rename(away)
+    mount.mkdir()  # the bare mount point
+    r = runner.invoke(app, ["index", str(mount), "--index", str(ix), "--model", "test_tiny", "--size", "112"])
+    _one_line_error(r, str(mount), "holds no image files now", "has 5 from it", "retrieve remove")
+    assert "5 indexed, 0 skipped" in runner.invoke(app, ["info", "--index", str(ix)]).stdout
+    shutil.rmtree(mount)
+    away.rename(mount)
+    assert "unchanged 5" in _index(mount, ix).stdout
+    (mount / "p0.jpg").unlink()
+    assert "removed 1" in _index(mount, ix).stdout  # files that went are still forgotten
+    assert "removed 4" in _index(mount, ix, "--exclude", "*.jpg").stdout
+    _index(mount, ix, "--clear-excludes")
+    shutil.rmtree(mount)
+    mount.mkdir()
+    r = runner.invoke(app, ["remove", str(mount), "--index", str(ix)])  # the fix the error names
+    assert r.exit_code == 0 and "removed 4" in r.stdout
+    assert "0 images indexed" in _index(mount, ix).stdout

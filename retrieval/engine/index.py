@@ -32,7 +32,7 @@ from ..store import PathFilter, Store
 from ..types import Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, writer_lock
-from .plan import Exclusions, plan_update
+from .plan import Exclusions, emptied_roots, plan_update
 from .search import Query, SearchResult, search, stored_local
 
 if TYPE_CHECKING:
@@ -235,10 +235,15 @@ class Index:
                     raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
             excluded = self._lift_exclusions(roots_abs)
             unreadable: list[str] = []
-            found = excluded.keeps(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
-                                            exclude=[self.path, *excluded.paths], unreadable=unreadable))
+            listed = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
+                                   exclude=[self.path, *excluded.paths], unreadable=unreadable))
+            found = excluded.keeps(listed)
             keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
             rows = {row.path: row for row in self.store.rows(under=roots_abs) if row.path not in keep}
+            for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
+                raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
+                                     f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
+                                     f"`retrieve remove {shown(root)}`")
             plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes)
             if plan.deletes or plan.touches:
                 self.store.apply(deletes=plan.deletes, touches=plan.touches)

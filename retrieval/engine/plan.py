@@ -54,6 +54,23 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
     return plan
 
 
+def emptied_roots(roots: Sequence[str], found: Iterable[ImageRef], rows: Iterable[str]) -> list[tuple[str, int]]:
+    """(root, rows under it) for each root under which no image file was found (before
+    exclusions) while the index holds rows from it: an unmounted drive or an emptied share looks
+    like that, and an update would delete every row it had."""
+    filters = {root: PathFilter([root]) for root in roots}
+    empty = set(roots)
+    for ref in found:
+        empty -= {root for root in empty if ref.path in filters[root]}
+        if not empty:
+            return []
+    counts = dict.fromkeys(empty, 0)
+    for path in rows:
+        for root in empty:
+            counts[root] += path in filters[root]
+    return [(root, n) for root, n in counts.items() if n]
+
+
 @dataclass(frozen=True)
 class Exclusions:
     """paths: files and folders `retrieve remove` took out; globs: `--exclude` patterns. A glob
