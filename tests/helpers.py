@@ -56,8 +56,8 @@ def clean_exit(r) -> bool:
 
 
 def error_lines(r) -> list[str]:
-    """stderr without the test backbone's random-weights warning."""
-    return [x for x in r.stderr.splitlines() if x.strip() and "random weights" not in x]
+    """stderr without the test backbone's random-weights warning and progress lines."""
+    return [x for x in r.stderr.splitlines() if x.strip() and "random weights" not in x and not x.startswith("progress:")]
 
 
 def corrupt(store: Path, *, offset: int = 5000, size: int = 2048, seed: int = 0) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +37,7 @@ def _query(ix: Path, *args: str):
 
 def _one_line_error(r, *words: str) -> None:
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
-    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("warning:", "progress:"))]
     assert len(lines) == 1 and lines[0].startswith(("error:", "Usage", "Error")) or "Invalid value" in r.stderr, \
         r.stderr
     for w in words:
@@ -225,6 +227,38 @@ def test_rate_is_an_average_not_a_burst():
         task = bar.add_task("x", total=100)
         bar.advance(task, 50)  # a whole batch lands at once, right after the start
         assert _rate(bar.tasks[0]) == ""
+
+
+def test_a_long_job_reports_progress_when_stderr_is_not_a_terminal(folder, tmp_path, monkeypatch):
+    """In a log file Rich draws no bar: plain `progress:` lines (count, share, rate, ETA) stand in
+    for it, every PROGRESS_EVERY seconds (0 here: every batch) and once at the end."""
+    cli_app = importlib.import_module("retrieval.cli.app")  # the module (the package's `app` is the Typer)
+    monkeypatch.setattr(cli_app, "PROGRESS_EVERY", 0.0)
+    lines = [x for x in _index(folder, tmp_path / "ix", "--batch", "2").stderr.splitlines() if x.startswith("progress:")]
+    assert lines and lines[-1].startswith("progress: indexing 5/5 (100.0%)"), lines
+    assert all(re.fullmatch(r"progress: indexing \d/5 \(\d+\.\d%\)(, [\d.]+ img/s, ETA \d+:\d\d:\d\d)?", x)
+               for x in lines), lines
+    assert sum("5/5" in x for x in lines) == 1  # the end is said once
+    monkeypatch.setattr(cli_app, "PROGRESS_EVERY", 3600.0)
+    (folder / "p9.jpg").write_bytes((folder / "p0.jpg").read_bytes()[:-1] + b"x")
+    lines = [x for x in _index(folder, tmp_path / "ix").stderr.splitlines() if x.startswith("progress:")]
+    assert lines == [lines[-1]] and lines[0].startswith("progress: indexing 1/1 (100.0%)")  # only the end
+
+
+def test_eta_is_at_the_average_rate():
+    from rich.progress import Progress
+
+    from retrieval.cli.app import _eta
+
+    with Progress(disable=True) as bar:
+        task = bar.add_task("x", total=1000)
+        bar.update(task, completed=100)
+        t = bar.tasks[0]
+        assert _eta(t) == ""  # no rate yet
+        t.start_time -= 10.0  # 100 done in 10 s: 900 left take 90 s
+        assert _eta(t) == "ETA 0:01:30"
+        t.start_time -= 3590.0  # 100 in an hour: 9 hours left
+        assert _eta(t) == "ETA 9:00:00"
 
 
 @pytest.mark.parametrize("gnd,said", [

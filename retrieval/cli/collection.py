@@ -18,7 +18,7 @@ from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_ov
 from ..errors import RetrievalError
 from ..types import shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _parse_bbox, _progress, _rate, _stdout, _StopAfterBatch, app)
+                  _index_dir, _parse_bbox, _progress, _stdout, _StopAfterBatch, app)
 
 
 @app.command()
@@ -88,11 +88,10 @@ def index(
     with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
         if exclude or clear_excludes:
             idx.exclude(exclude or [], clear=clear_excludes)
-        task = bar.add_task("indexing", total=None, rate="")
+        task = bar.add_task("indexing", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
-            bar.update(task, rate=_rate(bar.tasks[0]))
 
         summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
                              cluster=cluster)

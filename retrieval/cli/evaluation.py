@@ -78,7 +78,7 @@ def eval_(
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, rate="")
+                tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
         options = engine.EvalOptions(rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha, dba=dba)
