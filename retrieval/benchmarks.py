@@ -129,6 +129,8 @@ def load_json(path: str | Path, *, crop: bool = True) -> Benchmark:
         queries.append(Query(str((base / image).resolve()), box if crop else None,
                              ids(q.get("positives", []), f'queries[{i}]["positives"]'), np.zeros(0, np.int64),
                              ids(q.get("junk", []), f'queries[{i}]["junk"]')))
+    if queries and not any(len(q.easy) for q in queries):  # checked now, before the database is embedded
+        check.fail('no query lists any "positives", so there is nothing to score')
     return Benchmark(path.stem, database, tuple(queries), ("all",))
 
 

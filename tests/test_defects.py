@@ -281,11 +281,22 @@ def test_malformed_revisited_ground_truth(tmp_path, gnd, said):
     ({"database": "img00.jpg", "queries": []}, '"database" must be a list'),
     ({"database": ["a.jpg"], "queries": [{"image": "a.jpg", "bbox": [0, 0, "x", 1]}]}, "bbox"),
     ([1, 2], "must be an object"),
+    ({"database": ["a.jpg"], "queries": [{"image": "q.jpg", "positives": []}]}, 'no query lists any "positives"'),
 ])
 def test_malformed_json_ground_truth(tmp_path, data, said):
     gt = tmp_path / "mine.json"
     gt.write_text(json.dumps(data))
     _one_line_error(runner.invoke(app, ["eval", str(gt), "--model", "test_tiny"]), "mine.json", said)
+
+
+def test_a_ground_truth_box_outside_its_image_names_the_query_to_correct(folder, tmp_path):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps({"database": [f"photos/p{i}.jpg" for i in range(1, 5)],
+                              "queries": [{"image": "photos/p0.jpg", "bbox": [5000, 5000, 6000, 6000],
+                                           "positives": ["photos/p1.jpg"]}]}))
+    r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--index", str(tmp_path / "ix")])
+    _one_line_error(r, "p0.jpg", "correct query 0's box in the mine ground truth")
+    assert "--bbox" not in r.stderr
 
 
 def test_several_queries_in_one_call(folder, tmp_path):

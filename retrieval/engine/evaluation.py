@@ -19,7 +19,7 @@ from .. import __version__
 from .. import whitening as wh
 from ..benchmarks import Benchmark
 from ..config import EngineConfig, deep_merge, default_index_dir
-from ..errors import RetrievalError, UsageError
+from ..errors import BadImageError, RetrievalError, UsageError
 from ..store import PathFilter
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
 from . import derived
@@ -193,7 +193,13 @@ def _embed_queries(idx: Index, bench: Benchmark, progress: Callable[[int, int], 
     """Each query embedded by the index's own pipeline, cropped to its box when it has one."""
     out: list[Query] = []
     for i, q in enumerate(bench.queries):
-        out.extend(idx.queries([q.image], bbox=q.bbox))
+        try:
+            out.extend(idx.queries([q.image], bbox=q.bbox))
+        except BadImageError as e:
+            if q.bbox is None or "box" not in e.reason:
+                raise
+            raise BadImageError(e.path, e.reason, fix=f"correct query {i}'s box in the {bench.name} ground truth "
+                                                      f"(or evaluate with --no-crop)") from None
         if progress is not None:
             progress(i + 1, len(bench.queries))
     return out
