@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -69,3 +70,22 @@ def test_model_commands_import_torch_only(tiny_index, tmp_path):
     one.mkdir()
     synth_photo(9).save(one / "x.jpg")
     assert _imports(tmp_path, "index", str(one), "--index", str(root / "new"), "--model", "test_tiny") == {"torch"}
+
+
+def test_ctrl_c_while_the_libraries_import_ends_quietly():
+    """The `retrieve` entry point (pyproject's [project.scripts]): a Ctrl-C during the imports is
+    one line and exit 130, not a traceback (an import hook stands in for the key press)."""
+    code = textwrap.dedent("""
+        import sys
+        class Press:
+            def find_spec(self, name, path=None, target=None):
+                if name == "retrieval.cli":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Press())
+        from retrieval.__main__ import main
+        main()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (r.returncode, r.stderr) == (130, "interrupted\n")
+    scripts = (ROOT / "pyproject.toml").read_text()
+    assert 'retrieve = "retrieval.__main__:main"' in scripts
