@@ -51,6 +51,16 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
     return out
 
 
+def index_roots(roots: Iterable[str | Path]) -> list[str]:
+    """The absolute paths of the folders (or files) `retrieve index` is given; RetrievalError
+    naming the first that does not exist (checked before an index folder is created for them)."""
+    out = [os.path.abspath(r) for r in roots]
+    for r in out:
+        if not os.path.exists(r):
+            raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+    return out
+
+
 STORE_FILE = "store.sqlite"
 VECTORS_FILE = "vectors.npz"
 EXACT_FILE = "vectors.f32"  # ivfpq: the exact vectors it re-scores with, memory-mapped

@@ -31,7 +31,7 @@ from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
 from ..types import Skipped, shown
 from . import derived, settings
-from .files import STORE_FILE, index_folder, require_writable, writer_lock
+from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
 from .plan import Exclusions, plan_update
 from .search import Query, SearchResult, search, stored_local
 
@@ -231,10 +231,7 @@ class Index:
         start = time.monotonic()
         summary = UpdateSummary()
         with writer_lock(self.path):
-            roots_abs = [os.path.abspath(r) for r in roots]
-            for r in roots_abs:
-                if not os.path.exists(r):
-                    raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+            roots_abs = index_roots(roots)
             excluded = self._lift_exclusions(roots_abs)
             unreadable: list[str] = []
             found = excluded.keeps(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
