@@ -136,6 +136,20 @@ def test_no_weights_fails_before_creating_anything(folder, tmp_path, monkeypatch
     assert not ix.exists()
 
 
+def test_mistyped_folder_creates_and_changes_no_index(folder, tmp_path):
+    typo = tmp_path / "photso"
+    ix = tmp_path / "new-index"
+    _one_line_error(runner.invoke(app, ["index", str(typo), "--index", str(ix), "--model", "test_tiny"]),
+                    f"{typo} does not exist")
+    assert not ix.exists()
+    old = tmp_path / "ix"
+    _index(folder, old)
+    before = (old / "store.sqlite").read_bytes()
+    _one_line_error(runner.invoke(app, ["index", str(folder), str(typo), "--index", str(old), "--whiten-dim", "8"]),
+                    f"{typo} does not exist")
+    assert (old / "store.sqlite").read_bytes() == before  # its settings too: nothing was stored
+
+
 def test_reranked_table_says_what_it_is_ordered_by(folder, tmp_path):
     ix = tmp_path / "ix"
     _index(folder, ix)

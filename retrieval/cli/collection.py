@@ -81,6 +81,7 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
+    engine.index_roots(folders)  # a mistyped folder creates no index
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them

@@ -91,7 +91,8 @@ def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
 def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
             data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
     """The FAISS index (in host memory) for the store's current data version: `cached` if it is
-    that, else the saved file if it is, else rebuilt from the store and saved atomically.
+    that, else the saved file if it is, else rebuilt from the store and saved atomically (kept in
+    memory only when the store is read-only: nothing beside it is rewritten).
     data: the store's (ids, raw descriptors) when the caller has just read them."""
     gen, fp = store.data_version, vectors_fingerprint(store, config)
     if cached is not None and cached.generation == gen and cached.fingerprint == fp:
@@ -109,6 +110,10 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
         log.info("database-side augmentation needs every vector's neighbours: an IVF index, not ivfpq")
         kind = "ivf"
     if kind == "ivfpq" and n > 0:
+        if store.readonly:  # its exact vectors are a file, memory-mapped: no ivfpq index without writing one
+            raise RetrievalError(f"the ivfpq vector index of {folder} must be rebuilt and the folder is read-only; "
+                                 f"open the index once where it is writable (any `retrieve query` rebuilds it), or "
+                                 f"use a writable copy")
         built = _streamed(store, w, n, fp, gen, folder / EXACT_FILE)
     else:
         ids, x = data if data is not None else store.descriptors()
@@ -118,6 +123,10 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
             sims, nbrs = exact.search(xb, config.index.dba + 1)
             xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
         built = vecs.build(xb, ids, kind="flat" if kind == "ivfpq" else kind, fingerprint=fp, generation=gen)
+    if store.readonly:
+        log.warning("%s is read-only: the vector index was rebuilt in memory for this run only; open the index once "
+                    "where it is writable (any `retrieve query`) to save it", folder)
+        return built
     try:
         atomic_write(file, lambda f: f.write(vecs.to_bytes(built)))
     except OSError as e:  # a read-only or full index folder still answers queries

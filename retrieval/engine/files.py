@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from .. import images
 from ..errors import RetrievalError
+from ..store import writable
 from ..types import shown
 
 
@@ -50,6 +51,16 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
     return out
 
 
+def index_roots(roots: Iterable[str | Path]) -> list[str]:
+    """The absolute paths of the folders (or files) `retrieve index` is given; RetrievalError
+    naming the first that does not exist (checked before an index folder is created for them)."""
+    out = [os.path.abspath(r) for r in roots]
+    for r in out:
+        if not os.path.exists(r):
+            raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+    return out
+
+
 STORE_FILE = "store.sqlite"
 VECTORS_FILE = "vectors.npz"
 EXACT_FILE = "vectors.f32"  # ivfpq: the exact vectors it re-scores with, memory-mapped
@@ -64,12 +75,22 @@ def index_folder(path: str | Path) -> Path:
     return path
 
 
+def require_writable(folder: Path) -> None:
+    """RetrievalError naming the fix when this process may not change the index in `folder`
+    (permissions, a read-only mount): refused before anything is written, not half-way."""
+    if folder.exists() and not writable(folder / STORE_FILE):
+        raise RetrievalError(f"the index at {shown(str(folder))} is read-only here (no write permission on the folder "
+                             f"or its {STORE_FILE}, or a read-only mount) and this command changes it; make them "
+                             f"writable, or copy the folder to writable media and pass the copy with --index")
+
+
 @contextmanager
 def writer_lock(folder: Path) -> Iterator[None]:
     """Exclusive lock on an index folder (filelock: the same on every OS), so two writers never
     interleave; a second writer is refused at once rather than left waiting."""
     from filelock import FileLock, Timeout
 
+    require_writable(folder)
     lock = FileLock(str(folder / LOCK_FILE), timeout=0)
     try:
         lock.acquire()

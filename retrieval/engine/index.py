@@ -31,7 +31,7 @@ from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
 from ..types import Skipped, shown
 from . import derived, settings
-from .files import STORE_FILE, index_folder, writer_lock
+from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
 from .plan import Exclusions, emptied_roots, plan_update
 from .search import Query, SearchResult, search, stored_local
 
@@ -103,6 +103,7 @@ class Index:
         overrides that would change its descriptors (model, dtype, size, pooling), naming the fix.
         """
         path = index_folder(path)
+        require_writable(path)
         if not (path / STORE_FILE).is_file():
             settings.preflight(overrides or {})
         path.mkdir(parents=True, exist_ok=True)
@@ -165,8 +166,9 @@ class Index:
         return wid
 
     def _adopt_weights(self, weights_id: str, weights: str | None, hashes: dict[str, str]) -> None:
-        """Record the hashes learned and, for a new index, its weights id; refuse other weights."""
-        if hashes != self.weights_hashes():
+        """Record the hashes learned (not in a read-only store: they only save time) and, for a new
+        index, its weights id; refuse other weights."""
+        if hashes != self.weights_hashes() and not self.store.readonly:
             self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
         cfg = self.config.backbone
         known = self.store.get_meta("weights_id")
@@ -229,10 +231,7 @@ class Index:
         start = time.monotonic()
         summary = UpdateSummary()
         with writer_lock(self.path):
-            roots_abs = [os.path.abspath(r) for r in roots]
-            for r in roots_abs:
-                if not os.path.exists(r):
-                    raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+            roots_abs = index_roots(roots)
             excluded = self._lift_exclusions(roots_abs)
             unreadable: list[str] = []
             listed = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,

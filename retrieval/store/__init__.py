@@ -6,9 +6,10 @@
     paths      paths stored losslessly (TEXT, or the file system's bytes), PathFilter
 """
 
-from .connection import store_error
+from .connection import store_error, writable
 from .paths import PathFilter
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import BlobSizes, FileRow, Store, Upsert
 
-__all__ = ["BlobSizes", "FileRow", "MIGRATIONS", "PathFilter", "SCHEMA_VERSION", "Store", "Upsert", "store_error"]
+__all__ = ["BlobSizes", "FileRow", "MIGRATIONS", "PathFilter", "SCHEMA_VERSION", "Store", "Upsert", "store_error",
+           "writable"]

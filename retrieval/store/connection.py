@@ -3,9 +3,11 @@ one-line StoreErrors naming the file (disk full, damaged, not a database, locked
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from ..errors import DiskFullError, StoreCorruptError, StoreError
 
@@ -48,8 +50,7 @@ _BY_MESSAGE = {"database or disk is full": _FULL, "database disk image is malfor
 def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
     """The StoreError an sqlite3 error on the store file `path` means for a user, or None for the
     errors that are bugs or expected by the caller (constraint violations, SQL errors)."""
-    code = getattr(e, "sqlite_errorcode", None)
-    primary = (code & 0xFF) if isinstance(code, int) else _BY_MESSAGE.get(str(e))
+    primary = _primary(e)
     if primary == _FULL:
         return DiskFullError(path, str(e))
     if primary in (_CORRUPT, _NOTADB):
@@ -64,6 +65,12 @@ def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
         return StoreError(path, f"cannot read or write {path} ({e}); check the disk it is on (full, removed, "
                                 f"failing), then run the same command again")
     return None
+
+
+def _primary(e: BaseException | None) -> int | None:
+    """The primary result code of an sqlite3 error (None for anything else)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return (code & 0xFF) if isinstance(code, int) else _BY_MESSAGE.get(str(e))
 
 
 class _Guard:
@@ -123,7 +130,7 @@ class _Connection(sqlite3.Connection):
     """sqlite3.Connection whose statements (its own, sqlite-utils', and COMMIT) are guarded."""
 
     def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
-        self.guard = _Guard(Path(database))
+        self.guard = _Guard(_file_named(database) if kwargs.get("uri") else Path(database))
         with self.guard:
             super().__init__(database, *args, **kwargs)
 
@@ -152,8 +159,49 @@ class _Connection(sqlite3.Connection):
             super().close()
 
 
-def _connect(path: Path, *, timeout: float = 5.0) -> _Connection:
-    """A guarded autocommit connection (transactions are explicit: `_Transaction`)."""
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Connection)
+def _file_named(uri: str) -> Path:
+    """The file a `file:` URI names (its bytes as the file system's: names need not be UTF-8)."""
+    return Path(os.fsdecode(unquote_to_bytes(urlsplit(uri).path)))
+
+
+def _connect(path: Path, *, timeout: float = 5.0, query: str = "") -> _Connection:
+    """A guarded autocommit connection (transactions are explicit: `_Transaction`), opened with
+    the URI parameters `query` (https://sqlite.org/uri.html) when given."""
+    database = f"file:{quote_from_bytes(os.fsencode(path))}?{query}" if query else str(path)
+    conn = sqlite3.connect(database, timeout=timeout, isolation_level=None, factory=_Connection, uri=bool(query))
     assert isinstance(conn, _Connection)
     return conn
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may write the database file `path` and create its WAL files beside it
+    (os.access: permissions, and a file system mounted read-only)."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _connect_readonly(path: Path, *, timeout: float = 5.0) -> _Connection:
+    """A guarded connection that never writes `path`, for a store this process may not write (or
+    whose folder it may not write: `writable`). See docs/index.md, "A read-only index".
+
+    SQLite reads a WAL database read-only (mode=ro) through its -shm file, which it must find or
+    create (https://sqlite.org/wal.html, "Read-Only Databases"). A store closed cleanly has none
+    (the last writer deletes it) and nobody may create one in a read-only folder: such a store is
+    opened immutable, SQLite's promise that nobody changes the file while it is open, true of
+    read-only media. Immutable also ignores the -wal file, so a store whose -wal still holds
+    committed changes (a copy of a live index, or one killed mid-write) is refused instead of read
+    without them."""
+    conn = _connect(path, timeout=timeout, query="mode=ro")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except StoreError as e:
+        conn.close()
+        # SQLITE_READONLY_CANTINIT or SQLITE_CANTOPEN: no -shm to be had; any other error stands
+        if _primary(e.__cause__) not in (_READONLY, _CANTOPEN):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise StoreError(path, f"cannot read {path} where it is: committed changes are still in {wal.name}, which "
+                               f"SQLite reads only through a {path.name}-shm file that it may not create in "
+                               f"{path.parent}; copy the index folder (all its files) to writable media and use the copy")
+    return _connect(path, timeout=timeout, query="mode=ro&immutable=1")

@@ -7,7 +7,8 @@ names are bytes; old cameras and other systems write names that are not UTF-8). 
 API gives and takes `str`, with undecodable bytes as surrogate escapes (os.fsdecode). A `meta` table holds
 the schema version, the index configuration and fingerprint, the whitening, and a generation
 number that every committed change increments (and a data version that only row changes do). WAL journal: a crash loses at most the batch
-in flight, never a committed one.
+in flight, never a committed one. A store this process cannot write (a read-only mount, a snapshot,
+another user's files) is opened read-only (`Store.readonly`; connection._connect_readonly).
 
 Every statement goes through one guarded connection (`_Connection`, `_Cursor`): SQLite's "disk
 full", "damaged" and similar failures leave this module as one-line `StoreError`s naming the file
@@ -25,9 +26,9 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from ..errors import SchemaVersionError
+from ..errors import SchemaVersionError, StoreError
 from ..types import shown
-from .connection import _connect, _Transaction
+from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -76,15 +77,21 @@ class BlobSizes:
 
 class Store:
     def __init__(self, path: str | Path, *, create: bool = False, migrate: bool = True) -> None:
-        """migrate=False opens an older schema as it is (for `retrieve check`, which only reads)."""
+        """migrate=False opens an older schema as it is (for `retrieve check`, which only reads).
+        An existing store that this process cannot write is opened read-only (`readonly`)."""
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise FileNotFoundError(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(self.path, timeout=30.0)
+        self.readonly = self.path.is_file() and not writable(self.path)
+        if self.readonly:
+            conn = _connect_readonly(self.path, timeout=30.0)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(self.path, timeout=30.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self.readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             self.db = sqlite_utils.Database(conn)
             if migrate:
                 self._migrate()
@@ -109,6 +116,10 @@ class Store:
                 f"{self.path} uses schema version {version}, newer than this program's {SCHEMA_VERSION}; "
                 f"upgrade retrieval"
             )
+        if version < SCHEMA_VERSION and self.readonly:
+            raise StoreError(self.path, f"{self.path} uses schema version {version} and must be migrated to "
+                                        f"{SCHEMA_VERSION}, which needs write access; open it once where it is "
+                                        f"writable (`retrieve info --index {self.path.parent}`), or use a copy")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
                 MIGRATIONS[target](self.db)
