@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -332,3 +333,60 @@ def test_new_images_from_a_concurrent_index_run_are_seen(served, tmp_path):
         assert after["path"] == str(new.resolve()) and after["score"] == pytest.approx(1.0, abs=1e-4)
         r = c.get(f"/api/images/{after['id']}")
         assert r.status_code == 200
+
+
+# --- file names that are not UTF-8 (Linux names are bytes; docs/index.md) --------------------------
+ODD = os.fsdecode(b"bad\xff\xfe.jpg")  # surrogate escapes, as os.fsdecode gives them
+ODD_SKIPPED = os.fsdecode(b"skip\xfe.jpg")
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict[str, Path]:
+    """An index holding a file whose name is not UTF-8, and skipping another such (not an image)."""
+    root = tmp_path_factory.mktemp("odd")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(4):
+        synth_photo(200 + i).save(photos / f"p{i}.jpg", quality=92)
+    shutil.copy(photos / "p2.jpg", photos / ODD)
+    (photos / ODD_SKIPPED).write_bytes(b"not an image")
+    ix = root / "ix"
+    _cli("index", str(photos), "--index", str(ix), *TINY)
+    return {"photos": photos, "index": ix}
+
+
+def test_non_utf8_file_names_are_answered_as_the_cli_writes_them(odd):
+    """Before the fix every answer naming such a file was 500 (UnicodeEncodeError): search, info."""
+    with TestClient(create_app(odd["index"])) as c:
+        r = _search(c, odd["photos"] / "p0.jpg", k="7")
+        assert r.status_code == 200, r.text
+        assert "\\udcff\\udcfe" in r.text  # JSON's escape of the surrogates, as `--json` prints them
+        hits = r.json()["hits"]
+        ref = json.loads(_cli("query", str(odd["photos"] / "p0.jpg"), "--index", str(odd["index"]), "--json",
+                              "-k", "7").stdout)
+        _same_hits(hits, ref)
+        bad = next(h for h in hits if "bad" in h["path"])
+        assert os.fsencode(bad["path"]) == os.fsencode(odd["photos"] / ODD)  # the file system's own bytes back
+        assert c.get(f"/api/images/{bad['id']}").status_code == 200
+        m = c.get(f"/api/queries/{r.json()['query']}/matches/{bad['id']}")
+        assert m.status_code == 200 and m.json()["inliers"] <= m.json()["matches"]
+        assert c.get(f"/api/queries/{r.json()['query']}/matches/{bad['id']}?format=png").status_code == 200
+
+        info = c.get("/api/info")
+        assert info.status_code == 200, info.text
+        cli_info = json.loads(_cli("info", "--index", str(odd["index"]), "--json").stdout)
+        assert info.json()["skipped"] == cli_info["skipped"]
+        assert [os.fsencode(s["path"]) for s in info.json()["skipped"]] == [os.fsencode(odd["photos"] / ODD_SKIPPED)]
+
+
+def test_errors_naming_such_a_file_are_one_readable_line():
+    from starlette.requests import Request
+
+    from retrieval.errors import RetrievalError
+    from retrieval.serve.app import _retrieval_error
+
+    request = Request({"type": "http", "method": "GET", "path": "/api/images/3", "headers": [], "query_string": b""})
+    r = asyncio.run(_retrieval_error(request, RetrievalError(f"/photos/{ODD} changed while it was read")))
+    assert r.status_code == 409
+    assert json.loads(r.body) == {"error": "/photos/bad\\xff\\xfe.jpg changed while it was read"}  # as the CLI shows it
+
