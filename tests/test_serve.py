@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,8 @@ from retrieval.images import load_image
 from retrieval.serve import create_app, parse_size
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
 
-from .conftest import synth_photo
-from .helpers import Server
+from .conftest import ROOT, synth_photo
+from .helpers import Server, free_port
 
 runner = CliRunner()
 TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
@@ -332,3 +338,130 @@ def test_new_images_from_a_concurrent_index_run_are_seen(served, tmp_path):
         assert after["path"] == str(new.resolve()) and after["score"] == pytest.approx(1.0, abs=1e-4)
         r = c.get(f"/api/images/{after['id']}")
         assert r.status_code == 200
+
+
+# --- file names that are not UTF-8 (Linux names are bytes; docs/index.md) --------------------------
+ODD = os.fsdecode(b"bad\xff\xfe.jpg")  # surrogate escapes, as os.fsdecode gives them
+ODD_SKIPPED = os.fsdecode(b"skip\xfe.jpg")
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict[str, Path]:
+    """An index holding a file whose name is not UTF-8, and skipping another such (not an image)."""
+    root = tmp_path_factory.mktemp("odd")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(4):
+        synth_photo(200 + i).save(photos / f"p{i}.jpg", quality=92)
+    shutil.copy(photos / "p2.jpg", photos / ODD)
+    (photos / ODD_SKIPPED).write_bytes(b"not an image")
+    ix = root / "ix"
+    _cli("index", str(photos), "--index", str(ix), *TINY)
+    return {"photos": photos, "index": ix}
+
+
+def test_non_utf8_file_names_are_answered_as_the_cli_writes_them(odd):
+    """Before the fix every answer naming such a file was 500 (UnicodeEncodeError): search, info."""
+    with TestClient(create_app(odd["index"])) as c:
+        r = _search(c, odd["photos"] / "p0.jpg", k="7")
+        assert r.status_code == 200, r.text
+        assert "\\udcff\\udcfe" in r.text  # JSON's escape of the surrogates, as `--json` prints them
+        hits = r.json()["hits"]
+        ref = json.loads(_cli("query", str(odd["photos"] / "p0.jpg"), "--index", str(odd["index"]), "--json",
+                              "-k", "7").stdout)
+        _same_hits(hits, ref)
+        bad = next(h for h in hits if "bad" in h["path"])
+        assert os.fsencode(bad["path"]) == os.fsencode(odd["photos"] / ODD)  # the file system's own bytes back
+        assert c.get(f"/api/images/{bad['id']}").status_code == 200
+        m = c.get(f"/api/queries/{r.json()['query']}/matches/{bad['id']}")
+        assert m.status_code == 200 and m.json()["inliers"] <= m.json()["matches"]
+        assert c.get(f"/api/queries/{r.json()['query']}/matches/{bad['id']}?format=png").status_code == 200
+
+        info = c.get("/api/info")
+        assert info.status_code == 200, info.text
+        cli_info = json.loads(_cli("info", "--index", str(odd["index"]), "--json").stdout)
+        assert info.json()["skipped"] == cli_info["skipped"]
+        assert [os.fsencode(s["path"]) for s in info.json()["skipped"]] == [os.fsencode(odd["photos"] / ODD_SKIPPED)]
+
+
+def test_errors_naming_such_a_file_are_one_readable_line():
+    from starlette.requests import Request
+
+    from retrieval.errors import RetrievalError
+    from retrieval.serve.app import _retrieval_error
+
+    request = Request({"type": "http", "method": "GET", "path": "/api/images/3", "headers": [], "query_string": b""})
+    r = asyncio.run(_retrieval_error(request, RetrievalError(f"/photos/{ODD} changed while it was read")))
+    assert r.status_code == 409
+    assert json.loads(r.body) == {"error": "/photos/bad\\xff\\xfe.jpg changed while it was read"}  # as the CLI shows it
+
+
+# --- the port ---------------------------------------------------------------------------------------
+def test_port_in_use_is_one_line_before_anything_is_announced(served, monkeypatch):
+    """Before: the success line, then uvicorn's multi-line ERROR, exit 3."""
+    import retrieval.serve
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the index was opened before the port was known to be free")
+
+    monkeypatch.setattr(retrieval.serve, "create_app", never)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(cli, ["serve", "--index", str(served["index"]), "--port", str(port)])
+    assert r.exit_code == 1 and "serving" not in r.stdout, r.output
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert lines == [f"error: port {port} on 127.0.0.1 is in use; fix: pass --port N (or stop the other server)"]
+
+
+def test_bind_refusals():
+    from retrieval.errors import RetrievalError, UsageError
+    from retrieval.serve import bind
+
+    with pytest.raises(UsageError, match="not an address of this machine"):
+        bind("192.0.2.1", 0)  # TEST-NET-1: never this machine's
+    with pytest.raises(UsageError, match="cannot be resolved"):
+        bind("no-such-host.invalid", 0)
+    if os.geteuid() != 0:
+        with pytest.raises(RetrievalError, match="--port 1024 or above"):
+            bind("127.0.0.1", 80)
+    sockets = bind("localhost", 0)  # every address of localhost, one port
+    try:
+        assert len({s.getsockname()[1] for s in sockets}) == 1
+        for s in sockets:  # bound but not yet listening: the server does that
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_serve_announces_the_port_it_listens_on_and_stops_on_ctrl_c(served):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--index", str(served["index"]),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving {served['index']} on http://127.0.0.1:{port}/"), (line, proc.stderr)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not answer"
+                time.sleep(0.1)
+        assert r.json() == {"status": "ok", "images": 9}
+        second = subprocess.run([sys.executable, "-m", "retrieval", "serve", "--index", str(served["index"]),
+                                 "--port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                                check=False)
+        assert second.returncode == 1 and second.stdout == "", second.stdout
+        assert f"port {port} on 127.0.0.1 is in use" in second.stderr and "Errno" not in second.stderr
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err and "Aborted" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

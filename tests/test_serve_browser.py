@@ -114,3 +114,53 @@ def test_page_escapes_file_names(tmp_path):
             assert page.locator("#results img:not(.thumb)").count() == 0
         finally:
             browser.close()
+
+
+def test_page_shows_non_utf8_file_names(tmp_path):
+    """Names whose bytes are not UTF-8 (JSON: "\\udcff") show as \\xNN, as the CLI shows them, in
+    the results, the result's page and the Index tab's skipped files; before the fix the search
+    and the Index tab were server errors (500)."""
+    import os
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app as cli
+
+    from .conftest import synth_photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    synth_photo(1).save(photos / "plain.jpg", format="JPEG")
+    synth_photo(1).save(photos / os.fsdecode(b"caf\xe9 \xff.jpg"), format="JPEG")  # Latin-1, not UTF-8
+    (photos / os.fsdecode(b"skip\xfe.jpg")).write_bytes(b"not an image")
+    ix = tmp_path / "ix"
+    r = CliRunner().invoke(cli, ["index", str(photos), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    errors: list[str] = []
+    with Server(create_app(ix)) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(bypass_csp=True)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            page.set_input_files("#file", str(photos / "plain.jpg"))
+            page.wait_for_selector("#results li .name")
+            assert sorted(page.locator("#results .name").all_text_contents()) == ["caf\\xe9 \\xff.jpg", "plain.jpg"]
+            titles = [page.locator("#results .name").nth(i).get_attribute("title") for i in range(2)]
+            assert str(photos) + "/caf\\xe9 \\xff.jpg" in titles
+            page.locator("#results li", has_text="caf").click()
+            page.wait_for_function("document.getElementById('detail-stats').textContent.includes('verified')")
+            assert (page.locator("#detail-title").text_content() or "").endswith("/caf\\xe9 \\xff.jpg")
+            page.click("#tab-index")
+            page.wait_for_selector("#skipped:not([hidden])")
+            assert page.locator("#skipped td").first.text_content() == str(photos) + "/skip\\xfe.jpg"
+            assert page.locator("#status").text_content() == ""  # no error shown
+        finally:
+            browser.close()
+    assert errors == []

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..types import shown
 from .app import Device, IndexDir, _errors, _index_dir, app
 
 
@@ -39,11 +40,20 @@ def serve(
                          f"must then send it), or serve on 127.0.0.1")
     import uvicorn
 
-    web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
-                             weights=None if weights is None else str(weights), device=device)
-    shown_host = f"[{host}]" if ":" in host else host
-    typer.echo(f"serving {_index_dir(index)} on http://{shown_host}:{port}/" + ("?token=..." if token else "")
-               + "  (Ctrl-C stops)")
-    uvicorn.run(web, host=host.strip("[]"), port=port, log_level="warning")
-
-
+    sockets = service.bind(host.strip("[]"), port)  # before the model loads: a port in use is one line, at once
+    try:
+        web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
+                                 weights=None if weights is None else str(weights), device=device)
+        shown_host = f"[{host.strip('[]')}]" if ":" in host else host
+        typer.echo(f"serving {shown(str(_index_dir(index)))} on http://{shown_host}:{sockets[0].getsockname()[1]}/"
+                   + ("?token=..." if token else "") + "  (Ctrl-C stops)")
+        server = uvicorn.Server(uvicorn.Config(web, log_level="warning"))
+        try:
+            server.run(sockets=sockets)  # these very sockets: nothing can take the port in between
+        except KeyboardInterrupt:  # a second Ctrl-C, or the first one raised again after a clean stop
+            pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    if not server.started:  # uvicorn has said why (e.g. the app failed to start)
+        raise typer.Exit(3)

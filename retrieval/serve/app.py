@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
 from ..errors import BadImageError, RetrievalError, UsageError
+from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,16 @@ def parse_size(text: str) -> int:
 
 class _TooLarge(Exception):
     pass
+
+
+class _JSON(JSONResponse):
+    """JSON as `retrieve query --json` and `retrieve info --json` print it: json.dumps with its
+    default ensure_ascii, so a file name's bytes that are not UTF-8 (surrogate escapes from
+    os.fsdecode) travel as "\\udcff", which os.fsencode turns back into the bytes (docs/index.md).
+    Starlette's own JSONResponse (ensure_ascii=False, then UTF-8) cannot encode them at all."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class _QueryCache:
@@ -117,10 +129,10 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
 
     async def health(request: Request) -> Response:
         n = await thread.call(lambda idx: idx.count())
-        return JSONResponse({"status": "ok", "images": n})
+        return _JSON({"status": "ok", "images": n})
 
     async def info(request: Request) -> Response:
-        return JSONResponse(await thread.call(lambda idx: idx.info()))
+        return _JSON(await thread.call(lambda idx: idx.info()))
 
     async def search(request: Request) -> Response:
         length = request.headers.get("content-length")
@@ -137,8 +149,8 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         qid = cache.put(searched)
         hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
                  **({"inliers": h.inliers} if h.inliers is not None else {})} for h in searched.result.hits]
-        return JSONResponse({"query": qid, "hits": hits, "reranked": searched.result.reranked,
-                             "size": list(searched.query.size)})
+        return _JSON({"query": qid, "hits": hits, "reranked": searched.result.reranked,
+                      "size": list(searched.query.size)})
 
     async def image(request: Request) -> Response:
         image_id = request.path_params["id"]
@@ -161,7 +173,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         if c is None:
             raise HTTPException(404, f"no indexed image with id {image_id}")
         if fmt == "json":
-            return JSONResponse(c.to_json())
+            return _JSON(c.to_json())
         buf = io.BytesIO()
         c.picture(kind).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
@@ -269,8 +281,10 @@ def _counting(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+def _error(status: int, message: str) -> Response:
+    """`{"error": "one line"}` for people: a file name's bytes that are not UTF-8 written as \\xNN,
+    as the CLI's messages write them."""
+    return _JSON({"error": shown(" ".join(str(message).split()))}, status_code=status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -288,7 +302,7 @@ async def _retrieval_error(request: Request, exc: Exception) -> Response:
         return _error(400, f"the {what} cannot be used: {exc.reason}")
     if isinstance(exc, UsageError):
         return _error(400, str(exc))
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    log.warning("%s %s: %s", request.method, request.url.path, shown(str(exc)))
     return _error(409, str(exc))
 
 

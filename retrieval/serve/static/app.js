@@ -56,6 +56,18 @@ function el(tag, props = {}, ...children) {
   return e;
 }
 
+// A file name's bytes that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF (the JSON
+// carries them as "\udcff", as `retrieve query --json` does); they are shown as \xNN, as the
+// CLI shows them. Everything else, surrogate pairs included, is unchanged.
+function shown(text) {
+  let out = "";
+  for (const ch of String(text)) {
+    const c = ch.charCodeAt(0);
+    out += ch.length === 1 && c >= 0xdc80 && c <= 0xdcff ? "\\x" + (c - 0xdc00).toString(16).padStart(2, "0") : ch;
+  }
+  return out;
+}
+
 function baseName(path) {
   const parts = String(path).split(/[\\/]/);
   return parts[parts.length - 1] || String(path);
@@ -185,11 +197,11 @@ function renderResults(data) {
   $("summary").textContent = n + " result" + (n === 1 ? "" : "s") +
     (data.reranked ? ", re-ranked by verified patch matches (inliers), then similarity" : ", by similarity");
   for (const hit of data.hits) {
-    const img = el("img", { class: "thumb", alt: baseName(hit.path) });
+    const img = el("img", { class: "thumb", alt: shown(baseName(hit.path)) });
     const meta = el("div", { class: "meta" },
       el("span", { class: "score", text: "#" + hit.rank + "  " + hit.score.toFixed(3) }));
     if (hit.inliers !== undefined) meta.append(el("span", { class: "inl", text: hit.inliers + " inliers" }));
-    meta.append(el("span", { class: "name", title: hit.path, text: baseName(hit.path) }));
+    meta.append(el("span", { class: "name", title: shown(hit.path), text: shown(baseName(hit.path)) }));
     const li = el("li", { tabindex: "0" }, img, meta);
     li.addEventListener("click", () => openDetail(hit));
     li.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(hit); });
@@ -202,7 +214,7 @@ function renderResults(data) {
 async function openDetail(hit) {
   state.detail = { hit, pairs: null, kind: "lines" };
   show("detail");
-  $("detail-title").textContent = "#" + hit.rank + "  " + hit.path;
+  $("detail-title").textContent = "#" + hit.rank + "  " + shown(hit.path);
   $("detail-stats").textContent = "matching...";
   selectKind("lines");
   const canvas = $("pair");
@@ -326,7 +338,7 @@ async function loadIndex() {
     const cfg = info.config || {};
     const bb = cfg.backbone || {}, im = cfg.image || {}, pool = cfg.pooling || {};
     const facts = [
-      ["index", info.index],
+      ["index", shown(info.index)],
       ["images", info.images + " indexed, " + info.skipped.length + " skipped"],
       ["model", (bb.name || "?") + " (" + (bb.dtype || "?") + "), size " + im.size],
       ["pooling", pool.pooling + ", scales " + JSON.stringify(pool.scales)],
@@ -342,7 +354,7 @@ async function loadIndex() {
     $("index-config").textContent = JSON.stringify(cfg, null, 2);
     const body = $("skipped").querySelector("tbody");
     body.replaceChildren();
-    for (const s of info.skipped) body.append(el("tr", {}, el("td", { text: s.path }), el("td", { text: s.reason })));
+    for (const s of info.skipped) body.append(el("tr", {}, el("td", { text: shown(s.path) }), el("td", { text: shown(s.reason) })));
     $("skipped-none").hidden = info.skipped.length > 0;
     $("skipped").hidden = info.skipped.length === 0;
     status("");

@@ -1,0 +1,69 @@
+"""The listening sockets of `retrieve serve`, bound before anything is announced (docs/serve.md).
+
+    sockets = bind("127.0.0.1", 8000)          # RetrievalError / UsageError in one line
+    uvicorn.Server(uvicorn.Config(app)).run(sockets=sockets)
+
+Binding here rather than inside uvicorn means a port in use is known before the index is opened
+and the URL printed, and that no other process can take the port between a check and the server
+starting: the server is handed these very sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from ..errors import RetrievalError, UsageError
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to (as asyncio's create_server binds them:
+    "localhost" is 127.0.0.1 and ::1), all on `port`; port 0 picks one free port for them all.
+    Not yet listening (the server does that). UsageError for a host that cannot be resolved or is
+    not this machine's; RetrievalError for a port in use or not allowed to this user."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host} cannot be resolved ({e.strerror}); fix: pass an IP address such as "
+                         f"127.0.0.1, or a name this machine resolves") from None
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a listener's port: Linux refuses that
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # the port the first address was given, for all of them
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:  # e.g. ::1 where IPv6 is off
+                    sockets.pop().close()
+                    continue
+                raise _bind_error(e, host, port) from None
+        if not sockets:
+            raise UsageError(f"--host {host} is not an address of this machine; fix: pass one of its addresses, "
+                             f"or 0.0.0.0 for all of them (with --token)")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_error(e: OSError, host: str, port: int) -> RetrievalError:
+    if e.errno == errno.EADDRINUSE:
+        return RetrievalError(f"port {port} on {host} is in use; fix: pass --port N (or stop the other server)")
+    if e.errno == errno.EACCES and 0 < port < 1024:
+        return RetrievalError(f"port {port} on {host} needs privileges this user lacks (ports below 1024); "
+                              f"fix: pass --port 1024 or above")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"--host {host} is not an address of this machine; fix: pass one of its addresses, "
+                          f"or 0.0.0.0 for all of them (with --token)")
+    return RetrievalError(f"cannot listen on {host} port {port}: {(e.strerror or str(e)).lower()}")
+
+
+__all__ = ["bind"]
