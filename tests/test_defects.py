@@ -376,3 +376,19 @@ def test_an_emptied_root_is_refused_not_wiped(folder, tmp_path):
     r = runner.invoke(app, ["remove", str(mount), "--index", str(ix)])  # the fix the error names
     assert r.exit_code == 0 and "removed 4" in r.stdout
     assert "0 images indexed" in _index(mount, ix).stdout
+
+
+def test_a_folder_reached_through_a_link_is_stored_once(folder, tmp_path):
+    """Roots are resolved: the same photos indexed by their folder's name and through a symlink
+    are one set of rows, under the real path; `remove` through the link finds them."""
+    ix, link = tmp_path / "ix", tmp_path / "photolink"
+    link.symlink_to(folder)
+    _index(folder, ix)
+    assert "unchanged 5" in _index(link, ix).stdout
+    r = runner.invoke(app, ["index", str(folder), str(link), "--index", str(ix), "--model", "test_tiny",
+                            "--size", "112", "--workers", "0"])
+    assert r.exit_code == 0 and "5 images indexed" in r.stdout and "removed 0" in r.stdout
+    hits = json.loads(_query(ix, str(folder / "p0.jpg"), "--json", "-k", "10").stdout)
+    assert sorted(h["path"] for h in hits) == sorted(str(folder.resolve() / f"p{i}.jpg") for i in range(5))
+    r = runner.invoke(app, ["remove", str(link), "--index", str(ix)])
+    assert r.exit_code == 0 and "removed 5" in r.stdout

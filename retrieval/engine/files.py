@@ -52,12 +52,14 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
 
 
 def index_roots(roots: Iterable[str | Path]) -> list[str]:
-    """The absolute paths of the folders (or files) `retrieve index` is given; RetrievalError
-    naming the first that does not exist (checked before an index folder is created for them)."""
-    out = [os.path.abspath(r) for r in roots]
-    for r in out:
+    """The real paths (symlinks resolved) of the folders (or files) `retrieve index` is given, so a
+    folder reached through a link and by its own name is one set of rows; RetrievalError naming
+    the first that does not exist (checked before an index folder is created for them)."""
+    out = []
+    for r in map(os.path.abspath, roots):
         if not os.path.exists(r):
             raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
+        out.append(os.path.realpath(r))
     return out
 
 

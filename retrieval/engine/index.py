@@ -232,13 +232,15 @@ class Index:
         summary = UpdateSummary()
         with writer_lock(self.path):
             roots_abs = index_roots(roots)
+            # rows stored under a link's own name (before roots were resolved) are replaced by real paths
+            under = list(dict.fromkeys([*roots_abs, *map(os.path.abspath, roots)]))
             excluded = self._lift_exclusions(roots_abs)
             unreadable: list[str] = []
             listed = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
                                    exclude=[self.path, *excluded.paths], unreadable=unreadable))
             found = excluded.keeps(listed)
             keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
-            rows = {row.path: row for row in self.store.rows(under=roots_abs) if row.path not in keep}
+            rows = {row.path: row for row in self.store.rows(under=under) if row.path not in keep}
             for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                                      f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
@@ -398,7 +400,8 @@ class Index:
         folders (see `exclusions`); returns how many rows went. Paths that match no row are not
         excluded."""
         with writer_lock(self.path):
-            targets = [os.path.abspath(p) for p in paths]
+            # a path through a link names the rows stored under its real path (and any under its own)
+            targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
             rows = list(self.store.rows(under=targets))
             if rows:
                 hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
