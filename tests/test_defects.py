@@ -392,3 +392,23 @@ def test_a_folder_reached_through_a_link_is_stored_once(folder, tmp_path):
     assert sorted(h["path"] for h in hits) == sorted(str(folder.resolve() / f"p{i}.jpg") for i in range(5))
     r = runner.invoke(app, ["remove", str(link), "--index", str(ix)])
     assert r.exit_code == 0 and "removed 5" in r.stdout
+
+
+def test_output_cut_short_by_the_reader_ends_quietly(tmp_path):
+    """`retrieve ... | head`: the pipe closes under a long output; no error line, no traceback at
+    exit, and SIGPIPE's status (141) as shell tools give."""
+    code = textwrap.dedent("""
+        import typer
+        from retrieval.cli.app import _errors
+        @_errors
+        def long():
+            for i in range(200000):
+                print("row", i)
+        try:
+            long()
+        except typer.Exit as e:
+            raise SystemExit(e.exit_code)
+    """)
+    r = subprocess.run(f"{sys.executable} -c '{code}' | head -n 1; exit ${{PIPESTATUS[0]}}", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (141, "row 0\n", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -121,6 +122,9 @@ def _errors(fn: F) -> F:
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader went away (`retrieve query ... | head`): stop quietly, as
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # shell tools do; no flush error at exit
+            raise typer.Exit(141) from None
         except Exception as e:
             if logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
                 raise
