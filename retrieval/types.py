@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,13 @@ class ImageRef:
     mtime_ns: int
 
 
+_UNSHOWN = frozenset({"Cc", "Zl", "Zp"})  # Unicode categories of control characters and line breaks
+
+
 def shown(text: str) -> str:
     """Text for people (and for UTF-8 files): a file name's bytes that are not UTF-8, which Python
-    carries as surrogate escapes (os.fsdecode), written as \\xNN. Valid text is unchanged."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    carries as surrogate escapes (os.fsdecode), written as \\xNN; control characters and line
+    breaks as Python writes them (\\t, \\n, \\x1b, \\u2028), so that a name stays on one line and
+    never drives the terminal. Other text, spaces and non-ASCII letters included, is unchanged."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNSHOWN else c for c in text)

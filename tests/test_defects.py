@@ -289,3 +289,40 @@ def test_bad_values_exit_2_and_bugs_are_not_dressed_as_bad_input(folder, tmp_pat
     assert "unexpected ZeroDivisionError: a bug deep inside. This is a bug, not your input" in r.stderr
     r = runner.invoke(app, ["-v", "info", "--index", str(ix)])
     assert r.exit_code == 1 and isinstance(r.exception, ZeroDivisionError)  # -v: the whole traceback
+
+
+def test_odd_file_names_print_as_they_are(folder, tmp_path):
+    """Names are text, never rich markup or emoji codes; tabs and line breaks are shown escaped,
+    as odd bytes are, so each result stays one line that names its file."""
+    odd = [folder / "a[" / "b]c.jpg", folder / "[bold]*?.jpg", folder / ":smile:.jpg", folder / "tab\there.jpg",
+           folder / "line\nbreak.jpg", folder / "esc\x1b[31mred.jpg"]
+    for i, p in enumerate(odd):
+        p.parent.mkdir(exist_ok=True)
+        synth_photo(20 + i).save(p, quality=90)
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+
+    def written(p: Path) -> str:
+        return str(p).replace("\t", "\\t").replace("\n", "\\n").replace("\x1b", "\\x1b")
+
+    for p in odd:
+        r = _query(ix, str(p), "-k", "11")
+        assert r.exit_code == 0, r.output
+        rows = r.stdout.splitlines()[1:]
+        assert len(rows) == 11 and rows[0].split()[-1] == written(p)
+        assert sorted(row.split(maxsplit=2)[2].strip() for row in rows) == \
+            sorted([written(q) for q in odd] + [str(folder / f"p{i}.jpg") for i in range(5)])
+    both = _query(ix, str(odd[0]), str(odd[1]), "-k", "1")
+    assert [x for x in both.stdout.splitlines() if x.startswith("query ")] == [f"query {odd[0]}", f"query {odd[1]}"]
+    _one_line_error(_query(ix, str(folder / ":smile:x[/b].jpg")), ":smile:x[/b].jpg")
+    maps = _query(ix, str(odd[2]), "-k", "1", "--out", str(tmp_path / "maps[/i]"))
+    assert maps.exit_code == 0 and f"maps: {tmp_path / 'maps[/i]' / 'index.html'}" in maps.stderr
+    assert runner.invoke(app, ["remove", str(odd[1]), "--index", str(ix)]).exit_code == 0
+    info = runner.invoke(app, ["info", "--index", str(ix)]).stdout
+    assert f"`retrieve index '{odd[1]}'` takes it back" in info  # a command that works when pasted
+    gt = folder / "mine [b] :smile:.json"
+    gt.write_text(json.dumps({"database": [f"p{i}.jpg" for i in range(5)],
+                              "queries": [{"image": "p0.jpg", "positives": ["p0.jpg"]}]}))
+    r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--workers", "0"],
+                      env={"RETRIEVAL_INDEX": str(tmp_path / "default")})
+    assert r.exit_code == 0 and r.stdout.startswith("mine [b] :smile:: 1 queries, 5 images"), r.output

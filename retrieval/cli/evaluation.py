@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import benchmarks, engine
 from ..config import DEFAULT_SIZE, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
-from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _progress, _stdout, app
+from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
@@ -99,12 +99,12 @@ def eval_(
     if ladder:
         short = {"easy": "E", "medium": "M", "hard": "H", "all": ""}
         heads = [f"{short[p]} {k}".strip() for p in result.metrics for k in keys]
-        table = Table("stage", *heads, "ms/query", box=None, title=title)
+        table = Table("stage", *heads, "ms/query", box=None, title=_literal(title))
         for st in result.stages:
             table.add_row(st.name, *(f"{100 * m[k]:.2f}" for m in st.metrics.values() for k in keys),
                           f"{st.ms_per_query:.1f}")
     else:
-        table = Table("protocol", *keys, box=None, title=f"{title} | {result.stages[-1].name}")
+        table = Table("protocol", *keys, box=None, title=_literal(f"{title} | {result.stages[-1].name}"))
         for protocol, m in result.metrics.items():
             table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in keys))
     _stdout().print(table)

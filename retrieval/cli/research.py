@@ -11,6 +11,7 @@ import typer
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
 from ..errors import UsageError
+from ..types import shown
 from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
                   _embed_with_progress, _errors, _inputs, app)
 
@@ -39,7 +40,7 @@ def extract(
     done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
                                          draft=not exact)
     engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
-    typer.echo(f"wrote {out}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
+    typer.echo(f"wrote {shown(str(out))}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
 
 
 @app.command()
@@ -64,9 +65,9 @@ def pca(
     backbone = _backbone(model, weights, device, dtype)
     picture, skipped = engine.pca_picture(paths, backbone=backbone, image=image, threshold=threshold, workers=workers)
     for s in skipped:
-        logging.getLogger("retrieval").warning("skipped %s: %s", s.path, s.reason)
+        logging.getLogger("retrieval").warning("skipped %s: %s", shown(s.path), s.reason)
     engine.save_png(picture, out)
-    typer.echo(f"wrote {out}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
+    typer.echo(f"wrote {shown(str(out))}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
 
 
 
@@ -91,7 +92,7 @@ def match(
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
                            max_lines=max_lines, show_outliers=show_outliers)
-    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {shown(str(out))}")
 
 
 
