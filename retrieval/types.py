@@ -33,11 +33,13 @@ class TokenBatch:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file refused on its way to the model: its position in the input, path and the reason."""
+    """A file refused on its way to the model: its position in the input, path, the reason and
+    the fix its reader named (None: BadImageError's generic one)."""
 
     index: int
     path: str
     reason: str
+    fix: str | None = None
 
 
 @dataclass(frozen=True)
