@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .types import ImageRef
+from .types import ImageRef, file_kind
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,20 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
             ref = _ref(path, seen_files, failed)
             if ref is not None:
                 yield ref
+        elif path.suffix.lower() in exts:
+            _special(path)
     for sub in subdirs:
         yield from _walk(sub, exts, excluded, hidden, seen_dirs, seen_files, failed)
+
+
+def _special(path: Path) -> None:
+    """Say why a FIFO, device or socket named like an image is left out (it is never opened: a
+    FIFO would wait for a writer). A dangling link names nothing, so it goes unmentioned."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    log.warning("not a regular file (%s), skipped: %s", file_kind(mode), path)
 
 
 def _ref(path: Path, seen_files: set[tuple[int, int]], failed: list[str]) -> ImageRef | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,3 +62,10 @@ def shown(text: str) -> str:
     never drives the terminal. Other text, spaces and non-ASCII letters included, is unchanged."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNSHOWN else c for c in text)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is (from its st_mode), for messages."""
+    kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+             stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "a special file")

@@ -326,3 +326,28 @@ def test_odd_file_names_print_as_they_are(folder, tmp_path):
     r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--workers", "0"],
                       env={"RETRIEVAL_INDEX": str(tmp_path / "default")})
     assert r.exit_code == 0 and r.stdout.startswith("mine [b] :smile:: 1 queries, 5 images"), r.output
+
+
+def test_a_fifo_or_device_is_refused_not_read(folder, tmp_path):
+    """A FIFO or /dev/zero as a query: one line naming it, at once. Before, the FIFO waited for a
+    writer forever and /dev/zero was read until memory ran out; the child runs with a time limit
+    and a 6 GB address-space limit, so a regression fails here instead of hanging."""
+    fifo = folder / "pipe.jpg"
+    os.mkfifo(fifo)
+    ix = tmp_path / "ix"
+    r = _index(folder, ix)
+    assert "5 images indexed" in r.stdout and f"not a regular file (a FIFO), skipped: {fifo}" in r.stderr
+    script = textwrap.dedent(f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+        from typer.testing import CliRunner
+        from retrieval.cli import app
+        runs = [CliRunner().invoke(app, ["query", q, "--index", {str(ix)!r}]) for q in ({str(fifo)!r}, "/dev/zero")]
+        print(json.dumps([[r.exit_code, r.stderr] for r in runs]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = ((str(fifo), "a FIFO"), ("/dev/zero", "a device"))
+    for (code, stderr), (name, kind) in zip(json.loads(done.stdout), said):
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert code == 1 and errors == [f"error: {name}: not a regular file ({kind}); fix: pass an image file"], stderr
