@@ -351,3 +351,34 @@ def test_a_fifo_or_device_is_refused_not_read(folder, tmp_path):
     for (code, stderr), (name, kind) in zip(json.loads(done.stdout), said):
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert code == 1 and errors == [f"error: {name}: not a regular file ({kind}); fix: pass an image file"], stderr
+
+
+def test_out_naming_a_folder_is_refused_before_any_work(folder, tmp_path, monkeypatch):
+    """extract, pca, match and eval's outputs: one line naming the folder, before a model is loaded
+    (a long run never ends in it), the folder left as it was; atomic_write refuses the same way."""
+    from retrieval import engine
+    from retrieval.engine.files import atomic_write
+    from retrieval.errors import RetrievalError
+
+    def never(*a, **k):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(engine, "open_backbone", never)
+    before = sorted(folder.iterdir())
+    tiny = ["--model", "test_tiny", "--size", "112"]
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps({"database": ["p0.jpg"], "queries": [{"image": "p0.jpg", "positives": ["p0.jpg"]}]}))
+    for args, option in ((["extract", str(folder / "p0.jpg"), *tiny, "--out", str(folder)], "--out"),
+                         (["pca", str(folder / "p0.jpg"), *tiny, "-o", str(folder)], "--out"),
+                         (["match", str(folder / "p0.jpg"), str(folder / "p1.jpg"), *tiny, "--out", str(folder)],
+                          "--out"),
+                         (["eval", str(gt), *tiny, "--json-out", str(folder)], "--json-out"),
+                         (["eval", str(gt), *tiny, "--save-ranks", str(folder)], "--save-ranks")):
+        r = runner.invoke(app, args)
+        _one_line_error(r, f"error: {option} {folder} is a folder; pass a file name")
+        assert r.exit_code == 1
+    assert sorted(folder.iterdir()) == before
+    with pytest.raises(RetrievalError) as refused:
+        atomic_write(folder, lambda f: f.write(b"x"))
+    assert str(refused.value).startswith(f"{folder} is a folder; pass a file name")
+    assert sorted(folder.iterdir()) == before

@@ -66,6 +66,9 @@ def eval_(
     overrides = load_config(**cli_overrides(config, defaults=eval_defaults(), model=model, weights=weights, device=device,
                                             dtype=dtype, size=size, pooling=pooling, multiscale=multiscale,
                                             whiten_dim=whiten_dim, batch=batch, workers=workers)).to_dict()
+    for given, option in ((save_ranks, "--save-ranks"), (json_out, "--json-out")):
+        if given is not None:
+            engine.output_file(given, option)
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None

@@ -34,6 +34,7 @@ def extract(
                                         "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
+    engine.output_file(out, "--out")
     paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
@@ -58,6 +59,7 @@ def pca(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
+    engine.output_file(out, "--out")
     paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
@@ -89,6 +91,7 @@ def match(
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    engine.output_file(out, "--out")
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
                            max_lines=max_lines, show_outliers=show_outliers)
