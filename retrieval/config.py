@@ -238,7 +238,8 @@ def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, 
 
     An option that is None was not given and leaves the file's (or the stored, or the default)
     value alone. `multiscale` True / False means MULTISCALE / one scale; `whiten_dim` 0 means
-    keep every dimension; `weights` is made absolute.
+    keep every dimension; `weights` is made absolute. A value the config refuses is a UsageError
+    that names the option (`--batch`), not the key it sets (`batch_size`), which a file's error names.
     """
     out = deep_merge(defaults or {}, read_config_file(config_file) if config_file is not None else {})
     flags: dict[str, Any] = {}
@@ -254,7 +255,13 @@ def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, 
         elif name == "whiten_dim":
             value = value or None  # 0 clears a reduction, so it is set even as None
         section, key = _OPTIONS[name]
-        (flags.setdefault(section, {}) if section else flags)[key] = value
+        flag = {section: {key: value}} if section else {key: value}
+        try:
+            _merge(EngineConfig, EngineConfig(), flag, "")
+        except UsageError as e:
+            text, option = str(e), f"--{name.replace('_', '-')}"
+            raise UsageError(option + text[len(key):] if text.startswith(f"{key} ") else text) from None
+        flags = deep_merge(flags, flag)
     return deep_merge(out, flags)
 
 

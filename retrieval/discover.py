@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .types import ImageRef
+from .types import ImageRef, file_kind, shown
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def discover(
                 yield ref
             continue
         if not root.is_dir():
-            log.warning("not a folder or file, skipped: %s", root)
+            log.warning("not a folder or file, skipped: %s", shown(str(root)))
             continue
         yield from _walk(root, exts, excluded, include_hidden, seen_dirs, seen_files, failed)
 
@@ -57,7 +57,7 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
     try:
         key = _key(folder)
     except OSError as e:
-        log.warning("cannot read folder %s (%s), skipped", folder, e.strerror or e)
+        log.warning("cannot read folder %s (%s), skipped", shown(str(folder)), e.strerror or e)
         failed.append(str(folder))
         return
     if key in seen_dirs or key in excluded:
@@ -66,7 +66,7 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
-        log.warning("cannot list folder %s (%s), skipped", folder, e.strerror or e)
+        log.warning("cannot list folder %s (%s), skipped", shown(str(folder)), e.strerror or e)
         failed.append(str(folder))
         return
     subdirs = []
@@ -85,15 +85,27 @@ def _walk(folder: Path, exts: set[str], excluded: set[tuple[int, int]], hidden: 
             ref = _ref(path, seen_files, failed)
             if ref is not None:
                 yield ref
+        elif path.suffix.lower() in exts:
+            _special(path)
     for sub in subdirs:
         yield from _walk(sub, exts, excluded, hidden, seen_dirs, seen_files, failed)
+
+
+def _special(path: Path) -> None:
+    """Say why a FIFO, device or socket named like an image is left out (it is never opened: a
+    FIFO would wait for a writer). A dangling link names nothing, so it goes unmentioned."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    log.warning("not a regular file (%s), skipped: %s", file_kind(mode), shown(str(path)))
 
 
 def _ref(path: Path, seen_files: set[tuple[int, int]], failed: list[str]) -> ImageRef | None:
     try:
         st = path.stat()
     except OSError as e:
-        log.warning("cannot read %s (%s), skipped", path, e.strerror or e)
+        log.warning("cannot read %s (%s), skipped", shown(str(path)), e.strerror or e)
         failed.append(str(path))
         return None
     key = (st.st_dev, st.st_ino)

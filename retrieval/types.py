@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,11 +34,13 @@ class TokenBatch:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file refused on its way to the model: its position in the input, path and the reason."""
+    """A file refused on its way to the model: its position in the input, path, the reason and
+    the fix its reader named (None: BadImageError's generic one)."""
 
     index: int
     path: str
     reason: str
+    fix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,20 @@ class ImageRef:
     mtime_ns: int
 
 
+_UNSHOWN = frozenset({"Cc", "Zl", "Zp"})  # Unicode categories of control characters and line breaks
+
+
 def shown(text: str) -> str:
     """Text for people (and for UTF-8 files): a file name's bytes that are not UTF-8, which Python
-    carries as surrogate escapes (os.fsdecode), written as \\xNN. Valid text is unchanged."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    carries as surrogate escapes (os.fsdecode), written as \\xNN; control characters and line
+    breaks as Python writes them (\\t, \\n, \\x1b, \\u2028), so that a name stays on one line and
+    never drives the terminal. Other text, spaces and non-ASCII letters included, is unchanged."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNSHOWN else c for c in text)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is (from its st_mode), for messages."""
+    kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+             stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "a special file")

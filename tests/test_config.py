@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.config import MULTISCALE, EngineConfig, ImageConfig, cli_overrides, load_config, read_config_file
-from retrieval.errors import ConfigError
+from retrieval.errors import ConfigError, UsageError
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -70,3 +70,17 @@ def test_cli_overrides_defaults_then_file_then_flags(tmp_path):
     assert cli_overrides(None, model=None, size=None) == {}
     with pytest.raises(TypeError, match="unknown option 'sizes'"):
         cli_overrides(None, sizes=3)
+
+
+@pytest.mark.parametrize("option,value,said", [("batch", 0, "--batch must be >= 1, got 0"),
+                                               ("size", 7, "--size must be 14 to 4096 pixels"),
+                                               ("max_pixels", 0, "--max-pixels must be positive, got 0"),
+                                               ("pooling", "max", "unknown pooling 'max'")])
+def test_a_refused_option_names_the_option_and_a_file_its_key(tmp_path, option, value, said):
+    with pytest.raises(UsageError) as refused:
+        cli_overrides(None, **{option: value})
+    assert str(refused.value).startswith(said)
+    p = tmp_path / "c.toml"
+    p.write_text("batch_size = 0\n")
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(p))}: batch_size must be >= 1, got 0$"):
+        cli_overrides(p, **{option: None})  # the file's value: the file's words

@@ -155,6 +155,13 @@ def test_bad_files_are_one_line_errors_naming_the_file(text: str, message: str, 
     assert "Traceback" not in r.output
 
 
+def test_a_bad_option_value_names_the_option(folder: Path, tmp_path: Path):
+    for args in (["index", str(folder), "--index", str(tmp_path / "ix")], ["eval", "x.json"]):
+        r = runner.invoke(app, [*args, "--model", "test_tiny", "--batch", "0"])
+        assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == "error: --batch must be >= 1, got 0", r.output
+    assert not (tmp_path / "ix").exists()
+
+
 def test_missing_file_is_one_line(folder: Path, tmp_path: Path):
     r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "ix"),
                             "--config", str(tmp_path / "nope.toml")])

@@ -412,3 +412,96 @@ def test_output_cut_short_by_the_reader_ends_quietly(tmp_path):
     r = subprocess.run(f"{sys.executable} -c '{code}' | head -n 1; exit ${{PIPESTATUS[0]}}", shell=True,
                        executable="/bin/bash", capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (141, "row 0\n", "")
+
+
+def test_odd_file_names_print_as_they_are(folder, tmp_path):
+    """Names are text, never rich markup or emoji codes; tabs and line breaks are shown escaped,
+    as odd bytes are, so each result stays one line that names its file."""
+    odd = [folder / "a[" / "b]c.jpg", folder / "[bold]*?.jpg", folder / ":smile:.jpg", folder / "tab\there.jpg",
+           folder / "line\nbreak.jpg", folder / "esc\x1b[31mred.jpg"]
+    for i, p in enumerate(odd):
+        p.parent.mkdir(exist_ok=True)
+        synth_photo(20 + i).save(p, quality=90)
+    ix = tmp_path / "ix"
+    _index(folder, ix)
+
+    def written(p: Path) -> str:
+        return str(p).replace("\t", "\\t").replace("\n", "\\n").replace("\x1b", "\\x1b")
+
+    for p in odd:
+        r = _query(ix, str(p), "-k", "11")
+        assert r.exit_code == 0, r.output
+        rows = r.stdout.splitlines()[1:]
+        assert len(rows) == 11 and rows[0].split()[-1] == written(p)
+        assert sorted(row.split(maxsplit=2)[2].strip() for row in rows) == \
+            sorted([written(q) for q in odd] + [str(folder / f"p{i}.jpg") for i in range(5)])
+    both = _query(ix, str(odd[0]), str(odd[1]), "-k", "1")
+    assert [x for x in both.stdout.splitlines() if x.startswith("query ")] == [f"query {odd[0]}", f"query {odd[1]}"]
+    _one_line_error(_query(ix, str(folder / ":smile:x[/b].jpg")), ":smile:x[/b].jpg")
+    maps = _query(ix, str(odd[2]), "-k", "1", "--out", str(tmp_path / "maps[/i]"))
+    assert maps.exit_code == 0 and f"maps: {tmp_path / 'maps[/i]' / 'index.html'}" in maps.stderr
+    assert runner.invoke(app, ["remove", str(odd[1]), "--index", str(ix)]).exit_code == 0
+    info = runner.invoke(app, ["info", "--index", str(ix)]).stdout
+    assert f"`retrieve index '{odd[1]}'` takes it back" in info  # a command that works when pasted
+    gt = folder / "mine [b] :smile:.json"
+    gt.write_text(json.dumps({"database": [f"p{i}.jpg" for i in range(5)],
+                              "queries": [{"image": "p0.jpg", "positives": ["p0.jpg"]}]}))
+    r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--workers", "0"],
+                      env={"RETRIEVAL_INDEX": str(tmp_path / "default")})
+    assert r.exit_code == 0 and r.stdout.startswith("mine [b] :smile:: 1 queries, 5 images"), r.output
+
+
+def test_a_fifo_or_device_is_refused_not_read(folder, tmp_path):
+    """A FIFO or /dev/zero as a query: one line naming it, at once. Before, the FIFO waited for a
+    writer forever and /dev/zero was read until memory ran out; the child runs with a time limit
+    and a 6 GB address-space limit, so a regression fails here instead of hanging."""
+    fifo = folder / "pipe.jpg"
+    os.mkfifo(fifo)
+    ix = tmp_path / "ix"
+    r = _index(folder, ix)
+    assert "5 images indexed" in r.stdout and f"not a regular file (a FIFO), skipped: {fifo}" in r.stderr
+    script = textwrap.dedent(f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+        from typer.testing import CliRunner
+        from retrieval.cli import app
+        runs = [CliRunner().invoke(app, ["query", q, "--index", {str(ix)!r}]) for q in ({str(fifo)!r}, "/dev/zero")]
+        print(json.dumps([[r.exit_code, r.stderr] for r in runs]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = ((str(fifo), "a FIFO"), ("/dev/zero", "a device"))
+    for (code, stderr), (name, kind) in zip(json.loads(done.stdout), said):
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert code == 1 and errors == [f"error: {name}: not a regular file ({kind}); fix: pass an image file"], stderr
+
+
+def test_out_naming_a_folder_is_refused_before_any_work(folder, tmp_path, monkeypatch):
+    """extract, pca, match and eval's outputs: one line naming the folder, before a model is loaded
+    (a long run never ends in it), the folder left as it was; atomic_write refuses the same way."""
+    from retrieval import engine
+    from retrieval.engine.files import atomic_write
+    from retrieval.errors import RetrievalError
+
+    def never(*a, **k):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(engine, "open_backbone", never)
+    before = sorted(folder.iterdir())
+    tiny = ["--model", "test_tiny", "--size", "112"]
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps({"database": ["p0.jpg"], "queries": [{"image": "p0.jpg", "positives": ["p0.jpg"]}]}))
+    for args, option in ((["extract", str(folder / "p0.jpg"), *tiny, "--out", str(folder)], "--out"),
+                         (["pca", str(folder / "p0.jpg"), *tiny, "-o", str(folder)], "--out"),
+                         (["match", str(folder / "p0.jpg"), str(folder / "p1.jpg"), *tiny, "--out", str(folder)],
+                          "--out"),
+                         (["eval", str(gt), *tiny, "--json-out", str(folder)], "--json-out"),
+                         (["eval", str(gt), *tiny, "--save-ranks", str(folder)], "--save-ranks")):
+        r = runner.invoke(app, args)
+        _one_line_error(r, f"error: {option} {folder} is a folder; pass a file name")
+        assert r.exit_code == 1
+    assert sorted(folder.iterdir()) == before
+    with pytest.raises(RetrievalError) as refused:
+        atomic_write(folder, lambda f: f.write(b"x"))
+    assert str(refused.value).startswith(f"{folder} is a folder; pass a file name")
+    assert sorted(folder.iterdir()) == before

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 
 from retrieval.discover import discover
@@ -46,3 +47,12 @@ def test_symlink_loops_and_duplicates(tmp_path):
 def test_file_roots_and_missing_roots(tmp_path):
     f = _touch(tmp_path / "one.jpg")
     assert [r.path for r in discover([f, tmp_path / "missing"], extensions=EXTS)] == [str(f)]
+
+
+def test_a_fifo_named_like_an_image_is_named_in_one_line_and_never_opened(tmp_path, caplog):
+    os.mkfifo(tmp_path / "pipe\t1.jpg")  # opening it would wait for a writer
+    _touch(tmp_path / "ok.jpg")
+    with caplog.at_level(logging.WARNING, logger="retrieval.discover"):
+        refs = list(discover([tmp_path], extensions=EXTS))
+    assert [os.path.basename(r.path) for r in refs] == ["ok.jpg"]
+    assert caplog.messages == [f"not a regular file (a FIFO), skipped: {tmp_path}/pipe\\t1.jpg"]

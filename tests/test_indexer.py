@@ -20,6 +20,7 @@ from retrieval import BadImageError, RetrievalError
 from retrieval.engine import Index
 from retrieval.backbone import model as backbone_model
 from retrieval.engine.files import writer_lock
+from retrieval.images import load_image
 from retrieval.errors import ArtifactMismatchError
 
 from .conftest import synth_photo
@@ -189,6 +190,28 @@ def test_query_errors(tmp_path, awkward_dir):
             idx.search(awkward_dir / "png_truncated.png")
         with pytest.raises(BadImageError, match="bbox"):
             idx.search(empty / "img_001.png", bbox=(500, 500, 600, 600))
+
+
+def test_a_refused_query_gets_its_readers_fix(tmp_path, awkward_dir):
+    """The fix a query's refusal names is the reader's own (--max-pixels for a 200 MP photo, the raw
+    converter's export for a RAW file, the path for a missing file), as load_image gives it."""
+    photos = tmp_path / "photos"
+    make_folder(photos, [1])
+    raw = tmp_path / "IMG_0001.NEF"
+    raw.write_bytes(b"\x00" * 64)
+    refused = [awkward_dir / r["file"] for r in ROWS if expected(r) == "reject"] + [raw, tmp_path / "gone.jpg"]
+    fixes = {}
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
+        idx.update([photos])
+        for path in refused:
+            with pytest.raises(BadImageError) as want:
+                load_image(path)
+            with pytest.raises(BadImageError) as got:
+                idx.search(path)
+            assert (got.value.reason, got.value.fix) == (want.value.reason, want.value.fix), path.name
+            fixes[path.name] = got.value.fix
+    assert "--max-pixels" in fixes["heic_200mp.heic"] and "--max-pixels" in fixes["gif_decompression_bomb.gif"]
+    assert "raw converter" in fixes["IMG_0001.NEF"] and "path" in fixes["gone.jpg"]
 
 
 def test_config_and_weights_mismatch(tmp_path):

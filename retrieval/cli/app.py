@@ -17,13 +17,13 @@ import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
 from .. import engine  # engine: names load on first use (torch only for commands that embed)
 from ..config import BackboneConfig, default_index_dir
 from ..errors import RetrievalError, UsageError
+from ..types import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
 VERBOSE = ("-v", "--verbose")
@@ -144,8 +144,15 @@ def _print_version(value: bool) -> None:
 
 
 def _error_line(message: str) -> None:
-    """`error: message` on stderr, one line; brackets in paths are text, not rich markup."""
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    """`error: message` on stderr, one line; the paths in it are text (see _literal)."""
+    Console(stderr=True).print(Text.assemble(("error:", "red"), " ", _literal(message)), soft_wrap=True)
+
+
+def _literal(text: str) -> Text:
+    """What rich prints exactly as written: never markup (`a[/b]c.jpg`) nor emoji codes
+    (`:smile:.jpg`), with odd bytes and control characters escaped (types.shown). Every path or
+    file name the CLI prints through rich goes through here."""
+    return Text(shown(text))
 
 
 @app.callback()
@@ -253,7 +260,7 @@ def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], li
 
         def seen(r: Any) -> None:
             if isinstance(r, engine.Skipped):
-                logging.getLogger("retrieval").warning("skipped %s: %s", r.path, r.reason)
+                logging.getLogger("retrieval").warning("skipped %s: %s", shown(r.path), r.reason)
             bar.advance(task)
 
         result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,13 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_overrides
 from ..errors import RetrievalError
 from ..types import shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _parse_bbox, _progress, _stdout, _StopAfterBatch, app)
+                  _index_dir, _literal, _parse_bbox, _progress, _stdout, _StopAfterBatch, app)
 
 
 @app.command()
@@ -150,7 +152,8 @@ def query(
             if result.gone:
                 logging.getLogger("retrieval").warning(
                     "left out %d result(s) whose files are gone (deleted or moved since indexing), e.g. %s; "
-                    "`retrieve index` of their folder removes them from the index", len(result.gone), result.gone[0])
+                    "`retrieve index` of their folder removes them from the index", len(result.gone),
+                    shown(result.gone[0]))
         if as_json:
             data: Any = results[0].to_json() if len(images) == 1 else [
                 {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
@@ -161,13 +164,13 @@ def query(
             sys.stdout.flush()
         else:
             for q, result in zip(images, results):
-                _print_hits(result, title=f"query {shown(str(q))}" if len(images) > 1 else None)
+                _print_hits(result, title=_literal(f"query {q}") if len(images) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
-            Console(stderr=True).print(f"maps: {maps}")
+            Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
 
 
-def _print_hits(result: Any, *, title: str | None) -> None:
+def _print_hits(result: Any, *, title: Text | None) -> None:
     """Rank, what the order is by, and the path. Re-ranked lists are ordered by verified inliers
     (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
     if result.reranked:
@@ -179,7 +182,7 @@ def _print_hits(result: Any, *, title: str | None) -> None:
                   caption=caption, caption_justify="left")
     for h in result.hits:
         inliers = [] if not result.reranked else ["-" if h.inliers is None else str(h.inliers)]
-        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", shown(h.path))
+        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", _literal(h.path))
     _stdout().print(table)
 
 
@@ -210,7 +213,8 @@ def info(
     for g in excluded["globs"]:
         typer.echo(f"excluded     {shown(g)} (glob; `retrieve index --clear-excludes` forgets exclusions)")
     for p in excluded["paths"]:
-        typer.echo(f"excluded     {shown(p)} (by `retrieve remove`; `retrieve index {shown(p)}` takes it back)")
+        typer.echo(f"excluded     {shown(p)} (by `retrieve remove`; `retrieve index {shlex.quote(shown(p))}` takes it "
+                   f"back)")
     for s in data["skipped"]:
         typer.echo(f"skipped      {shown(s['path'])}: {s['reason']}")
 
@@ -265,7 +269,7 @@ def backup(
     """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
     (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
     out, images = engine.backup_store(_index_dir(index), dest)
-    typer.echo(f"wrote {out}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
+    typer.echo(f"wrote {shown(str(out))}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
                f"folder (the vectors file is rebuilt from it)")
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import benchmarks, engine
 from ..config import DEFAULT_SIZE, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
-from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _progress, _stdout, app
+from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
@@ -66,6 +66,9 @@ def eval_(
     overrides = load_config(**cli_overrides(config, defaults=eval_defaults(), model=model, weights=weights, device=device,
                                             dtype=dtype, size=size, pooling=pooling, multiscale=multiscale,
                                             whiten_dim=whiten_dim, batch=batch, workers=workers)).to_dict()
+    for given, option in ((save_ranks, "--save-ranks"), (json_out, "--json-out")):
+        if given is not None:
+            engine.output_file(given, option)
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None
@@ -99,12 +102,12 @@ def eval_(
     if ladder:
         short = {"easy": "E", "medium": "M", "hard": "H", "all": ""}
         heads = [f"{short[p]} {k}".strip() for p in result.metrics for k in keys]
-        table = Table("stage", *heads, "ms/query", box=None, title=title)
+        table = Table("stage", *heads, "ms/query", box=None, title=_literal(title))
         for st in result.stages:
             table.add_row(st.name, *(f"{100 * m[k]:.2f}" for m in st.metrics.values() for k in keys),
                           f"{st.ms_per_query:.1f}")
     else:
-        table = Table("protocol", *keys, box=None, title=f"{title} | {result.stages[-1].name}")
+        table = Table("protocol", *keys, box=None, title=_literal(f"{title} | {result.stages[-1].name}"))
         for protocol, m in result.metrics.items():
             table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in keys))
     _stdout().print(table)

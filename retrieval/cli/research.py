@@ -11,6 +11,7 @@ import typer
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
 from ..errors import UsageError
+from ..types import shown
 from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
                   _embed_with_progress, _errors, _inputs, app)
 
@@ -33,13 +34,14 @@ def extract(
                                         "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
+    engine.output_file(out, "--out")
     paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
     done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
                                          draft=not exact)
     engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
-    typer.echo(f"wrote {out}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
+    typer.echo(f"wrote {shown(str(out))}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")
 
 
 @app.command()
@@ -57,6 +59,7 @@ def pca(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
+    engine.output_file(out, "--out")
     paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
@@ -64,9 +67,9 @@ def pca(
     backbone = _backbone(model, weights, device, dtype)
     picture, skipped = engine.pca_picture(paths, backbone=backbone, image=image, threshold=threshold, workers=workers)
     for s in skipped:
-        logging.getLogger("retrieval").warning("skipped %s: %s", s.path, s.reason)
+        logging.getLogger("retrieval").warning("skipped %s: %s", shown(s.path), s.reason)
     engine.save_png(picture, out)
-    typer.echo(f"wrote {out}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
+    typer.echo(f"wrote {shown(str(out))}: {len(paths) - len(skipped)} images, {len(skipped)} skipped")
 
 
 
@@ -88,10 +91,11 @@ def match(
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    engine.output_file(out, "--out")
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
                            max_lines=max_lines, show_outliers=show_outliers)
-    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {out}")
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {shown(str(out))}")
 
 
 

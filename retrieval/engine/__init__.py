@@ -20,7 +20,7 @@ _EXPORTS = {
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
     "EvalOptions": "evaluation",
     "Pair": "maps", "explain": "maps", "match_files": "maps",
-    "atomic_write": "files", "expand_inputs": "files", "index_roots": "files",
+    "atomic_write": "files", "expand_inputs": "files", "index_roots": "files", "output_file": "files",
     "Cluster": "distributed", "ray_cluster": "distributed",
     "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
 }
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features
-    from .files import atomic_write, expand_inputs, index_roots
+    from .files import atomic_write, expand_inputs, index_roots, output_file
     from .index import Index, UpdateSummary
     from .search import Hit, Query, SearchResult
 

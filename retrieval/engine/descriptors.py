@@ -119,8 +119,7 @@ def embed_queries(paths: Sequence[str], *, backbone: Backbone, config: EngineCon
     for group in embed_files(paths, backbone=backbone, config=config, workers=0, box=box):
         for item in group:
             if isinstance(item, Skipped):
-                fix = "pass a --bbox inside the image" if box is not None and "box" in item.reason else None
-                raise BadImageError(item.path, item.reason, fix=fix)
+                raise BadImageError(item.path, item.reason, fix=item.fix)
             done[item.decoded.index] = item
     return [done[i] for i in range(len(paths))]
 

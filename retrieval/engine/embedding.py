@@ -184,7 +184,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
             try:
                 got = get()
             except BadImageError as e:
-                yield Skipped(i, p, e.reason)
+                yield Skipped(i, p, e.reason, e.fix)
                 continue
             if isinstance(got, images.PreparedFile):
                 yield from_prepared(i, p, got)
@@ -225,7 +225,7 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
                 pf = images.prepare_bytes(p, e.data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
                                           digest=e.sha256, draft=draft)
         except BadImageError as err:
-            out.append(Skipped(i, p, err.reason))
+            out.append(Skipped(i, p, err.reason, err.fix))
             continue
         out.append(from_prepared(i, p, pf))
     yield from out

@@ -20,7 +20,7 @@ def atomic_write(out: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 
     The result gets ordinary permissions (0666 less the umask), not mkstemp's 0600.
     """
-    out = Path(out)
+    out = output_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
@@ -35,6 +35,17 @@ def atomic_write(out: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return out
+
+
+def output_file(out: str | Path, option: str | None = None) -> Path:
+    """`out` as a file to write; RetrievalError naming it (and the `option` that gave it) when it is
+    a folder, which os.replace cannot replace. Commands call it before their work, so a long run
+    never ends in this refusal; atomic_write calls it for every file it writes."""
+    out = Path(out)
+    if out.is_dir():
+        named = f"{option} {shown(str(out))}" if option else shown(str(out))
+        raise RetrievalError(f"{named} is a folder; pass a file name to write (a new file, or one to replace)")
     return out
 
 

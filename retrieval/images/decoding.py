@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import DEFAULT_MAX_PIXELS
 from ..errors import BadImageError
+from ..types import file_kind
 from .scope import pixel_limit
 
 # Formats decoded and indexed. PSD is left out on purpose: a layered document's "merged"
@@ -96,14 +99,7 @@ def decode(
     """
     path = Path(path)
     _refuse_raw(path)
-    if data is None:
-        try:
-            nbytes = path.stat().st_size
-        except OSError as e:
-            raise BadImageError(path, f"cannot read the file ({e.strerror or e})",
-                                fix="check the path and permissions") from e
-    else:
-        nbytes = len(data)
+    nbytes = _regular_file_size(path) if data is None else len(data)
     if nbytes == 0:
         raise BadImageError(path, "empty file (0 bytes)", fix="re-copy it from its source or delete it")
     register_heif()
@@ -137,6 +133,19 @@ def _refuse_raw(path: str | Path) -> None:
     if suffix in RAW_EXTENSIONS:
         raise BadImageError(path, f"camera RAW files ({suffix}) are not decoded",
                             fix="index the JPEG or TIFF that your raw converter exports from it")
+
+
+def _regular_file_size(path: str | Path) -> int:
+    """The size of `path`, which must be a regular file: a folder, FIFO or device is refused before
+    it is opened (opening a FIFO waits for a writer; reading /dev/zero never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise BadImageError(path, f"cannot read the file ({e.strerror or e})",
+                            fix="check the path and permissions") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImageError(path, f"not a regular file ({file_kind(st.st_mode)})", fix="pass an image file")
+    return st.st_size
 
 
 def _check_header(path: Path, im: Image.Image, max_pixels: int) -> None:

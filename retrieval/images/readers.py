@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS, ImageConfig
 from ..errors import BadImageError
-from .decoding import _check_header, _refuse_raw, decode
+from .decoding import _check_header, _refuse_raw, _regular_file_size, decode
 from .geometry import Box, crop_box, model_pixels, scaled_size, target_size
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
     picture is cropped to it first (see prepare_bytes). Raises BadImageError.
     """
     _refuse_raw(path)  # before reading: a RAW file is 20-80 MB
+    _regular_file_size(path)  # before opening: a FIFO would wait for a writer, /dev/zero never ends
     try:
         with open(path, "rb") as f:
             data = f.read()
