@@ -505,3 +505,13 @@ def test_out_naming_a_folder_is_refused_before_any_work(folder, tmp_path, monkey
         atomic_write(folder, lambda f: f.write(b"x"))
     assert str(refused.value).startswith(f"{folder} is a folder; pass a file name")
     assert sorted(folder.iterdir()) == before
+
+
+def test_a_file_refused_while_indexing_is_warned_with_its_fix(folder, tmp_path):
+    (folder / "raw.nef").write_bytes(b"II*\x00" + bytes(100))
+    r = _index(folder, tmp_path / "ix")
+    said = [x for x in r.stderr.splitlines() if "raw.nef" in x]
+    assert said == [f"warning: skipped {folder / 'raw.nef'}: camera RAW files (.nef) are not decoded; "
+                    f"fix: index the JPEG or TIFF that your raw converter exports from it"], r.stderr
+    info = runner.invoke(app, ["info", "--index", str(tmp_path / "ix")]).stdout
+    assert "camera RAW files (.nef) are not decoded" in info  # the store keeps the reason

@@ -84,7 +84,8 @@ def upserts(group: Sequence[Embedded | Skipped], refs: dict[str, ImageRef], know
         if isinstance(item, Skipped):
             ref = refs[item.path]
             assert counts.skipped is not None
-            counts.skipped.append((item.path, item.reason))
+            said = item.reason if item.fix is None else f"{item.reason}; fix: {item.fix}"  # the store keeps the reason
+            counts.skipped.append((item.path, said))
             out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, None, "skipped", item.reason))
             continue
         ref = refs[item.path]

@@ -55,7 +55,7 @@ class UpdateSummary:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # refused in this run
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "reason; fix: ...") refused in this run
     still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
     interrupted: bool = False
     seconds: float = 0.0
