@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -40,12 +40,13 @@ log = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # the most results FAISS's GPU k-selection returns; larger k search on the host
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
 # ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
-PQ_BYTES = 96  # bytes of PQ code per vector (8-bit sub-quantisers)
-# ivfpq search: nprobe of ~2 sqrt(n) lists and a shortlist of max(40 k, 8000) re-scored exactly.
-# At 2M vectors: 0.952 of the true top 10 in 63 ms a query (exact search 642 ms); nprobe 256 with
-# 2000 kept 0.88, 512 with 8000 0.936 (scripts/bench_query.py --ivfpq-sweep, docs/throughput.md)
+PQ_DIMS, PQ_BYTES_MAX = 4, 256  # PQ: one 8-bit code per 4 dimensions (768-d: 192 bytes), at most 256 bytes
+# ivfpq search: nprobe 1024 of ~2 sqrt(n) lists, and a shortlist of max(40 k, 2000) re-scored exactly.
+# At 2M 768-d vectors, 4-dim codes keep 0.977 of the true top 10 (0.974 from 1,000, 0.978 from
+# 8,000; nprobe 768: 0.970, 512: 0.950), where 8-dim (96-byte) codes kept 0.88 from 2,000 and
+# 0.952 from 8,000 (scripts/bench_query.py --ivfpq-sweep, docs/throughput.md, docs/decisions.md)
 IVFPQ_NPROBE = 1024
-RESCORE_FACTOR, RESCORE_MIN = 40, 8000
+RESCORE_FACTOR, RESCORE_MIN = 40, 2000
 NLIST_MAX = 65_536
 TRAIN_PER_LIST = 39  # k-means training sample per inverted list (FAISS's own minimum)
 EXACT_MAGIC = b"RETRIEVAL-EXACT1"
@@ -157,15 +158,20 @@ class VectorIndex:
     def on_faiss_gpu(self, gpu: int) -> VectorIndex:
         """This IVF / IVF-PQ index with a copy on FAISS GPU `gpu` that answers its searches (the
         caller has checked FAISS's GPU code first: faiss_gpu.probe). PQ lookup tables in fp16,
-        which 96-byte codes need on a GPU (48 KB of shared memory)."""
+        which codes above 48 bytes need on a GPU; codes above 96 bytes only in FAISS's interleaved
+        list layout (its other kernels take at most 96). Not yet run on a GPU (docs/scale.md)."""
         import faiss
 
         if self.kind not in ("ivf", "ivfpq"):
             raise ValueError(f"only IVF indexes search on FAISS's GPU code, not {self.kind!r}")
-        options = faiss.GpuClonerOptions()
+        res = faiss.StandardGpuResources()
+        if self.kind == "ivfpq" and self.faiss_index.pq.M > 96:  # FAISS's cloner would pick the other layout
+            config: Any = faiss.GpuIndexIVFPQConfig()
+            config.device, config.useFloat16LookupTables, config.interleavedLayout = gpu, True, True
+            return dataclasses.replace(self, on_gpu=faiss.GpuIndexIVFPQ(res, self.faiss_index, config))
+        options: Any = faiss.GpuClonerOptions()
         options.useFloat16 = True
-        copy = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, self.faiss_index, options)
-        return dataclasses.replace(self, on_gpu=copy)
+        return dataclasses.replace(self, on_gpu=faiss.index_cpu_to_gpu(res, gpu, self.faiss_index, options))
 
     def _search_rescored(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """ivfpq: a shortlist of max(RESCORE_FACTOR k, RESCORE_MIN) (at most ntotal) from the
@@ -374,13 +380,12 @@ def _build_ivfpq(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarr
 
 
 def _ivfpq_index(d: int, n: int, sample: np.ndarray) -> Any:
-    """IVF (inner product) over PQ codes of PQ_BYTES bytes (8-bit sub-quantisers: the largest
-    count <= PQ_BYTES that divides d into sub-vectors of at least 4 dimensions; fewer bits when
+    """IVF (inner product) over PQ codes of `pq_bytes(d)` 8-bit sub-quantisers (fewer bits when
     the sample is small), trained on `sample` (k-means of the lists: 10 iterations).
     No OPQ rotation: training it took 28 minutes at 200k 768-d vectors on 2 cores (docs/decisions.md)."""
     import faiss
 
-    m = max(m for m in range(1, max(min(PQ_BYTES, d // 4), 1) + 1) if d % m == 0)  # sub-vectors of >= 4 dims
+    m = pq_bytes(d)
     nlist = _nlist("ivfpq", n)
     nbits = 8 if len(sample) >= 256 * TRAIN_PER_LIST else max(1, min(8, int(np.log2(max(len(sample) // 39, 2)))))
     quantizer = faiss.IndexFlatIP(d)
@@ -391,6 +396,13 @@ def _ivfpq_index(d: int, n: int, sample: np.ndarray) -> Any:
         index.train(sample)
     index.nprobe = min(nlist, IVFPQ_NPROBE)
     return index
+
+
+def pq_bytes(d: int) -> int:
+    """Sub-quantisers (bytes of code) for d dimensions: the largest count <= min(d / PQ_DIMS,
+    PQ_BYTES_MAX) that divides d (ViT-S 96, ViT-B 192, ViT-L and ViT-g 256: 1/16 of the float32
+    vector or less)."""
+    return max(m for m in range(1, max(min(PQ_BYTES_MAX, d // PQ_DIMS), 1) + 1) if d % m == 0)
 
 
 def _exact_header(meta: dict[str, Any]) -> bytes:
@@ -523,6 +535,9 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "
         raise ArtifactMismatchError(f"{source} is damaged ({str(e).splitlines()[0] if str(e) else e!r})") from e
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"] or (row_ids is not None and len(row_ids) != index.ntotal):
         raise ArtifactMismatchError(f"{source} is damaged (size does not match its header)")
+    code = int(cast(Any, index).pq.M) if meta["kind"] == "ivfpq" else 0
+    if code and code != pq_bytes(index.d):  # its shortlist length is chosen for today's codes
+        raise ArtifactMismatchError(f"{source} holds {code}-byte codes, this version builds {pq_bytes(index.d)}")
     out = VectorIndex(index, meta["kind"], int(meta["dim"]), fingerprint, int(meta["generation"]),
                       row_ids=row_ids, token=str(meta.get("token", "")))
     return out if row_ids is None else attach_exact(out, exact_path)  # type: ignore[arg-type]

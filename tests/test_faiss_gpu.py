@@ -88,9 +88,10 @@ def test_place_uses_faiss_gpu_only_when_the_check_says_it_works(ivfpq, monkeypat
         same = vindex.place(short, use_gpu=None, faiss_gpus=lambda: (0, "this FAISS is the CPU build"))
     assert same is short and not copied and "CPU build" in caplog.text
     assert vindex.place(short, use_gpu=False, faiss_gpus=lambda: (1, "")) is short and not copied
-    # the default shortlist is longer than FAISS's GPU k-selection returns: the CPU keeps it
-    assert ivfpq.rescore_min > vindex.GPU_MAX_K
-    assert vindex.place(ivfpq, use_gpu=None, faiss_gpus=lambda: (1, "")) is ivfpq and not copied
+    # a shortlist floor longer than FAISS's GPU k-selection returns: the CPU keeps the index
+    long = dataclasses.replace(ivfpq, rescore_min=vindex.GPU_MAX_K + 1)
+    assert vindex.place(long, use_gpu=None, faiss_gpus=lambda: (1, "")) is long and not copied
+    assert ivfpq.rescore_min <= vindex.GPU_MAX_K  # the default one fits (4-dim codes: a short list suffices)
     placed = vindex.place(short, use_gpu=None, device="cuda:1", faiss_gpus=lambda: (2, ""))
     assert copied == [1] and isinstance(placed.on_gpu, _StandIn)
     assert vindex.place(short, use_gpu=True, device="cuda:2", faiss_gpus=lambda: (2, "")) is short  # no GPU 2

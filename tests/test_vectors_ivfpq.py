@@ -110,6 +110,27 @@ def test_save_load_round_trip_and_stale_exact_file(data, tmp_path):
         vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=cut)
 
 
+@pytest.mark.parametrize(("d", "m"), [(384, 96), (768, 192), (1024, 256), (1536, 256), (32, 8), (6, 1)])
+def test_codes_have_a_byte_per_four_dimensions_up_to_256(d, m):
+    """ViT-S, ViT-B, ViT-L, ViT-g widths: one 8-bit code per 4 dimensions, capped at 256 bytes (a
+    divisor of d); so the codes are at most 1/16 of the float32 vector."""
+    assert vindex.pq_bytes(d) == m and d % m == 0 and 16 * m <= 4 * d
+
+
+def test_an_index_with_codes_of_another_size_is_stale(data, tmp_path, monkeypatch):
+    """A saved ivfpq index whose code size this version would not build is refused as stale (the
+    engine then rebuilds it): its shortlist length is chosen for today's codes."""
+    xb, _, ids, _, _ = data
+    path = tmp_path / "vectors.f32"
+    monkeypatch.setattr(vindex, "PQ_DIMS", 8)  # 8 dimensions a byte, as the first ivfpq builds had
+    old = vindex.build(xb[:2000], ids[:2000], kind="ivfpq", fingerprint="f", generation=3, exact_path=path)
+    blob = vindex.to_bytes(old)
+    assert vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path).faiss_index.pq.M == 4
+    monkeypatch.undo()
+    with pytest.raises(ArtifactMismatchError, match="4-byte codes, this version builds 8"):
+        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path)
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_chunked_build_equals_one_shot(kind, tmp_path):
     n, d = 6000 if kind == "ivfpq" else 3000, 16
