@@ -76,6 +76,12 @@ class WhiteningConfig:
     min_images: int = 1000  # fit only with at least max(min_images, 2 x descriptor dim) images
     dim: int | None = None  # reduce to this many dimensions (None: keep all)
 
+    def __post_init__(self) -> None:
+        if self.dim is not None and self.dim < 1:
+            raise UsageError(f"dim must be >= 1 (or 0 on the command line: keep every dimension), got {self.dim}")
+        if self.min_images < 0:
+            raise UsageError(f"min_images must be >= 0, got {self.min_images}")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -87,6 +93,10 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise UsageError(f"unknown index kind {self.kind!r}; valid: {', '.join(INDEX_KINDS)}")
+        if self.dba < 0:
+            raise UsageError(f"dba must be >= 0 (0: off), got {self.dba}")
+        if self.dba_alpha <= 0:
+            raise UsageError(f"dba_alpha must be positive, got {self.dba_alpha}")
         if self.kind == "ivfpq" and self.dba:
             raise UsageError("database-side augmentation (--dba) needs every vector's neighbours, which ivfpq "
                              "does not compute; use --dba 0 or another --index-kind")

@@ -144,6 +144,8 @@ def test_misspelt_key_names_the_key_and_the_file(folder: Path, tmp_path: Path):
     ("[image]\nsize = 10\n", "size must be 14 to 4096"),
     ("batch_size = 2.5\n", "'batch_size' must be int"),
     ("pooling = \"cls\"\n", "'pooling' must be a table"),
+    ("[index]\ndba_alpha = 0\n", "dba_alpha must be positive"),
+    ("[whitening]\nmin_images = -1\n", "min_images must be >= 0"),
 ])
 def test_bad_files_are_one_line_errors_naming_the_file(text: str, message: str, folder: Path, tmp_path: Path):
     bad = tmp_path / "bad.toml"
@@ -159,6 +161,15 @@ def test_a_bad_option_value_names_the_option(folder: Path, tmp_path: Path):
     for args in (["index", str(folder), "--index", str(tmp_path / "ix")], ["eval", "x.json"]):
         r = runner.invoke(app, [*args, "--model", "test_tiny", "--batch", "0"])
         assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == "error: --batch must be >= 1, got 0", r.output
+    assert not (tmp_path / "ix").exists()
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--dba", "-1"], "error: --dba must be >= 0 (0: off), got -1"),
+                                            (["--whiten-dim", "-3"], "error: --whiten-dim must be >= 1 (or 0 on the "
+                                                                     "command line: keep every dimension), got -3")])
+def test_negative_counts_are_refused(folder: Path, tmp_path: Path, args: list[str], said: str):
+    r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "ix"), "--model", "test_tiny", *args])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == said, r.output
     assert not (tmp_path / "ix").exists()
 
 
