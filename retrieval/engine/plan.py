@@ -11,7 +11,7 @@ from pathlib import PurePath
 
 from ..errors import UsageError
 from ..store import FileRow, PathFilter
-from ..types import ImageRef
+from ..types import UNREADABLE, ImageRef
 
 
 @dataclass
@@ -29,7 +29,8 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
     """found: the files under the roots now; rows: the stored rows under the same roots, by path
     (rows in folders that could not be listed left out: unknown is not gone). A file with the
     same size and mtime is unchanged; with the same size and `same_bytes(path, sha256)` only its
-    timestamp is updated; anything else is embedded. Rows not found are deleted."""
+    timestamp is updated; anything else is embedded, and so is a file refused because it could not
+    be read (permissions come back without a new mtime). Rows not found are deleted."""
     plan = Plan()
     left = dict(rows)
     for ref in found:
@@ -38,8 +39,8 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
             plan.embed.append(ref.path)
             continue
         plan.known.add(ref.path)
-        if row.status == "skipped" and retry_skipped:
-            plan.embed.append(ref.path)
+        if row.status == "skipped" and (retry_skipped or (row.error or "").startswith(UNREADABLE)):
+            plan.embed.append(ref.path)  # refused for access, not content: a chmod changes no mtime
         elif row.nbytes == ref.nbytes and row.mtime_ns == ref.mtime_ns:
             if row.status == "skipped":
                 plan.still_refused += 1
