@@ -75,9 +75,13 @@ def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
     alone, spread = tmp_path / "alone", tmp_path / "spread"
     r = run("index", str(folder), "--index", str(alone), *TINY_ARGS)
     assert r.exit_code == 0, r.output
+    alone_warned = r.stderr.splitlines()
     r = run("index", str(folder), "--index", str(spread), *TINY_ARGS, "--ray", "local")
     assert r.exit_code == 0, r.output
     assert "added 21, updated 0, removed 0, unchanged 0, skipped 2" in r.stdout
+    warned = sorted(x for x in r.stderr.splitlines() if x.startswith("warning: skipped"))
+    assert len(warned) == 2 and warned == sorted(x for x in alone_warned if x.startswith("warning: skipped"))
+    assert all("; fix: " in x for x in warned)  # the reader's fix crosses Ray's columns too
     assert ray_runtime.is_initialized()  # a runtime this process held is used, not shut down
 
     a, b = _rows(alone), _rows(spread)
@@ -193,7 +197,7 @@ def test_results_cross_as_plain_columns_and_come_back_the_same():
                   None)
     e2 = Embedded("/p/b.jpg", "cd" * 32, 10, 20, rng.normal(size=8).astype(np.float32), (2, 2), None, None,
                   rng.normal(size=(4, 6)).astype(np.float32))
-    cols = to_columns([(0, e1), (0, Skipped(3, "/p/c.png", "truncated file")), (1, e2)], call="x")
+    cols = to_columns([(0, e1), (0, Skipped(3, "/p/c.png", "truncated file", "re-save it")), (1, e2)], call="x")
     odd = to_columns([(0, Skipped(0, "/p/" + ODD_NAME, "not an image"))], call="y")
     assert from_columns(odd)[0][0] == Skipped(-1, "/p/" + ODD_NAME, "not an image")
     for v in cols.values():  # numpy columns of str, int, bool or bytes: nothing else crosses
@@ -202,7 +206,7 @@ def test_results_cross_as_plain_columns_and_come_back_the_same():
     assert [len(g) for g in groups] == [2, 1]
     a, c, b = groups[0][0], groups[0][1], groups[1][0]
     assert isinstance(a, Embedded) and isinstance(b, Embedded) and isinstance(c, Skipped)
-    assert (c.path, c.reason) == ("/p/c.png", "truncated file")
+    assert (c.path, c.reason, c.fix) == ("/p/c.png", "truncated file", "re-save it")  # warned with its fix
     for got, want in ((a, e1), (b, e2)):
         assert (got.path, got.sha256, got.width, got.height, got.grid, got.local_feats, got.local_coords) == \
             (want.path, want.sha256, want.width, want.height, want.grid, want.local_feats, want.local_coords)

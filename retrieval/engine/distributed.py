@@ -246,27 +246,29 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: EngineConfig) -> dict[
     read = images.model_reader(config.image, scales=config.pooling.scales, patch_size=PATCH_SIZE)
     paths = [os.fsdecode(p) for p in batch["path"]]
 
-    def one(path: str) -> images.PreparedFile | str:
+    def one(path: str) -> images.PreparedFile | BadImageError:
         try:
             got = read(path)
         except BadImageError as e:
-            return e.reason
+            return e
         assert isinstance(got, images.PreparedFile)
         return got
 
     with images.pixel_limit(config.image.max_pixels), ThreadPoolExecutor(_cores()) as threads:
         got = list(threads.map(one, paths))
+    bad = [g if isinstance(g, BadImageError) else None for g in got]
+    good = [g if isinstance(g, images.PreparedFile) else None for g in got]
     out: dict[str, Any] = {"index": batch["index"], "path": batch["path"],
-                           "reason": np.array([os.fsencode(g) if isinstance(g, str) else b"" for g in got],
-                                              dtype=object)}
-    out["sha256"] = np.array([g.sha256 if not isinstance(g, str) else "" for g in got], dtype=object)
-    out["nbytes"] = np.array([0 if isinstance(g, str) else g.nbytes for g in got], np.int64)
-    out["width"] = np.array([0 if isinstance(g, str) else g.original_wh[0] for g in got], np.int64)
-    out["height"] = np.array([0 if isinstance(g, str) else g.original_wh[1] for g in got], np.int64)
+                           "reason": np.array([os.fsencode(b.reason) if b else b"" for b in bad], dtype=object),
+                           "fix": np.array([b.fix if b else "" for b in bad], dtype=object)}
+    out["sha256"] = np.array([g.sha256 if g else "" for g in good], dtype=object)
+    out["nbytes"] = np.array([g.nbytes if g else 0 for g in good], np.int64)
+    out["width"] = np.array([g.original_wh[0] if g else 0 for g in good], np.int64)
+    out["height"] = np.array([g.original_wh[1] if g else 0 for g in good], np.int64)
     for s in range(len(config.pooling.scales)):
-        out[f"px{s}"] = np.array([b"" if isinstance(g, str) else g.pixels[s].tobytes() for g in got], dtype=object)
-        out[f"h{s}"] = np.array([0 if isinstance(g, str) else g.pixels[s].shape[0] for g in got], np.int64)
-        out[f"w{s}"] = np.array([0 if isinstance(g, str) else g.pixels[s].shape[1] for g in got], np.int64)
+        out[f"px{s}"] = np.array([g.pixels[s].tobytes() if g else b"" for g in good], dtype=object)
+        out[f"h{s}"] = np.array([g.pixels[s].shape[0] if g else 0 for g in good], np.int64)
+        out[f"w{s}"] = np.array([g.pixels[s].shape[1] if g else 0 for g in good], np.int64)
     return out
 
 
@@ -318,7 +320,7 @@ def _decoded(batch: dict[str, np.ndarray], scales: int) -> Iterator[Any]:
     for j, name in enumerate(batch["path"]):
         i, path, reason = int(batch["index"][j]), os.fsdecode(name), os.fsdecode(batch["reason"][j])
         if reason:
-            yield Skipped(i, path, reason)
+            yield Skipped(i, path, reason, str(batch["fix"][j]) or None)
             continue
         pixels = tuple(np.frombuffer(batch[f"px{s}"][j], np.uint8).reshape(int(batch[f"h{s}"][j]),
                                                                            int(batch[f"w{s}"][j]), 3).copy()
@@ -341,6 +343,7 @@ def to_columns(rows: Sequence[tuple[int, Embedded | Skipped]], *, call: str) -> 
         "group": col([f"{call}:{g}" for g, _ in ok]),
         "path": col([os.fsencode(r.path) for _, r in ok]),
         "reason": col([os.fsencode(r.reason) if isinstance(r, Skipped) else b"" for _, r in ok]),
+        "fix": col([r.fix or "" if isinstance(r, Skipped) else "" for _, r in ok]),
         "sha256": col(["" if isinstance(r, Skipped) else r.sha256 for _, r in ok]),
         "width": col([0 if isinstance(r, Skipped) else r.width for _, r in ok], np.int64),
         "height": col([0 if isinstance(r, Skipped) else r.height for _, r in ok], np.int64),
@@ -364,7 +367,7 @@ def from_columns(block: dict[str, np.ndarray]) -> list[list[Embedded | Skipped]]
         path, reason = os.fsdecode(bytes(name)), os.fsdecode(bytes(block["reason"][j]))
         item: Embedded | Skipped
         if reason:
-            item = Skipped(-1, path, reason)
+            item = Skipped(-1, path, reason, str(block["fix"][j]) or None)
         else:
             grid = (int(block["grid_h"][j]), int(block["grid_w"][j]))
             patches = bytes(block["patches"][j])
