@@ -248,7 +248,9 @@ def test_a_long_job_reports_progress_when_stderr_is_not_a_terminal(folder, tmp_p
     for it, every PROGRESS_EVERY seconds (0 here: every batch) and once at the end."""
     cli_app = importlib.import_module("retrieval.cli.app")  # the module (the package's `app` is the Typer)
     monkeypatch.setattr(cli_app, "PROGRESS_EVERY", 0.0)
-    lines = [x for x in _index(folder, tmp_path / "ix", "--batch", "2").stderr.splitlines() if x.startswith("progress:")]
+    said = _index(folder, tmp_path / "ix", "--batch", "2").stderr.splitlines()
+    assert "" not in said  # no blank line where a bar would have been
+    lines = [x for x in said if x.startswith("progress:")]
     assert lines and lines[-1].startswith("progress: indexing 5/5 (100.0%)"), lines
     assert all(re.fullmatch(r"progress: indexing \d/5 \(\d+\.\d%\)(, [\d.]+ img/s, ETA \d+:\d\d:\d\d)?", x)
                for x in lines), lines

@@ -231,9 +231,10 @@ class _Column(ProgressColumn):
 
 
 def _progress() -> Progress:
-    return _Progress(
+    stderr = Console(stderr=True)
+    return _Progress(  # no live display off a terminal: it would only leave a blank line behind
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Column(_rate), _Column(_eta),
-        console=Console(stderr=True), transient=True, every=PROGRESS_EVERY,
+        console=stderr, transient=True, every=PROGRESS_EVERY, disable=not stderr.is_terminal,
     )
 
 
