@@ -517,3 +517,22 @@ def test_a_file_refused_while_indexing_is_warned_with_its_fix(folder, tmp_path):
                     f"fix: index the JPEG or TIFF that your raw converter exports from it"], r.stderr
     info = runner.invoke(app, ["info", "--index", str(tmp_path / "ix")]).stdout
     assert "camera RAW files (.nef) are not decoded" in info  # the store keeps the reason
+
+
+def test_on_a_terminal_a_warning_shows_its_level_once(monkeypatch):
+    """rich draws the level itself: the message it is given is the message alone (logging's
+    basicConfig would otherwise format it as `WARNING:logger:message`)."""
+    import logging
+
+    cli_app = importlib.import_module("retrieval.cli.app")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        cli_app.main(verbose=False, version=False)
+        handler = root.handlers[0]
+        record = logging.LogRecord("retrieval.x", logging.WARNING, __file__, 1, "random weights", None, None)
+        assert type(handler).__name__ == "RichHandler" and handler.format(record) == "random weights"
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)

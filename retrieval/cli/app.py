@@ -167,8 +167,9 @@ def main(
     handler: logging.Handler = (
         RichHandler(console=Console(stderr=True), show_time=False, show_path=False) if sys.stderr.isatty()
         else logging.StreamHandler(sys.stderr))
-    if not sys.stderr.isatty():
-        handler.setFormatter(_PlainFormatter())
+    # the message alone for rich (which shows the level itself); basicConfig would otherwise give
+    # the handler its default "LEVEL:logger:message" format and the level would show twice
+    handler.setFormatter(logging.Formatter("%(message)s") if sys.stderr.isatty() else _PlainFormatter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
 
