@@ -9,6 +9,9 @@ class RetrievalError(Exception):
     """Base class of every error the library raises on purpose."""
 
 
+UNREADABLE = "cannot read the file"  # a refusal for access (permissions, I/O), not content: retried each run
+
+
 class BadImageError(RetrievalError):
     """An image file that cannot be used: unreadable, truncated, too large, unsupported."""
 
@@ -17,6 +20,11 @@ class BadImageError(RetrievalError):
         self.reason = reason
         self.fix = fix or "re-save it as JPEG or PNG, or leave it out"
         super().__init__(f"{self.path}: {reason}; fix: {self.fix}")
+
+    @classmethod
+    def unreadable(cls, path: str | Path, e: OSError) -> BadImageError:
+        """The refusal of a file the OS would not let us stat or read (reason starts UNREADABLE)."""
+        return cls(path, f"{UNREADABLE} ({e.strerror or e})", fix="check the path and permissions")
 
     def __reduce__(self) -> tuple[object, ...]:  # picklable across decoder processes
         return (_bad_image, (self.path, self.reason, self.fix))

@@ -43,9 +43,6 @@ class Skipped:
     fix: str | None = None
 
 
-UNREADABLE = "cannot read the file"  # a refusal for access (permissions, I/O), not content: retried each run
-
-
 @dataclass(frozen=True)
 class ImageRef:
     """A file found on disk: absolute path, size in bytes, modification time in ns."""

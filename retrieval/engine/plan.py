@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from ..errors import UsageError
+from ..errors import UNREADABLE, UsageError
 from ..store import FileRow, PathFilter
-from ..types import UNREADABLE, ImageRef
+from ..types import ImageRef
 
 
 @dataclass

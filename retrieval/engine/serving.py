@@ -21,7 +21,6 @@ from PIL import Image
 from .. import images
 from ..config import ImageConfig
 from ..errors import BadImageError, UsageError
-from ..types import UNREADABLE
 from .index import Box, Index
 from .maps import Pair, View, caption, display_picture, model_label, pair, render, view
 from .search import Query
@@ -62,8 +61,7 @@ def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None
         try:
             source = Path(e.decoded.path).read_bytes()
         except OSError as err:
-            raise BadImageError(e.decoded.path, f"{UNREADABLE} ({err.strerror or err})",
-                                fix="check the path and permissions") from err
+            raise BadImageError.unreadable(e.decoded.path, err) from err
         if bbox is not None:
             w, h = e.decoded.original_wh
             x1, y1, x2, y2 = bbox

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import DEFAULT_MAX_PIXELS
 from ..errors import BadImageError
-from ..types import UNREADABLE, file_kind
+from ..types import file_kind
 from .scope import pixel_limit
 
 # Formats decoded and indexed. PSD is left out on purpose: a layered document's "merged"
@@ -141,8 +141,7 @@ def _regular_file_size(path: str | Path) -> int:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise BadImageError(path, f"{UNREADABLE} ({e.strerror or e})",
-                            fix="check the path and permissions") from e
+        raise BadImageError.unreadable(path, e) from e
     if not stat.S_ISREG(st.st_mode):
         raise BadImageError(path, f"not a regular file ({file_kind(st.st_mode)})", fix="pass an image file")
     return st.st_size

@@ -15,7 +15,6 @@ from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS, ImageConfig
 from ..errors import BadImageError
-from ..types import UNREADABLE
 from .decoding import _check_header, _refuse_raw, _regular_file_size, decode
 from .geometry import Box, crop_box, model_pixels, scaled_size, target_size
 
@@ -63,7 +62,7 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise BadImageError(path, f"{UNREADABLE} ({e.strerror or e})", fix="check the path and permissions") from e
+        raise BadImageError.unreadable(path, e) from e
     digest = hashlib.sha256(data).hexdigest()
     if keep_jpeg and box is None:
         encoded = _plain_jpeg(path, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels, digest=digest)
