@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -244,7 +245,7 @@ class Index:
             for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                                      f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
-                                     f"`retrieve remove {shown(root)}`")
+                                     f"`retrieve remove {shlex.quote(shown(root))}`")
             plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes)
             if plan.deletes or plan.touches:
                 self.store.apply(deletes=plan.deletes, touches=plan.touches)
@@ -331,7 +332,7 @@ class Index:
         if data is None and self._vectors is not None and self._vectors_for == key:
             return self._vectors  # nothing was committed or set since it was checked
         self._vectors = derived.vectors(self.store, self.config, self.path, cached=self._vectors, data=data)
-        self._vectors_for = (self.store.generation, self.config)
+        self._vectors_for = key
         return self._vectors
 
     def _searcher_for(self, vec: vecs.VectorIndex) -> vecs.VectorIndex:
