@@ -1,0 +1,129 @@
+"""Issue 27, items 5, 6 and 9: ground truth that lists a name twice, two ground-truth files of the
+same name, and hostile ground-truth pickles; each through `retrieve eval` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import tracemalloc
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import RetrievalError, benchmarks
+from retrieval.benchmarks import load_json, load_revisited, read_gnd
+from retrieval.cli import app
+
+from .conftest import GND, synth_photo
+
+runner = CliRunner()
+TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
+
+
+def _eval(args, tmp_path):
+    return runner.invoke(app, ["eval", *args, *TINY], env={"RETRIEVAL_INDEX": str(tmp_path / "default" / "index")})
+
+
+def _photo_set(folder, seeds, gt):
+    """PNG photos s0.png.. of the given seeds, q.png a byte copy of s0.png, and gt.json."""
+    folder.mkdir(parents=True)
+    for i, seed in enumerate(seeds):
+        synth_photo(seed, (160, 120)).save(folder / f"s{i}.png")
+    shutil.copyfile(folder / "s0.png", folder / "q.png")
+    (folder / "gt.json").write_text(json.dumps(gt))
+    return folder / "gt.json"
+
+
+# item 9: hostile ground-truth pickles are one line, nothing allocated or run
+
+
+def _deep(n):
+    """A dict nested n deep, written opcode by opcode (pickle.dumps itself would recurse)."""
+    key = b"X\x01\x00\x00\x00k"  # BINUNICODE 'k'
+    return b"\x80\x02" + (b"}" + key) * n + b"}" + b"s" * n + b"."
+
+
+def _wrap(inner: bytes) -> bytes:
+    """{'imlist': [INNER], 'qimlist': [], 'gnd': []} around a pickled value (without its STOP)."""
+    def s(text):
+        return b"X" + len(text).to_bytes(4, "little") + text.encode()
+
+    return (b"\x80\x02}(" + s("imlist") + b"]" + inner + b"a" + s("qimlist") + b"]" + s("gnd") + b"]u.")
+
+
+def _self_referential() -> bytes:
+    loop: list = []
+    loop.append(loop)
+    return pickle.dumps({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": loop, "hard": [], "junk": []}]}, 2)
+
+
+HOSTILE = {
+    "binunicode8-1TB": b"\x80\x04\x8d" + (10 ** 12).to_bytes(8, "little") + b"x",
+    "binbytes8-1TB": b"\x80\x04\x8e" + (10 ** 12).to_bytes(8, "little") + b"x",
+    "bytearray8-maxsize": b"\x80\x05\x96" + (2 ** 63 - 1).to_bytes(8, "little") + b"x",
+    "self-referential": _self_referential(),
+    "deep-dict": _wrap(_deep(100_000)[2:-1]),
+    "deep-list": _wrap(b"]" * 100_000 + b"a" * 99_999),
+    "unhashable-key": b"\x80\x02}]]s.",
+    "wrong-shape": pickle.dumps(["imlist", "qimlist", "gnd"], 2),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_pickle_is_one_line(tmp_path, case):
+    gnd = tmp_path / "data" / "roxford5k" / "gnd_roxford5k.pkl"
+    gnd.parent.mkdir(parents=True)
+    gnd.write_bytes(HOSTILE[case])
+    r = _eval(["roxford5k", "--data", str(tmp_path / "data")], tmp_path)
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "unexpected" not in r.output, r.output
+    assert str(gnd) in r.output and "gnd_*.pkl" in r.output
+
+
+def test_a_claimed_length_is_checked_before_anything_is_allocated(tmp_path):
+    """BINBYTES8 claiming 2 GB in a 12-byte file: refused from the lengths alone. (The C unpickler
+    allocates the claimed size first and only then finds the file short.)"""
+    gnd = tmp_path / "gnd_x.pkl"
+    gnd.write_bytes(b"\x80\x04\x8e" + (2 * 2**30).to_bytes(8, "little") + b"x")
+    tracemalloc.start()
+    try:
+        with pytest.raises(RetrievalError, match="gnd_x.pkl"):
+            read_gnd(gnd)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_oversized_pickle_is_refused_unread(tmp_path, monkeypatch):
+    gnd = tmp_path / "data" / "roxford5k" / "gnd_roxford5k.pkl"
+    gnd.parent.mkdir(parents=True)
+    with open(gnd, "wb") as f:  # sparse: no disk used
+        f.truncate(benchmarks.MAX_GND_BYTES + 1)
+    r = _eval(["roxford5k", "--data", str(tmp_path / "data")], tmp_path)
+    assert r.exit_code == 1 and "unexpected" not in r.output
+    assert "over the 64 MiB" in r.output and str(gnd) in r.output
+
+
+def test_bound_is_far_above_the_official_files():
+    assert max((GND / f"gnd_{n}.pkl").stat().st_size for n in ("roxford5k", "rparis6k")) * 100 < benchmarks.MAX_GND_BYTES
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    gt = tmp_path / "gt.json"
+    gt.write_text("[" * 100_000 + "]" * 100_000)
+    r = _eval([str(gt)], tmp_path)
+    assert r.exit_code == 1 and "unexpected" not in r.output and str(gt) in r.output
+
+
+def test_official_layout_still_loads(tmp_path):
+    """The bounded reader reads the real files (their images are not here: the layout check follows)."""
+    root = tmp_path / "roxford5k"
+    root.mkdir()
+    shutil.copyfile(GND / "gnd_roxford5k.pkl", root / "gnd_roxford5k.pkl")
+    with pytest.raises(RetrievalError, match="database images missing"):
+        load_revisited(tmp_path, "roxford5k")
