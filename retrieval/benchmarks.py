@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import pickle
 import pickletools
 import reprlib
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,6 +19,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import RetrievalError
+from .types import shown
+
+log = logging.getLogger(__name__)
 
 KNOWN = ("roxford5k", "rparis6k")
 # The official gnd files are 150 KB (roxford5k) and 277 KB (rparis6k); one of 64 MiB would list
@@ -50,7 +56,8 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def read_gnd(path: str | Path) -> dict[str, Any]:
     """The revisitop pickle, checked: imlist and qimlist lists of names, gnd a list of one dict per
-    query with easy/hard/junk lists of database indices and bbx four numbers (or absent)."""
+    query with easy/hard/junk lists of database indices and bbx four numbers (or absent). An index
+    listed twice in one list is kept once (with a warning); one in two of easy/hard/junk is refused."""
     raw = _read_bounded(path)
     try:
         for _ in pickletools.genops(raw):  # every length the file claims is checked against what it holds
@@ -74,6 +81,8 @@ def read_gnd(path: str | Path) -> dict[str, Any]:
         check.of(g, dict, f"gnd[{i}]", "a dict with easy, hard, junk and bbx")
         lists = {key: check.indices(g[key], f"gnd[{i}][{key!r}]", len(imlist)) for key in ("easy", "hard", "junk")
                  if key in g}
+        lists = check.once(lists, f"gnd[{i}] (query {shown(data['qimlist'][i])})",
+                           lambda j: f"index {j} ({shown(imlist[j])})")
         if g.get("bbx") is not None:
             check.box(g["bbx"], f"gnd[{i}]['bbx']")
         checked.append({**g, **lists})
@@ -124,7 +133,7 @@ def load_revisited(data_dir: str | Path, name: str, *, crop: bool = True) -> Ben
     for stem, g in zip(data["qimlist"], data["gnd"]):
         bbox = _box(g.get("bbx")) if crop else None
         queries.append(Query(image(stem), bbox, _ints(g.get("easy")), _ints(g.get("hard")), _ints(g.get("junk"))))
-    return Benchmark(name, database, tuple(queries), ("easy", "medium", "hard"))
+    return _warn_unlisted_self(gnd_file, Benchmark(name, database, tuple(queries), ("easy", "medium", "hard")))
 
 
 def load_json(path: str | Path, *, crop: bool = True) -> Benchmark:
@@ -162,12 +171,26 @@ def load_json(path: str | Path, *, crop: bool = True) -> Benchmark:
         check.of(q, dict, f"queries[{i}]", 'an object with "image" and "positives"')
         image = check.of(q.get("image"), str, f'queries[{i}]["image"]', "a file name")
         box = None if q.get("bbox") is None else check.box(q["bbox"], f'queries[{i}]["bbox"]')
-        queries.append(Query(str((base / image).resolve()), box if crop else None,
-                             _ints(ids(q.get("positives", []), f'queries[{i}]["positives"]')), _ints([]),
-                             _ints(ids(q.get("junk", []), f'queries[{i}]["junk"]'))))
+        lists = check.once({f'"{key}"': ids(q.get(key, []), f'queries[{i}]["{key}"]') for key in ("positives", "junk")},
+                           f'queries[{i}] ("{shown(image)}")', lambda j: shown(data["database"][j]))
+        queries.append(Query(str((base / image).resolve()), box if crop else None, _ints(lists['"positives"']),
+                             _ints([]), _ints(lists['"junk"'])))
     if queries and not any(len(q.easy) for q in queries):  # checked now, before the database is embedded
         check.fail('no query lists any "positives", so there is nothing to score')
-    return Benchmark(path.stem, database, tuple(queries), ("all",))
+    return _warn_unlisted_self(path, Benchmark(path.stem, database, tuple(queries), ("all",)))
+
+
+def _warn_unlisted_self(path: str | Path, bench: Benchmark) -> Benchmark:
+    """A query whose own image is in the database but in none of its lists will find itself near
+    the top and count it as a wrong answer: said once, since the file may mean it (docs/eval.md)."""
+    where = {p: i for i, p in enumerate(bench.database)}
+    unlisted = [f"queries[{i}] ({shown(Path(q.image).name)})" for i, q in enumerate(bench.queries)
+                if q.image in where and not any(where[q.image] in a for a in (q.easy, q.hard, q.junk))]
+    if unlisted:
+        log.warning("ground truth %s: %s: the query's own image is in the database but neither a positive nor junk, "
+                    "so it counts as a wrong answer where it ranks; list it under junk to leave it out of the score",
+                    shown(str(path)), _some(unlisted))
+    return bench
 
 
 class _Checker:
@@ -203,6 +226,22 @@ class _Checker:
             self.fail(f"{field} holds index {outside[0]}, outside 0..{n - 1}")
         return list(value)
 
+    def once(self, lists: dict[str, list[int]], who: str, name: Callable[[int], str]) -> dict[str, list[int]]:
+        """Each list with its repeats dropped (order kept, one warning line naming them); an item in
+        two of the lists (a positive that is also junk) is refused: the file contradicts itself."""
+        seen: dict[int, str] = {}
+        for field, items in lists.items():
+            for j in dict.fromkeys(items):
+                if j in seen:
+                    self.fail(f"{who} lists {name(j)} both in {seen[j]} and in {field}; keep it in one of them")
+                seen[j] = field
+        repeats = {f: [j for j, c in Counter(items).items() if c > 1] for f, items in lists.items()}
+        said = [f"{_some(map(name, js))} in {f}" for f, js in repeats.items() if js]
+        if said:
+            log.warning("ground truth %s: %s lists %s more than once; each is counted once",
+                        shown(str(self.path)), who, " and ".join(said))
+        return {f: list(dict.fromkeys(items)) for f, items in lists.items()}
+
     def box(self, value: Any, field: str) -> tuple[float, float, float, float]:
         ok = isinstance(value, (list, tuple, np.ndarray)) and len(value) == 4
         try:
@@ -220,6 +259,11 @@ def _brief(value: Any) -> str:
     short.maxlevel, short.maxstring, short.maxother = 2, 40, 40
     text = short.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _some(names: Iterable[str], most: int = 5) -> str:
+    shown_ = list(names)
+    return ", ".join(shown_[:most]) + (f" and {len(shown_) - most} more" if len(shown_) > most else "")
 
 
 def _ints(values: Any) -> np.ndarray:

@@ -36,6 +36,72 @@ def _photo_set(folder, seeds, gt):
     return folder / "gt.json"
 
 
+# item 5: a name listed twice counts once
+
+
+def test_duplicate_positive_counts_once_with_a_warning(tmp_path):
+    """The query is a byte copy of s0, so s0 ranks first: AP 1.0. Counted twice, it was 0.5."""
+    gt = _photo_set(tmp_path / "set", [1, 2, 3], {
+        "database": ["s0.png", "s1.png", "s2.png"],
+        "queries": [{"image": "q.png", "positives": ["s0.png", "s0.png"], "junk": ["s2.png", "s2.png"]}]})
+    out = tmp_path / "m.json"
+    r = _eval([str(gt), "--json-out", str(out)], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["all"]["mAP"] == 1.0
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ground truth")]
+    assert len(warnings) == 1, r.stderr
+    assert 'queries[0] ("q.png")' in warnings[0] and "s0.png" in warnings[0] and "s2.png" in warnings[0]
+
+
+def test_duplicates_are_removed_in_order(tmp_path):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"database": ["a.jpg", "b.jpg", "c.jpg"], "queries": [
+        {"image": "q.jpg", "positives": ["c.jpg", "a.jpg", "c.jpg", "b.jpg", "a.jpg"]}]}))
+    assert list(load_json(gt).queries[0].easy) == [2, 0, 1]
+
+
+@pytest.mark.parametrize("second", ["junk", "positives"])
+def test_a_name_that_is_positive_and_junk_is_refused(tmp_path, second):
+    gt = tmp_path / "gt.json"
+    q = {"image": "q.jpg", "positives": ["a.jpg"], "junk": ["b.jpg"]}
+    q[second] = q[second] + (["a.jpg"] if second == "junk" else ["b.jpg"])
+    gt.write_text(json.dumps({"database": ["a.jpg", "b.jpg"], "queries": [q]}))
+    with pytest.raises(RetrievalError, match=r'queries\[0\] \("q.jpg"\) lists (a|b)\.jpg both in "positives" and in "junk"'):
+        load_json(gt)
+
+
+def test_pickle_duplicates_and_overlaps(tmp_path):
+    def gnd(easy, hard, junk):
+        p = tmp_path / "gnd_x.pkl"
+        p.write_bytes(pickle.dumps({"imlist": ["a", "b", "c"], "qimlist": ["q"],
+                                    "gnd": [{"easy": easy, "hard": hard, "junk": junk}]}, protocol=2))
+        return p
+
+    assert read_gnd(gnd([0, 0, 1], [2], []))["gnd"][0]["easy"] == [0, 1]
+    with pytest.raises(RetrievalError, match=r"gnd\[0\] \(query q\) lists index 1 \(b\) both in easy and in junk"):
+        read_gnd(gnd([0, 1], [2], [1]))
+
+
+@pytest.mark.parametrize("name", ["roxford5k", "rparis6k"])
+def test_official_pickles_have_no_duplicates_so_reference_numbers_stand(name):
+    """The de-duplication never touches the official files: their lists are exactly as shipped."""
+    with open(GND / f"gnd_{name}.pkl", "rb") as f:
+        raw = pickle.load(f)
+    assert read_gnd(GND / f"gnd_{name}.pkl") == raw
+
+
+def test_query_in_the_database_but_unlisted_is_warned(tmp_path, caplog):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"database": ["q.jpg", "a.jpg"], "queries": [{"image": "q.jpg", "positives": ["a.jpg"]}]}))
+    load_json(gt)
+    assert any("own image" in m and "q.jpg" in m for m in caplog.messages)
+    caplog.clear()
+    gt.write_text(json.dumps({"database": ["q.jpg", "a.jpg"],
+                              "queries": [{"image": "q.jpg", "positives": ["a.jpg"], "junk": ["q.jpg"]}]}))
+    load_json(gt)
+    assert not caplog.messages
+
+
 # item 9: hostile ground-truth pickles are one line, nothing allocated or run
 
 
