@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from retrieval import RetrievalError, benchmarks
 from retrieval.benchmarks import load_json, load_revisited, read_gnd
 from retrieval.cli import app
+from retrieval.engine.evaluation import eval_index_dir
 
 from .conftest import GND, synth_photo
 
@@ -100,6 +101,53 @@ def test_query_in_the_database_but_unlisted_is_warned(tmp_path, caplog):
                               "queries": [{"image": "q.jpg", "positives": ["a.jpg"], "junk": ["q.jpg"]}]}))
     load_json(gt)
     assert not caplog.messages
+
+
+# item 6: two ground-truth files named alike get their own cached index
+
+
+def test_same_named_ground_truths_get_their_own_index(tmp_path):
+    """setA/gt.json and setB/gt.json hold the same text but other images: the second eval must
+    index and rank its own images only (it ended in `unexpected KeyError` on setA's rows)."""
+    gt = {"database": ["s0.png", "s1.png", "s2.png"], "queries": [{"image": "q.png", "positives": ["s0.png"]}]}
+    a = _photo_set(tmp_path / "setA", [1, 2, 3], gt)
+    b = _photo_set(tmp_path / "setB", [4, 5, 6], gt)
+    for g in (a, b):
+        ranks = tmp_path / f"{g.parent.name}.npy"
+        out = tmp_path / f"{g.parent.name}.json"
+        r = _eval([str(g), "--save-ranks", str(ranks), "--json-out", str(out)], tmp_path)
+        assert r.exit_code == 0, r.output
+        assert np.load(ranks).shape == (3, 1) and json.loads(out.read_text())["all"]["mAP"] == 1.0
+    assert len(list((tmp_path / "default" / "eval").iterdir())) == 2
+    # the same set again reuses its own cache
+    assert _eval([str(b)], tmp_path).exit_code == 0
+    assert len(list((tmp_path / "default" / "eval").iterdir())) == 2
+
+
+def test_an_index_holding_other_images_is_one_line(tmp_path):
+    gt = {"database": ["s0.png", "s1.png"], "queries": [{"image": "q.png", "positives": ["s0.png"]}]}
+    a = _photo_set(tmp_path / "setA", [1, 2], gt)
+    b = _photo_set(tmp_path / "setB", [4, 5], gt)
+    ix = tmp_path / "ix"
+    assert _eval([str(a), "--index", str(ix)], tmp_path).exit_code == 0
+    r = _eval([str(b), "--index", str(ix)], tmp_path)
+    assert r.exit_code == 1 and "unexpected" not in r.output
+    assert r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1
+    assert "2 images that are not in" in r.output and "--index" in r.output
+
+
+def test_cache_key_is_the_database_not_the_name(tmp_path):
+    """The cache folder follows the images a set indexes, never its file's name alone."""
+
+    gt = {"database": ["s0.png"], "queries": [{"image": "s0.png", "positives": ["s0.png"]}]}
+    for d in ("A", "B"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "gt.json").write_text(json.dumps(gt))
+    A, B = (load_json(tmp_path / p) for p in ("A/gt.json", "B/gt.json"))
+    assert eval_index_dir(A, {}) != eval_index_dir(B, {})
+    assert eval_index_dir(A, {}) == eval_index_dir(load_json(tmp_path / "A/gt.json"), {})
+    assert eval_index_dir(A, {}) != eval_index_dir(A, {"image": {"size": 112}})
+    assert eval_index_dir(A, {}) != eval_index_dir(A, {}, distractors=[str(tmp_path / "C")])
 
 
 # item 9: hostile ground-truth pickles are one line, nothing allocated or run
