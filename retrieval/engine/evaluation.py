@@ -21,6 +21,7 @@ from ..benchmarks import Benchmark
 from ..config import EngineConfig, deep_merge, default_index_dir
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..store import PathFilter
+from ..types import shown
 from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
 from . import derived
 from .files import atomic_write
@@ -76,17 +77,28 @@ class EvalResult:
     stages: tuple[Stage, ...] = ()
 
 
-def eval_index_dir(name: str, overrides: dict[str, Any]) -> Path:
-    """A cached index per benchmark and descriptor setup, beside the default index."""
+def eval_index_dir(bench: Benchmark, overrides: dict[str, Any], *, distractors: Sequence[str] = ()) -> Path:
+    """A cached index per set of images and descriptor setup, beside the default index. The key is
+    what the index holds (the database's resolved paths, the distractor folders) and the settings,
+    never the set's name: two ground-truth files both called gt.json, or one name under two --data
+    folders, each get their own index."""
     cfg = EngineConfig.from_dict(deep_merge(EngineConfig().to_dict(), overrides))
-    key = json.dumps({**fingerprint_fields(cfg), "weights": cfg.backbone.weights}, sort_keys=True)
-    return default_index_dir().parent / "eval" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = json.dumps({**fingerprint_fields(cfg), "weights": cfg.backbone.weights, "database": list(bench.database),
+                      "distractors": sorted(distractors)}, sort_keys=True)
+    return default_index_dir().parent / "eval" / f"{bench.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
               on_progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, int]:
     """Raw descriptors in database order (then distractors), the store id of each row of them,
-    and the number of distractors."""
+    and the number of distractors. An index that already holds other images is refused before
+    anything is added to it: they would be ranked among the benchmark's."""
+    in_db, under = set(files), PathFilter(distractors)
+    foreign = [r.path for r in idx.store.rows() if r.status == "ok" and r.path not in in_db and r.path not in under]
+    if foreign:
+        raise RetrievalError(f"the index {shown(str(idx.path))} holds {len(foreign)} images that are not in this "
+                             f"benchmark's database or distractors, e.g. {shown(foreign[0])}; fix: give --index a new "
+                             f"folder, or leave --index out (eval keeps a cached index per set)")
     idx.update(list(files) + list(distractors), on_progress=on_progress)
     ids, x = idx.store.descriptors()
     paths = idx.store.paths(ids)
@@ -95,8 +107,6 @@ def _database(idx: Index, files: Sequence[str], distractors: Sequence[str],
     if missing:
         raise RetrievalError(f"{len(missing)} database images could not be indexed, e.g. {missing[0]}; "
                              f"see `retrieve info --index {idx.path}`")
-    in_db = set(files)
-    under = PathFilter(distractors)
     extra = sorted(p for p in row_of if p not in in_db and p in under)
     order = [row_of[f] for f in files] + [row_of[p] for p in extra]
     return x[order], ids[order], len(extra)
@@ -130,13 +140,14 @@ def evaluate(
     def progress(stage: str) -> Callable[[int, int], None] | None:
         return None if on_progress is None else (lambda done, total: on_progress(stage, done, total))
 
-    where = index_dir or eval_index_dir(bench.name, overrides)
     extra = [str(Path(d).resolve()) for d in distractors]
+    where = index_dir or eval_index_dir(bench, overrides, distractors=extra)
     w: wh.Whitening | None = None
     whitening_source = "none (L2 only)"
     if whiten_from is not None:
-        src_dir = None if index_dir is None else index_dir.parent / f"{index_dir.name}-whiten-{whiten_from.name}"
-        src_dir = src_dir or eval_index_dir(whiten_from.name, overrides)
+        src_dir = eval_index_dir(whiten_from, overrides)
+        if index_dir is not None:  # beside the given index, keyed as the cache is
+            src_dir = index_dir.parent / f"{index_dir.name}-whiten-{src_dir.name}"
         with Index.open_or_create(src_dir, overrides) as src:
             xw, _, _ = _database(src, whiten_from.database, [], progress("whitening set"))
         w = wh.fit(xw, dim=src.config.whitening.dim)
