@@ -206,3 +206,22 @@ def test_backup_refuses_its_own_store_and_live_databases(index, tmp_path):
     assert r.exit_code == 1 and "live database" in r.stderr
     r = run("backup", str(tmp_path / "no" / "such" / "b.sqlite"), "--index", str(index))
     assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+def test_damaged_ivfpq_exact_file_is_an_error_and_check_leaves_it_as_it_is(built, tmp_path):
+    """`check` verifies every block checksum of vectors.f32; it reports, never rebuilds."""
+    from .helpers import TINY_ARGS
+
+    ix = tmp_path / "pq"
+    assert run("index", str(built[0]), "--index", str(ix), "--index-kind", "ivfpq", *TINY_ARGS).exit_code == 0
+    exact = ix / "vectors.f32"
+    data = bytearray(exact.read_bytes())
+    data[-4:] = np.float32(0.5).tobytes()  # one value of the last row
+    exact.write_bytes(bytes(data))
+    r = run("check", "--index", str(ix), "--json")
+    assert r.exit_code == 1 and clean_exit(r)
+    report = json.loads(r.stdout)
+    errors = [f["message"] for f in report["findings"] if f["level"] == "error"]
+    assert report["healthy"] is False and len(errors) == 1 and str(exact) in errors[0]
+    assert "1 of its 1 blocks fail their checksum" in errors[0]
+    assert exact.read_bytes() == bytes(data)

@@ -150,10 +150,13 @@ def query(
         results = idx.search_many(images, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
         for result in results:
             if result.gone:
+                more = "" if result.looked_at is None else \
+                    f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
                 logging.getLogger("retrieval").warning(
-                    "left out %d result(s) whose files are gone (deleted or moved since indexing), e.g. %s; "
-                    "`retrieve index` of their folder removes them from the index", len(result.gone),
-                    shown(result.gone[0]))
+                    "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no "
+                    "longer regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their "
+                    "folder, or `retrieve remove FOLDER` for a folder gone for good%s", len(result.gone),
+                    shown(result.gone[0]), more)
         if as_json:
             data: Any = results[0].to_json() if len(images) == 1 else [
                 {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]

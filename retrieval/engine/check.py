@@ -43,6 +43,7 @@ _UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZi
 class Finding:
     level: str  # ok: checked and fine | note: will be rebuilt or migrated by itself | error: damage
     message: str
+    derived: bool = False  # about a file rebuilt from the store (vectors.npz, vectors.f32), not the store
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class CheckReport:
     @property
     def summary(self) -> str:
         errors = sum(f.level == ERROR for f in self.findings)
+        if errors and all(f.derived for f in self.findings if f.level == ERROR):
+            return (f"{self.index}: a file derived from the store is damaged ({errors} problem{'s' * (errors > 1)} "
+                    f"above; the store itself is healthy): follow the fix each line names")
         if errors:
             fix = "" if self.unreadable else "follow the fix each line names, or "
             return (f"{self.store} is damaged ({errors} problem{'s' * (errors > 1)} above): {fix}restore a copy made "
@@ -85,8 +89,8 @@ class _Findings(list[Finding]):
     def note(self, message: str) -> None:
         self.append(Finding(NOTE, message))
 
-    def error(self, message: str) -> None:
-        self.append(Finding(ERROR, message))
+    def error(self, message: str, *, derived: bool = False) -> None:
+        self.append(Finding(ERROR, message, derived))
 
 
 def check_index(path: str | Path) -> CheckReport:
@@ -324,9 +328,9 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
         return
     fingerprint = vectors_fingerprint(store, config)
     try:
-        with open(file, "rb") as f:
+        with open(file, "rb") as f:  # ivfpq's exact file: its checksums are verified below, all of them
             vec = vindex.from_file(f, fingerprint=fingerprint, generation=store.data_version, source=str(file),
-                                   exact_path=path / EXACT_FILE)
+                                   exact_path=path / EXACT_FILE, verify=False)
     except ArtifactMismatchError as e:  # stale, from another setup, or unreadable: the engine rebuilds it
         found.note(f"{e}; it is rebuilt from the store on next use")
         return
@@ -334,13 +338,22 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
         found.note(f"{file} cannot be read ({e.strerror or e}); it is rebuilt from the store on next use")
         return
     fix = f"delete {file}: it is rebuilt from the store on next use"
-    if not np.array_equal(np.sort(vec.ids()), ids):
+    bad = vindex.damaged_blocks(vec) if vec.kind == "ivfpq" else []
+    if bad:
+        found.error(f"{path / EXACT_FILE} is damaged: {vindex.damage(vec, bad)} (changed since it was written); it "
+                    f"is derived from the store: delete it, and the next `retrieve query` or `retrieve index` "
+                    f"rebuilds it", derived=True)
+    elif not np.array_equal(np.sort(vec.ids()), ids):
         found.error(f"{file} holds {vec.ntotal} vectors whose ids differ from the store's {len(ids)} indexed rows, "
-                    f"although it claims the store's data version; {fix}")
+                    f"although it claims the store's data version; {fix}", derived=True)
     elif dim is not None and len(ids) and vec.dim != dim:
-        found.error(f"{file} holds {vec.dim}-d vectors, the store's descriptors give {dim}-d ones; {fix}")
+        found.error(f"{file} holds {vec.dim}-d vectors, the store's descriptors give {dim}-d ones; {fix}",
+                    derived=True)
     else:
-        found.ok(f"{file} matches the store: {vec.ntotal} vectors ({vec.kind}), data version {store.data_version}")
+        sums = f"; {path / EXACT_FILE} passes its {len(vec.exact_crc)} block checksums" \
+            if vec.exact_crc is not None else ""
+        found.ok(f"{file} matches the store: {vec.ntotal} vectors ({vec.kind}), data version {store.data_version}"
+                 + sums)
 
 
 def backup_store(path: str | Path, dest: str | Path) -> tuple[Path, int]:

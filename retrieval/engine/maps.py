@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from .descriptors import embed_queries
 from .files import atomic_write
 from .index import Index
 from .search import SearchResult
+
+log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 _RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain` names a result's pictures
@@ -164,6 +167,8 @@ def explain(idx: Index, query: str | Path, result: SearchResult, out_dir: str | 
         try:
             other = view(h.path, backbone=bb, image=idx.config.image)
         except BadImageError as e:  # moved or damaged since it was indexed: say so, keep the page
+            log.warning("wrote no pictures for result #%d %s: %s (changed since it was indexed; `retrieve index` of "
+                        "its folder updates the index)", h.rank, shown(h.path), e.reason)
             rows.append({"rank": h.rank, "score": h.score, "path": shown(h.path), "inliers": h.inliers,
                          "error": e.reason})
             continue

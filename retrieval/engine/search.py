@@ -20,6 +20,11 @@ from ..store import Store
 from ..vectors import VectorIndex
 from .commit import query_pca
 
+# Results whose files are gone are replaced from further down the ranking: each round asks for
+# GONE_GROWTH times as many, at most GONE_ROUNDS rounds (k 4^7 results in the last: 163,840 for k = 10)
+GONE_GROWTH, GONE_ROUNDS = 4, 8
+PATHS_AT_ONCE = 10_000  # ids per store lookup (SQLite's limit on a statement's variables is 32,766)
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -34,11 +39,14 @@ class Hit:
 class SearchResult:
     """Ranked hits: ids unique, ranks 1..n, ordered by decreasing score, or when re-ranked by
     rerank.order_key (verified inliers, then score). gone: paths of results left out because
-    their files no longer exist (`retrieve index` of their folder prunes them)."""
+    they are no longer regular files (deleted, moved, on a drive not mounted, replaced by a
+    folder; `retrieve index` of their folder prunes them). looked_at: set when fewer than k hits
+    were found among the best `looked_at` results and the rest were not looked at (GONE_ROUNDS)."""
 
     hits: tuple[Hit, ...]
     reranked: bool = False
     gone: tuple[str, ...] = ()
+    looked_at: int | None = None
 
     def __post_init__(self) -> None:
         keys = [rr.order_key(h.score, h.inliers if self.reranked else None) for h in self.hits]
@@ -77,16 +85,24 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
         top = ids[0][ids[0] >= 0]
         xq = rr.query_expansion(xq[0], vectors_of(vec, top), scores[0][: len(top)], alpha=qe_alpha)[None]
     want, total = k, vec.ntotal
-    while True:  # each round asks for as many more as were gone (a user's k never sizes anything)
+    where: dict[int, str] = {}
+    usable: dict[int, bool] = {}  # each id's file looked at once per query
+    for round_ in range(GONE_ROUNDS):  # the list is refilled from further down while results are gone
+        if round_:  # geometric: files gone by thousands (a drive not mounted) cost a few rounds, not n / k
+            want = min(total, want * GONE_GROWTH)
         ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=rerank, rerank_k=rerank_k)
-        found = store.paths(h[1] for h in ranked)
-        present = [h for h in ranked if os.path.exists(found[h[1]])]
+        new = [i for _, i, _ in ranked if i not in usable]
+        for start in range(0, len(new), PATHS_AT_ONCE):
+            where.update(store.paths(new[start: start + PATHS_AT_ONCE]))
+        usable.update((i, os.path.isfile(where[i])) for i in new)
+        present = [h for h in ranked if usable[h[1]]]
         if len(present) >= k or len(ranked) < want or want >= total:
             break
-        want = min(total, want + k - len(present))
-    gone = tuple(found[i] for _, i, _ in ranked if not os.path.exists(found[i]))
-    hits = tuple(Hit(rank=r + 1, score=s, path=found[i], id=i, inliers=n) for r, (s, i, n) in enumerate(present[:k]))
-    return SearchResult(hits, reranked=rerank, gone=gone)
+    last = ranked.index(present[k - 1]) + 1 if len(present) >= k else len(ranked)
+    gone = tuple(where[i] for _, i, _ in ranked[:last] if not usable[i])  # those above the last hit
+    hits = tuple(Hit(rank=r + 1, score=s, path=where[i], id=i, inliers=n) for r, (s, i, n) in enumerate(present[:k]))
+    more = len(present) < k and len(ranked) == want < total  # rounds ran out with results left unlooked-at
+    return SearchResult(hits, reranked=rerank, gone=gone, looked_at=len(ranked) if more else None)
 
 
 def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, store: Store, candidates: CandidateLocal, k: int,
