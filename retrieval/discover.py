@@ -112,4 +112,4 @@ def _ref(path: Path, seen_files: set[tuple[int, int]], failed: list[str]) -> Ima
     if key in seen_files:
         return None
     seen_files.add(key)
-    return ImageRef(path=str(path), nbytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    return ImageRef.of(str(path), st)

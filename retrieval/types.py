@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import unicodedata
 from dataclasses import dataclass
@@ -43,13 +44,39 @@ class Skipped:
     fix: str | None = None
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what an SQLite INTEGER holds
+
+
+def int64_time(ns: int) -> int:
+    """A file time in ns as the store keeps it: clamped to the int64 range (1677-09-21 to
+    2262-04-11). A file dated past 2262 (`touch -d 2999-01-01`; btrfs, XFS and ext4 keep such
+    times) is stored as 2262-04-11: its later changes still show in its ctime and size."""
+    return min(max(int(ns), INT64_MIN), INT64_MAX)
+
+
+def int64_id(n: int) -> int:
+    """An unsigned 64-bit number (an inode: st_ino is unsigned, and NFS, FUSE and overlayfs give
+    ones past 2**63) as a signed int64 with the same bits: exact, so equal inodes stay equal."""
+    return ((int(n) + (1 << 63)) % (1 << 64)) - (1 << 63)
+
+
 @dataclass(frozen=True)
 class ImageRef:
-    """A file found on disk: absolute path, size in bytes, modification time in ns."""
+    """A file found on disk: absolute path, size in bytes, modification and status-change times
+    in ns, and inode (None: not known). The ctime and inode catch what size and mtime miss: a
+    file rewritten with its old mtime restored (`cp` then `touch -d`), or replaced by another
+    file of the same size and date (an atomic save, a restore). Use `of` to make one from a stat:
+    its numbers are then what the store holds (int64_time, int64_id)."""
 
     path: str
     nbytes: int
     mtime_ns: int
+    ctime_ns: int | None = None
+    inode: int | None = None
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> ImageRef:
+        return cls(path, st.st_size, int64_time(st.st_mtime_ns), int64_time(st.st_ctime_ns), int64_id(st.st_ino))
 
 
 _UNSHOWN = frozenset({"Cc", "Zl", "Zp"})  # Unicode categories of control characters and line breaks

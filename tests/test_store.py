@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.errors import SchemaVersionError
-from retrieval.store import SCHEMA_VERSION, Store, Upsert
+from retrieval.store import SCHEMA_VERSION, Store, Touch, Upsert
 
 
 @pytest.fixture()
@@ -111,3 +111,45 @@ def test_v1_store_migrates_to_current(tmp_path):
         assert {"local_feats", "local_coords", "grid_h", "grid_w"} <= set(s.db.table("images").columns_dict)
         ids, x = s.descriptors()
         assert x.tolist() == [[1, 1, 1]] and s.local(ids) == {int(ids[0]): None}
+
+
+def test_v2_store_migrates_with_ctime_and_inode_unknown(tmp_path):
+    """Schema 3 adds each file's ctime and inode; rows from schema 2 hold NULL (not known) until
+    the next update records them."""
+    import sqlite_utils
+
+    from retrieval.store.schema import _v1, _v2
+
+    p = tmp_path / "old.sqlite"
+    db = sqlite_utils.Database(p)
+    _v1(db)
+    _v2(db)
+    db.execute("INSERT INTO images(path, size, mtime_ns, sha256, status) VALUES ('/a.jpg', 1, 2, 'h', 'ok')")
+    db.execute("PRAGMA user_version = 2")
+    db.conn.commit()
+    db.conn.close()
+    with Store(p) as s:
+        assert s.schema_version == SCHEMA_VERSION >= 3
+        (row,) = s.rows()
+        assert (row.mtime_ns, row.ctime_ns, row.inode) == (2, None, None)
+        s.apply(touches=[Touch(row.id, 1, 2, 30, 40)])
+        (row,) = s.rows()
+        assert (row.ctime_ns, row.inode) == (30, 40)
+
+
+def test_times_and_inodes_past_int64_are_stored_not_refused(store):
+    """A file dated 2999 (st_mtime_ns about 3.3e19) or an inode past 2**63 (NFS, FUSE) fit no
+    SQLite INTEGER as they are: they are clamped (times) or taken as the same 64 bits signed
+    (inodes), and the batch they are in commits."""
+    from retrieval.types import INT64_MAX, INT64_MIN, int64_id
+
+    y2999 = 32503680000 * 10**9
+    big_inode = 2**64 - 5
+    store.apply([Upsert("/a/late.jpg", 1, y2999, "h", "ok", descriptor=np.ones(2), ctime_ns=-y2999, inode=big_inode),
+                 Upsert("/a/x.jpg", 1, 10, "h2", "ok", descriptor=np.ones(2))])
+    late = next(store.rows(under=["/a/late.jpg"]))
+    assert (late.mtime_ns, late.ctime_ns, late.inode) == (INT64_MAX, INT64_MIN, -5) and store.count("ok") == 2
+    assert int64_id(big_inode) == int64_id(big_inode - 2**64) == -5 and int64_id(2**63 - 1) == 2**63 - 1
+    store.apply(touches=[Touch(late.id, 1, y2999 + 1, y2999, 2**63)])
+    late = next(store.rows(under=["/a/late.jpg"]))
+    assert (late.mtime_ns, late.ctime_ns, late.inode) == (INT64_MAX, INT64_MAX, INT64_MIN)

@@ -62,6 +62,9 @@ def index(
                                                         "(default: the index's, else --whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Read and hash every indexed file, not only those whose "
+                                                          "size, times or inode changed, and embed again those whose "
+                                                          "bytes differ (no model work for the others).")] = False,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels "
                                                                         "(default: the index's, else "
                                                                         f"{DEFAULT_MAX_PIXELS}).")] = None,
@@ -96,8 +99,15 @@ def index(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        hashing: list[Any] = []  # its task, added when the first file is hashed
+
+        def hashed(done: int, total: int) -> None:
+            if not hashing:
+                hashing.append(bar.add_task("hashing", total=total))
+            bar.update(hashing[0], completed=done, total=total)
+
         summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster)
+                             cluster=cluster, verify=verify, on_hashed=hashed)
         if refit_whitening:
             idx.refresh(refit=True)
         images_now = idx.count()
@@ -111,6 +121,9 @@ def index(
         f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
         f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
     )
+    if verify:
+        typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
+                   f"(embedded again)")
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)

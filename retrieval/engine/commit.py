@@ -86,12 +86,13 @@ def upserts(group: Sequence[Embedded | Skipped], refs: dict[str, ImageRef], know
             assert counts.skipped is not None
             said = item.reason if item.fix is None else f"{item.reason}; fix: {item.fix}"  # the store keeps the reason
             counts.skipped.append((item.path, said))
-            out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, None, "skipped", item.reason))
+            out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, None, "skipped", item.reason,
+                              ctime_ns=ref.ctime_ns, inode=ref.inode))
             continue
         ref = refs[item.path]
         out.append(Upsert(item.path, ref.nbytes, ref.mtime_ns, item.sha256, "ok", width=item.width, height=item.height,
                           descriptor=item.descriptor, local_feats=item.local_feats, local_coords=item.local_coords,
-                          grid=item.grid))
+                          grid=item.grid, ctime_ns=ref.ctime_ns, inode=ref.inode))
         if item.path in known:
             counts.updated += 1
         else:

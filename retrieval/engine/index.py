@@ -59,6 +59,8 @@ class UpdateSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "reason; fix: ...") refused in this run
     still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
     interrupted: bool = False
+    hashed: int = 0  # indexed files read to compare with their stored hash (all of them with verify)
+    changed: int = 0  # indexed files whose bytes changed (embedded again)
     seconds: float = 0.0
     whitened: bool = False
 
@@ -225,8 +227,10 @@ class Index:
     # --- update -----------------------------------------------------------------------------
     def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
                should_stop: Callable[[], bool] = lambda: False,
-               on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None) -> UpdateSummary:
-        """Bring the index in line with the files under `roots` (see docs/index.md). With a
+               on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
+               verify: bool = False, on_hashed: Callable[[int, int], None] | None = None) -> UpdateSummary:
+        """Bring the index in line with the files under `roots` (see docs/index.md); `verify`
+        re-hashes every indexed file (plan.plan_update), `on_hashed(done, total)` follows that. With a
         `cluster` (engine.distributed.Cluster) the files are embedded by Ray workers; planning and
         committing stay here, the same as without (docs/scale.md)."""
         start = time.monotonic()
@@ -246,12 +250,14 @@ class Index:
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                                      f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
                                      f"`retrieve remove {shlex.quote(shown(root))}`")
-            plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes)
+            plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes, verify=verify,
+                               on_hashed=on_hashed, should_stop=should_stop)
             if plan.deletes or plan.touches:
                 self.store.apply(deletes=plan.deletes, touches=plan.touches)
             summary.removed, summary.unchanged, summary.still_refused = \
                 len(plan.deletes), plan.unchanged, plan.still_refused
-            if plan.embed:
+            summary.hashed, summary.changed, summary.interrupted = plan.hashed, plan.changed, plan.stopped
+            if plan.embed and not plan.stopped:
                 refs = {r.path: r for r in found}
                 if cluster is None:
                     summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary, should_stop,
@@ -466,7 +472,10 @@ def _same_bytes(path: str, sha256: str) -> bool:
     """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
     from ..backbone.weights import file_sha256
 
-    return file_sha256(path) == sha256
+    try:
+        return file_sha256(path) == sha256
+    except OSError:  # unreadable now: embedding it again records the reader's refusal and its fix
+        return False
 
 
 __all__ = ["Index", "UpdateSummary"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from ..errors import UNREADABLE, UsageError
-from ..store import FileRow, PathFilter
+from ..store import FileRow, PathFilter, Touch
 from ..types import ImageRef
 
 
@@ -19,20 +19,31 @@ class Plan:
     embed: list[str] = field(default_factory=list)  # new, changed, or refused files to try again
     known: set[str] = field(default_factory=set)  # found paths that have a row (an embed there is an update)
     deletes: list[int] = field(default_factory=list)  # rows whose files are gone (or now excluded)
-    touches: list[tuple[int, int, int]] = field(default_factory=list)  # (id, nbytes, mtime_ns): same bytes
+    touches: list[Touch] = field(default_factory=list)  # same bytes, new stat (or a stat not recorded before)
     unchanged: int = 0
     still_refused: int = 0  # refused before and unchanged since
+    hashed: int = 0  # indexed files read to compare their bytes with the stored hash
+    changed: int = 0  # indexed files whose bytes differ from the stored ones (other size or hash): embedded again
+    stopped: bool = False  # should_stop() while hashing: files not hashed yet are left as they are
 
 
 def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_skipped: bool,
-                same_bytes: Callable[[str, str], bool]) -> Plan:
+                same_bytes: Callable[[str, str], bool], verify: bool = False,
+                on_hashed: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> Plan:
     """found: the files under the roots now; rows: the stored rows under the same roots, by path
-    (rows in folders that could not be listed left out: unknown is not gone). A file with the
-    same size and mtime is unchanged; with the same size and `same_bytes(path, sha256)` only its
-    timestamp is updated; anything else is embedded, and so is a file refused because it could not
-    be read (permissions come back without a new mtime). Rows not found are deleted."""
+    (rows in folders that could not be listed left out: unknown is not gone).
+
+    A file whose size, mtime, ctime and inode are the stored ones is unchanged, without reading
+    it (a row that has no ctime or inode yet, from schema 2, gets them recorded). An indexed file
+    of the same size whose stat differs is hashed, `same_bytes(path, sha256)`: the same bytes only
+    update the stored stat, other bytes are embedded; so are files of another size, and files
+    refused because they could not be read (permissions come back without a new mtime). With
+    `verify` every indexed file is hashed. `on_hashed(done, total)` follows the hashing, which
+    stops when `should_stop()` says so. Rows not found are deleted."""
     plan = Plan()
     left = dict(rows)
+    suspects: list[tuple[ImageRef, FileRow]] = []  # to hash
     for ref in found:
         row = left.pop(ref.path, None)
         if row is None:
@@ -41,18 +52,54 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
         plan.known.add(ref.path)
         if row.status == "skipped" and (retry_skipped or (row.error or "").startswith(UNREADABLE)):
             plan.embed.append(ref.path)  # refused for access, not content: a chmod changes no mtime
-        elif row.nbytes == ref.nbytes and row.mtime_ns == ref.mtime_ns:
+        elif _same_stat(row, ref) and not (verify and row.sha256):
             if row.status == "skipped":
                 plan.still_refused += 1
             else:
                 plan.unchanged += 1
-        elif row.sha256 and row.nbytes == ref.nbytes and same_bytes(ref.path, row.sha256):
-            plan.touches.append((row.id, ref.nbytes, ref.mtime_ns))
-            plan.unchanged += 1
+            _touch(plan, row, ref)  # a stat not recorded before (a row from schema 2)
+        elif row.sha256 and row.nbytes == ref.nbytes:
+            suspects.append((ref, row))
         else:
+            plan.changed += row.sha256 is not None
             plan.embed.append(ref.path)
     plan.deletes = [r.id for r in left.values()]
+    _hash(plan, suspects, same_bytes, on_hashed, should_stop)
     return plan
+
+
+def _same_stat(row: FileRow, ref: ImageRef) -> bool:
+    """Same size and mtime, and same ctime and inode where both sides know them."""
+    return (row.nbytes, row.mtime_ns) == (ref.nbytes, ref.mtime_ns) and all(
+        a is None or b is None or a == b for a, b in ((row.ctime_ns, ref.ctime_ns), (row.inode, ref.inode)))
+
+
+def _touch(plan: Plan, row: FileRow, ref: ImageRef) -> None:
+    """Record `ref`'s stat in `row` where it differs from the stored one (what `ref` does not know
+    is kept)."""
+    ctime = row.ctime_ns if ref.ctime_ns is None else ref.ctime_ns
+    inode = row.inode if ref.inode is None else ref.inode
+    touch = Touch(row.id, ref.nbytes, ref.mtime_ns, ctime, inode)
+    if touch[1:] != (row.nbytes, row.mtime_ns, row.ctime_ns, row.inode):
+        plan.touches.append(touch)
+
+
+def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], same_bytes: Callable[[str, str], bool],
+          on_hashed: Callable[[int, int], None] | None, should_stop: Callable[[], bool]) -> None:
+    for done, (ref, row) in enumerate(suspects, 1):
+        if should_stop():
+            plan.stopped = True
+            return
+        assert row.sha256 is not None
+        plan.hashed += 1
+        if same_bytes(ref.path, row.sha256):
+            plan.unchanged += 1
+            _touch(plan, row, ref)
+        else:
+            plan.changed += 1
+            plan.embed.append(ref.path)
+        if on_hashed is not None:
+            on_hashed(done, len(suspects))
 
 
 def emptied_roots(roots: Sequence[str], found: Iterable[ImageRef], rows: Iterable[str]) -> list[tuple[str, int]]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -28,5 +28,15 @@ def _v2(db: sqlite_utils.Database) -> None:
             images.add_column(column, kind)
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    """A file's status-change time and inode, which size and mtime alone miss changes without (a
+    copy over a file with its old mtime restored). Rows from v2 get NULL: not known, filled in by
+    the next `retrieve index` of their folder without reading the files (docs/index.md)."""
+    images = db.table("images")
+    for column in ("ctime_ns", "inode"):
+        if column not in images.columns_dict:
+            images.add_column(column, int)
+
+
 # version reached -> step from the version before it; add a step per schema change
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}

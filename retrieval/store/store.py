@@ -1,7 +1,9 @@
 """SQLite store (sqlite-utils): the source of truth of an index.
 
-One row per file: path, size, mtime_ns, sha256, width, height, status ('ok' | 'skipped'),
-error, and the raw (pre-whitening) global descriptor as a float32 blob. Paths are stored
+One row per file: path, size, mtime_ns, ctime_ns, inode, sha256, width, height, status ('ok' |
+'skipped'), error, and the raw (pre-whitening) global descriptor as a float32 blob. Times and
+inodes are stored as int64 whatever the file system says (types.int64_time, int64_id): a file
+dated past 2262 never fails the batch it is in. Paths are stored
 losslessly: as TEXT when they are valid UTF-8, else as the file system's bytes in a BLOB (Linux
 names are bytes; old cameras and other systems write names that are not UTF-8). Either way the
 API gives and takes `str`, with undecodable bytes as surrogate escapes (os.fsdecode). A `meta` table holds
@@ -21,13 +23,13 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlite_utils
 
 from ..errors import SchemaVersionError, StoreError
-from ..types import shown
+from ..types import int64_id, int64_time, shown
 from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -42,6 +44,18 @@ class FileRow:
     sha256: str | None
     status: str
     error: str | None
+    ctime_ns: int | None = None  # None: not known (a row from schema 2, filled in by the next update)
+    inode: int | None = None
+
+
+class Touch(NamedTuple):
+    """A file's new size and times (and inode) where its bytes are what the row holds."""
+
+    id: int
+    nbytes: int
+    mtime_ns: int
+    ctime_ns: int | None = None
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ class Upsert:
     local_feats: bytes | None = None
     local_coords: bytes | None = None
     grid: tuple[int, int] | None = None
+    ctime_ns: int | None = None
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +216,7 @@ class Store:
     # --- rows ---------------------------------------------------------------------------------
     def rows(self, *, under: Sequence[str] | None = None) -> Iterator[FileRow]:
         """Every file row, or those whose path is under one of `under` (absolute folders or files)."""
-        sql = "SELECT id, path, size, mtime_ns, sha256, status, error FROM images"
+        sql = "SELECT id, path, size, mtime_ns, sha256, status, error, ctime_ns, inode FROM images"
         inside = None if under is None else PathFilter(under)
         for r in self.db.execute(sql + " ORDER BY path").fetchall():
             row = FileRow(r[0], _path_out(r[1]), *r[2:])
@@ -208,8 +224,9 @@ class Store:
                 yield row
 
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
-              touches: Iterable[tuple[int, int, int]] = ()) -> None:
-        """One transaction: insert/replace files by path, delete ids, update (id, nbytes, mtime_ns)."""
+              touches: Iterable[Touch | tuple[int, int, int]] = ()) -> None:
+        """One transaction: insert/replace files by path, delete ids, update the stats of `touches`
+        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown)."""
         upserts, deletes = list(upserts), list(deletes)
         with self.transaction():
             if upserts or deletes:
@@ -218,20 +235,23 @@ class Store:
                 blob = None if u.descriptor is None else np.ascontiguousarray(u.descriptor, np.float32).tobytes()
                 gh, gw = u.grid if u.grid is not None else (None, None)
                 self.db.execute(
-                    "INSERT INTO images(path, size, mtime_ns, sha256, width, height, status, error, descriptor, "
-                    "local_feats, local_coords, grid_h, grid_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
-                    "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, width=excluded.width, "
+                    "INSERT INTO images(path, size, mtime_ns, ctime_ns, inode, sha256, width, height, status, error, "
+                    "descriptor, local_feats, local_coords, grid_h, grid_w) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
+                    "inode=excluded.inode, sha256=excluded.sha256, width=excluded.width, "
                     "height=excluded.height, status=excluded.status, error=excluded.error, "
                     "descriptor=excluded.descriptor, local_feats=excluded.local_feats, "
                     "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w",
-                    [_path_in(u.path), u.nbytes, u.mtime_ns, u.sha256, u.width, u.height, u.status, None if u.error is None else shown(u.error), blob,
-                     u.local_feats, u.local_coords, gh, gw],
+                    [_path_in(u.path), u.nbytes, *_stat(u.mtime_ns, u.ctime_ns, u.inode), u.sha256, u.width,
+                     u.height, u.status, None if u.error is None else shown(u.error), blob, u.local_feats,
+                     u.local_coords, gh, gw],
                 )
             for i in deletes:
                 self.db.execute("DELETE FROM images WHERE id = ?", [int(i)])
-            for i, size, mtime_ns in touches:
-                self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", [size, mtime_ns, int(i)])
+            for t in (Touch(*x) for x in touches):
+                self.db.execute("UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
+                                [t.nbytes, *_stat(t.mtime_ns, t.ctime_ns, t.inode), int(t.id)])
             self._bump()
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -305,3 +325,10 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return [(_path_out(p), e) for p, e in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+def _stat(mtime_ns: int, ctime_ns: int | None, inode: int | None) -> tuple[int, int | None, int | None]:
+    """A file's times and inode as SQLite INTEGERs (int64), None kept as NULL: whatever a caller
+    passes, one file's odd metadata never fails the transaction it is in."""
+    return (int64_time(mtime_ns), None if ctime_ns is None else int64_time(ctime_ns),
+            None if inode is None else int64_id(inode))
