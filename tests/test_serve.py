@@ -33,6 +33,7 @@ from .helpers import Server, free_port
 
 runner = CliRunner()
 TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
+LOCAL = "http://127.0.0.1"  # TestClient's own default, http://testserver, is not a name the server answers to
 
 
 def _cli(*args: str) -> Any:
@@ -43,7 +44,7 @@ def _cli(*args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def client(served):
-    with TestClient(create_app(served["index"])) as c:
+    with TestClient(create_app(served["index"]), base_url=LOCAL) as c:
         yield c
 
 
@@ -149,7 +150,7 @@ def test_box_pairs_are_in_the_uploaded_images_pixels(client, served):
 
 
 def test_query_cache_is_bounded(served):
-    with TestClient(create_app(served["index"], cache_size=2)) as c:
+    with TestClient(create_app(served["index"], cache_size=2), base_url=LOCAL) as c:
         qids = [_search(c, served["query"], k="1").json()["query"] for _ in range(3)]
         image_id = 1
         assert c.get(f"/api/queries/{qids[0]}/matches/{image_id}").status_code == 404
@@ -160,7 +161,7 @@ def test_query_cache_is_bounded_by_upload_bytes(served):
     """Uploads are kept (their pictures are drawn only when asked for): a byte budget below two
     uploads keeps only the newest query, however many the count allows."""
     size = Path(served["query"]).stat().st_size
-    with TestClient(create_app(served["index"], cache_size=8, cache_bytes=size + size // 2)) as c:
+    with TestClient(create_app(served["index"], cache_size=8, cache_bytes=size + size // 2), base_url=LOCAL) as c:
         qids = [_search(c, served["query"], k="1").json()["query"] for _ in range(3)]
         assert len(c.app.state.cache) == 1 and c.app.state.cache.nbytes() == size
         assert c.get(f"/api/queries/{qids[1]}/matches/1").status_code == 404
@@ -210,7 +211,7 @@ def test_no_file_and_wrong_method(client):
 
 
 def test_oversized_upload_is_413_without_reading_it_all(served):
-    with TestClient(create_app(served["index"], max_upload=20_000)) as c:
+    with TestClient(create_app(served["index"], max_upload=20_000), base_url=LOCAL) as c:
         big = b"\xff" * 200_000
         r = c.post("/api/search", files={"image": ("big.jpg", big)})
         assert r.status_code == 413 and "20000" in r.json()["error"]
@@ -256,7 +257,7 @@ def test_parse_size():
 
 
 def test_token_required_on_every_api_request(served):
-    with TestClient(create_app(served["index"], token="s3cret")) as c:
+    with TestClient(create_app(served["index"], token="s3cret"), base_url=LOCAL) as c:
         for path in ["/api/health", "/api/info", "/api/images/1", "/api/queries/x/matches/1", "/api/nothing"]:
             assert c.get(path).status_code == 401, path
             assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -326,7 +327,7 @@ def test_new_images_from_a_concurrent_index_run_are_seen(served, tmp_path):
     shutil.copytree(served["photos"], photos)
     ix = tmp_path / "ix"
     _cli("index", str(photos), "--index", str(ix), *TINY)
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url=LOCAL) as c:
         assert c.get("/api/health").json()["images"] == 9
         new = photos / "new.jpg"
         synth_photo(999, (300, 300)).save(new, quality=92)
@@ -362,7 +363,7 @@ def odd(tmp_path_factory) -> dict[str, Path]:
 
 def test_non_utf8_file_names_are_answered_as_the_cli_writes_them(odd):
     """Before the fix every answer naming such a file was 500 (UnicodeEncodeError): search, info."""
-    with TestClient(create_app(odd["index"])) as c:
+    with TestClient(create_app(odd["index"]), base_url=LOCAL) as c:
         r = _search(c, odd["photos"] / "p0.jpg", k="7")
         assert r.status_code == 200, r.text
         assert "\\udcff\\udcfe" in r.text  # JSON's escape of the surrogates, as `--json` prints them

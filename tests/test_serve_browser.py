@@ -5,6 +5,7 @@ is not a tested page."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import pytest
 
@@ -163,4 +164,149 @@ def test_page_shows_non_utf8_file_names(tmp_path):
             assert page.locator("#status").text_content() == ""  # no error shown
         finally:
             browser.close()
+    assert errors == []
+
+
+# --- other origins (docs/serve.md, "Security") -------------------------------------------------------
+# What a hostile page runs against the server at `base` ("" for its own origin): read the index,
+# show a photo, and search with a picture it draws. Promise results: a status, "blocked" (the
+# browser kept the answer from the page), "opaque" (no-cors: sent, answer unreadable), "error".
+ATTACK = """async (base) => {
+  const out = {};
+  try { const r = await fetch(base + "/api/info"); out.info = r.status; } catch (e) { out.info = "blocked"; }
+  out.img = await new Promise((done) => {
+    const i = new Image(); i.onload = () => done(i.naturalWidth); i.onerror = () => done("error");
+    i.src = base + "/api/images/1?max=64";
+  });
+  const c = document.createElement("canvas"); c.width = 64; c.height = 48;
+  c.getContext("2d").fillRect(8, 8, 30, 20);
+  const blob = await new Promise((done) => c.toBlob(done, "image/jpeg"));
+  const form = new FormData(); form.append("image", blob, "q.jpg"); form.append("k", "1000000");
+  try {
+    const r = await fetch(base + "/api/search", { method: "POST", body: form, mode: base ? "no-cors" : "cors" });
+    out.post = r.type === "opaque" ? "opaque" : r.status;
+  } catch (e) { out.post = "blocked"; }
+  return out;
+}"""
+
+
+@pytest.fixture(scope="module")
+def attacked(served):
+    """A server on 127.0.0.1, a second origin's server on another loopback port (its page is reached
+    as http://127.0.0.1:OTHER, same-site, and as http://evil.example:OTHER, cross-site), and one
+    chromium in which rebind.example and evil.example resolve to 127.0.0.1 (DNS rebinding without DNS)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+
+    class Attacker(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = b"<!doctype html><title>another site</title><p>nothing to see"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    app = create_app(served["index"])
+    p = sync_playwright().start()
+    try:
+        with Server(app) as url:
+            # Local Network Access off: Chromium alone (not Firefox, not Safari) keeps a page it
+            # counts as public, as the rebound page is, from reaching loopback; the server must not rely on it
+            browser = p.chromium.launch(executable_path=_chromium(), args=[
+                "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP rebind.example 127.0.0.1, "
+                                                 "MAP evil.example 127.0.0.1",
+                "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"])
+            try:
+                yield {"browser": browser, "url": url, "port": int(url.rsplit(":", 1)[1]), "app": app,
+                       "other": other.server_address[1]}
+            finally:
+                browser.close()
+    finally:
+        p.stop()
+        other.shutdown()
+        other.server_close()
+
+
+def _refusals(caplog) -> list[str]:
+    """The server's refusals of /api requests (not of a favicon the browser asks for on its own)."""
+    return [m for m in (r.getMessage() for r in caplog.records if r.name.startswith("retrieval.serve"))
+            if m.startswith("refused ") and m.split()[2].startswith("/api/")]
+
+
+def test_a_rebound_name_gets_nothing(attacked, caplog):
+    """DNS rebinding: a page at rebind.example:PORT, its name re-pointed at 127.0.0.1, is the
+    server's origin to the browser, so only the Host check stands between it and the index.
+    Before: it read /api/info (200), showed photos and searched with k=1000000."""
+    port, app = attacked["port"], attacked["app"]
+    context = attacked["browser"].new_context()
+    try:
+        page = context.new_page()
+        assert page.goto(f"http://rebind.example:{port}/").status == 400  # the page itself
+        # the attacker's own page, served under that name before the name was re-pointed
+        context.route(f"http://rebind.example:{port}/attack.html",
+                      lambda route: route.fulfill(body='<!doctype html><link rel="icon" href="data:,"><p>hello',
+                                                    content_type="text/html"))
+        page.goto(f"http://rebind.example:{port}/attack.html")
+        before = len(app.state.cache)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="retrieval.serve"):
+            got = page.evaluate(ATTACK, "")
+        assert got == {"info": 400, "img": "error", "post": 400}
+        assert len(app.state.cache) == before
+        refused = _refusals(caplog)
+        assert len(refused) == 3 and all("rebind.example" in x for x in refused), refused
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("site", ["evil.example", "127.0.0.1"])  # cross-site; same site, another port
+def test_another_origin_can_neither_show_nor_search(attacked, caplog, site):
+    """Before: another site's <img src=http://127.0.0.1:PORT/api/images/1> loaded (so it could
+    show and count the photos), and its blind POST searched, evicting the user's cached queries."""
+    url, app = attacked["url"], attacked["app"]
+    context = attacked["browser"].new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://{site}:{attacked['other']}/")
+        before = len(app.state.cache)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="retrieval.serve"):
+            got = page.evaluate(ATTACK, url)
+        assert got == {"info": "blocked", "img": "error", "post": "blocked"}  # before: "opaque", sent and run
+        assert len(app.state.cache) == before  # the POST did not search
+        refused = _refusals(caplog)
+        assert len(refused) == 3 and all("Sec-Fetch-Site" in x for x in refused), refused
+        assert {x.split()[2].split(":")[0] for x in refused} == {"/api/info", "/api/images/1", "/api/search"}
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
+def test_the_page_itself_still_reads_shows_and_searches(attacked, name):
+    """The same requests from the server's own origin work, under its real CSP (no bypass)."""
+    app = attacked["app"]
+    context = attacked["browser"].new_context()
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        assert page.goto(f"http://{name}:{attacked['port']}/").status == 200
+        page.wait_for_selector("#status:has-text('9 images')")
+        before = len(app.state.cache)
+        got = page.evaluate(ATTACK, "")
+        assert got["info"] == 200 and got["post"] == 200 and isinstance(got["img"], int) and got["img"] > 0, got
+        assert len(app.state.cache) == before + 1
+    finally:
+        context.close()
     assert errors == []

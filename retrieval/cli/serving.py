@@ -24,6 +24,9 @@ def serve(
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved.")] = None,
     device: Device = None,
     max_upload: Annotated[str, typer.Option("--max-upload", help="Largest query upload accepted (50MB, 1GiB, ...).")] = "50MB",
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", metavar="NAME", help="Also answer requests whose Host header is NAME (repeatable; e.g. the "
+                                             "name a reverse proxy forwards). Other names are refused (400).")] = None,
 ) -> None:
     """HTTP API and web page over an index; the model stays loaded (docs/serve.md). Ctrl-C stops."""
     import ipaddress
@@ -43,7 +46,8 @@ def serve(
     sockets = service.bind(host.strip("[]"), port)  # before the model loads: a port in use is one line, at once
     try:
         web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
-                                 weights=None if weights is None else str(weights), device=device)
+                                 weights=None if weights is None else str(weights), device=device,
+                                 host=host, allow_hosts=allow_host or ())
         shown_host = f"[{host.strip('[]')}]" if ":" in host else host
         typer.echo(f"serving {shown(str(_index_dir(index)))} on http://{shown_host}:{sockets[0].getsockname()[1]}/"
                    + ("?token=..." if token else "") + "  (Ctrl-C stops)")

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
+from .guard import Guard, Hosts, check_token
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 def parse_size(text: str) -> int:
@@ -109,11 +108,16 @@ class _QueryCache:
 def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                weights: str | None = None, device: str | None = None, cache_size: int = 64,
                cache_bytes: int = DEFAULT_CACHE_BYTES,
-               window: float = 0.0, max_batch: int = 16) -> Starlette:
+               window: float = 0.0, max_batch: int = 16,
+               host: str = "127.0.0.1", allow_hosts: Sequence[str] = ()) -> Starlette:
     """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
     thread; closed when the app shuts down. token: every /api/ request must carry
     `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted.
-    window: seconds a search waits for others to share its forward pass (see batching.Batcher)."""
+    window: seconds a search waits for others to share its forward pass (see batching.Batcher).
+    host: the address it listens on; a request's Host header must name it, localhost, a loopback
+    address or one of allow_hosts (guard.Hosts; any address when host is 0.0.0.0 or ::)."""
+    check_token(token)
+    hosts = Hosts.of(host, allow=allow_hosts)
     thread = IndexThread(index_path, weights=weights, device=device)
     batcher = Batcher(thread, window=window, max_batch=max_batch)
     cache = _QueryCache(cache_size, cache_bytes)
@@ -194,7 +198,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
                     exception_handlers={HTTPException: _http_error, RetrievalError: _retrieval_error,
                                         Exception: _unexpected})
     app.state.thread, app.state.batcher, app.state.cache = thread, batcher, cache
-    app.add_middleware(_Guard, token=token)
+    app.add_middleware(Guard, token=token, hosts=hosts)
     return app
 
 
@@ -309,41 +313,6 @@ async def _retrieval_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
-
-
-class _Guard:
-    """Token check on every /api/ request (when a token is set), and headers that keep the page's
-    content its own (no sniffing, no framing, scripts and images from this server only)."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, token: str | None) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.token is not None and scope["path"].startswith("/api/"):
-            headers = dict(scope["headers"])
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if not secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                why = "missing" if not given else "wrong"
-                await _error(401, f"{why} token: send the header Authorization: Bearer <token> "
-                                  f"(the one `retrieve serve --token` was started with)")(scope, receive, send)
-                return
-
-        async def send_secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"content-security-policy",
-                     b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_secured)
 
 
 __all__ = ["DEFAULT_MAX_UPLOAD", "create_app", "parse_size"]
