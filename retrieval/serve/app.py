@@ -28,7 +28,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -37,15 +37,16 @@ from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
+from .limits import MAX_ID, MAX_K, MAX_SIDE, clip, whole_number
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # a bbox coordinate: ASCII, no sign, exponent or '_'
+_BBOX = re.compile(rf"\s*{_NUMBER}\s*(?:,\s*{_NUMBER}\s*){{3}}")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,17 +54,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def parse_size(text: str) -> int:
-    """'50MB' -> 50_000_000, '1MiB' -> 1048576, '2048' -> 2048; UsageError otherwise."""
-    m = _SIZE.match(text)
-    unit = (m.group(2) or "").lower().removesuffix("b") if m else ""
-    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise UsageError(f"--max-upload must be a size like 50MB, 512KB or 1GiB, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 class _TooLarge(Exception):
     pass
+
 
 
 class _JSON(JSONResponse):
@@ -100,7 +93,7 @@ class _QueryCache:
 
     def get(self, qid: str) -> Searched:
         if qid not in self._items:
-            raise HTTPException(404, f"query {qid!r} is not among the {self.size} most recent searches; "
+            raise HTTPException(404, f"query {clip(qid)} is not among the {self.size} most recent searches; "
                                      f"search again (POST /api/search) for a new query id")
         self._items.move_to_end(qid)
         return self._items[qid]
@@ -153,8 +146,8 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
                       "size": list(searched.query.size)})
 
     async def image(request: Request) -> Response:
-        image_id = request.path_params["id"]
-        max_side = _int_param(request, "max", low=16)
+        image_id = _image_id(request)
+        max_side = _int_param(request, "max", low=16, high=MAX_SIDE)
         data = await thread.call(lambda idx: indexed_picture(idx, image_id, max_side=max_side))
         if data is None:
             raise HTTPException(404, f"no indexed image with id {image_id}")
@@ -162,7 +155,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
 
     async def matches(request: Request) -> Response:
         searched = cache.get(request.path_params["qid"])
-        image_id = request.path_params["id"]
+        image_id = _image_id(request)
         fmt = request.query_params.get("format", "json")
         kind = request.query_params.get("kind", "matches")
         if fmt not in ("json", "png"):
@@ -186,13 +179,13 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         Route("/api/health", health),
         Route("/api/info", info),
         Route("/api/search", search, methods=["POST"]),
-        Route("/api/images/{id:int}", image),
-        Route("/api/queries/{qid:str}/matches/{id:int}", matches),
+        Route("/api/images/{id}", image),
+        Route("/api/queries/{qid}/matches/{id}", matches),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, RetrievalError: _retrieval_error,
-                                        Exception: _unexpected})
+                                        ClientDisconnect: _disconnected, Exception: _unexpected})
     app.state.thread, app.state.batcher, app.state.cache = thread, batcher, cache
     app.add_middleware(_Guard, token=token)
     return app
@@ -203,8 +196,8 @@ async def _job(form: Any, uploads: Path) -> SearchJob:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
-    k = _int_field(form.get("k"), "k", default=10, low=1)
-    qe = _int_field(form.get("qe"), "qe", default=0, low=0)
+    k = _int_field(form.get("k"), "k", default=10, low=1, high=MAX_K)
+    qe = _int_field(form.get("qe"), "qe", default=0, low=0, high=MAX_K)
     rerank = _bool_field(form.get("rerank"), "rerank")
     bbox = _bbox_field(form.get("bbox"))
     fd, name = tempfile.mkstemp(dir=uploads, prefix="query-")
@@ -221,17 +214,9 @@ def _field(value: Any, name: str) -> str | None:
     return value.strip() or None
 
 
-def _int_field(value: Any, name: str, *, default: int, low: int) -> int:
+def _int_field(value: Any, name: str, *, default: int, low: int, high: int) -> int:
     text = _field(value, name)
-    if text is None:
-        return default
-    try:
-        n = int(text)
-    except ValueError:
-        raise HTTPException(400, f"{name} must be a whole number >= {low}, got {text[:40]!r}") from None
-    if n < low:
-        raise HTTPException(400, f"{name} must be at least {low}, got {n}")
-    return n
+    return default if text is None else whole_number(text, name, low=low, high=high)
 
 
 def _bool_field(value: Any, name: str) -> bool:
@@ -242,27 +227,35 @@ def _bool_field(value: Any, name: str) -> bool:
         return True
     if text.lower() in ("false", "0", "no", "off"):
         return False
-    raise HTTPException(400, f"{name} must be true or false, got {text[:40]!r}")
+    raise HTTPException(400, f"{name} must be true or false, got {clip(text)}")
 
 
 def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
     text = _field(value, "bbox")
     if text is None:
         return None
-    try:
-        x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text[:80]!r}") from None
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x1 < 0 or y1 < 0:
-        raise HTTPException(400, f"bbox needs finite, non-negative numbers, got {text[:80]!r}")
+    if not _BBOX.fullmatch(text):
+        raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, as finite, "
+                                 f"non-negative numbers in digits 0-9, got {clip(text)}")
+    x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # 400 digits are beyond a float
+        raise HTTPException(400, f"bbox needs finite numbers, got {clip(text)}")
     if x2 <= x1 or y2 <= y1:
-        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {text[:80]!r}")
+        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {clip(text)}")
     return x1, y1, x2, y2
 
 
-def _int_param(request: Request, name: str, *, low: int) -> int | None:
+def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:
     text = request.query_params.get(name)
-    return None if text is None else _int_field(text, name, default=0, low=low)
+    return None if text is None else _int_field(text, name, default=0, low=low, high=high)
+
+
+def _image_id(request: Request) -> int:
+    """The id in the path; 404 for anything that cannot be an indexed image's id."""
+    text = request.path_params["id"]
+    if not _ID.fullmatch(text) or int(text) > MAX_ID:
+        raise HTTPException(404, f"no indexed image with id {clip(text)}")
+    return int(text)
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
@@ -306,6 +299,13 @@ async def _retrieval_error(request: Request, exc: Exception) -> Response:
     return _error(409, str(exc))
 
 
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away while its request was read (a closed tab, a cancelled upload): not an
+    error of ours, and nobody is left to answer."""
+    log.debug("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
@@ -346,4 +346,4 @@ class _Guard:
         await self.app(scope, receive, send_secured)
 
 
-__all__ = ["DEFAULT_MAX_UPLOAD", "create_app", "parse_size"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "create_app"]

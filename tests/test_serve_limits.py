@@ -1,0 +1,151 @@
+"""retrieve serve under hostile or careless clients (issue 23: items 6, 7, 10, 11): out-of-range
+ids, disconnects mid-upload, unbounded or oddly written numbers, state that grows with uptime.
+
+Live servers listen on 127.0.0.1 only; every client loop below is bounded and stops by itself."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from retrieval.serve import create_app
+
+from .conftest import ROOT
+from .helpers import free_port
+
+MULTIPART_HEAD = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                  b"Content-Type: image/jpeg\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Iterator[TestClient]:
+    with TestClient(create_app(served["index"])) as c:
+        yield c
+
+
+def _search(c: Any, path: Path, **fields: str) -> httpx.Response:
+    return c.post("/api/search", files={"image": ("q.jpg", path.read_bytes(), "image/jpeg")}, data=fields)
+
+
+def _one_line_error(r: httpx.Response, status: int, needle: str) -> str:
+    assert r.status_code == status, r.text
+    message = r.json()["error"]
+    assert set(r.json()) == {"error"} and "\n" not in message and needle in message, message
+    return message
+
+
+# --- 6: ids out of range ----------------------------------------------------------------------------
+@pytest.mark.parametrize("image_id", ["9223372036854775808", "99999999999999999999", "9" * 5000, "٣", "1_0", "+1"])
+def test_ids_out_of_range_are_404(client, served, image_id):
+    """Before: 500 (OverflowError from SQLite; ValueError past 4300 digits)."""
+    qid = _search(client, served["query"], k="1").json()["query"]
+    for path in (f"/api/images/{image_id}", f"/api/queries/{qid}/matches/{image_id}",
+                 f"/api/queries/{qid}/matches/{image_id}?format=png"):
+        message = _one_line_error(client.get(path), 404, "no indexed image with id")
+        assert len(message) < 200, message  # the id is shown cut short
+    assert client.get(f"/api/images/{2**63 - 1}").status_code == 404  # the largest id: looked up, not there
+    assert client.get("/api/images/1").status_code == 200
+
+
+# --- 10: numbers bounded and written in ASCII digits; echoed values cut short -------------------------
+@pytest.mark.parametrize("fields, needle", [
+    ({"k": str(10**30)}, "at most 1000"),
+    ({"k": "1001"}, "at most 1000"),
+    ({"k": "9" * 10_000}, "at most 1000"),
+    ({"k": "٣"}, "digits 0-9"),
+    ({"k": "1_0"}, "digits 0-9"),
+    ({"k": "+3"}, "digits 0-9"),
+    ({"k": "0"}, "at least 1"),
+    ({"qe": "1001"}, "at most 1000"),
+    ({"qe": "٢"}, "digits 0-9"),
+    ({"qe": "-1"}, "at least 0"),
+    ({"bbox": "1_0,1,50,50"}, "digits 0-9"),
+    ({"bbox": "١,1,50,50"}, "digits 0-9"),
+    ({"bbox": "1e1,1,50,50"}, "digits 0-9"),
+])
+def test_numbers_are_bounded_and_strict(client, served, fields, needle):
+    message = _one_line_error(_search(client, served["query"], **fields), 400, needle)
+    assert len(message) < 200, message
+
+
+def test_the_bounds_themselves_are_accepted(client, served):
+    body = _search(client, served["query"], k="1000", qe=" 2 ", bbox="10,10.5,200,150.").json()
+    assert len(body["hits"]) == 9  # the whole (small) index: k=1000 is allowed
+    r = client.get(f"/api/images/{body['hits'][0]['id']}?max=4096")
+    assert r.status_code == 200
+    for bad, needle in (("4097", "at most 4096"), ("١٠٠", "digits 0-9"), ("1_00", "digits 0-9"), ("15", "at least 16")):
+        _one_line_error(client.get(f"/api/images/{body['hits'][0]['id']}?max={bad}"), 400, needle)
+
+
+def test_a_long_query_id_is_not_echoed_whole(client):
+    qid = "q" * 10_000
+    message = _one_line_error(client.get(f"/api/queries/{qid}/matches/1"), 404, "most recent searches")
+    assert len(message) < 300 and qid not in message, len(message)
+
+
+# --- 11: no state that grows with uptime -------------------------------------------------------------
+def test_batcher_state_does_not_grow_with_searches(served):
+    """Before: Batcher.batches gained an entry per embedding call for the life of the server."""
+    n = 24
+    with TestClient(create_app(served["index"])) as c:
+        for _ in range(n):
+            assert _search(c, served["query"], k="1").status_code == 200
+        batcher = c.app.state.batcher
+        sizes = {name: len(v) for name, v in vars(batcher).items() if hasattr(v, "__len__")}
+        assert all(size < n for size in sizes.values()), sizes
+        assert (batcher.embedded.calls, batcher.embedded.queries) == (n, n)
+
+
+# --- 7: a client that disconnects mid-upload: one debug line at most (real `retrieve serve`) ------------
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "retrieval", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _wait_up(proc: subprocess.Popen[str], url: str, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(url + "api/health", headers=headers, timeout=10)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not answer"
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_disconnects_mid_upload_are_not_logged_as_errors(served):
+    """Before: each one logged a ~50-line ClientDisconnect traceback, twice (ours and uvicorn's)."""
+    port = free_port()
+    proc = _start("--index", str(served["index"]), "--port", str(port))
+    try:
+        _wait_up(proc, f"http://127.0.0.1:{port}/")
+        head = (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100000\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode() + MULTIPART_HEAD
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head + b"\xff" * 1000)
+                time.sleep(0.05)  # the server is reading the body when the client goes
+        r = httpx.post(f"http://127.0.0.1:{port}/api/search", timeout=60,
+                       files={"image": ("q.jpg", served["query"].read_bytes())})
+        assert r.status_code == 200
+    finally:
+        _, err = _stop(proc)
+    lines = [x for x in err.splitlines() if x.strip() and "random weights" not in x]
+    assert lines == [], err[-3000:]
