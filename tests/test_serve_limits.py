@@ -1,5 +1,6 @@
-"""retrieve serve under hostile or careless clients (issue 23: items 6, 7, 10, 11): out-of-range
-ids, disconnects mid-upload, unbounded or oddly written numbers, state that grows with uptime.
+"""retrieve serve under hostile or careless clients (issue 23: items 6, 7, 8, 10, 11):
+out-of-range ids, disconnects mid-upload, slow and surplus connections, unbounded or oddly
+written numbers, state that grows with uptime.
 
 Live servers listen on 127.0.0.1 only; every client loop below is bounded and stops by itself."""
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
-from retrieval.serve import create_app
+from retrieval.serve import Limits, bind, create_app, server_config
 
 from .conftest import ROOT
-from .helpers import free_port
+from .helpers import Server, free_port
 
 MULTIPART_HEAD = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
                   b"Content-Type: image/jpeg\r\n\r\n")
@@ -104,6 +107,159 @@ def test_batcher_state_does_not_grow_with_searches(served):
         sizes = {name: len(v) for name, v in vars(batcher).items() if hasattr(v, "__len__")}
         assert all(size < n for size in sizes.values()), sizes
         assert (batcher.embedded.calls, batcher.embedded.queries) == (n, n)
+
+
+# --- 8: slow and surplus connections, against a live server -------------------------------------------
+class _Live(Server):
+    """`retrieve serve`'s uvicorn settings (server_config) under `limits`, on a loopback port, in a thread."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:  # not super().__init__: that builds its own config
+        self.sockets = bind("127.0.0.1", 0)
+        self.port = self.sockets[0].getsockname()[1]
+        self.server = uvicorn.Server(server_config(app, limits))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": self.sockets}, daemon=True)
+
+    def __enter__(self) -> _Live:  # type: ignore[override]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        for s in self.sockets:
+            s.close()
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        s.settimeout(0.2)
+        return s
+
+    def health(self) -> int:
+        return httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=30).status_code
+
+
+SHORT = Limits(head_timeout=1.0, body_timeout=1.0, keep_alive=1, max_connections=6)
+
+
+@pytest.fixture()
+def live(served) -> Iterator[_Live]:
+    with _Live(create_app(served["index"], body_timeout=SHORT.body_timeout), SHORT) as server:
+        yield server
+
+
+def _trickle(s: socket.socket, pieces: Iterator[bytes], *, every: float = 0.2, most: int = 40) -> bytes | None:
+    """Send one piece every `every` seconds, at most `most` of them (8 s: many times the limits),
+    reading what comes back. What the server sent before it closed the connection, or None when
+    it was still open after the last piece."""
+    got = b""
+    for _, piece in zip(range(most), pieces):
+        try:
+            s.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return got
+        end = time.monotonic() + every
+        while time.monotonic() < end:
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return got
+            if not data:
+                return got
+            got += data
+    return None
+
+
+def _endless(first: bytes, then: bytes) -> Iterator[bytes]:
+    yield first
+    while True:
+        yield then
+
+
+def test_a_client_trickling_its_headers_is_closed(live):
+    """Before: a header line every 2 s kept a connection open for ever (any byte reset
+    uvicorn's keep-alive timer). Now the head has head_timeout seconds, then 408 and closed."""
+    with live.connect() as s:
+        got = _trickle(s, _endless(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n".encode(),
+                                   b"X-Slow: 1\r\n"))
+    assert got is not None, "still open after 40 header lines"
+    assert got.startswith(b"HTTP/1.1 408 "), got[:100]
+    assert live.health() == 200  # others are served meanwhile and after
+
+
+def test_an_idle_connection_is_closed(live):
+    with live.connect() as s:
+        assert _trickle(s, iter([b""] * 40)) == b""  # closed without a word: nothing was asked
+
+
+def test_a_client_trickling_its_body_gets_408_and_is_closed(live):
+    """Before: an upload at 1 byte/s stayed open for as long as the client liked."""
+    head = (f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nContent-Length: 100000\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode() + MULTIPART_HEAD
+    with live.connect() as s:
+        got = _trickle(s, _endless(head, b"\xff"))
+    assert got is not None, "still open after 40 bytes of body"
+    status, _, rest = got.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert b"took longer than 1 s" in rest
+    assert live.health() == 200
+
+
+def test_an_unread_body_does_not_hold_the_connection(live):
+    """A request answered without reading its body (a GET with one): the trickled rest of it is
+    not a new request head, and the connection is closed head_timeout after the answer."""
+    head = f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nContent-Length: 100000\r\n\r\n".encode()
+    with live.connect() as s:
+        got = _trickle(s, _endless(head, b"x"))
+    assert got is not None and got.startswith(b"HTTP/1.1 200 "), got
+
+
+def test_connections_beyond_the_limit_are_answered_503(served):
+    with _Live(create_app(served["index"]), Limits(max_connections=6)) as live:
+        _beyond_the_limit(live)
+
+
+def _beyond_the_limit(live: _Live) -> None:
+    held = [live.connect() for _ in range(6)]
+    try:
+        time.sleep(0.2)  # the server has accepted them
+        with live.connect() as extra:
+            got = _trickle(extra, _endless(f"GET /api/health HTTP/1.1\r\nHost: x:{live.port}\r\n\r\n".encode(), b""))
+        assert got is not None and got.startswith(b"HTTP/1.1 503 "), got
+        assert b"6 connections open" in got
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # the held ones are gone (their closing is seen by the server's loop): served again
+        try:
+            assert live.health() == 200
+            break
+        except (httpx.TransportError, AssertionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_an_oversized_head_is_400_and_closed(live):
+    """h11 buffers at most max_head bytes while a head is incomplete (a head that arrives whole
+    in one read is parsed whatever its size, and costs no more than that read)."""
+    with live.connect() as s:
+        got = _trickle(s, _endless(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\nX-Big: ".encode(),
+                                   b"x" * 4096))
+    assert got is not None and got.startswith(b"HTTP/1.1 400 "), got
+
+
+def test_a_normal_client_keeps_working_among_slow_ones(live, served):
+    slow = [live.connect() for _ in range(3)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /api/health HTTP/1.1\r\n")
+        with httpx.Client(base_url=f"http://127.0.0.1:{live.port}", timeout=60) as c:
+            for _ in range(3):  # one connection, kept alive between requests
+                assert _search(c, served["query"], k="2").status_code == 200
+    finally:
+        for s in slow:
+            s.close()
 
 
 # --- 7: a client that disconnects mid-upload: one debug line at most (real `retrieve serve`) ------------

@@ -30,7 +30,7 @@ def serve(
 
     from .. import serve as service
 
-    limit = service.parse_size(max_upload)
+    limit, limits = service.parse_size(max_upload), service.Limits()
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -43,11 +43,12 @@ def serve(
     sockets = service.bind(host.strip("[]"), port)  # before the model loads: a port in use is one line, at once
     try:
         web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
+                                 body_timeout=limits.body_timeout,
                                  weights=None if weights is None else str(weights), device=device)
         shown_host = f"[{host.strip('[]')}]" if ":" in host else host
         typer.echo(f"serving {shown(str(_index_dir(index)))} on http://{shown_host}:{sockets[0].getsockname()[1]}/"
                    + ("?token=..." if token else "") + "  (Ctrl-C stops)")
-        server = uvicorn.Server(uvicorn.Config(web, log_level="warning"))
+        server = uvicorn.Server(service.server_config(web, limits))
         try:
             server.run(sockets=sockets)  # these very sockets: nothing can take the port in between
         except KeyboardInterrupt:  # a second Ctrl-C, or the first one raised again after a clean stop

@@ -6,7 +6,8 @@ The top layer beside the CLI (retrieval/cli): it imports the engine only (and co
 from __future__ import annotations
 
 from .app import DEFAULT_MAX_UPLOAD, create_app
-from .limits import parse_size
+from .connections import server_config
+from .limits import Limits, parse_size
 from .sockets import bind
 
-__all__ = ["DEFAULT_MAX_UPLOAD", "bind", "create_app", "parse_size"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "Limits", "bind", "create_app", "parse_size", "server_config"]

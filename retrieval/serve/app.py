@@ -19,8 +19,9 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
-from .limits import MAX_ID, MAX_K, MAX_SIDE, clip, whole_number
+from .limits import MAX_ID, MAX_K, MAX_SIDE, Limits, clip, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ Send = Callable[[Message], Awaitable[None]]
 class _TooLarge(Exception):
     pass
 
+
+class _TooSlow(Exception):
+    pass
 
 
 class _JSON(JSONResponse):
@@ -101,11 +105,12 @@ class _QueryCache:
 
 def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                weights: str | None = None, device: str | None = None, cache_size: int = 64,
-               cache_bytes: int = DEFAULT_CACHE_BYTES,
+               cache_bytes: int = DEFAULT_CACHE_BYTES, body_timeout: float = Limits.body_timeout,
                window: float = 0.0, max_batch: int = 16) -> Starlette:
     """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
     thread; closed when the app shuts down. token: every /api/ request must carry
-    `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted.
+    `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted;
+    body_timeout: seconds it may take to arrive (408 after that).
     window: seconds a search waits for others to share its forward pass (see batching.Batcher)."""
     thread = IndexThread(index_path, weights=weights, device=device)
     batcher = Batcher(thread, window=window, max_batch=max_batch)
@@ -132,12 +137,15 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         if length is not None and length.isdigit() and int(length) > max_upload:
             raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of {max_upload} bytes "
                                      f"(--max-upload)")
-        counted = Request(request.scope, receive=_counting(request.receive, max_upload))
+        counted = Request(request.scope, receive=_counting(request.receive, max_upload, seconds=body_timeout))
         try:
             async with counted.form(max_files=1, max_fields=8) as form:
                 job = await _job(form, uploads)
         except _TooLarge:
             raise HTTPException(413, f"upload is over the limit of {max_upload} bytes (--max-upload)") from None
+        except _TooSlow:
+            raise HTTPException(408, f"the upload took longer than {body_timeout:g} s to arrive",
+                                headers={"Connection": "close"}) from None
         searched = await batcher.search(job)
         qid = cache.put(searched)
         hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
@@ -258,13 +266,19 @@ def _image_id(request: Request) -> int:
     return int(text)
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
-    """`receive` that raises _TooLarge once the body passes `limit` bytes (whatever Content-Length said)."""
+def _counting(receive: Receive, limit: int, *, seconds: float | None = None) -> Receive:
+    """`receive` that raises _TooLarge once the body passes `limit` bytes (whatever Content-Length
+    said), and _TooSlow once it has taken more than `seconds` from now."""
     seen = 0
+    deadline = None if seconds is None else time.monotonic() + seconds
 
     async def wrapped() -> Message:
         nonlocal seen
-        message = await receive()
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = await asyncio.wait_for(receive(), left)
+        except TimeoutError:
+            raise _TooSlow() from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
@@ -274,10 +288,10 @@ def _counting(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-def _error(status: int, message: str) -> Response:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """`{"error": "one line"}` for people: a file name's bytes that are not UTF-8 written as \\xNN,
     as the CLI's messages write them."""
-    return _JSON({"error": shown(" ".join(str(message).split()))}, status_code=status)
+    return _JSON({"error": shown(" ".join(str(message).split()))}, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -286,7 +300,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _error(404, f"no such resource: {request.url.path[:200]}")
     if exc.status_code == 405:
         return _error(405, f"{request.method} is not allowed on {request.url.path[:200]}")
-    return _error(exc.status_code, exc.detail)
+    return _error(exc.status_code, exc.detail, exc.headers)
 
 
 async def _retrieval_error(request: Request, exc: Exception) -> Response:

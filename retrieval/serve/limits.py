@@ -1,9 +1,10 @@
-"""What `retrieve serve` accepts from a client, in numbers (docs/serve.md), and the parsers that
-hold requests to them."""
+"""What `retrieve serve` accepts from a client, in numbers (docs/serve.md, "Limits"), and the
+parsers that hold requests to them."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..errors import UsageError
 
@@ -16,6 +17,18 @@ _NUMBER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes '٣', '
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Time and count limits on connections (enforced by serve/connections.py and the upload's
+    reader in serve/app.py). The defaults are what `retrieve serve` runs with."""
+
+    head_timeout: float = 10.0  # seconds for a request line and headers, from connecting or the last answer
+    body_timeout: float = 60.0  # seconds for an upload's body, from its headers
+    keep_alive: int = 5  # seconds an idle connection stays open between requests
+    max_connections: int = 64  # open at once; one more is answered 503 and closed
+    max_head: int = 16 * 1024  # bytes buffered of a request line and headers not yet complete; more: 400
 
 
 def parse_size(text: str) -> int:
@@ -46,4 +59,4 @@ def whole_number(text: str, name: str, *, low: int, high: int) -> int:
     return n
 
 
-__all__ = ["MAX_ID", "MAX_K", "MAX_SIDE", "clip", "parse_size", "whole_number"]
+__all__ = ["MAX_ID", "MAX_K", "MAX_SIDE", "Limits", "clip", "parse_size", "whole_number"]
