@@ -1,11 +1,13 @@
-"""retrieve serve under hostile or careless clients (issue 23: items 6, 7, 8, 10, 11):
+"""retrieve serve under hostile or careless clients (issue 23: items 6, 7, 8, 10, 11, 17, 18):
 out-of-range ids, disconnects mid-upload, slow and surplus connections, unbounded or oddly
-written numbers, state that grows with uptime.
+written numbers, state that grows with uptime, the URLs it prints and how fast it refuses.
 
 Live servers listen on 127.0.0.1 only; every client loop below is bounded and stops by itself."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import subprocess
@@ -305,3 +307,63 @@ def test_disconnects_mid_upload_are_not_logged_as_errors(served):
         _, err = _stop(proc)
     lines = [x for x in err.splitlines() if x.strip() and "random weights" not in x]
     assert lines == [], err[-3000:]
+
+
+# --- 17: the URLs printed for a wildcard address (real `retrieve serve`) --------------------------------
+def test_a_wildcard_host_prints_urls_that_work(served):
+    """Before: `http://0.0.0.0:PORT/?token=...`, an address no browser can open. Now loopback's URL,
+    then this machine's other addresses; each one answers."""
+    proc = _start("--index", str(served["index"]), "--host", "0.0.0.0", "--port", "0", "--token", "t0ken")
+    auth = {"Authorization": "Bearer t0ken"}
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not lines:
+            assert time.monotonic() < deadline and proc.poll() is None, "nothing printed"
+            time.sleep(0.1)
+        printed = re.findall(r"(http://\S+/)\?token=\.\.\.", lines[0])
+        assert lines[0].startswith(f"serving {served['index']} on http://127.0.0.1:"), lines
+        _wait_up(proc, printed[0], auth)  # everything is printed before the server starts
+        printed += [u for line in lines[1:] for u in re.findall(r"^  also on (http://\S+/)\?token=\.\.\.$", line)]
+        assert len(printed) == len(lines), lines
+        assert "0.0.0.0" not in "".join(lines)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("192.0.2.1", 9))  # UDP: nothing is sent
+                routed = True
+            except OSError:
+                routed = False
+        assert len(printed) >= 1 + routed, lines  # a machine with a route has an address others reach
+        for url in printed:  # each printed address reaches this server
+            assert httpx.get(url + "api/health", headers=auth, timeout=30).status_code == 200, url
+    finally:
+        _stop(proc)
+
+
+# --- 18: a refused --host is refused before the model (torch) is imported --------------------------
+_PROBE = """
+import atexit, json, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps("torch" in sys.modules)))
+sys.argv = ["retrieve", *sys.argv[2:]]
+from retrieval.cli import app
+app()
+"""
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--host", "0.0.0.0"], "--token"),
+    (["--host", "192.0.2.1"], "--token"),
+    (["--max-upload", "lots"], "--max-upload"),
+])
+def test_refusals_come_before_torch_is_imported(served, tmp_path, args, needle):
+    """Before: the refusal came after the engine (torch) was imported: 8 s on the tester's machine."""
+    seen = tmp_path / "torch.json"
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(seen), "serve", "--index", str(served["index"]), *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert json.loads(seen.read_text()) is False  # torch was never imported

@@ -28,7 +28,7 @@ def serve(
     """HTTP API and web page over an index; the model stays loaded (docs/serve.md). Ctrl-C stops."""
     import ipaddress
 
-    from .. import serve as service
+    from .. import serve as service  # its names load on first use: the options are checked before torch is imported
 
     limit, limits = service.parse_size(max_upload), service.Limits()
     try:
@@ -45,9 +45,9 @@ def serve(
         web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
                                  body_timeout=limits.body_timeout,
                                  weights=None if weights is None else str(weights), device=device)
-        shown_host = f"[{host.strip('[]')}]" if ":" in host else host
-        typer.echo(f"serving {shown(str(_index_dir(index)))} on http://{shown_host}:{sockets[0].getsockname()[1]}/"
-                   + ("?token=..." if token else "") + "  (Ctrl-C stops)")
+        urls = [u + ("?token=..." if token else "") for u in service.urls(host, sockets[0].getsockname()[1])]
+        typer.echo(f"serving {shown(str(_index_dir(index)))} on {urls[0]}  (Ctrl-C stops)"
+                   + "".join(f"\n  also on {u}" for u in urls[1:]))
         server = uvicorn.Server(service.server_config(web, limits))
         try:
             server.run(sockets=sockets)  # these very sockets: nothing can take the port in between

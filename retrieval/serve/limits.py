@@ -1,5 +1,7 @@
 """What `retrieve serve` accepts from a client, in numbers (docs/serve.md, "Limits"), and the
-parsers that hold requests to them."""
+parsers that hold requests to them. No heavy imports: the CLI checks its options with these
+before the model (torch) is imported.
+"""
 
 from __future__ import annotations
 
