@@ -36,9 +36,9 @@ from retrieval import Index  # noqa: E402
 
 SERVER = """
 import sys, uvicorn
-from retrieval.serve import create_app
+from retrieval.serve import bind, create_app, server_config
 app = create_app(sys.argv[1], weights=sys.argv[2] or None, window=float(sys.argv[4]))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
+uvicorn.Server(server_config(app)).run(sockets=bind("127.0.0.1", int(sys.argv[3])))  # as `retrieve serve` runs it
 """
 
 

@@ -290,10 +290,10 @@ def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
         async def go():
             b = Batcher(thread)
             out = await asyncio.gather(*(b.search(SearchJob(str(p), k=3)) for p in files))
-            return b.batches, out
+            return b.embedded, out
 
-        batches, out = asyncio.run(go())
-        assert batches == [5]  # one embedding call for the five
+        embedded, out = asyncio.run(go())
+        assert (embedded.calls, embedded.queries) == (1, 5)  # one embedding call for the five
         assert not any(p.exists() for p in files)  # uploads deleted once embedded
         for i, s in enumerate(out):
             alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", k=3))

@@ -181,7 +181,7 @@ ATTACK = """async (base) => {
   const c = document.createElement("canvas"); c.width = 64; c.height = 48;
   c.getContext("2d").fillRect(8, 8, 30, 20);
   const blob = await new Promise((done) => c.toBlob(done, "image/jpeg"));
-  const form = new FormData(); form.append("image", blob, "q.jpg"); form.append("k", "1000000");
+  const form = new FormData(); form.append("image", blob, "q.jpg"); form.append("k", "1000");
   try {
     const r = await fetch(base + "/api/search", { method: "POST", body: form, mode: base ? "no-cors" : "cors" });
     out.post = r.type === "opaque" ? "opaque" : r.status;

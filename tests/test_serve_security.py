@@ -33,7 +33,7 @@ def server(served):
 
 def _post(url: str, path: Path, headers: dict[str, str] | None = None) -> httpx.Response:
     with open(path, "rb") as f:
-        return httpx.post(f"{url}/api/search", files={"image": ("q.jpg", f, "image/jpeg")}, data={"k": "1000000"},
+        return httpx.post(f"{url}/api/search", files={"image": ("q.jpg", f, "image/jpeg")}, data={"k": "1000"},
                           headers=headers or {}, timeout=60)
 
 

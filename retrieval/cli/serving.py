@@ -31,9 +31,11 @@ def serve(
     """HTTP API and web page over an index; the model stays loaded (docs/serve.md). Ctrl-C stops."""
     import ipaddress
 
-    from .. import serve as service
+    from .. import serve as service  # its names load on first use: the options are checked before torch is imported
 
-    limit = service.parse_size(max_upload)
+    limit, limits = service.parse_size(max_upload), service.Limits()
+    service.check_token(token or None)
+    service.Hosts.of(host, allow=allow_host or ())  # a malformed --allow-host: one line, before the model
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -46,12 +48,13 @@ def serve(
     sockets = service.bind(host.strip("[]"), port)  # before the model loads: a port in use is one line, at once
     try:
         web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
+                                 body_timeout=limits.body_timeout,
                                  weights=None if weights is None else str(weights), device=device,
                                  host=host, allow_hosts=allow_host or ())
-        shown_host = f"[{host.strip('[]')}]" if ":" in host else host
-        typer.echo(f"serving {shown(str(_index_dir(index)))} on http://{shown_host}:{sockets[0].getsockname()[1]}/"
-                   + ("?token=..." if token else "") + "  (Ctrl-C stops)")
-        server = uvicorn.Server(uvicorn.Config(web, log_level="warning"))
+        urls = [u + ("?token=..." if token else "") for u in service.urls(host, sockets[0].getsockname()[1])]
+        typer.echo(f"serving {shown(str(_index_dir(index)))} on {urls[0]}  (Ctrl-C stops)"
+                   + "".join(f"\n  also on {u}" for u in urls[1:]))
+        server = uvicorn.Server(service.server_config(web, limits))
         try:
             server.run(sockets=sockets)  # these very sockets: nothing can take the port in between
         except KeyboardInterrupt:  # a second Ctrl-C, or the first one raised again after a clean stop

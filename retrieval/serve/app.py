@@ -19,8 +19,9 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -38,30 +39,26 @@ from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
 from .guard import Guard, Hosts, check_token
+from .limits import MAX_ID, MAX_K, MAX_SIDE, Limits, clip, whole_number
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # a bbox coordinate: ASCII, no sign, exponent or '_'
+_BBOX = re.compile(rf"\s*{_NUMBER}\s*(?:,\s*{_NUMBER}\s*){{3}}")
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 
 
-def parse_size(text: str) -> int:
-    """'50MB' -> 50_000_000, '1MiB' -> 1048576, '2048' -> 2048; UsageError otherwise."""
-    m = _SIZE.match(text)
-    unit = (m.group(2) or "").lower().removesuffix("b") if m else ""
-    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise UsageError(f"--max-upload must be a size like 50MB, 512KB or 1GiB, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -99,7 +96,7 @@ class _QueryCache:
 
     def get(self, qid: str) -> Searched:
         if qid not in self._items:
-            raise HTTPException(404, f"query {qid!r} is not among the {self.size} most recent searches; "
+            raise HTTPException(404, f"query {clip(qid)} is not among the {self.size} most recent searches; "
                                      f"search again (POST /api/search) for a new query id")
         self._items.move_to_end(qid)
         return self._items[qid]
@@ -107,12 +104,13 @@ class _QueryCache:
 
 def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                weights: str | None = None, device: str | None = None, cache_size: int = 64,
-               cache_bytes: int = DEFAULT_CACHE_BYTES,
+               cache_bytes: int = DEFAULT_CACHE_BYTES, body_timeout: float = Limits.body_timeout,
                window: float = 0.0, max_batch: int = 16,
                host: str = "127.0.0.1", allow_hosts: Sequence[str] = ()) -> Starlette:
     """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
     thread; closed when the app shuts down. token: every /api/ request must carry
-    `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted.
+    `Authorization: Bearer <token>`. max_upload: bytes of the largest request body accepted;
+    body_timeout: seconds it may take to arrive (408 after that).
     window: seconds a search waits for others to share its forward pass (see batching.Batcher).
     host: the address it listens on; a request's Host header must name it, localhost, a loopback
     address or one of allow_hosts (guard.Hosts; any address when host is 0.0.0.0 or ::)."""
@@ -143,12 +141,15 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         if length is not None and length.isdigit() and int(length) > max_upload:
             raise HTTPException(413, f"upload of {int(length)} bytes is over the limit of {max_upload} bytes "
                                      f"(--max-upload)")
-        counted = Request(request.scope, receive=_counting(request.receive, max_upload))
+        counted = Request(request.scope, receive=_counting(request.receive, max_upload, seconds=body_timeout))
         try:
             async with counted.form(max_files=1, max_fields=8) as form:
                 job = await _job(form, uploads)
         except _TooLarge:
             raise HTTPException(413, f"upload is over the limit of {max_upload} bytes (--max-upload)") from None
+        except _TooSlow:
+            raise HTTPException(408, f"the upload took longer than {body_timeout:g} s to arrive",
+                                headers={"Connection": "close"}) from None
         searched = await batcher.search(job)
         qid = cache.put(searched)
         hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
@@ -157,8 +158,8 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
                       "size": list(searched.query.size)})
 
     async def image(request: Request) -> Response:
-        image_id = request.path_params["id"]
-        max_side = _int_param(request, "max", low=16)
+        image_id = _image_id(request)
+        max_side = _int_param(request, "max", low=16, high=MAX_SIDE)
         data = await thread.call(lambda idx: indexed_picture(idx, image_id, max_side=max_side))
         if data is None:
             raise HTTPException(404, f"no indexed image with id {image_id}")
@@ -166,7 +167,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
 
     async def matches(request: Request) -> Response:
         searched = cache.get(request.path_params["qid"])
-        image_id = request.path_params["id"]
+        image_id = _image_id(request)
         fmt = request.query_params.get("format", "json")
         kind = request.query_params.get("kind", "matches")
         if fmt not in ("json", "png"):
@@ -190,13 +191,13 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         Route("/api/health", health),
         Route("/api/info", info),
         Route("/api/search", search, methods=["POST"]),
-        Route("/api/images/{id:int}", image),
-        Route("/api/queries/{qid:str}/matches/{id:int}", matches),
+        Route("/api/images/{id}", image),
+        Route("/api/queries/{qid}/matches/{id}", matches),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, RetrievalError: _retrieval_error,
-                                        Exception: _unexpected})
+                                        ClientDisconnect: _disconnected, Exception: _unexpected})
     app.state.thread, app.state.batcher, app.state.cache = thread, batcher, cache
     app.add_middleware(Guard, token=token, hosts=hosts)
     return app
@@ -207,8 +208,8 @@ async def _job(form: Any, uploads: Path) -> SearchJob:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
-    k = _int_field(form.get("k"), "k", default=10, low=1)
-    qe = _int_field(form.get("qe"), "qe", default=0, low=0)
+    k = _int_field(form.get("k"), "k", default=10, low=1, high=MAX_K)
+    qe = _int_field(form.get("qe"), "qe", default=0, low=0, high=MAX_K)
     rerank = _bool_field(form.get("rerank"), "rerank")
     bbox = _bbox_field(form.get("bbox"))
     fd, name = tempfile.mkstemp(dir=uploads, prefix="query-")
@@ -225,17 +226,9 @@ def _field(value: Any, name: str) -> str | None:
     return value.strip() or None
 
 
-def _int_field(value: Any, name: str, *, default: int, low: int) -> int:
+def _int_field(value: Any, name: str, *, default: int, low: int, high: int) -> int:
     text = _field(value, name)
-    if text is None:
-        return default
-    try:
-        n = int(text)
-    except ValueError:
-        raise HTTPException(400, f"{name} must be a whole number >= {low}, got {text[:40]!r}") from None
-    if n < low:
-        raise HTTPException(400, f"{name} must be at least {low}, got {n}")
-    return n
+    return default if text is None else whole_number(text, name, low=low, high=high)
 
 
 def _bool_field(value: Any, name: str) -> bool:
@@ -246,36 +239,50 @@ def _bool_field(value: Any, name: str) -> bool:
         return True
     if text.lower() in ("false", "0", "no", "off"):
         return False
-    raise HTTPException(400, f"{name} must be true or false, got {text[:40]!r}")
+    raise HTTPException(400, f"{name} must be true or false, got {clip(text)}")
 
 
 def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
     text = _field(value, "bbox")
     if text is None:
         return None
-    try:
-        x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text[:80]!r}") from None
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x1 < 0 or y1 < 0:
-        raise HTTPException(400, f"bbox needs finite, non-negative numbers, got {text[:80]!r}")
+    if not _BBOX.fullmatch(text):
+        raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, as finite, "
+                                 f"non-negative numbers in digits 0-9, got {clip(text)}")
+    x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # 400 digits are beyond a float
+        raise HTTPException(400, f"bbox needs finite numbers, got {clip(text)}")
     if x2 <= x1 or y2 <= y1:
-        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {text[:80]!r}")
+        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {clip(text)}")
     return x1, y1, x2, y2
 
 
-def _int_param(request: Request, name: str, *, low: int) -> int | None:
+def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:
     text = request.query_params.get(name)
-    return None if text is None else _int_field(text, name, default=0, low=low)
+    return None if text is None else _int_field(text, name, default=0, low=low, high=high)
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
-    """`receive` that raises _TooLarge once the body passes `limit` bytes (whatever Content-Length said)."""
+def _image_id(request: Request) -> int:
+    """The id in the path; 404 for anything that cannot be an indexed image's id."""
+    text = request.path_params["id"]
+    if not _ID.fullmatch(text) or int(text) > MAX_ID:
+        raise HTTPException(404, f"no indexed image with id {clip(text)}")
+    return int(text)
+
+
+def _counting(receive: Receive, limit: int, *, seconds: float | None = None) -> Receive:
+    """`receive` that raises _TooLarge once the body passes `limit` bytes (whatever Content-Length
+    said), and _TooSlow once it has taken more than `seconds` from now."""
     seen = 0
+    deadline = None if seconds is None else time.monotonic() + seconds
 
     async def wrapped() -> Message:
         nonlocal seen
-        message = await receive()
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = await asyncio.wait_for(receive(), left)
+        except TimeoutError:
+            raise _TooSlow() from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
@@ -285,10 +292,10 @@ def _counting(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-def _error(status: int, message: str) -> Response:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """`{"error": "one line"}` for people: a file name's bytes that are not UTF-8 written as \\xNN,
     as the CLI's messages write them."""
-    return _JSON({"error": shown(" ".join(str(message).split()))}, status_code=status)
+    return _JSON({"error": shown(" ".join(str(message).split()))}, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -297,7 +304,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _error(404, f"no such resource: {request.url.path[:200]}")
     if exc.status_code == 405:
         return _error(405, f"{request.method} is not allowed on {request.url.path[:200]}")
-    return _error(exc.status_code, exc.detail)
+    return _error(exc.status_code, exc.detail, exc.headers)
 
 
 async def _retrieval_error(request: Request, exc: Exception) -> Response:
@@ -310,9 +317,16 @@ async def _retrieval_error(request: Request, exc: Exception) -> Response:
     return _error(409, str(exc))
 
 
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away while its request was read (a closed tab, a cancelled upload): not an
+    error of ours, and nobody is left to answer."""
+    log.debug("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
-__all__ = ["DEFAULT_MAX_UPLOAD", "create_app", "parse_size"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "create_app"]

@@ -90,6 +90,19 @@ class Searched:
     result: SearchResult
 
 
+@dataclass
+class EmbedCalls:
+    """The embedding calls a Batcher made and the queries they held (for tests and the benchmark):
+    two counters, the same size however long the server runs."""
+
+    calls: int = 0
+    queries: int = 0
+
+    def add(self, n: int) -> None:
+        self.calls += 1
+        self.queries += n
+
+
 class Batcher:
     """Searches from many requests, their queries embedded together. window: seconds to wait for
     more queries before a batch starts (0: only those that queued while the previous batch ran)."""
@@ -98,7 +111,7 @@ class Batcher:
         self.thread, self.window, self.max_batch = thread, window, max_batch
         self._pending: list[tuple[SearchJob, asyncio.Future[Searched]]] = []
         self._draining = False
-        self.batches: list[int] = []  # sizes of the embedding calls made (for tests and the benchmark)
+        self.embedded = EmbedCalls()
 
     async def search(self, job: SearchJob) -> Searched:
         fut: asyncio.Future[Searched] = asyncio.get_running_loop().create_future()
@@ -115,7 +128,7 @@ class Batcher:
                 take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 jobs = [j for j, _ in take]
                 try:
-                    outcomes = await self.thread.call(lambda idx: _run(idx, jobs, self.batches))
+                    outcomes = await self.thread.call(lambda idx: _run(idx, jobs, self.embedded))
                 except BaseException as e:  # a bug: every waiter hears of it
                     outcomes = [e] * len(take)
                 for (_, fut), out in zip(take, outcomes):
@@ -129,7 +142,7 @@ class Batcher:
             self._draining = False
 
 
-def _run(idx: Index, jobs: list[SearchJob], sizes: list[int]) -> list[Searched | BaseException]:
+def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched | BaseException]:
     """On the index thread: embed the plain queries together and each boxed one alone, then search
     each with its own options. One bad file fails only its own request."""
     embedded: dict[int, ExplainedQuery | BaseException] = {}
@@ -157,10 +170,10 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: list[int]) -> list[Searched |
     return out
 
 
-def _embed(idx: Index, jobs: list[SearchJob], sizes: list[int]) -> list[ExplainedQuery | BaseException]:
+def _embed(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[ExplainedQuery | BaseException]:
     """Embed together; when a file is refused, embed each alone so that only it fails."""
     try:
-        sizes.append(len(jobs))
+        sizes.add(len(jobs))
         return list(embed_explained(idx, [j.path for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
     except (BadImageError, RetrievalError) as e:
         if len(jobs) == 1:
@@ -178,4 +191,4 @@ def _unlink(path: str) -> None:
         pass
 
 
-__all__ = ["Batcher", "IndexThread", "SearchJob", "Searched"]
+__all__ = ["Batcher", "EmbedCalls", "IndexThread", "SearchJob", "Searched"]

@@ -11,6 +11,7 @@ starting: the server is handed these very sockets.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 from ..errors import RetrievalError, UsageError
@@ -66,4 +67,40 @@ def _bind_error(e: OSError, host: str, port: int) -> RetrievalError:
     return RetrievalError(f"cannot listen on {host} port {port}: {(e.strerror or str(e)).lower()}")
 
 
-__all__ = ["bind"]
+def urls(host: str, port: int) -> list[str]:
+    """Where a browser reaches a server bound to `host`: that address, or for a wildcard (0.0.0.0,
+    ::) loopback first, then this machine's addresses of that family that another machine can use."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]") or "0.0.0.0")
+    except ValueError:  # a name: as the user gave it
+        return [f"http://{host}:{port}/"]
+    if not ip.is_unspecified:
+        return [_url(ip, port)]
+    family, loopback = (socket.AF_INET, "127.0.0.1") if ip.version == 4 else (socket.AF_INET6, "::1")
+    return [_url(a, port) for a in dict.fromkeys([ipaddress.ip_address(loopback), *_addresses(family)])]
+
+
+def _url(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"http://{ip}:{port}/" if ip.version == 4 else f"http://[{ip}]:{port}/"
+
+
+def _addresses(family: socket.AddressFamily) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """This machine's addresses of `family` other than loopback and link-local: those its host
+    name resolves to, and the one its default route leaves from (connecting a UDP socket sends
+    nothing; the documentation address it names is never contacted)."""
+    found = []
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)]
+    except OSError:
+        pass
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1" if family == socket.AF_INET else "2001:db8::1", 9))
+            found.append(probe.getsockname()[0])
+    except OSError:  # no route: no other address
+        pass
+    ips = [ipaddress.ip_address(str(a).split("%")[0]) for a in found]
+    return [ip for ip in ips if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified)]
+
+
+__all__ = ["bind", "urls"]
