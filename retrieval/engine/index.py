@@ -60,7 +60,7 @@ class UpdateSummary:
     still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
     interrupted: bool = False
     seconds: float = 0.0
-    whitened: bool = False
+    whitened: bool = False  # a whitening was fitted in this run (not just one in force from before)
 
 
 class Index:
@@ -260,7 +260,8 @@ class Index:
                     with cluster.session(self) as embed:
                         summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary,
                                                                      should_stop, on_progress, embed)
-            summary.whitened = self.refresh() is not None
+            fitted, w = self._refresh()
+            summary.whitened = fitted and w is not None
         summary.seconds = time.monotonic() - start
         return summary
 
@@ -321,9 +322,13 @@ class Index:
     def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
         """Refit whitening if the data changed since it was fitted (or when asked), then make
         sure the FAISS index matches the store's data version; returns the whitening in force."""
-        data = derived.refit(self.store, self.config, force=refit)
-        self.vectors(data=data)
-        return self.whitening()
+        return self._refresh(refit=refit)[1]
+
+    def _refresh(self, *, refit: bool = False) -> tuple[bool, wh.Whitening | None]:
+        """`refresh`, and whether it refitted the whitening."""
+        done = derived.refit(self.store, self.config, force=refit)
+        self.vectors(data=done.data)
+        return done.fitted, self.whitening()
 
     def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
