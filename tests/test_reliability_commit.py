@@ -1,10 +1,11 @@
-"""Issue 27, items 1 and 11: a new index commits from its first batches whatever comes first
-(refused files, tiny images), holding a bounded patch-PCA sample; the summary line says
-`whitened` only when a whitening was fitted in that run. (Item 10, the local Ray runtime, is in
-tests/test_ray.py.)"""
+"""Issue 27, items 1, 10 and 11: a new index commits from its first batches whatever comes first
+(refused files, tiny images), holding a bounded patch-PCA sample; a killed `--ray local` driver
+leaves no Ray process behind; the summary line says `whitened` only when a whitening was fitted
+in that run."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from retrieval.engine import Index
 from retrieval.engine.commit import LOCAL_PCA_FILES
 
-from .helpers import TINY_CONFIG, make_folder, run
+from .helpers import TINY_ARGS, TINY_CONFIG, make_folder, make_photos, run
 
 REFUSED = 20  # more than LOCAL_PCA_FILES, all before the images in discovery order
 
@@ -106,8 +107,12 @@ app()
 
 
 def _ok_rows(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        return int(conn.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0])
+    """Images committed to the store at `db` (0 before there is one)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 def test_killed_after_refused_files_keeps_committed_images(tmp_path):
@@ -136,6 +141,44 @@ def test_killed_after_refused_files_keeps_committed_images(tmp_path):
     with Index.open(ix) as idx:
         assert idx.count() == 60 and idx.store.count("skipped") == REFUSED
         assert idx.local_pca() is not None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watcher of a local runtime reads /proc")
+def test_a_killed_local_ray_driver_leaves_no_ray_process(tmp_path, tmp_path_factory):
+    """Before: `ray::DashboardAgent` and `ray::RuntimeEnvAgent` outlived a driver killed with
+    SIGKILL by about 65 s (trying to tell the dead GCS that their raylet died)."""
+    import ray  # noqa: F401  (psutil comes with Ray)
+    import psutil
+
+    photos = tmp_path / "photos"
+    make_photos(photos, range(200))
+    ix = tmp_path / "ix"
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("rt"))}  # short: socket paths fit 107 bytes
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(ix), *TINY_ARGS,
+                             "--ray", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 180
+    while _ok_rows(ix / "store.sqlite") == 0 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    runtime = psutil.Process(proc.pid).children(recursive=True)
+    names = {p.name() for p in runtime if p.is_running()}
+    assert {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 20  # without the watcher: 60 s and more
+    while time.monotonic() < deadline and [p for p in runtime if _alive(p)]:
+        time.sleep(0.5)
+    assert [(p.name(), p.cmdline()[:3], p.ppid()) for p in runtime if _alive(p)] == []
+    assert _ok_rows(ix / "store.sqlite") > 0
+
+
+def _alive(p) -> bool:  # noqa: ANN001
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def test_summary_says_whitened_only_when_fitted(tmp_path):
