@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.engine import Index
+from retrieval.errors import RetrievalError
 from retrieval.engine.commit import LOCAL_PCA_FILES
 
 from .helpers import TINY_ARGS, TINY_CONFIG, make_folder, make_photos, run
@@ -77,6 +78,29 @@ def test_a_new_index_holds_a_bounded_sample(tmp_path, monkeypatch, case):
         else:  # the first tiny ones were let go without (made on demand), later ones have them
             assert 0 < len(local) < n
         assert idx.search(photos / "img_005.png", k=3, rerank=True).hits[0].path == str(photos / "img_005.png")
+
+
+def test_the_sample_held_when_embedding_fails_is_saved(tmp_path, monkeypatch):
+    """Embedding that fails midway (a Ray run whose files did not all come back) keeps what came
+    back, the patch-PCA sample held in memory included, as the error says."""
+    photos = tmp_path / "photos"
+    make_folder(photos, range(10), size=(64, 48))
+    embedded = Index._embedded
+
+    def fails(self, paths, pca):
+        for i, group in enumerate(embedded(self, paths, pca)):
+            if i == 2:
+                raise RetrievalError("2 files did not come back; what came back is saved")
+            yield group
+
+    monkeypatch.setattr(Index, "_embedded", fails)
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
+        with pytest.raises(RetrievalError, match="did not come back"):
+            idx.update([photos])
+        assert idx.count() == 2 * TINY_CONFIG["batch_size"]
+    monkeypatch.undo()
+    with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
+        assert idx.update([photos]).added == 10 - 2 * TINY_CONFIG["batch_size"]
 
 
 # `retrieve index ...` in a child that stops, as if busy, once the driver has taken in a number of

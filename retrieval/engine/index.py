@@ -11,6 +11,7 @@ is loaded only when something must be embedded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -309,7 +310,8 @@ class Index:
             commit(sample.release())
             return False
         except RetrievalError:  # the embedding failed (a Ray run): what came back is saved, as it says
-            commit(sample.abandon())
+            with contextlib.suppress(RetrievalError):  # unless the store is what failed (a full disk)
+                commit(sample.abandon())
             raise
         finally:
             summary.added, summary.updated = counts.added, counts.updated
