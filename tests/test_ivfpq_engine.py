@@ -77,6 +77,6 @@ def test_whitening_of_a_large_store_is_fitted_on_a_sample(index, monkeypatch):
     monkeypatch.setattr(derived, "_fit", lambda x, config: seen.append(x))
     with Store(index / "store.sqlite") as s:
         ids, x = s.descriptors()
-        assert derived.refit(s, EngineConfig(), force=True) is None  # it did not read them all
+        assert derived.refit(s, EngineConfig(), force=True).data is None  # it did not read them all
         pick = np.sort(np.random.default_rng(0).choice(len(ids), 5, replace=False))
         np.testing.assert_array_equal(seen[0], x[pick])

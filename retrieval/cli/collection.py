@@ -108,8 +108,8 @@ def index(
 
         summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
                              cluster=cluster, verify=verify, on_hashed=hashed)
-        if refit_whitening:
-            idx.refresh(refit=True)
+        if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
+            summary.whitened = idx.refresh(refit=True) is not None
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:

@@ -25,7 +25,7 @@ def serve(
     device: Device = None,
     max_upload: Annotated[str, typer.Option("--max-upload", help="Largest query upload accepted (50MB, 1GiB, ...).")] = "50MB",
     allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", metavar="NAME", help="Also answer requests whose Host header is NAME (repeatable; e.g. the "
+        "--allow-host", help="Also answer requests whose Host header is this name (repeatable; e.g. the "
                                              "name a reverse proxy forwards). Other names are refused (400).")] = None,
 ) -> None:
     """HTTP API and web page over an index; the model stays loaded (docs/serve.md). Ctrl-C stops."""

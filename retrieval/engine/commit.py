@@ -21,7 +21,7 @@ from ..types import ImageRef, Skipped
 if TYPE_CHECKING:
     from .descriptors import Embedding
 
-LOCAL_PCA_FILES = 16  # a new index learns its patch PCA from the tokens of the first files it embeds
+LOCAL_PCA_FILES = 16  # a new index learns its patch PCA from the tokens of the first images it embeds
 LOCAL_PCA_SAMPLE = 50_000  # at most this many of their patch tokens
 
 
@@ -119,6 +119,55 @@ def fit_local_pca(store: Store, sample: Sequence[np.ndarray]) -> LocalPCA | None
     pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
     store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
     return pca
+
+
+class PatchSample:
+    """A new index's patch-PCA sample, bounded (docs/decisions.md): results embedded with their
+    patch tokens wait here, in their forward batches, until the PCA is fitted from the tokens of
+    LOCAL_PCA_FILES images, then leave with their local descriptors; the rest of a batch (refused
+    files, results that already have local descriptors) leaves at once. So a run commits from its
+    first batches and holds at most LOCAL_PCA_FILES images plus one forward batch, whatever comes
+    first (refused files, tiny images). When those images hold too few tokens to fit the PCA (tiny
+    images), they leave without local descriptors and only their tokens stay (fewer than
+    local.MIN_FIT_PATCHES), joined by each later batch's until the PCA can be fitted.
+
+        sample = PatchSample(store)    # pca: the stored one, else None until fitted
+        now = sample.take(group)       # per forward batch: the batches to commit now
+        rest = sample.release()        # at the end of a run: fitted on what there is, if it can be
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pca = stored_pca(store)
+        self.held: list[list[Embedded]] = []  # waiting for the PCA, with their tokens, per forward batch
+        self.tokens: list[np.ndarray] = []  # (h*w, d) float32 each: the held ones' (and tiny ones' let go before)
+        self.images = 0  # how many images' tokens were sampled
+
+    def take(self, group: Sequence[Embedded | Skipped]) -> list[list[Embedded | Skipped]]:
+        """What of one forward batch's results to commit now, as batches (the rest is held)."""
+        if self.pca is not None:
+            return [[featured(e, self.pca) for e in group]]
+        new = [e for e in group if isinstance(e, Embedded) and e.patches is not None]
+        now: list[Embedded | Skipped] = [e for e in group if not (isinstance(e, Embedded) and e.patches is not None)]
+        if new:
+            self.held.append(new)
+            self.tokens += [e.patches for e in new if e.patches is not None]
+            self.images += len(new)
+        return [now] + (self.release() if self.images >= LOCAL_PCA_FILES else [])
+
+    def release(self) -> list[list[Embedded | Skipped]]:
+        """The held batches, with local descriptors when the sample's tokens fit the PCA (fitted
+        here, once, and stored), else without them (their tokens kept for the next try)."""
+        self.pca = fit_local_pca(self.store, self.tokens)
+        if self.pca is not None:
+            self.tokens = []
+        return self.abandon()
+
+    def abandon(self) -> list[list[Embedded | Skipped]]:
+        """The held batches as they are (with local descriptors when the PCA is known): what a run
+        that stops early commits."""
+        held, self.held = self.held, []
+        return [[featured(e, self.pca) for e in g] for g in held]
 
 
 def query_pca(store: Store, patches: np.ndarray) -> LocalPCA:

@@ -8,7 +8,7 @@ import dataclasses
 import errno
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,15 +36,23 @@ def whitening(store: Store) -> wh.Whitening | None:
     return wh.Whitening.from_bytes(base64.b64decode(state["data"]))
 
 
-def refit(store: Store, config: EngineConfig, *, force: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+class Refit(NamedTuple):
+    """What `refit` did: fitted (it refitted the whitening in this call, whatever came of it: a
+    whitening or none) and data (the store's (ids, raw descriptors) when it read them all)."""
+
+    fitted: bool
+    data: tuple[np.ndarray, np.ndarray] | None
+
+
+def refit(store: Store, config: EngineConfig, *, force: bool = False) -> Refit:
     """Refit the whitening if the data or its settings changed since it was fitted (or when
     forced): on every stored descriptor, or on a sample of WHITEN_SAMPLE_MAX of them when the
-    store holds more. Returns the store's (ids, raw descriptors) when it read them all, else None."""
+    store holds more."""
     state = store.get_meta("whitening")
     stale = (state is None or state.get("for_data_version") != store.data_version
              or state.get("config") != dataclasses.asdict(config.whitening))
     if not (force or stale):
-        return None
+        return Refit(False, None)
     n = store.count("ok")
     stored: tuple[np.ndarray, np.ndarray] | None
     if n > WHITEN_SAMPLE_MAX:  # a large store: a seeded uniform sample, never every descriptor at once
@@ -58,7 +66,7 @@ def refit(store: Store, config: EngineConfig, *, force: bool = False) -> tuple[n
     store.set_meta(whitening={"for_data_version": store.data_version, "data": blob,
                               "digest": None if w is None else w.digest(),
                               "config": dataclasses.asdict(config.whitening)})
-    return stored
+    return Refit(True, stored)
 
 
 def set_whitening(store: Store, config: EngineConfig, w: wh.Whitening | None, source: str) -> None:

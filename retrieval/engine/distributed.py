@@ -41,6 +41,7 @@ from ..config import EngineConfig
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError, UsageError
 from ..local import LocalPCA
 from ..types import Skipped, shown
+from . import ray_reaper
 from .commit import Embedded
 
 if TYPE_CHECKING:
@@ -100,12 +101,15 @@ class Cluster:
         spec = WorkerSpec(config=index.config, weights=index.weights_file(), weights_id=index.checked_weights_id(),
                           hashes=index.weights_hashes(), device=index.device)
         started = connect(self.address, **self.init)
+        # a runtime started here ends with this process, even killed; its agents too (ray_reaper.py)
+        watcher = ray_reaper.start(os.getpid()) if started and self.address == "local" else None
         try:
             seen: set[str] = set()
             yield lambda paths, pca: embed_on_ray(paths, pca, spec=spec, embedder=self.embedder or Embedder, seen=seen)
         finally:
             if started:
                 ray.shutdown()
+            ray_reaper.stop(watcher)
 
 
 def connect(address: str, **init: Any) -> bool:

@@ -11,6 +11,7 @@ is loaded only when something must be embedded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -62,7 +63,7 @@ class UpdateSummary:
     hashed: int = 0  # indexed files read to compare with their stored hash (all of them with verify)
     changed: int = 0  # indexed files whose bytes changed (embedded again)
     seconds: float = 0.0
-    whitened: bool = False
+    whitened: bool = False  # a whitening was fitted in this run (not just one in force from before)
 
 
 class Index:
@@ -266,7 +267,8 @@ class Index:
                     with cluster.session(self) as embed:
                         summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary,
                                                                      should_stop, on_progress, embed)
-            summary.whitened = self.refresh() is not None
+            fitted, w = self._refresh()
+            summary.whitened = fitted and w is not None
         summary.seconds = time.monotonic() - start
         return summary
 
@@ -284,33 +286,39 @@ class Index:
         process's, or Ray workers') and commit each group in one transaction; True if stopped early.
 
         The patch PCA of the local descriptors is a derived artefact like the whitening: an index
-        without one first embeds a sample (commit.LOCAL_PCA_FILES files) with their patch tokens,
-        learns it from them, then streams the rest with it fixed; every result that reaches the
-        store has one shape."""
-        from .commit import LOCAL_PCA_FILES, Counts, Embedded, featured, fit_local_pca, upserts
+        without one embeds with patch tokens, in windows of commit.LOCAL_PCA_FILES files doubling
+        each time, until commit.PatchSample has fitted it from a bounded sample (refused files
+        and what it lets go are committed as they come), then streams the rest with it fixed;
+        every local descriptor that reaches the store comes from that one PCA."""
+        from .commit import LOCAL_PCA_FILES, Counts, PatchSample, upserts
 
         counts = Counts()
-        pca = self.local_pca()
-        parts = [todo] if pca is not None else [todo[:LOCAL_PCA_FILES], todo[LOCAL_PCA_FILES:]]
-        done = 0
+        sample = PatchSample(self.store)
+        done, start, window = 0, 0, LOCAL_PCA_FILES
+
+        def commit(groups: list[list[Embedded | Skipped]]) -> None:
+            for rows in groups:  # one transaction each
+                if rows:
+                    self.store.apply(upserts(rows, refs, known, counts))
+
         try:
-            for part in parts:
-                if not part:
-                    continue
-                groups: Iterable[list[Embedded | Skipped]] = embed(part, pca)
-                if pca is None:  # the sample: held (a few files), the PCA learned, then committed
-                    sample = list(groups)
-                    pca = fit_local_pca(self.store, [e.patches for g in sample for e in g
-                                                     if isinstance(e, Embedded) and e.patches is not None])
-                    groups = [[featured(e, pca) for e in g] for g in sample]
-                for group in groups:
-                    self.store.apply(upserts(group, refs, known, counts))
+            while start < len(todo):
+                part = todo[start:] if sample.pca is not None else todo[start:start + window]
+                start, window = start + len(part), 2 * window
+                for group in embed(part, sample.pca):
+                    commit(sample.take(group))
                     done += len(group)
                     if on_progress is not None:
                         on_progress(done, len(todo))
                     if should_stop():
+                        commit(sample.abandon())  # without local descriptors: no PCA was fitted
                         return True
+            commit(sample.release())
             return False
+        except RetrievalError:  # the embedding failed (a Ray run): what came back is saved, as it says
+            with contextlib.suppress(RetrievalError):  # unless the store is what failed (a full disk)
+                commit(sample.abandon())
+            raise
         finally:
             summary.added, summary.updated = counts.added, counts.updated
             summary.skipped = list(counts.skipped or [])
@@ -327,9 +335,13 @@ class Index:
     def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
         """Refit whitening if the data changed since it was fitted (or when asked), then make
         sure the FAISS index matches the store's data version; returns the whitening in force."""
-        data = derived.refit(self.store, self.config, force=refit)
-        self.vectors(data=data)
-        return self.whitening()
+        return self._refresh(refit=refit)[1]
+
+    def _refresh(self, *, refit: bool = False) -> tuple[bool, wh.Whitening | None]:
+        """`refresh`, and whether it refitted the whitening."""
+        done = derived.refit(self.store, self.config, force=refit)
+        self.vectors(data=done.data)
+        return done.fitted, self.whitening()
 
     def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
