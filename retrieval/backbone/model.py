@@ -163,7 +163,7 @@ def ensure_weights(name: str, *, weights: str | Path | None = None, cache_dir: s
     elif weights is not None:
         if not Path(weights).is_file():
             raise WeightsError(f"weights file not found: {weights}; expected the official {arch.checkpoint_file} "
-                                 f"({arch.source}) or a safetensors file of {arch.name}")
+                                 f"({arch.where}) or a safetensors file of {arch.name}")
     elif not arch.random_only:
         W.fetch_official(arch, cache_dir=cache_dir)
 

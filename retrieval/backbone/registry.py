@@ -70,13 +70,16 @@ class Arch:
         return f"{OFFICIAL_BASE_URL}/{self.name.removesuffix('_reg')}/{self.checkpoint_file}"
 
     @property
+    def where(self) -> str:
+        """Where the official file comes from: its URL, or how to get one for gated DINOv3."""
+        return self.url or f"gated: request its URL at {DINOV3_REQUEST_PAGE}"
+
+    @property
     def source(self) -> str:
-        """Where the official weights come from, for messages and `retrieve models`."""
+        """The official weights for `retrieve models`: their URL, or file name and how to get it."""
         if self.random_only:
             return "random weights (tests only)"
-        if self.url is None:
-            return f"{self.checkpoint_file}, gated: request its URL at {DINOV3_REQUEST_PAGE}"
-        return self.url
+        return self.url or f"{self.checkpoint_file}, {self.where}"
 
     def describe(self) -> str:
         what = "storage tokens" if self.family == "dinov3" else "registers"

@@ -126,7 +126,7 @@ def read_checkpoint(path: str | Path, arch: Arch) -> dict[str, torch.Tensor]:
     import torch
 
     path = Path(path)
-    expected = f"expected the official {arch.checkpoint_file} ({arch.source}) or a safetensors file of {arch.name}"
+    expected = f"expected the official {arch.checkpoint_file} ({arch.where}) or a safetensors file of {arch.name}"
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}; {expected}")
     sd: Any
@@ -201,7 +201,7 @@ def official_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch: Arch, source: str) -> None:
     """Check names and shapes, then load; a mismatch names both variants and the fix."""
     if weights3.layout(sd) is not None:  # a DINOv3 file, whatever the model: converted, so it is described as one
-        sd = weights3.to_ours(sd, head_dim=arch.dim // arch.heads)
+        sd = weights3.to_ours(sd, head_dim=arch.dim // arch.heads, qkv_bias=arch.qkv_bias)
     elif is_official_layout(sd):
         sd = official_to_timm(sd)
     target = model.state_dict()
@@ -216,7 +216,7 @@ def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch: Arch, s
         )
         raise WeightsError(
             f"weights {source} do not fit {arch.describe()}: they look like {describe_state_dict(sd)} "
-            f"({detail}); pass the matching --model, or the official {arch.checkpoint_file} ({arch.source})"
+            f"({detail}); pass the matching --model, or the official {arch.checkpoint_file} ({arch.where})"
         )
     # assign: the model may be empty ("meta" device, vit.build_vit); the file's tensors become its parameters
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items()}, strict=True, assign=True)

@@ -36,14 +36,15 @@ def layout(sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def to_ours(sd: dict[str, torch.Tensor], *, head_dim: int) -> dict[str, torch.Tensor]:
+def to_ours(sd: dict[str, torch.Tensor], *, head_dim: int, qkv_bias: bool = True) -> dict[str, torch.Tensor]:
     """Any of the three layouts (or ours) -> our ViT's keys; anything else unchanged (the caller's
-    key check then names what it looks like)."""
+    key check then names what it looks like). `head_dim` sizes the periods a file lacks; `qkv_bias`:
+    whether the model has a qkv bias, zero where a timm file has none."""
     kind = layout(sd)
     if kind == "hf":
         sd = hf_to_official(sd, head_dim=head_dim)
     elif kind == "timm":
-        sd = timm_to_official(sd, head_dim=head_dim)
+        sd = timm_to_official(sd, head_dim=head_dim, qkv_bias=qkv_bias)
     elif kind is None:
         return sd
     return official_to_ours(sd)
@@ -80,9 +81,9 @@ def _periods(head_dim: int) -> torch.Tensor:
     return default_periods(head_dim)
 
 
-def timm_to_official(sd: dict[str, torch.Tensor], *, head_dim: int) -> dict[str, torch.Tensor]:
-    """timm's Eva DINOv3 keys -> Meta's. A model without q/v biases (timm's non-`_qkvb` ones) gets a
-    zero qkv bias: the same sums."""
+def timm_to_official(sd: dict[str, torch.Tensor], *, head_dim: int, qkv_bias: bool = True) -> dict[str, torch.Tensor]:
+    """timm's Eva DINOv3 keys -> Meta's. A file without q/v biases (timm's non-`_qkvb` models) gives a
+    zero qkv bias when the model has one (`qkv_bias`; all but the 7B): the same sums."""
     renames = [(".gamma_1", ".ls1.gamma"), (".gamma_2", ".ls2.gamma"), (".mlp.fc1_g.", ".mlp.w1."),
                (".mlp.fc1_x.", ".mlp.w2.")]
     swiglu = any(".mlp.fc1_g." in k for k in sd)
@@ -99,7 +100,8 @@ def timm_to_official(sd: dict[str, torch.Tensor], *, head_dim: int) -> dict[str,
         if name.endswith(".attn.qkv.weight"):
             pre = k.removesuffix("qkv.weight")
             bias = _qkv_bias(sd.get(pre + "q_bias"), sd.get(pre + "k_bias"), sd.get(pre + "v_bias"), v)
-            out[name.removesuffix("weight") + "bias"] = bias if bias is not None else v.new_zeros(v.shape[0])
+            if bias is not None or qkv_bias:
+                out[name.removesuffix("weight") + "bias"] = bias if bias is not None else v.new_zeros(v.shape[0])
     return out
 
 
