@@ -120,8 +120,9 @@ def test_timm_file_without_qkv_bias_reads_as_a_zero_bias(s_file, tmp_path):
     assert torch.equal(load_ours(arch, tmp_path / "zero.pth").encode(x).patches, load_ours(arch, st).encode(x).patches)
 
 
-def official_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Meta's layout renamed to transformers' (4.56 names, `layer.N.`): the synthetic HF file."""
+def official_to_hf(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Meta's layout renamed to transformers' (`layer.N.` as 4.56 saves it, `model.layer.N.` as 5.x
+    names it with prefix="model."): the synthetic HF file."""
     out: dict[str, torch.Tensor] = {}
     top = {v: k for k, v in W3._HF_TOP.items()}
     swiglu = any(".mlp.w1." in k for k in sd)
@@ -137,22 +138,23 @@ def official_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if rest.startswith("attn.qkv."):
             for part, t in zip("qkv", v.chunk(3)):
                 if not (rest.endswith("bias") and part == "k"):
-                    out[f"layer.{i}.attention.{part}_proj.{rest.rsplit('.', 1)[1]}"] = t
+                    out[f"{prefix}layer.{i}.attention.{part}_proj.{rest.rsplit('.', 1)[1]}"] = t
             continue
         for old, new in [("attn.proj.", "attention.o_proj."), ("ls1.gamma", "layer_scale1.lambda1"),
                          ("ls2.gamma", "layer_scale2.lambda1"), ("mlp.w1.", "mlp.gate_proj."),
                          ("mlp.w2.", "mlp.up_proj."), ("mlp.w3.", "mlp.down_proj."),
                          ("mlp.fc1.", "mlp.up_proj."), ("mlp.fc2.", "mlp.down_proj.")]:
             rest = rest.replace(old, new)
-        out[f"layer.{i}.{rest}"] = v
+        out[f"{prefix}layer.{i}.{rest}"] = v
     assert swiglu == any("gate_proj" in k for k in out)
     return out
 
 
-def test_hf_layout_round_trip_gives_identical_tokens(s_file, tmp_path):
+@pytest.mark.parametrize("prefix", ["", "model."])
+def test_hf_layout_round_trip_gives_identical_tokens(s_file, tmp_path, prefix):
     _, path, arch = s_file
     st = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in official_to_hf(W.read_checkpoint(path, arch)).items()}, str(st))
+    save_file({k: v.contiguous() for k, v in official_to_hf(W.read_checkpoint(path, arch), prefix).items()}, str(st))
     x = images((64, 80))
     assert torch.equal(load_ours(arch, path).encode(x).patches, load_ours(arch, st).encode(x).patches)
 
@@ -335,3 +337,15 @@ def test_official_tokens_helper_sees_the_file(s_file):
     finally:
         with torch.no_grad():
             ref.storage_tokens.sub_(1.0)
+
+
+def test_weights_url_survives_the_cli_options(tmp_path):
+    """`--weights https://...` through the CLI's Path option and cli_overrides: not made a local path."""
+    from retrieval.backbone.weights import as_url
+    from retrieval.config import cli_overrides
+
+    url = "https://example.org/dinov3/dinov3_vits16_pretrain_lvd1689m-08c60483.pth?Signature=x"
+    kept = cli_overrides(weights=Path(url))["backbone"]["weights"]
+    assert as_url(kept) == url
+    local = cli_overrides(weights=Path("w.pth"))["backbone"]["weights"]
+    assert Path(local).is_absolute() and as_url(local) is None
