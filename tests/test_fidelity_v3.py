@@ -164,3 +164,13 @@ def test_control_dinov2_eps_breaks_it(pairs):
     finally:
         for m in norms:
             m.eps = 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RETRIEVAL_SLOW") != "1", reason="full-depth ViT-L/H+: set RETRIEVAL_SLOW=1")
+@pytest.mark.parametrize("name", ["dinov3_vitl16", "dinov3_vith16plus"])
+def test_full_depth_large_models_match_meta(name, tmp_path_factory, monkeypatch):
+    monkeypatch.setitem(REDUCED, name, ({}, {}))
+    ref, ours = make_pair(name, tmp_path_factory)
+    for hw in [(224, 224), (250, 330)]:
+        assert rel_diff(ref, ours, images(hw)) <= TOL
