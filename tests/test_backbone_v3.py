@@ -349,3 +349,16 @@ def test_weights_url_survives_the_cli_options(tmp_path):
     assert as_url(kept) == url
     local = cli_overrides(weights=Path("w.pth"))["backbone"]["weights"]
     assert Path(local).is_absolute() and as_url(local) is None
+
+
+def test_bf16_autocast_tokens_stay_close_to_metas_fp32(s_file):
+    """dtype=bf16 runs under autocast (RoPE kept in fp32 as upstream does) and returns fp32 tokens
+    close to Meta's fp32 ones."""
+    ref, path, arch = s_file
+    bb = load_ours(arch, path, dtype=torch.bfloat16)
+    x = images((96, 80))
+    out = bb.encode(x)
+    _, patches_ref = official_tokens(ref, x)
+    assert out.patches.dtype == torch.float32 and out.grid == (6, 5)
+    cos = torch.nn.functional.cosine_similarity(out.patches, patches_ref, dim=-1)
+    assert cos.min() > 0.99

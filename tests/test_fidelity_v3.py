@@ -41,10 +41,11 @@ REDUCED = {
 }
 
 
-def load_ours(arch: Arch, path) -> Backbone:
+def load_ours(arch: Arch, path, dtype: torch.dtype = torch.float32) -> Backbone:
+    """load_backbone's steps for an Arch that is not in the registry (a reduced one)."""
     vit = build_vit3(arch, init=False)
     W.load_into(vit, W.read_checkpoint(path, arch), arch, str(path))
-    return Backbone(arch, vit, device=torch.device("cpu"), dtype=torch.float32, weights_id="test")
+    return Backbone(arch, vit, device=torch.device("cpu"), dtype=dtype, weights_id="test")
 
 
 def make_pair(name: str, tmp_path_factory, seed: int = 3):
