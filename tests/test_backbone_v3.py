@@ -242,6 +242,7 @@ def test_no_weights_for_dinov3_says_how_to_get_them(tmp_path):
     msg = str(info.value)
     assert "\n" not in msg and "gated" in msg and "dinov3-downloads" in msg and "--weights https://" in msg
     assert "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth" in msg and list(tmp_path.iterdir()) == []
+    assert "vit_base_patch16_dinov3.lvd1689m" in msg and "facebook/dinov3-vitb16-pretrain-lvd1689m" in msg
 
 
 def test_cached_dinov3_file_is_used(s_file, tmp_path, monkeypatch):

@@ -34,8 +34,8 @@ class Backbone(torch.nn.Module):
     linear_kernels ("onednn" when fp32 CPU linear layers run through oneDNN, else "default").
     """
 
-    def __init__(self, arch: Arch, vit: VisionTransformer | VisionTransformer3, *, device: torch.device, dtype: torch.dtype,
-                 weights_id: str, onednn: bool = True) -> None:
+    def __init__(self, arch: Arch, vit: VisionTransformer | VisionTransformer3, *, device: torch.device,
+                 dtype: torch.dtype, weights_id: str, onednn: bool = True) -> None:
         super().__init__()
         self.arch = arch
         self.vit = vit.eval().to(device)

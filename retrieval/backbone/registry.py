@@ -44,7 +44,6 @@ class Arch:
     qkv_bias: bool = True
     eps: float = 1e-6
     checkpoint_hash: str = ""  # DINOv3: the hash in Meta's file name
-    local_cls_norm: bool = False  # DINOv3 7B: its files carry a training-only `local_cls_norm`
     hf_name: str | None = None  # Hugging Face transformers' repository of the same weights
 
     @property
@@ -97,12 +96,12 @@ def _pair(size: str, dim: int, depth: int, heads: int, *, swiglu: bool = False) 
 
 
 def _v3(short: str, timm_size: str, dim: int, depth: int, heads: int, file_hash: str, *, ffn_ratio: float = 4.0,
-        swiglu_align: int = 0, qkv_bias: bool = True, local_cls_norm: bool = False) -> Arch:
+        swiglu_align: int = 0, qkv_bias: bool = True) -> Arch:
     """A DINOv3 ViT/16 at Meta's hub settings (dinov3/hub/backbones.py): 4 storage tokens,
     LayerNorm eps 1e-5 ("layernormbf16"), RoPE base 100; swiglu_align=0 means the GELU MLP."""
-    return Arch(f"dinov3_{short}", f"vit_{timm_size}_patch16_dinov3", dim, depth, heads, 4, swiglu=swiglu_align > 0, pretrain_grid=0,
-                family="dinov3", patch_size=16, ffn_ratio=ffn_ratio, swiglu_align=swiglu_align or 8,
-                qkv_bias=qkv_bias, eps=1e-5, checkpoint_hash=file_hash, local_cls_norm=local_cls_norm,
+    return Arch(f"dinov3_{short}", f"vit_{timm_size}_patch16_dinov3", dim, depth, heads, 4, swiglu=swiglu_align > 0,
+                pretrain_grid=0, family="dinov3", patch_size=16, ffn_ratio=ffn_ratio, swiglu_align=swiglu_align or 8,
+                qkv_bias=qkv_bias, eps=1e-5, checkpoint_hash=file_hash,
                 hf_name=f"facebook/dinov3-{short}-pretrain-lvd1689m")
 
 
@@ -118,8 +117,7 @@ def registry() -> dict[str, Arch]:
         _v3("vitb16", "base", 768, 12, 12, "73cec8be"),
         _v3("vitl16", "large", 1024, 24, 16, "8aa4cbdd"),
         _v3("vith16plus", "huge_plus", 1280, 32, 20, "7c1da9a5", ffn_ratio=6.0, swiglu_align=8),
-        _v3("vit7b16", "7b", 4096, 40, 32, "a955f4ea", ffn_ratio=3.0, swiglu_align=64, qkv_bias=False,
-            local_cls_norm=True),
+        _v3("vit7b16", "7b", 4096, 40, 32, "a955f4ea", ffn_ratio=3.0, swiglu_align=64, qkv_bias=False),
         Arch("test_tiny", None, 32, 2, 2, 0, pretrain_grid=16, random_only=True),
         Arch("test_tiny_v3", None, 32, 2, 2, 4, random_only=True, pretrain_grid=0, family="dinov3", patch_size=16,
              eps=1e-5),

@@ -98,8 +98,9 @@ def fetch_official(
         raise WeightsError(
             f"no {arch.name} weights: Meta's DINOv3 files are gated; request access at "
             f"{DINOV3_REQUEST_PAGE}, then pass the URL Meta e-mails (--weights https://...) or the "
-            f"downloaded {arch.checkpoint_file} (--weights FILE), or put that file at {dest}")
-    official = arch.url if file_name is None else None  # a --weights URL is what to download by hand, else the official one
+            f"downloaded {arch.checkpoint_file} (--weights FILE), or put that file at {dest}; the safetensors of "
+            f"timm's {arch.timm_name}.lvd1689m or Hugging Face's {arch.hf_name} also load")
+    official = arch.url if file_name is None else None  # by hand: the official file, or a --weights URL as given
     url = url or arch.url
     assert url is not None
     how_to = (
