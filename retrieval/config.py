@@ -207,7 +207,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     weights = data.get("backbone", {}).get("weights") if isinstance(data.get("backbone"), dict) else None
-    if isinstance(weights, str):
+    if isinstance(weights, str) and not is_url(weights):
         data["backbone"]["weights"] = str((path.parent / Path(weights).expanduser()).resolve())
     try:
         _merge(EngineConfig, EngineConfig(), data, "")
@@ -242,6 +242,12 @@ _OPTIONS: dict[str, tuple[str | None, str]] = {
 }
 
 
+def is_url(weights: str) -> bool:
+    """An http(s) URL for --weights (DINOv3's e-mailed ones), kept as given: the backbone downloads it.
+    Also as a CLI `Path` leaves it, with one slash after the scheme."""
+    return weights.startswith(("https:/", "http:/"))
+
+
 def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, Any] | None = None,
                   **options: Any) -> dict[str, Any]:
     """Nested overrides for a command: `defaults`, then the config file, then the options given.
@@ -259,7 +265,7 @@ def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, 
         if value is None:
             continue
         if name == "weights":
-            value = str(Path(value).expanduser().resolve())
+            value = str(value) if is_url(str(value)) else str(Path(value).expanduser().resolve())
         elif name == "multiscale":
             value = MULTISCALE if value else (1.0,)
         elif name == "whiten_dim":

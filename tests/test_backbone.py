@@ -23,7 +23,7 @@ def test_registry_names():
 
 def test_unknown_name_lists_valid():
     with pytest.raises(UnknownBackboneError) as info:
-        load_backbone("dinov3_vits16")
+        load_backbone("dinov9_vits16")
     assert "dinov2_vits14_reg" in str(info.value) and "test_tiny" in str(info.value)
 
 

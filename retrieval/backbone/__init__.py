@@ -1,4 +1,5 @@
-"""DINOv2 backbones by short name (see `registry.py`), with weights handling in `weights.py`.
+"""DINOv2 and DINOv3 backbones by short name (see `registry.py`; our ViTs in `vit.py` and `vit3.py`),
+with weights handling in `weights.py` (and `weights3.py` for DINOv3's key layouts).
 
 Names are imported on first use: the registry (`retrieve models`) and file hashing need no torch.
 """

@@ -1,4 +1,5 @@
-"""A DINOv2 backbone (our own ViT, vit.py) whose tokens match the official implementation."""
+"""A DINOv2 or DINOv3 backbone (our own ViTs, vit.py and vit3.py) whose tokens match the official
+implementations."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from ..errors import RetrievalError, UnknownBackboneError, UsageError, WeightsEr
 from ..types import TokenBatch
 from . import weights as W
 from .onednn import use_onednn
-from .registry import IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, Arch, registry
+from .registry import IMAGENET_MEAN, IMAGENET_STD, Arch, registry
 from .vit import TEST_TINY_WEIGHTS, VisionTransformer, build_vit, interpolate_pos_embed
+from .vit3 import TEST_TINY_V3_WEIGHTS, VisionTransformer3, build_vit3
 
 __all__ = ["Backbone", "backbone_names", "ensure_weights", "interpolate_pos_embed", "load_backbone", "native_dtype",
            "resolve_device", "resolve_dtype", "weights_id"]
@@ -32,8 +34,8 @@ class Backbone(torch.nn.Module):
     linear_kernels ("onednn" when fp32 CPU linear layers run through oneDNN, else "default").
     """
 
-    def __init__(self, arch: Arch, vit: VisionTransformer, *, device: torch.device, dtype: torch.dtype,
-                 weights_id: str, onednn: bool = True) -> None:
+    def __init__(self, arch: Arch, vit: VisionTransformer | VisionTransformer3, *, device: torch.device,
+                 dtype: torch.dtype, weights_id: str, onednn: bool = True) -> None:
         super().__init__()
         self.arch = arch
         self.vit = vit.eval().to(device)
@@ -45,7 +47,7 @@ class Backbone(torch.nn.Module):
         self.weights_id = weights_id
         self.name = arch.name
         self.dim = arch.dim
-        self.patch_size = PATCH_SIZE
+        self.patch_size = arch.patch_size
         self.num_registers = arch.num_registers
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
@@ -53,11 +55,15 @@ class Backbone(torch.nn.Module):
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> TokenBatch:
-        """x: normalised float `(n, 3, H, W)`, H and W multiples of 14."""
+        """x: normalised float `(n, 3, H, W)`, H and W multiples of the patch size (14 for DINOv2).
+        DINOv3 takes any H, W of at least 16, as Meta's code does: its patch convolution drops
+        the last H % 16 rows and W % 16 columns, and `grid` counts the patches it made."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a float tensor (n, 3, H, W), got shape {tuple(x.shape)}")
         _, _, height, width = x.shape
-        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0:
+        v3 = isinstance(self.vit, VisionTransformer3)
+        ragged = not v3 and (height % self.patch_size or width % self.patch_size)
+        if ragged or height < self.patch_size or width < self.patch_size:
             raise ValueError(
                 f"input {height}x{width} is not a multiple of the patch size {self.patch_size}; "
                 f"resize with retrieval.images.resize_for_model"
@@ -67,7 +73,10 @@ class Backbone(torch.nn.Module):
         if self.dtype != torch.float32:
             autocast = torch.autocast(self.device.type, dtype=self.dtype)
         with autocast:
-            t = self.vit.tokens(x, antialias=self.arch.antialias_pos)
+            if isinstance(self.vit, VisionTransformer3):
+                t = self.vit.tokens(x)
+            else:
+                t = self.vit.tokens(x, antialias=self.arch.antialias_pos)
         t = t.float()
         grid = (height // self.patch_size, width // self.patch_size)
         return TokenBatch(cls=t[:, 0], patches=t[:, 1 + self.num_registers:], grid=grid)
@@ -80,9 +89,11 @@ def backbone_names() -> list[str]:
     return list(registry())
 
 
-def _build_vit(arch: Arch) -> VisionTransformer:
+def _build_vit(arch: Arch) -> VisionTransformer | VisionTransformer3:
     """A checkpoint's model is built empty ("meta" device) and its weights assigned; only the random
-    `test_tiny` is initialised."""
+    test models are initialised."""
+    if arch.family == "dinov3":
+        return build_vit3(arch, init=arch.random_only)
     return build_vit(arch, init=arch.random_only)
 
 
@@ -147,21 +158,30 @@ def ensure_weights(name: str, *, weights: str | Path | None = None, cache_dir: s
     if name not in archs:
         raise UnknownBackboneError(name, list(archs))
     arch = archs[name]
-    if weights is not None:
+    if weights is not None and (url := W.as_url(weights)) is not None:
+        W.fetch_url(arch, url, cache_dir=cache_dir)
+    elif weights is not None:
         if not Path(weights).is_file():
             raise WeightsError(f"weights file not found: {weights}; expected the official {arch.checkpoint_file} "
-                                 f"({arch.url}) or a safetensors file of {arch.name}")
+                                 f"({arch.where}) or a safetensors file of {arch.name}")
     elif not arch.random_only:
         W.fetch_official(arch, cache_dir=cache_dir)
 
 
+def _random_id(arch: Arch) -> str:
+    return TEST_TINY_V3_WEIGHTS if arch.family == "dinov3" else TEST_TINY_WEIGHTS
+
+
 def _weights_file(name: str, weights: str | Path | None, cache_dir: str | Path | None) -> tuple[Arch, Path | None]:
     """The architecture of `name` and the weights file load_backbone reads: `weights`, else the
-    official checkpoint (fetched once into the cache), else None for a random-only test model."""
+    official checkpoint (fetched once into the cache), else None for a random-only test model. An
+    http(s) URL is downloaded once into the cache."""
     archs = registry()
     if name not in archs:
         raise UnknownBackboneError(name, list(archs))
     arch = archs[name]
+    if weights is not None and (url := W.as_url(weights)) is not None:
+        return arch, W.fetch_url(arch, url, cache_dir=cache_dir)
     if weights is not None:
         return arch, Path(weights)
     if arch.random_only:
@@ -173,9 +193,9 @@ def weights_id(name: str, *, weights: str | Path | None = None, cache_dir: str |
                hash_cache: MutableMapping[str, str] | None = None) -> str:
     """The `weights_id` load_backbone(name, weights=...) would give, without building the model:
     what a driver checks against its index before workers load the model themselves."""
-    _, path = _weights_file(name, weights, cache_dir)
+    arch, path = _weights_file(name, weights, cache_dir)
     if path is None:
-        return TEST_TINY_WEIGHTS
+        return _random_id(arch)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}; pass the index's weights file with --weights")
     return W.file_id(path, hash_cache)
@@ -191,11 +211,14 @@ def load_backbone(
     hash_cache: MutableMapping[str, str] | None = None,
     onednn: bool = True,
 ) -> Backbone:
-    """Create a DINOv2 backbone by short name with official (or local) weights.
+    """Create a DINOv2 or DINOv3 backbone by short name with official (or local) weights.
 
-    name: one of `backbone_names()`; `test_tiny` is a random 2-block ViT for tests.
-    weights: a local checkpoint (official `.pth` key layout, or safetensors); None fetches the
-    official checkpoint once into the torch hub cache (a clear error when offline).
+    name: one of `backbone_names()`; `test_tiny` (DINOv2) and `test_tiny_v3` are random 2-block ViTs
+    for tests.
+    weights: a local checkpoint (official `.pth` key layout, or safetensors in timm's or, for DINOv3,
+    Hugging Face's layout), or an http(s) URL downloaded once into the torch hub cache; None fetches
+    the official DINOv2 checkpoint once into that cache (a clear error when offline). DINOv3's
+    files are gated: None finds one only when it is already in the cache under Meta's file name.
     dtype: fp32 (default), or bf16/fp16 run by autocast, or auto (see native_dtype).
     hash_cache: remembers weights-file hashes by (path, size, mtime) across calls (see weights.file_id).
     onednn: in fp32 on the CPU, run the linear layers through oneDNN (onednn.py); False keeps
@@ -208,6 +231,6 @@ def load_backbone(
         weights_id = W.file_id(path, hash_cache)
     else:
         log.warning("backbone %s has random weights: for tests and demos only, not for retrieval", name)
-        weights_id = TEST_TINY_WEIGHTS
+        weights_id = _random_id(arch)
     where = resolve_device(device)
     return Backbone(arch, vit, device=where, dtype=resolve_dtype(dtype, where), weights_id=weights_id, onednn=onednn)

@@ -58,11 +58,12 @@ def interpolate_pos_embed(
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping 14x14 patches to `dim` channels: `(n, 3, H, W)` -> `(n, H/14 * W/14, dim)`."""
+    """Non-overlapping p x p patches (14 here, 16 in DINOv3) to `dim` channels: `(n, 3, H, W)` ->
+    `(n, H/p * W/p, dim)`; a remainder of H or W is dropped, as the convolution does."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, patch: int = PATCH) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=PATCH, stride=PATCH)
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -191,20 +192,20 @@ def build_vit(arch: Arch, *, init: bool) -> VisionTransformer:
 
 
 @torch.no_grad()
-def init_random(vit: VisionTransformer, *, seed: int) -> None:
+def init_random(vit: nn.Module, *, seed: int) -> None:
     """timm's ViT init, drawn from a generator of its own (the global RNG is left alone): linear
     weights and position embeddings truncated normal with std 0.02, biases 0, class and register
-    tokens normal with std 1e-6, the patch projection PyTorch's default for a convolution
+    tokens normal with std 1e-6 (DINOv3's storage tokens too), the patch projection PyTorch's default for a convolution
     (uniform in +-1/sqrt(fan in)), LayerNorms 1 and 0, LayerScale 1e-5 (every block starts near
     the identity)."""
     g = torch.Generator().manual_seed(seed)
     for name, p in vit.named_parameters():
         if name.startswith("patch_embed.proj."):
-            bound = 1 / math.sqrt(vit.patch_embed.proj.weight[0].numel())
+            bound = 1 / math.sqrt(vit.get_parameter("patch_embed.proj.weight")[0].numel())
             p.uniform_(-bound, bound, generator=g)
         elif name == "pos_embed" or (p.ndim == 2 and name.endswith(".weight")):  # linear weights
             nn.init.trunc_normal_(p, std=0.02, generator=g)
-        elif name in ("cls_token", "reg_token"):
+        elif name in ("cls_token", "reg_token", "storage_tokens"):
             p.normal_(0, 1e-6, generator=g)
         elif name.endswith(".gamma"):
             p.fill_(1e-5)

@@ -101,9 +101,11 @@ def match(
 
 @app.command()
 def models() -> None:
-    """List backbone names, their size and where official weights come from."""
+    """List backbone names, their size, where official weights come from and under which licence."""
     from ..backbone.registry import registry
 
     for name, arch in registry().items():
-        source = "random weights (tests only)" if arch.random_only else arch.url
-        typer.echo(f"{name:20s} dim {arch.dim:5d}  {arch.depth:2d} blocks  registers {arch.num_registers}  {source}")
+        tokens = f"{'storage' if arch.family == 'dinov3' else 'registers'} {arch.num_registers}"
+        licence = "" if arch.random_only else f"  [weights: {arch.licence}]"
+        typer.echo(f"{name:20s} dim {arch.dim:5d}  {arch.depth:2d} blocks  patch {arch.patch_size}  {tokens:10s}  "
+                   f"{arch.source}{licence}")
