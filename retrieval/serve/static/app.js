@@ -339,8 +339,9 @@ function detailText(hit, m) {
 
 function describePair(hit, m) {
   const box = m.query_box ? " (region " + m.query_box.map((v) => Math.round(v)).join(", ") + " of the query)" : "";
-  return "The query" + box + " and " + shown(baseName(hit.path)) + " side by side: " + (m.inliers === 0 ? "no inliers to draw" :
-    m.lines.length + " of " + m.inliers + " inliers drawn as lines, spread over the query, the rest as dots") + ".";
+  const drawn = m.inliers === 0 ? "no inliers to draw" : m.lines.length === m.inliers ? "all " + m.inliers + " inliers drawn as lines"
+    : m.lines.length + " of " + m.inliers + " inliers drawn as lines, spread over the query, the rest as dots";
+  return "The query" + box + " and " + shown(baseName(hit.path)) + " side by side: " + drawn + ".";
 }
 
 function loadImg(url) {
