@@ -109,20 +109,31 @@ def caption(p: Pair, *, model: str, score: float | None = None, rank: int | None
     return parts
 
 
+def _shown_xy(w: View, idx: np.ndarray, patch_size: int) -> np.ndarray:
+    """Patch centres in the display image's pixels."""
+    from ..local import grid_xy
+
+    scale = np.array(w.display.size) / np.array(w.picture.size)
+    return grid_xy(w.grid)[idx] * patch_size * scale
+
+
+def drawn_lines(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES) -> np.ndarray:
+    """Which inliers the matches picture (`render`) draws as lines: indices into the inliers (in
+    the order of matches), at most max_lines, in drawing order; the same `visualize.choose_lines`
+    call on the same positions and cosines as `visualize.draw_matches` makes."""
+    m, inl = p.verification.matches, np.asarray(p.verification.inliers, bool)
+    return visualize.choose_lines(_shown_xy(p.a, m.ia[inl], patch_size), np.asarray(m.sim)[inl],
+                                  size=p.a.display.size, max_lines=max_lines)
+
+
 def render(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False,
            text: list[str] | None = None) -> dict[str, Image.Image]:
     """{"matches", "heatmap", "pca"} pictures of a pair, drawn on the views' display images; `text`
     (see `caption`) in the strip below the matches, its last part (the model) below the heat map."""
-    from ..local import grid_xy
-
     m, v = p.verification.matches, p.verification
-
-    def shown_xy(w: View, idx: np.ndarray) -> np.ndarray:  # patch centres in the display image's pixels
-        scale = np.array(w.display.size) / np.array(w.picture.size)
-        return grid_xy(w.grid)[idx] * patch_size * scale
-
     text = text or []
-    matches = visualize.draw_matches(p.a.display, p.b.display, shown_xy(p.a, m.ia), shown_xy(p.b, m.ib), m.sim,
+    matches = visualize.draw_matches(p.a.display, p.b.display, _shown_xy(p.a, m.ia, patch_size),
+                                     _shown_xy(p.b, m.ib, patch_size), m.sim,
                                      inliers=v.inliers, max_lines=max_lines, show_outliers=show_outliers,
                                      caption=text, verified=p.verified)
     s = l2n(p.a.patches) @ l2n(p.b.patches).T

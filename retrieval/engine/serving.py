@@ -21,8 +21,10 @@ from PIL import Image
 from .. import images
 from ..config import ImageConfig
 from ..errors import BadImageError, UsageError
+from ..rerank import MIN_INLIERS
+from ..visualize import MAX_LINES, line_colours
 from .index import Box, Index
-from .maps import Pair, View, caption, display_picture, model_label, pair, render, view
+from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
 from .search import Query
 
 PICTURE_KINDS = ("matches", "heatmap", "pca")
@@ -110,9 +112,11 @@ class Correspondences:
     model: str  # the caption's model label (maps.model_label)
 
     def to_json(self) -> dict[str, Any]:
-        """{"matches", "inliers", "pairs": [[qx, qy, x, y], ...], "similarity": [...]}: the verified
-        matches' patch centres in each image's own upright pixels (the query's: the uploaded image,
-        box included)."""
+        """{"matches", "inliers", "verified", "min_inliers", "pairs": [[qx, qy, x, y], ...],
+        "similarity": [...], "lines": [...], "line_colours": [...], "max_lines", "query_size",
+        "query_box", "size"}: the verified matches (all inliers) as patch centres in each image's own
+        upright pixels (the query's: the uploaded image, box included), and which of them the
+        matches picture draws as lines (indices into pairs, in its order, with its colours)."""
         from ..local import grid_xy
 
         v = self.pair.verification
@@ -122,10 +126,15 @@ class Correspondences:
         xb = _to_original(grid_xy(self.pair.b.grid)[m.ib[inl]] * self.patch_size, self.pair.b.picture.size,
                           self.other_size, None)
         pairs = np.concatenate([qa, xb], axis=1) if len(qa) else np.zeros((0, 4))
+        lines = drawn_lines(self.pair, patch_size=self.patch_size)
         return {"matches": self.pair.n_matches, "inliers": self.pair.n_inliers,
+                "verified": self.pair.verified, "min_inliers": MIN_INLIERS,
                 "query_size": list(self.query_size), "size": list(self.other_size),
+                "query_box": None if self.query_box is None else [float(c) for c in self.query_box],
                 "pairs": [[round(float(c), 1) for c in row] for row in pairs],
-                "similarity": [round(float(s), 4) for s in np.asarray(m.sim)[inl]]}
+                "similarity": [round(float(s), 4) for s in np.asarray(m.sim)[inl]],
+                "lines": [int(i) for i in lines], "max_lines": MAX_LINES,
+                "line_colours": ["#%02x%02x%02x" % tuple(int(c) for c in rgb) for rgb in line_colours(len(lines))]}
 
     def picture(self, kind: str = "matches") -> Image.Image:
         """The picture `retrieve match` draws (matches), or its heat map / PCA companion."""

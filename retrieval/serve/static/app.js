@@ -15,6 +15,10 @@ const $ = (id) => document.getElementById(id);
   }
 })();
 
+// The inlier count from which a pair counts as verified (retrieval.rerank.MIN_INLIERS; a test
+// checks the two agree). Counts below it are shown, never in the verified colour.
+const MIN_INLIERS = 6;
+
 function headers() {
   const t = sessionStorage.getItem("retrieval-token");
   return t ? { Authorization: "Bearer " + t } : {};
@@ -22,6 +26,10 @@ function headers() {
 
 async function api(path, options = {}) {
   const r = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (r.status === 401) {
+    askToken(sessionStorage.getItem("retrieval-token") !== null);
+    throw new Error("this server needs its access token: enter it above");
+  }
   if (!r.ok) {
     let message = r.status + " " + r.statusText;
     try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
@@ -38,6 +46,25 @@ async function imageURL(path) {
   }
   return blobs.get(path);
 }
+
+// --- a server started with --token, opened without it: ask for it ---
+function askToken(wasWrong) {
+  const form = $("token-form");
+  if (!form.hidden) return;
+  form.hidden = false;
+  $("token").setAttribute("aria-invalid", wasWrong ? "true" : "false");
+  $("token").focus();
+}
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = $("token").value.trim();
+  if (!t) return;
+  sessionStorage.setItem("retrieval-token", t);
+  $("token").value = "";
+  $("token-form").hidden = true;
+  health();
+  if (state.file) search();
+});
 
 function status(text, isError = false) {
   const s = $("status");
@@ -76,12 +103,25 @@ function baseName(path) {
 // --- views ---
 function show(view) {
   for (const v of ["search", "detail", "index"]) $(v + "-view").hidden = v !== view;
-  $("tab-search").classList.toggle("active", view !== "index");
-  $("tab-index").classList.toggle("active", view === "index");
+  for (const [tab, on] of [["tab-search", view !== "index"], ["tab-index", view === "index"]]) {
+    $(tab).classList.toggle("active", on);
+    $(tab).setAttribute("aria-selected", on ? "true" : "false");
+  }
 }
 $("tab-search").addEventListener("click", () => show(state.detail ? "detail" : "search"));
 $("tab-index").addEventListener("click", () => { show("index"); loadIndex(); });
-$("back").addEventListener("click", () => { state.detail = null; show("search"); });
+$("back").addEventListener("click", closeDetail);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && !$("detail-view").hidden) { e.preventDefault(); closeDetail(); }
+});
+
+// Back to the results, focus on the result that was opened (while it is still on the page).
+function closeDetail() {
+  const opener = state.detail && state.detail.opener;
+  state.detail = null;
+  show("search");
+  if (opener && opener.isConnected) opener.focus();
+}
 
 const state = { file: null, queryURL: null, box: null, natural: null, result: null, detail: null };
 
@@ -96,12 +136,19 @@ function choose(file) {
   img.onload = () => {
     state.natural = [img.naturalWidth, img.naturalHeight];
     $("box-hint").hidden = false;
+    $("region").disabled = false;
   };
-  img.onerror = () => { $("box-hint").hidden = true; state.natural = null; }; // a format the browser cannot show
+  img.onerror = () => { // a format the browser cannot show (or no image at all): no broken picture
+    $("box-hint").hidden = true;
+    $("query-box").hidden = true;
+    state.natural = null;
+    $("drop-hint").textContent = (file.name || "pasted image") + " (no preview in this browser)";
+  };
   img.src = state.queryURL;
   $("query-box").hidden = false;
   $("drop-hint").textContent = file.name || "pasted image";
   $("go").disabled = false;
+  $("region").disabled = true;
   drawBox();
   search();
 }
@@ -150,9 +197,34 @@ window.addEventListener("mouseup", () => {
 });
 $("clear-box").addEventListener("click", () => { state.box = null; drawBox(); search(); });
 
+// The same box typed (keyboard, screen readers): x1, y1, x2, y2 in the image's pixels.
+function applyTypedBox() {
+  const v = ["x1", "y1", "x2", "y2"].map((id) => Number($(id).value));
+  const [w, h] = state.natural || [Infinity, Infinity];
+  if (["x1", "y1", "x2", "y2"].some((id) => $(id).value === "") || !(v[0] >= 0 && v[0] < v[2] && v[2] <= w &&
+      v[1] >= 0 && v[1] < v[3] && v[3] <= h)) {
+    uploadError("region: give 0 <= x1 < x2 <= " + w + " and 0 <= y1 < y2 <= " + h);
+    return;
+  }
+  state.box = v;
+  drawBox();
+  search();
+}
+$("apply-box").addEventListener("click", applyTypedBox);
+$("region").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && e.target.tagName === "INPUT") { e.preventDefault(); applyTypedBox(); }
+});
+
+function uploadError(text) {
+  $("upload-error").textContent = text;
+  $("upload-error").hidden = !text;
+}
+
 function drawBox() {
   const box = $("box");
   $("clear-box").disabled = !state.box;
+  const typed = state.box ? state.box.map((v) => Math.round(v)) : ["", "", "", ""];
+  ["x1", "y1", "x2", "y2"].forEach((id, i) => { $(id).value = typed[i]; });
   if (!state.box || !state.natural) {
     box.hidden = true;
     $("box-text").textContent = "";
@@ -176,17 +248,25 @@ async function search() {
   form.append("image", state.file, state.file.name || "pasted.png");
   form.append("k", $("k").value || "20");
   form.append("rerank", $("rerank").checked ? "true" : "false");
-  if (state.box) form.append("bbox", state.box.map((v) => v.toFixed(1)).join(","));
+  const box = state.box ? state.box.slice() : null;
+  if (box) form.append("bbox", box.map((v) => v.toFixed(1)).join(","));
   status("searching...");
   try {
     const r = await api("/api/search", { method: "POST", body: form });
     const data = await r.json();
     if (seq !== searchSeq) return; // a newer search was started meanwhile
-    state.result = data;
+    state.result = { ...data, box };
     status("");
+    uploadError("");
     renderResults(data);
   } catch (err) {
-    if (seq === searchSeq) status(err.message, true);
+    if (seq !== searchSeq) return;
+    // refused: the old results belong to another query; the reason goes by the upload
+    state.result = null;
+    $("results").replaceChildren();
+    $("summary").textContent = "";
+    status("");
+    uploadError(err.message);
   }
 }
 
@@ -200,22 +280,31 @@ function renderResults(data) {
     const img = el("img", { class: "thumb", alt: shown(baseName(hit.path)) });
     const meta = el("div", { class: "meta" },
       el("span", { class: "score", text: "#" + hit.rank + "  " + hit.score.toFixed(3) }));
-    if (hit.inliers !== undefined) meta.append(el("span", { class: "inl", text: hit.inliers + " inliers" }));
+    if (hit.inliers !== undefined) meta.append(el("span", { class: "inl" + (hit.inliers >= MIN_INLIERS ? " verified" : ""),
+      text: rerankText(hit.inliers) }));
     meta.append(el("span", { class: "name", title: shown(hit.path), text: shown(baseName(hit.path)) }));
-    const li = el("li", { tabindex: "0" }, img, meta);
-    li.addEventListener("click", () => openDetail(hit));
-    li.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(hit); });
-    list.append(li);
+    const card = el("button", { type: "button", class: "card" }, img, meta);
+    card.addEventListener("click", () => openDetail(hit, card));
+    list.append(el("li", {}, card));
     imageURL("/api/images/" + hit.id + "?max=320").then((u) => { img.src = u; }).catch(() => { img.alt = "(unavailable)"; });
   }
 }
 
+// A hit's count is the re-ranking's (compact stored patch descriptors); the detail's own counts
+// come from all patch tokens (docs/serve.md, "The page"): each is labelled where it shows.
+function rerankText(n) {
+  return "re-rank: " + n + " inlier" + (n === 1 ? "" : "s") + (n >= MIN_INLIERS ? ", verified" : "");
+}
+
 // --- one result: the two images side by side with the verified correspondences ---
-async function openDetail(hit) {
-  state.detail = { hit, pairs: null, kind: "lines" };
+async function openDetail(hit, opener) {
+  state.detail = { hit, pairs: null, kind: "lines", opener };
   show("detail");
   $("detail-title").textContent = "#" + hit.rank + "  " + shown(hit.path);
+  $("detail-title").focus();
   $("detail-stats").textContent = "matching...";
+  $("pair-text").textContent = "";
+  $("pair").setAttribute("aria-label", "correspondences, being computed");
   selectKind("lines");
   const canvas = $("pair");
   canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
@@ -228,13 +317,31 @@ async function openDetail(hit) {
     const query = await loadImg(state.queryURL).catch(() => null);
     if (state.detail === null || state.detail.hit !== hit) return;
     Object.assign(state.detail, { m, query, other });
-    $("detail-stats").textContent = m.matches + " patch matches, " + m.inliers + " verified (drawn)" +
-      "; score " + hit.score.toFixed(4);
+    $("detail-stats").textContent = detailText(hit, m);
+    const said = describePair(hit, m);
+    $("pair").setAttribute("aria-label", said);
+    $("pair-text").textContent = said;
     drawPair(-1);
   } catch (err) {
     $("detail-stats").textContent = err.message;
     status(err.message, true);
   }
+}
+
+function detailText(hit, m) {
+  const parts = ["similarity " + hit.score.toFixed(4)];
+  if (hit.inliers !== undefined) parts.push("re-ranking: " + hit.inliers + " inliers among the stored patch descriptors (" +
+    (hit.inliers >= MIN_INLIERS ? "verified" : "not verified, " + MIN_INLIERS + " needed") + ")");
+  parts.push("drawn here from all patch tokens: " + m.matches + " patch matches, " + m.inliers + " inliers (" +
+    (m.verified ? "verified" : "not verified, " + m.min_inliers + " needed") + ")");
+  return parts.join("; ");
+}
+
+function describePair(hit, m) {
+  const box = m.query_box ? " (region " + m.query_box.map((v) => Math.round(v)).join(", ") + " of the query)" : "";
+  const drawn = m.inliers === 0 ? "no inliers to draw" : m.lines.length === m.inliers ? "all " + m.inliers + " inliers drawn as lines"
+    : m.lines.length + " of " + m.inliers + " inliers drawn as lines, spread over the query, the rest as dots";
+  return "The query" + box + " and " + shown(baseName(hit.path)) + " side by side: " + drawn + ".";
 }
 
 function loadImg(url) {
@@ -268,17 +375,24 @@ function drawPair(highlight) {
   g.fillRect(0, 0, canvas.width, canvas.height);
   if (d.query) g.drawImage(d.query, 0, 0, L.ox - L.gap, L.h);
   g.drawImage(d.other, L.ox, 0, L.width - L.ox, L.h);
+  if (d.m.query_box) regionOnCanvas(g, d.m.query_box, L);
   d.pairs = d.m.pairs.map(([qx, qy, x, y], i) => ({ a: [qx * L.fq, qy * L.fq], b: [L.ox + x * L.fo, y * L.fo], s: d.m.similarity[i] }));
+  // as the matches picture: its lines (same choice, order and colours), every other inlier a dot
+  const line = new Map(d.m.lines.map((i, j) => [i, d.m.line_colours[j]]));
+  d.drawn = [];
   d.pairs.forEach((p, i) => {
-    const on = highlight === i, dim = highlight >= 0 && !on;
-    g.strokeStyle = on ? "#ffea00" : colour(p.s, dim ? 0.25 : 0.85);
-    g.lineWidth = on ? 4 : 2;
-    g.beginPath(); g.moveTo(p.a[0], p.a[1]); g.lineTo(p.b[0], p.b[1]); g.stroke();
+    if (line.has(i) || highlight === i) return;
     for (const [x, y] of [p.a, p.b]) {
-      g.fillStyle = on ? "#ffea00" : colour(p.s, dim ? 0.3 : 1);
-      g.beginPath(); g.arc(x, y, on ? 7 : 3, 0, 2 * Math.PI); g.fill();
+      g.fillStyle = "rgba(255,255,255,.9)"; g.strokeStyle = "rgba(0,0,0,.6)"; g.lineWidth = 1;
+      g.beginPath(); g.arc(x, y, 2.5, 0, 2 * Math.PI); g.fill(); g.stroke();
     }
   });
+  for (const [i, hue] of line) {
+    if (highlight === i) continue;
+    strokePair(g, d.pairs[i], highlight >= 0 ? hue + "40" : hue + "d9", 1.5, 3);
+    d.drawn.push(i);
+  }
+  if (highlight >= 0) strokePair(g, d.pairs[highlight], "#ffea00", 4, 7);
   if (highlight >= 0) { // the matched patch in the result, outlined
     const p = d.pairs[highlight], r = 12;
     g.strokeStyle = "#ffea00"; g.lineWidth = 3;
@@ -286,9 +400,19 @@ function drawPair(highlight) {
   }
 }
 
-function colour(s, alpha) { // blue (0.5) .. red (1), as `retrieve match` draws
-  const t = Math.min(Math.max((s - 0.5) / 0.5, 0), 1);
-  return "rgba(" + Math.round(255 * t) + ",60," + Math.round(255 * (1 - t)) + "," + alpha + ")";
+function strokePair(g, p, style, width, r) {
+  g.strokeStyle = style; g.fillStyle = style; g.lineWidth = width;
+  g.beginPath(); g.moveTo(p.a[0], p.a[1]); g.lineTo(p.b[0], p.b[1]); g.stroke();
+  for (const [x, y] of [p.a, p.b]) { g.beginPath(); g.arc(x, y, r, 0, 2 * Math.PI); g.fill(); }
+}
+
+// A region query: the rest of the query picture dimmed, the region outlined (the crop in place).
+function regionOnCanvas(g, box, L) {
+  const [x1, y1, x2, y2] = box.map((v) => v * L.fq), w = L.ox - L.gap;
+  g.fillStyle = "rgba(255,255,255,.6)";
+  g.fillRect(0, 0, w, y1); g.fillRect(0, y2, w, L.h - y2); g.fillRect(0, y1, x1, y2 - y1); g.fillRect(x2, y1, w - x2, y2 - y1);
+  g.strokeStyle = "#ff3b30"; g.lineWidth = 2;
+  g.strokeRect(x1, y1, x2 - x1, y2 - y1);
 }
 
 $("pair").addEventListener("mousemove", (e) => {
@@ -306,7 +430,10 @@ $("pair").addEventListener("mousemove", (e) => {
 $("pair").addEventListener("mouseleave", () => { if (state.detail) { state.detail.hover = -1; drawPair(-1); } });
 
 function selectKind(kind) {
-  for (const b of document.querySelectorAll(".kind")) b.classList.toggle("active", b.dataset.kind === kind);
+  for (const b of document.querySelectorAll(".kind")) {
+    b.classList.toggle("active", b.dataset.kind === kind);
+    b.setAttribute("aria-pressed", b.dataset.kind === kind ? "true" : "false");
+  }
   $("pair-wrap").hidden = kind !== "lines";
   $("picture").hidden = kind === "lines";
 }
@@ -363,5 +490,8 @@ async function loadIndex() {
   }
 }
 
-api("/api/health").then((r) => r.json()).then((h) => status(h.images + " images indexed"))
-  .catch((err) => status(err.message, true));
+function health() {
+  api("/api/health").then((r) => r.json()).then((h) => status(h.images + " images indexed"))
+    .catch((err) => status(err.message, true));
+}
+health();
