@@ -53,6 +53,7 @@ def folder(tmp_path) -> Path:
     return d
 
 
+@pytest.mark.subprocess
 def test_huge_k_rerank_k_and_qe_stay_within_memory(folder, tmp_path):
     """-k 10^9 over 5 images: before the fix, 8 GB+ padding arrays. The child runs with a 6 GB
     address-space limit, so a regression fails here instead of taking the machine down."""
@@ -396,6 +397,7 @@ def test_a_folder_reached_through_a_link_is_stored_once(folder, tmp_path):
     assert r.exit_code == 0 and "removed 5" in r.stdout
 
 
+@pytest.mark.subprocess
 def test_output_cut_short_by_the_reader_ends_quietly(tmp_path):
     """`retrieve ... | head`: the pipe closes under a long output; no error line, no traceback at
     exit, and SIGPIPE's status (141) as shell tools give."""
@@ -453,6 +455,7 @@ def test_odd_file_names_print_as_they_are(folder, tmp_path):
     assert r.exit_code == 0 and r.stdout.startswith("mine [b] :smile:: 1 queries, 5 images"), r.output
 
 
+@pytest.mark.subprocess
 def test_a_fifo_or_device_is_refused_not_read(folder, tmp_path):
     """A FIFO or /dev/zero as a query: one line naming it, at once. Before, the FIFO waited for a
     writer forever and /dev/zero was read until memory ran out; the child runs with a time limit

@@ -38,6 +38,7 @@ def _eval(args, tmp_path):
     return runner.invoke(app, ["eval", *args], env={"RETRIEVAL_INDEX": str(tmp_path / "default" / "index")})
 
 
+@pytest.mark.subprocess
 def test_official_layout_end_to_end(data, tmp_path):
     ranks_file, json_file = tmp_path / "r.npy", tmp_path / "m.json"
     r = _eval(["synthetic", "--data", str(data), *TINY, "--save-ranks", str(ranks_file), "--json-out", str(json_file)],
@@ -68,6 +69,7 @@ def test_official_layout_end_to_end(data, tmp_path):
         assert [h.path for h in hits] == [bench.database[i] for i in ranks[:3, 0]]
 
 
+@pytest.mark.subprocess
 def test_whitening_from_another_set_and_distractors(data, tmp_path):
     extra = tmp_path / "distractors"
     extra.mkdir()
@@ -83,6 +85,7 @@ def test_whitening_from_another_set_and_distractors(data, tmp_path):
     assert np.load(ranks_file).shape == (report["n_database"] + 4, report["n_queries"])
 
 
+@pytest.mark.subprocess
 def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "synthetic"], tmp_path)
     assert r.exit_code == 2 and "--whiten-from self" in r.output
@@ -92,6 +95,7 @@ def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     assert "test set itself" in json.loads(out.read_text())["config"]["whitening"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("preset,flags,want", [
     # the file's settings reach the run; test_tiny stands in for the file's model (no real weights here)
     ("table9-vitl14.toml", ["--size", "112"], {"size": 112, "pooling": "cls", "scales": [1.0], "dtype": "fp32"}),
@@ -112,6 +116,7 @@ def test_config_presets(data, tmp_path, preset, flags, want):
     assert {k: cfg[k] for k in want} == want
 
 
+@pytest.mark.subprocess
 def test_plain_json_ground_truth(data, tmp_path):
     out = tmp_path / "m.json"
     r = _eval([str(data / "synthetic.json"), *TINY, "--json-out", str(out)], tmp_path)
@@ -127,6 +132,7 @@ def test_missing_data_is_one_line(tmp_path):
     assert r.exit_code == 2 and "--data" in r.output
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("extra", [[], ["--rerank", "--rerank-k", "5", "--qe", "2", "--dba", "2"]])
 def test_eval_ranks_exactly_as_query_does(data, tmp_path, extra):
     """Each query's ranking equals `retrieve query` of its cropped image, same options, -k all."""
@@ -157,6 +163,7 @@ def test_eval_ranks_exactly_as_query_does(data, tmp_path, extra):
         assert [h["path"] for h in json.loads(got.stdout)] == [bench.database[j] for j in ranks[:, i]]
 
 
+@pytest.mark.subprocess
 def test_ladder_one_run_a_row_per_stage(data, tmp_path):
     json_file = tmp_path / "m.json"
     r = _eval(["synthetic", "--data", str(data), *TINY, "--ladder", "--rerank-k", "5", "--json-out", str(json_file)],
