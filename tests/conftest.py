@@ -128,6 +128,16 @@ def photos(tmp_path: Path) -> list[Path]:
     return out
 
 
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    """Five seeded photos, p0.jpg to p4.jpg."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(5):
+        synth_photo(i).save(d / f"p{i}.jpg", quality=90)
+    return d
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
     """(photos folder, index folder) of 12 small photos: a store of 16 pages of 4 KB."""

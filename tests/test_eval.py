@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from retrieval.engine import Index
 from retrieval.evaluate import compute_map, protocol_truth
 
 from .conftest import ROOT, synth_photo
+from .helpers import one_line_error
 
 runner = CliRunner()
 TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
@@ -178,3 +180,41 @@ def test_ladder_one_run_a_row_per_stage(data, tmp_path):
     assert all(s["ms_per_query"] > 0 and set(s["hard"]) == {"mAP", "mP@1", "mP@5", "mP@10"} for s in ladder)
     printed = json.loads(_eval(["synthetic", "--data", str(data), *TINY, "--json"], tmp_path).stdout)
     assert printed["easy"] == pytest.approx(ladder[0]["easy"])  # --json on stdout: the global stage's metrics
+
+
+@pytest.mark.parametrize("gnd,said", [
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": "oops"}, "gnd must be a list"),
+    ({"imlist": 5, "qimlist": ["q"], "gnd": [{}]}, "imlist must be a list"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [3], "hard": [], "junk": []}]}, "outside 0..0"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [0], "bbx": [5, 5, 1, 1]}]}, "x2 > x1"),
+])
+def test_malformed_revisited_ground_truth(tmp_path, gnd, said):
+    root = tmp_path / "mine"
+    root.mkdir()
+    with open(root / "gnd_mine.pkl", "wb") as f:
+        pickle.dump(gnd, f)
+    one_line_error(runner.invoke(app, ["eval", "mine", "--data", str(tmp_path), "--model", "test_tiny"]),
+                   "gnd_mine.pkl", said)
+
+
+@pytest.mark.parametrize("data,said", [
+    ({"database": ["a.jpg"], "queries": [1, 2]}, "queries[0] must be an object"),
+    ({"database": "img00.jpg", "queries": []}, '"database" must be a list'),
+    ({"database": ["a.jpg"], "queries": [{"image": "a.jpg", "bbox": [0, 0, "x", 1]}]}, "bbox"),
+    ([1, 2], "must be an object"),
+    ({"database": ["a.jpg"], "queries": [{"image": "q.jpg", "positives": []}]}, 'no query lists any "positives"'),
+])
+def test_malformed_json_ground_truth(tmp_path, data, said):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps(data))
+    one_line_error(runner.invoke(app, ["eval", str(gt), "--model", "test_tiny"]), "mine.json", said)
+
+
+def test_a_ground_truth_box_outside_its_image_names_the_query_to_correct(folder, tmp_path):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps({"database": [f"photos/p{i}.jpg" for i in range(1, 5)],
+                              "queries": [{"image": "photos/p0.jpg", "bbox": [5000, 5000, 6000, 6000],
+                                           "positives": ["photos/p1.jpg"]}]}))
+    r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--index", str(tmp_path / "ix")])
+    one_line_error(r, "p0.jpg", "correct query 0's box in the mine ground truth")
+    assert "--bbox" not in r.stderr
