@@ -19,8 +19,8 @@ DATA = ROOT / "tests" / "data"  # in the repository: tests never read outside it
 AWKWARD = DATA / "awkward-images"
 GND = DATA / "revisitop-gnd"
 
-# A test that starts a process carries one of these markers (pyproject.toml says what each means),
-# so that `pytest -m "not subprocess and not ray and not browser"` is a fast run of everything else.
+# A test that starts a process carries one of these markers (pyproject.toml says what each means), so
+# that the fast run (README, Development), which leaves them out, is quick and checks all the rest.
 CHILD_MARKERS = ("subprocess", "ray", "browser")
 UNMARKED = ("started a process ({}) but is not marked: mark this test @pytest.mark.subprocess "
             "(or ray, or browser) so that the fast run leaves it out")
