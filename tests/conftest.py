@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,67 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # in the repository: tests never read outside it (tests/data/README.md)
 AWKWARD = DATA / "awkward-images"
 GND = DATA / "revisitop-gnd"
+
+# A test that starts a process carries one of these markers (pyproject.toml says what each means), so
+# that the fast run (README, Development), which leaves them out, is quick and checks all the rest.
+CHILD_MARKERS = ("subprocess", "ray", "browser")
+UNMARKED = ("started a process ({}) but is not marked: mark this test @pytest.mark.subprocess "
+            "(or ray, or browser) so that the fast run leaves it out")
+
+
+@contextmanager
+def _no_children(started: list[str]) -> Iterator[None]:
+    """Every way this interpreter starts a process (subprocess, multiprocessing's spawn and
+    forkserver, os.fork, os.system, posix_spawn) refuses, and is recorded in `started`."""
+    import _posixsubprocess
+
+    def refuse(what: str):  # noqa: ANN202
+        def refused(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            started.append(what)
+            raise RuntimeError(UNMARKED.format(what))
+        return refused
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "_execute_child", refuse("subprocess"))
+        mp.setattr(_posixsubprocess, "fork_exec", refuse("multiprocessing"))
+        for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                mp.setattr(os, name, refuse(f"os.{name}"))
+        yield
+
+
+def _guarded(item: pytest.Item):  # noqa: ANN202
+    """A hook wrapper's body: an unmarked test that starts a process, in its fixtures' setup or
+    teardown too, fails naming the marker it needs (even where the code under test caught the
+    refusal); a marked test runs as it is."""
+    if any(item.get_closest_marker(m) for m in CHILD_MARKERS):
+        return (yield)
+    started: list[str] = []
+    try:
+        with _no_children(started):
+            result = yield
+    except BaseException:
+        if not started:
+            raise
+        result = None
+    if started:
+        pytest.fail(UNMARKED.format(", ".join(sorted(set(started)))), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):  # noqa: ANN201
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):  # noqa: ANN201
+    return (yield from _guarded(item))
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +126,16 @@ def photos(tmp_path: Path) -> list[Path]:
         synth_photo(i, size).save(p, quality=92)
         out.append(p)
     return out
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    """Five seeded photos, p0.jpg to p4.jpg."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(5):
+        synth_photo(i).save(d / f"p{i}.jpg", quality=90)
+    return d
 
 
 @pytest.fixture(scope="module")

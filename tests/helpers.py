@@ -50,6 +50,28 @@ def run(*args: str):
     return runner.invoke(app, list(args), env=WIDE)
 
 
+def index_tiny(folder: Path, ix: Path, *more: str):  # noqa: ANN201
+    """`retrieve index` with the tiny backbone, in this process; it must succeed."""
+    r = runner.invoke(app, ["index", str(folder), "--index", str(ix), "--model", "test_tiny", "--size", "112",
+                            "--workers", "0", *more])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def query_index(ix: Path, *args: str):  # noqa: ANN201
+    return runner.invoke(app, ["query", *args, "--index", str(ix)])
+
+
+def one_line_error(r, *words: str) -> None:  # noqa: ANN001
+    """Failed with one error line (warnings and progress aside), no traceback, naming each of `words`."""
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("warning:", "progress:"))]
+    assert len(lines) == 1 and lines[0].startswith(("error:", "Usage", "Error")) or "Invalid value" in r.stderr, \
+        r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
 def clean_exit(r) -> bool:
     """Ended through the CLI's error boundary (typer.Exit), not an escaped exception."""
     return r.exception is None or isinstance(r.exception, SystemExit)

@@ -42,6 +42,7 @@ def synth(tmp_path_factory):
     return out
 
 
+@pytest.mark.subprocess
 def test_synthetic_set_in_both_layouts(synth):
     official = load_revisited(synth, "synthetic")
     plain = load_json(synth / "synthetic.json")
@@ -52,6 +53,7 @@ def test_synthetic_set_in_both_layouts(synth):
     assert load_revisited(synth, "synthetic", crop=False).queries[0].bbox is None
 
 
+@pytest.mark.subprocess
 def test_bad_layouts(synth, tmp_path):
     with pytest.raises(RetrievalError, match="revisitop layout"):
         load_revisited(tmp_path, "roxford5k")

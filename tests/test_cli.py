@@ -110,7 +110,7 @@ def test_models_lists_registry():
     assert "dinov2_vitg14_reg" in result.output and "dinov2_vitg14_reg4_pretrain.pth" in result.output
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("workers", ["0", pytest.param("1", marks=pytest.mark.subprocess)])  # "1": a decoder process
 def test_extract_writes_documented_npz(photos, tmp_path, tiny, awkward_dir, workers):
     bad = tmp_path / "broken.jpg"
     shutil.copy(awkward_dir / "jpeg_truncated_baseline_photo.jpg", bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from retrieval.engine import Index
 from retrieval.evaluate import compute_map, protocol_truth
 
 from .conftest import ROOT, synth_photo
+from .helpers import one_line_error
 
 runner = CliRunner()
 TINY = ["--model", "test_tiny", "--size", "112", "--workers", "0"]
@@ -38,6 +40,7 @@ def _eval(args, tmp_path):
     return runner.invoke(app, ["eval", *args], env={"RETRIEVAL_INDEX": str(tmp_path / "default" / "index")})
 
 
+@pytest.mark.subprocess
 def test_official_layout_end_to_end(data, tmp_path):
     ranks_file, json_file = tmp_path / "r.npy", tmp_path / "m.json"
     r = _eval(["synthetic", "--data", str(data), *TINY, "--save-ranks", str(ranks_file), "--json-out", str(json_file)],
@@ -68,6 +71,7 @@ def test_official_layout_end_to_end(data, tmp_path):
         assert [h.path for h in hits] == [bench.database[i] for i in ranks[:3, 0]]
 
 
+@pytest.mark.subprocess
 def test_whitening_from_another_set_and_distractors(data, tmp_path):
     extra = tmp_path / "distractors"
     extra.mkdir()
@@ -83,6 +87,7 @@ def test_whitening_from_another_set_and_distractors(data, tmp_path):
     assert np.load(ranks_file).shape == (report["n_database"] + 4, report["n_queries"])
 
 
+@pytest.mark.subprocess
 def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     r = _eval(["synthetic", "--data", str(data), *TINY, "--whiten-from", "synthetic"], tmp_path)
     assert r.exit_code == 2 and "--whiten-from self" in r.output
@@ -92,6 +97,7 @@ def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
     assert "test set itself" in json.loads(out.read_text())["config"]["whitening"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("preset,flags,want", [
     # the file's settings reach the run; test_tiny stands in for the file's model (no real weights here)
     ("table9-vitl14.toml", ["--size", "112"], {"size": 112, "pooling": "cls", "scales": [1.0], "dtype": "fp32"}),
@@ -112,6 +118,7 @@ def test_config_presets(data, tmp_path, preset, flags, want):
     assert {k: cfg[k] for k in want} == want
 
 
+@pytest.mark.subprocess
 def test_plain_json_ground_truth(data, tmp_path):
     out = tmp_path / "m.json"
     r = _eval([str(data / "synthetic.json"), *TINY, "--json-out", str(out)], tmp_path)
@@ -127,6 +134,7 @@ def test_missing_data_is_one_line(tmp_path):
     assert r.exit_code == 2 and "--data" in r.output
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("extra", [[], ["--rerank", "--rerank-k", "5", "--qe", "2", "--dba", "2"]])
 def test_eval_ranks_exactly_as_query_does(data, tmp_path, extra):
     """Each query's ranking equals `retrieve query` of its cropped image, same options, -k all."""
@@ -157,6 +165,7 @@ def test_eval_ranks_exactly_as_query_does(data, tmp_path, extra):
         assert [h["path"] for h in json.loads(got.stdout)] == [bench.database[j] for j in ranks[:, i]]
 
 
+@pytest.mark.subprocess
 def test_ladder_one_run_a_row_per_stage(data, tmp_path):
     json_file = tmp_path / "m.json"
     r = _eval(["synthetic", "--data", str(data), *TINY, "--ladder", "--rerank-k", "5", "--json-out", str(json_file)],
@@ -171,3 +180,41 @@ def test_ladder_one_run_a_row_per_stage(data, tmp_path):
     assert all(s["ms_per_query"] > 0 and set(s["hard"]) == {"mAP", "mP@1", "mP@5", "mP@10"} for s in ladder)
     printed = json.loads(_eval(["synthetic", "--data", str(data), *TINY, "--json"], tmp_path).stdout)
     assert printed["easy"] == pytest.approx(ladder[0]["easy"])  # --json on stdout: the global stage's metrics
+
+
+@pytest.mark.parametrize("gnd,said", [
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": "oops"}, "gnd must be a list"),
+    ({"imlist": 5, "qimlist": ["q"], "gnd": [{}]}, "imlist must be a list"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [3], "hard": [], "junk": []}]}, "outside 0..0"),
+    ({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [0], "bbx": [5, 5, 1, 1]}]}, "x2 > x1"),
+])
+def test_malformed_revisited_ground_truth(tmp_path, gnd, said):
+    root = tmp_path / "mine"
+    root.mkdir()
+    with open(root / "gnd_mine.pkl", "wb") as f:
+        pickle.dump(gnd, f)
+    one_line_error(runner.invoke(app, ["eval", "mine", "--data", str(tmp_path), "--model", "test_tiny"]),
+                   "gnd_mine.pkl", said)
+
+
+@pytest.mark.parametrize("data,said", [
+    ({"database": ["a.jpg"], "queries": [1, 2]}, "queries[0] must be an object"),
+    ({"database": "img00.jpg", "queries": []}, '"database" must be a list'),
+    ({"database": ["a.jpg"], "queries": [{"image": "a.jpg", "bbox": [0, 0, "x", 1]}]}, "bbox"),
+    ([1, 2], "must be an object"),
+    ({"database": ["a.jpg"], "queries": [{"image": "q.jpg", "positives": []}]}, 'no query lists any "positives"'),
+])
+def test_malformed_json_ground_truth(tmp_path, data, said):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps(data))
+    one_line_error(runner.invoke(app, ["eval", str(gt), "--model", "test_tiny"]), "mine.json", said)
+
+
+def test_a_ground_truth_box_outside_its_image_names_the_query_to_correct(folder, tmp_path):
+    gt = tmp_path / "mine.json"
+    gt.write_text(json.dumps({"database": [f"photos/p{i}.jpg" for i in range(1, 5)],
+                              "queries": [{"image": "photos/p0.jpg", "bbox": [5000, 5000, 6000, 6000],
+                                           "positives": ["photos/p1.jpg"]}]}))
+    r = runner.invoke(app, ["eval", str(gt), "--model", "test_tiny", "--size", "112", "--index", str(tmp_path / "ix")])
+    one_line_error(r, "p0.jpg", "correct query 0's box in the mine ground truth")
+    assert "--bbox" not in r.stderr

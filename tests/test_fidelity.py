@@ -22,7 +22,7 @@ try:
 except Exception as e:  # pragma: no cover - depends on the environment
     REFERENCE_ERROR = f"official dinov2 package not importable ({type(e).__name__}: {e}); run scripts/test.sh"
 
-pytestmark = pytest.mark.skipif(bool(REFERENCE_ERROR), reason=REFERENCE_ERROR)
+pytestmark = [pytest.mark.fidelity, pytest.mark.skipif(bool(REFERENCE_ERROR), reason=REFERENCE_ERROR)]
 
 SIZES = [(224, 224), (448, 336), (518, 518), (336, 476)]
 TOL = 1e-4

@@ -150,6 +150,7 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
         assert idx.info()["vector_index"]["fresh"] is True  # rebuilt and saved
 
 
+@pytest.mark.subprocess
 def test_awkward_images_end_to_end(tmp_path, awkward_dir):
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "workers": 1}) as idx:
         s = idx.update([awkward_dir])
@@ -283,6 +284,7 @@ def _index_cmd(folder: Path, ix: Path) -> list[str]:
             "--size", "112", "--batch", "2", "--workers", "0"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_loses_nothing_committed(tmp_path, sig):
     photos = tmp_path / "photos"
@@ -317,6 +319,7 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
         assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
 
 
+@pytest.mark.subprocess
 def test_full_size_weights_file_index_and_query(tmp_path):
     """`retrieve index DIR --weights FILE` then `retrieve query IMG` with a full-size ViT-S
     checkpoint in the official key layout (random values: no real weights exist here)."""

@@ -160,6 +160,7 @@ def test_a_jpeg_and_a_png_of_one_shape_share_a_batch(tiny, tmp_path: Path) -> No
     assert len(batch.items) == 2 and batch.tokens.cls.shape[0] == 2
 
 
+@pytest.mark.subprocess
 def test_decoder_processes_do_not_load_torch(tiny, tmp_path: Path, monkeypatch) -> None:
     """A spawned worker imports the modules of its job and initialiser: neither may pull in torch
     (each worker would pay seconds and hundreds of MB for it)."""
@@ -235,6 +236,7 @@ def test_orientation_stored_as_text_is_ignored_on_both_paths(tiny, tmp_path: Pat
     assert pillow.pixels[0].shape == device.pixels[0].shape
 
 
+@pytest.mark.subprocess
 def test_an_interrupted_stream_stops_its_decoder_processes_at_once(tiny, tmp_path: Path) -> None:
     import multiprocessing
 

@@ -71,6 +71,7 @@ def _query(index: Path, image: Path) -> list[dict]:
     return json.loads(r.stdout)
 
 
+@pytest.mark.ray
 def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
     alone, spread = tmp_path / "alone", tmp_path / "spread"
     r = run("index", str(folder), "--index", str(alone), *TINY_ARGS)
@@ -122,6 +123,7 @@ class DiesOnce(Embedder):
         return out
 
 
+@pytest.mark.ray
 def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(10))
@@ -136,6 +138,7 @@ def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime
     assert sorted(Path(os.fsdecode(p)).name for p in rows) == [f"photo_{i:03d}.jpg" for i in range(10)]
 
 
+@pytest.mark.ray
 def test_stopping_keeps_what_was_committed_and_the_same_command_continues(ray_runtime, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(10))
@@ -175,6 +178,7 @@ def test_addresses_ray_takes_are_accepted(address):
         check_address(address + " x")
 
 
+@pytest.mark.ray
 def test_a_local_runtime_keeps_token_auth_without_rays_warning(tmp_path_factory):
     """Ray warns on every start that it chose token authentication; `--ray local` keeps the token
     and drops the line (a real runtime, in a process of its own, so this module's is not reused)."""
@@ -262,6 +266,7 @@ def test_pool_sizing():
     assert pool(_FakeRay({"CPU": 2}, [node(2)])) == ({"num_cpus": 2}, {"num_cpus": 2}, 1)
 
 
+@pytest.mark.subprocess
 def test_decode_tasks_start_without_torch_or_ray():
     """A decode task's process imports the module of its function, and only that."""
     import subprocess

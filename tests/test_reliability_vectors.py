@@ -184,6 +184,7 @@ def test_a_result_now_a_folder_is_gone_and_a_picture_not_drawn_is_warned(tmp_pat
     assert not (out / f"{rank:03d}_matches.png").exists() and (out / "index.html").exists()
 
 
+@pytest.mark.subprocess
 def test_bench_gone_prints_its_ratio():
     import re
     import subprocess

@@ -8,7 +8,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT, synth_photo
+
+pytestmark = pytest.mark.subprocess
 
 
 def _run(*args: str) -> str:

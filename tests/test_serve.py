@@ -437,6 +437,7 @@ def test_bind_refusals():
             s.close()
 
 
+@pytest.mark.subprocess
 def test_serve_announces_the_port_it_listens_on_and_stops_on_ctrl_c(served):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--index", str(served["index"]),

@@ -13,6 +13,8 @@ from retrieval.serve import create_app
 
 from .helpers import Server
 
+pytestmark = pytest.mark.browser
+
 
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):

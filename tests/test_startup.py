@@ -15,6 +15,8 @@ import pytest
 
 from .conftest import ROOT, synth_photo
 
+pytestmark = pytest.mark.subprocess
+
 HEAVY = ("torch", "timm", "torchvision", "sklearn", "scipy", "ray")  # ray: only `retrieve index --ray` imports it
 
 _PROBE = """

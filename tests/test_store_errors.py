@@ -154,6 +154,7 @@ def _mount_tmpfs(where: Path, size: str) -> str | None:
     return None if p.returncode == 0 else f"cannot mount a tmpfs here: {p.stderr.strip() or p.returncode}"
 
 
+@pytest.mark.subprocess
 def test_disk_full_on_a_real_small_disk(tmp_path):
     """The issue's case: a 400 KB tmpfs as the index folder. The injected tests above cover the
     same behaviour where mounting is not allowed."""

@@ -19,6 +19,8 @@ import pytest
 from .conftest import ROOT
 from .helpers import count_rows
 
+pytestmark = pytest.mark.subprocess
+
 # `retrieve` run in-process by typer's runner, several commands per child: one result each
 _CHILD = """
 import json, sys

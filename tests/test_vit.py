@@ -69,6 +69,7 @@ def _timm_tokens(ref, x: torch.Tensor, *, registers: int) -> torch.Tensor:
         return ref.norm(ref.blocks(t))
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize("hw", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_tokens_equal_timm_bit_for_bit(pair, hw):
     ref, ours = pair
