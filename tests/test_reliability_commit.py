@@ -139,6 +139,7 @@ def _ok_rows(db: Path) -> int:
         return 0
 
 
+@pytest.mark.subprocess
 def test_killed_after_refused_files_keeps_committed_images(tmp_path):
     """`kill -9` mid-run of a new index whose first files are refused, once half its images are
     embedded: they were committed from the first batches on (before the fix: none until the
@@ -167,6 +168,7 @@ def test_killed_after_refused_files_keeps_committed_images(tmp_path):
         assert idx.local_pca() is not None
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watcher of a local runtime reads /proc")
 def test_a_killed_local_ray_driver_leaves_no_ray_process(tmp_path, tmp_path_factory):
     """Before: `ray::DashboardAgent` and `ray::RuntimeEnvAgent` outlived a driver killed with

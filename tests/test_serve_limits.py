@@ -288,6 +288,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.subprocess
 def test_disconnects_mid_upload_are_not_logged_as_errors(served):
     """Before: each one logged a ~50-line ClientDisconnect traceback, twice (ours and uvicorn's)."""
     port = free_port()
@@ -310,6 +311,7 @@ def test_disconnects_mid_upload_are_not_logged_as_errors(served):
 
 
 # --- 17: the URLs printed for a wildcard address (real `retrieve serve`) --------------------------------
+@pytest.mark.subprocess
 def test_a_wildcard_host_prints_urls_that_work(served):
     """Before: `http://0.0.0.0:PORT/?token=...`, an address no browser can open. Now loopback's URL,
     then this machine's other addresses; each one answers."""
@@ -353,6 +355,7 @@ app()
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, needle", [
     (["--host", "0.0.0.0"], "--token"),
     (["--host", "192.0.2.1"], "--token"),

@@ -20,6 +20,8 @@ from .conftest import synth_photo
 from .helpers import Server
 from .test_serve_browser import _launch
 
+pytestmark = pytest.mark.browser  # Chromium, a process of its own: left out of the fast run (README)
+
 TOKEN = "t0ken"
 AXE = Path(__file__).parent / "data" / "axe" / "axe.min.js"
 
