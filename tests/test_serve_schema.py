@@ -1,0 +1,208 @@
+"""retrieve serve against its own OpenAPI document (issue 23 item 20): Schemathesis fuzzes every
+documented operation of a live server on 127.0.0.1; no answer may be a 5xx, have an undocumented
+status or content type, or a body or headers that do not match the document. docs/serve.md's API
+table is checked against the same document.
+
+Each operation gets 25 examples (valid and invalid ones), derandomized so that every run sends the
+same requests; RETRIEVAL_FUZZ_EXAMPLES=300 looks further."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.testclient import TestClient
+
+from retrieval.serve import DEFAULT_MAX_UPLOAD, create_app
+from retrieval.serve.openapi import document, search_form
+
+from .conftest import ROOT, synth_photo
+from .helpers import Server
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance]
+TOKEN = "s3cret-token"
+
+
+def _jpeg(seed: int, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    synth_photo(seed, size).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+# The upload: real small JPEGs (so that searches run, re-ranking and boxes included) or bytes that
+# are no image at all; Schemathesis' own samples of other image types come on top.
+UPLOADS = st.one_of(st.sampled_from([_jpeg(7, (96, 72)), _jpeg(8, (64, 120))]), st.binary(max_size=64))
+
+
+@pytest.fixture(scope="module")
+def uploads() -> Iterator[None]:
+    """Schemathesis draws image/* parts from UPLOADS (its registry is global: removed afterwards)."""
+    from schemathesis.core.media_types import MEDIA_TYPE_STRATEGIES
+
+    schemathesis.openapi.media_type("image/jpeg", UPLOADS)
+    yield
+    MEDIA_TYPE_STRATEGIES.pop("image/jpeg", None)
+
+
+@pytest.fixture(scope="module")
+def live(served, uploads) -> Iterator[str]:
+    with Server(create_app(served["index"])) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api(live):
+    return schemathesis.openapi.from_url(f"{live}/api/openapi.json")
+
+
+@pytest.fixture(scope="module")
+def live_with_token(served, uploads) -> Iterator[str]:
+    with Server(create_app(served["index"], token=TOKEN)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api_with_token(live_with_token):
+    return schemathesis.openapi.from_url(f"{live_with_token}/api/openapi.json",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+FUZZ = settings(max_examples=int(os.environ.get("RETRIEVAL_FUZZ_EXAMPLES", "25")), deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
+# Schemathesis' pytest loader (from_fixture) fails under pytest 9 (it reads Function._nodeid): the
+# operations are taken from the document, each fuzzed with its own Hypothesis run.
+OPERATIONS = [(method.upper(), path) for path, ops in document(token=False, max_upload=1)["paths"].items()
+              for method in ops]
+
+
+def _real(url: str, headers: dict[str, str] | None) -> dict[str, list[str]]:
+    """Path values that name something: indexed ids, and the query id of a search just made."""
+    r = httpx.post(f"{url}/api/search", files={"image": ("q.jpg", _jpeg(3, (80, 60)), "image/jpeg")},
+                   data={"k": "4"}, headers=headers)
+    assert r.status_code == 200, r.text
+    return {"qid": [r.json()["query"]], "id": [str(h["id"]) for h in r.json()["hits"]]}
+
+
+def _fuzz(api: Any, method: str, path: str, headers: dict[str, str] | None = None) -> list[int]:
+    """The statuses of the answers, each checked against the document. Half the cases get path values
+    that name an indexed image and a recent query, so that those answers are fuzzed too, not only 404s."""
+    operation, statuses = api[path][method], []
+    real = _real(api.location.rsplit("/api/", 1)[0], headers)
+
+    def named(case: Any, values: dict[str, str] | None) -> Any:
+        if values is not None and case.path_parameters:
+            case.path_parameters.update({k: v for k, v in values.items() if k in case.path_parameters})
+        return case
+
+    names = st.none() | st.fixed_dictionaries({k: st.sampled_from(v) for k, v in real.items()})
+
+    cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in GenerationMode))  # valid and not
+
+    @FUZZ
+    @given(case=st.builds(named, cases, names))
+    def check(case: Any) -> None:
+        statuses.append(case.call_and_validate(checks=CHECKS, headers=headers).status_code)
+
+    check()
+    return statuses
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_every_operation_answers_as_documented(api, method, path):
+    assert 200 in _fuzz(api, method, path)  # searches ran, images and matches were drawn: not only refusals
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_with_a_token_too(api_with_token, method, path):
+    assert 200 in _fuzz(api_with_token, method, path, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_the_document_is_served_and_needs_the_token(live, live_with_token):
+    """What the fuzz tests above go through (OPERATIONS) is what a live server publishes."""
+    r = httpx.get(f"{live}/api/openapi.json")
+    assert r.status_code == 200 and r.json() == document(token=False, max_upload=DEFAULT_MAX_UPLOAD)
+    assert "security" not in r.json() and "401" not in r.text
+    url = f"{live_with_token}/api/openapi.json"
+    assert httpx.get(url).status_code == 401
+    r = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json() == document(token=True, max_upload=DEFAULT_MAX_UPLOAD)
+    assert r.json()["security"] == [{"bearer": []}]
+    assert all("401" in op["responses"] for ops in r.json()["paths"].values() for op in ops.values())
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Iterator[TestClient]:
+    with TestClient(create_app(served["index"]), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _search(c: TestClient, **fields: str) -> httpx.Response:
+    return c.post("/api/search", files={"image": ("q.jpg", _jpeg(3, (80, 60)), "image/jpeg")}, data=fields)
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"rerank_k": "0"}, "rerank_k must be at least 1"), ({"rerank_k": "1001"}, "rerank_k must be at most 1000"),
+    ({"rerank_k": "1e2"}, "rerank_k must be a whole number"), ({"qe_alpha": "0"}, "qe_alpha must be a number"),
+    ({"qe_alpha": "-1"}, "qe_alpha"), ({"qe_alpha": "nan"}, "qe_alpha"), ({"qe_alpha": "inf"}, "qe_alpha"),
+    ({"qe_alpha": "1e999"}, "qe_alpha"), ({"qe_alpha": "100.5"}, "at most 100"), ({"qe_alpha": "\u0663"}, "qe_alpha"),
+    ({"qe_alpha": "1_0"}, "qe_alpha"),
+])
+def test_rerank_k_and_qe_alpha_are_bounded_and_strict(client, fields, needle):
+    r = _search(client, **fields)
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("fields", [{"rerank_k": "1000", "rerank": "true"}, {"qe": "2", "qe_alpha": "100"},
+                                    {"qe": "2", "qe_alpha": " 2.5e-1 "}, {"qe": "2", "qe_alpha": ".5"}])
+def test_rerank_k_and_qe_alpha_within_bounds_are_taken(client, fields):
+    assert _search(client, **fields).status_code == 200
+
+
+# --- docs/serve.md's API table against the document -----------------------------------------------------
+def _api_section() -> str:
+    text = (ROOT / "docs" / "serve.md").read_text()
+    return text.split("## API", 1)[1].split("\n## ", 1)[0]
+
+
+def _table_rows() -> list[str]:
+    return [line for line in _api_section().splitlines() if line.startswith("| `")]
+
+
+def test_docs_table_lists_every_operation_and_no_other():
+    documented = {(m.upper(), p) for p, ops in document(token=False, max_upload=1)["paths"].items() for m in ops}
+    in_docs = set()
+    for row in _table_rows():
+        m = re.match(r"\| `(GET|POST|PUT|DELETE|PATCH) (/[^`?\[ ]*)", row)
+        assert m, row
+        in_docs.add((m.group(1), m.group(2)))
+    assert in_docs == documented
+
+
+def test_docs_name_every_parameter_and_form_field():
+    paths = document(token=False, max_upload=1)["paths"]
+    rows = "\n".join(_table_rows())
+    for ops in paths.values():
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                if p["in"] == "query":
+                    assert f"{p['name']}=" in rows, p["name"]
+    fields = _api_section().split("`POST /api/search` fields:", 1)[1].split("\n\n", 1)[0]
+    for name in search_form()["properties"]:
+        assert f"`{name}`" in fields, name
