@@ -4,7 +4,7 @@ status or content type, or a body or headers that do not match the document. doc
 table is checked against the same document.
 
 Each operation gets 25 examples (valid and invalid ones), derandomized so that every run sends the
-same requests; RETRIEVAL_FUZZ_EXAMPLES=300 looks further."""
+same requests; RETRIEVAL_FUZZ_EXAMPLES=300 looks further (that is how `?max=` was found)."""
 
 from __future__ import annotations
 
@@ -173,6 +173,14 @@ def test_rerank_k_and_qe_alpha_are_bounded_and_strict(client, fields, needle):
                                     {"qe": "2", "qe_alpha": " 2.5e-1 "}, {"qe": "2", "qe_alpha": ".5"}])
 def test_rerank_k_and_qe_alpha_within_bounds_are_taken(client, fields):
     assert _search(client, **fields).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["?max=", "?max=%20", ""])
+def test_an_empty_max_is_no_max(client, served, query):
+    """Found by the fuzzer: `?max=` was max 0, a ZeroDivisionError and a 500."""
+    r = client.get(f"/api/images/1{query}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
+    assert r.content == client.get("/api/images/1").content
 
 
 # --- docs/serve.md's API table against the document -----------------------------------------------------

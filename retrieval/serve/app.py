@@ -281,8 +281,9 @@ def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
 
 
 def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:
-    text = request.query_params.get(name)
-    return None if text is None else _int_field(text, name, default=0, low=low, high=high)
+    """A number in the query string; None when absent or empty (`?max=`, as an empty form field)."""
+    text = _field(request.query_params.get(name), name)
+    return None if text is None else whole_number(text, name, low=low, high=high)
 
 
 def _image_id(request: Request) -> int:
