@@ -214,3 +214,24 @@ def test_docs_name_every_parameter_and_form_field():
     fields = _api_section().split("`POST /api/search` fields:", 1)[1].split("\n\n", 1)[0]
     for name in search_form()["properties"]:
         assert f"`{name}`" in fields, name
+
+
+def _bounded() -> dict[str, Any]:
+    """Every documented number a client sends: form fields and query parameters, by name."""
+    out: dict[str, Any] = dict(search_form()["properties"])
+    for ops in document(token=False, max_upload=1)["paths"].values():
+        for op in ops.values():
+            out.update({p["name"]: p["schema"] for p in op.get("parameters", []) if p["in"] == "query"})
+    return {name: s for name, s in out.items() if s.get("type") in ("integer", "number")}
+
+
+def test_docs_give_each_numbers_bounds_and_default():
+    """The prose's numbers are the document's (so the limits' and SearchJob's): range and default."""
+    text = " ".join(_api_section().split())
+    ranges = text.split("a number out of its range", 1)[1].split(")", 1)[0]
+    fields = text.split("`POST /api/search` fields:", 1)[1]
+    for name, s in _bounded().items():
+        low = f"{s['minimum']}" if "minimum" in s else f"above {s['exclusiveMinimum']}"
+        assert re.search(rf"`{name}`[^,;]* {low} to {s['maximum']:g}\b", ranges), (name, ranges)
+        if "default" in s:
+            assert re.search(rf"`{name}` \([^)]*default {s['default']:g}\b", fields), name
