@@ -9,12 +9,15 @@ same requests; RETRIEVAL_FUZZ_EXAMPLES=300 looks further (that is how `?max=` wa
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -29,11 +32,12 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from retrieval.serve import DEFAULT_MAX_UPLOAD, create_app
+from retrieval.serve import DEFAULT_MAX_UPLOAD, Limits, create_app
 from retrieval.serve.openapi import document, search_form
 
 from .conftest import ROOT, synth_photo
 from .helpers import Server
+from .test_serve_limits import _endless, _Live, _trickle
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
@@ -181,6 +185,38 @@ def test_an_empty_max_is_no_max(client, served, query):
     r = client.get(f"/api/images/1{query}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
     assert r.content == client.get("/api/images/1").content
+
+
+def _conforms(answer: bytes, path: str, method: str) -> int:
+    """A raw HTTP answer checked against the document: status, content type, {"error"} body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    media = re.search(rb"(?im)^content-type: *([^;\r]+)", head).group(1).decode()  # type: ignore[union-attr]
+    doc = document(token=False, max_upload=DEFAULT_MAX_UPLOAD)
+    documented = doc["paths"][path][method]["responses"][str(status)]["content"]
+    assert media in documented, (status, media, list(documented))
+    if media == "application/json":
+        jsonschema.validate(json.loads(body), doc["components"]["schemas"]["Error"])
+    return status
+
+
+def test_answers_from_before_the_app_are_documented_too(served):
+    """The connection's own refusals (serve/connections.py, uvicorn), which Schemathesis never
+    provokes: a head too slow (408), too large (400, uvicorn's plain text), a connection too many (503)."""
+    with _Live(create_app(served["index"]), Limits(head_timeout=1.0, max_connections=2)) as live:
+        start = f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n".encode()
+        with live.connect() as s:
+            assert _conforms(_trickle(s, _endless(start, b"X-Slow: 1\r\n")) or b"", "/api/health", "get") == 408
+        with live.connect() as s:
+            assert _conforms(_trickle(s, _endless(start + b"X-Big: ", b"x" * 4096)) or b"", "/api/health", "get") == 400
+        held = [live.connect() for _ in range(2)]
+        try:
+            time.sleep(0.2)  # the server has accepted them
+            with live.connect() as s:
+                assert _conforms(_trickle(s, iter([start + b"\r\n"] + [b""] * 20)) or b"", "/api/health", "get") == 503
+        finally:
+            for s in held:
+                s.close()
 
 
 # --- docs/serve.md's API table against the document -----------------------------------------------------

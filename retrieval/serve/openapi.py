@@ -20,11 +20,15 @@ from .limits import BBOX, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits
 Schema = dict[str, Any]
 
 REFUSALS = {  # what any request may meet before (or instead of) its route
-    400: "bad input, or a Host header that does not name this server",
+    400: "bad input, or a Host header that does not name this server (a request that is not HTTP, or whose "
+         f"head passes {Limits.max_head} bytes, is answered by uvicorn in plain text, without these headers)",
     403: "a request a browser marks as another origin's (Sec-Fetch-Site, Origin)",
-    408: f"the request's head (or an upload's body) did not arrive in time ({Limits.head_timeout:g} s / "
-         f"{Limits.body_timeout:g} s)",
 }
+# Answered by the connection's reader (serve/connections.py) or uvicorn, before the app and its headers.
+TIMEOUT = (f"the request's head did not arrive in {Limits.head_timeout:g} s (or an upload's body in "
+           f"{Limits.body_timeout:g} s); the connection is closed")
+BUSY = (f"more than {Limits.max_connections} connections are open ({{\"error\": ...}}), or as many requests "
+        f"are being answered (uvicorn's plain text)")
 INDEX_ERROR = {409: "the index cannot answer (for instance damaged); the message says how to fix it"}
 NOT_FOUND = {404: "no such image id or query id (an old query id: search again)"}
 _SECURITY_HEADERS = {name: {"required": True, "schema": {"type": "string", "const": value}} for name, value in (
@@ -60,8 +64,8 @@ def _error() -> Schema:
             "properties": {"error": {"type": "string", "description": "one line for people"}}}
 
 
-def _answer(description: str, media: dict[str, Schema]) -> Schema:
-    return {"description": description, "headers": _SECURITY_HEADERS,
+def _answer(description: str, media: dict[str, Schema], *, headers: bool = True) -> Schema:
+    return {"description": description, **({"headers": _SECURITY_HEADERS} if headers else {}),
             "content": {m: {"schema": s} for m, s in media.items()}}
 
 
@@ -71,13 +75,16 @@ def _json(description: str, schema: Schema) -> Schema:
 
 def _operation(summary: str, ok: Schema, errors: dict[int, str], *, token: bool,
                parameters: Sequence[Schema] = (), body: Schema | None = None) -> Schema:
-    """One operation: its 200 answer, the errors it may answer with {"error": ...}, and 503 for a
-    connection past the limit (answered by uvicorn before the app, without a body of ours)."""
+    """One operation: its 200 answer, the errors it may answer with {"error": ...}, and the 408 and
+    503 of a slow or surplus connection."""
     responses: dict[str, Schema] = {"200": ok}
     refusals = {**REFUSALS, **({401: "no or a wrong bearer token (--token)"} if token else {}), **errors}
+    error = {"$ref": "#/components/schemas/Error"}
     for status, why in sorted(refusals.items()):
-        responses[str(status)] = _json(why, {"$ref": "#/components/schemas/Error"})
-    responses["503"] = {"description": f"more than {Limits.max_connections} connections are open"}
+        responses[str(status)] = _json(why, error)
+    responses["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    responses["408"] = _answer(TIMEOUT, {"application/json": error}, headers=False)
+    responses["503"] = _answer(BUSY, {"application/json": error, "text/plain": {"type": "string"}}, headers=False)
     op: Schema = {"summary": summary, "responses": responses}
     if parameters:
         op["parameters"] = list(parameters)
