@@ -43,7 +43,7 @@ def search_form() -> Schema:
     """The multipart form of POST /api/search: each field's type, bounds and default."""
     d = _defaults()
     count = {"type": "integer", "maximum": MAX_K}
-    return {"type": "object", "required": ["image"], "properties": {
+    return {"type": "object", "required": ["image"], "additionalProperties": False, "properties": {
         "image": {"type": "string", "format": "binary", "contentMediaType": "image/*",
                   "description": "the query image: any format `retrieve index` reads"},
         "k": {**count, "minimum": 1, "default": d["k"], "description": "how many results"},
@@ -73,7 +73,7 @@ def _json(description: str, schema: Schema) -> Schema:
     return _answer(description, {"application/json": schema})
 
 
-def _operation(summary: str, ok: Schema, errors: dict[int, str], *, token: bool,
+def _operation(name: str, summary: str, ok: Schema, errors: dict[int, str], *, token: bool,
                parameters: Sequence[Schema] = (), body: Schema | None = None) -> Schema:
     """One operation: its 200 answer, the errors it may answer with {"error": ...}, and the 408 and
     503 of a slow or surplus connection."""
@@ -85,7 +85,7 @@ def _operation(summary: str, ok: Schema, errors: dict[int, str], *, token: bool,
     responses["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     responses["408"] = _answer(TIMEOUT, {"application/json": error}, headers=False)
     responses["503"] = _answer(BUSY, {"application/json": error, "text/plain": {"type": "string"}}, headers=False)
-    op: Schema = {"summary": summary, "responses": responses}
+    op: Schema = {"operationId": name, "summary": summary, "responses": responses}
     if parameters:
         op["parameters"] = list(parameters)
     if body is not None:
@@ -130,24 +130,29 @@ def _paths(token: bool, max_upload: int) -> Schema:
     form = {"required": True, "content": {"multipart/form-data": {
         "schema": search_form(), "encoding": {"image": {"contentType": "image/*"}}}}}
     picture = {"type": "string", "format": "binary"}
+    hits = _json("hits, as `retrieve query --json`", _hits())
+    hits["links"] = {  # what a client does next with a search's answer (the page does both)
+        "image": {"operationId": "image", "parameters": {"id": "$response.body#/hits/0/id"}},
+        "matches": {"operationId": "matches",
+                    "parameters": {"qid": "$response.body#/query", "id": "$response.body#/hits/0/id"}}}
     return {
-        "/api/health": {"get": _operation("the index answers", _json("how many images are indexed", {
+        "/api/health": {"get": _operation("health", "the index answers", _json("how many images are indexed", {
             "type": "object", "required": ["status", "images"],
             "properties": {"status": {"const": "ok"}, "images": {"type": "integer", "minimum": 0}}}),
             INDEX_ERROR, token=token)},
-        "/api/info": {"get": _operation("what `retrieve info --json` prints", _json("the index's state", {
+        "/api/info": {"get": _operation("info", "what `retrieve info --json` prints", _json("the index's state", {
             "type": "object", "required": ["images", "config", "skipped"]}), INDEX_ERROR, token=token)},
-        "/api/openapi.json": {"get": _operation("this document", _json("OpenAPI 3.1", {"type": "object"}), {},
+        "/api/openapi.json": {"get": _operation("openapi", "this document", _json("OpenAPI 3.1", {"type": "object"}), {},
                                                 token=token)},
         "/api/search": {"post": _operation(
-            "the indexed images most like an uploaded one", _json("hits, as `retrieve query --json`", _hits()),
+            "search", "the indexed images most like an uploaded one", hits,
             {**INDEX_ERROR, 413: f"an upload over --max-upload ({max_upload} bytes)"}, token=token, body=form)},
         "/api/images/{id}": {"get": _operation(
-            "an indexed image, upright", _answer("the image as JPEG", {"image/jpeg": picture}),
+            "image", "an indexed image, upright", _answer("the image as JPEG", {"image/jpeg": picture}),
             {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, _query(
                 "max", {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE}, "longer side in pixels")])},
         "/api/queries/{qid}/matches/{id}": {"get": _operation(
-            "a recent query's verified correspondences with an indexed image",
+            "matches", "a recent query's verified correspondences with an indexed image",
             _answer("pairs as JSON, or the picture `retrieve match` draws",
                     {"application/json": _matches(), "image/png": picture}),
             {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[
