@@ -72,13 +72,16 @@ def test_health(client, served):
 @pytest.mark.parametrize("options", [
     {}, {"k": "4"}, {"k": "5", "rerank": "true"}, {"k": "3", "qe": "2"}, {"k": "3", "bbox": "30,20,200,180"},
     {"k": "3", "bbox": "30,20,200,180", "rerank": "true"}, {"k": "50"},
+    {"k": "5", "rerank": "true", "rerank_k": "2"}, {"k": "4", "qe": "3", "qe_alpha": "0.5"},
+    {"k": "4", "qe": "2", "qe_alpha": "12", "rerank": "true", "rerank_k": "3", "bbox": "30,20,200,180"},
 ])
 def test_search_equals_the_cli(client, served, options):
     r = _search(client, served["query"], **options)
     assert r.status_code == 200, r.text
     body = r.json()
     args = []
-    for name, flag in (("k", "-k"), ("bbox", "--bbox"), ("qe", "--qe")):
+    for name, flag in (("k", "-k"), ("bbox", "--bbox"), ("qe", "--qe"), ("rerank_k", "--rerank-k"),
+                       ("qe_alpha", "--qe-alpha")):
         if name in options:
             args += [flag, options[name]]
     if options.get("rerank") == "true":
@@ -88,8 +91,8 @@ def test_search_equals_the_cli(client, served, options):
     assert isinstance(body["query"], str) and body["query"]
     ids = {h["id"] for h in body["hits"]}
     assert len(ids) == len(body["hits"])
-    if "rerank" in options:
-        assert all("inliers" in h for h in body["hits"])
+    if "rerank" in options:  # only the shortlist is verified (as the CLI's)
+        assert all("inliers" in h for h in body["hits"][: int(options.get("rerank_k", 100))])
 
 
 def test_images_by_id_upright_and_nothing_else(client, served):

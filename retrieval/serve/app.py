@@ -39,7 +39,8 @@ from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, IndexThread, SearchJob, Searched
 from .guard import Guard, Hosts, check_token
-from .limits import MAX_ID, MAX_K, MAX_SIDE, Limits, clip, whole_number
+from .limits import BBOX, DECIMAL, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits, clip, whole_number
+from .openapi import document
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 _ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
-_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # a bbox coordinate: ASCII, no sign, exponent or '_'
-_BBOX = re.compile(rf"\s*{_NUMBER}\s*(?:,\s*{_NUMBER}\s*){{3}}")
+_BBOX = re.compile(BBOX)
+_REAL = re.compile(rf"{DECIMAL}(?:[eE][-+]?[0-9]{{1,4}})?")  # qe_alpha: as bbox's numbers, an exponent allowed
+_DEFAULTS = SearchJob("")  # the form's defaults
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -159,7 +161,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
 
     async def image(request: Request) -> Response:
         image_id = _image_id(request)
-        max_side = _int_param(request, "max", low=16, high=MAX_SIDE)
+        max_side = _int_param(request, "max", low=MIN_SIDE, high=MAX_SIDE)
         data = await thread.call(lambda idx: indexed_picture(idx, image_id, max_side=max_side))
         if data is None:
             raise HTTPException(404, f"no indexed image with id {image_id}")
@@ -183,6 +185,11 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         c.picture(kind).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
 
+    api = document(token=token is not None, max_upload=max_upload)
+
+    async def openapi(request: Request) -> Response:
+        return _JSON(api)
+
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -190,6 +197,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         Route("/", page),
         Route("/api/health", health),
         Route("/api/info", info),
+        Route("/api/openapi.json", openapi),
         Route("/api/search", search, methods=["POST"]),
         Route("/api/images/{id}", image),
         Route("/api/queries/{qid}/matches/{id}", matches),
@@ -208,14 +216,17 @@ async def _job(form: Any, uploads: Path) -> SearchJob:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
-    k = _int_field(form.get("k"), "k", default=10, low=1, high=MAX_K)
-    qe = _int_field(form.get("qe"), "qe", default=0, low=0, high=MAX_K)
+    d = _DEFAULTS
+    k = _int_field(form.get("k"), "k", default=d.k, low=1, high=MAX_K)
+    rerank_k = _int_field(form.get("rerank_k"), "rerank_k", default=d.rerank_k, low=1, high=MAX_K)
+    qe = _int_field(form.get("qe"), "qe", default=d.qe, low=0, high=MAX_K)
+    qe_alpha = _alpha_field(form.get("qe_alpha"), default=d.qe_alpha)
     rerank = _bool_field(form.get("rerank"), "rerank")
     bbox = _bbox_field(form.get("bbox"))
     fd, name = tempfile.mkstemp(dir=uploads, prefix="query-")
     with os.fdopen(fd, "wb") as f:
         await asyncio.get_running_loop().run_in_executor(None, shutil.copyfileobj, upload.file, f)
-    return SearchJob(name, k=k, bbox=bbox, rerank=rerank, qe=qe)
+    return SearchJob(name, k=k, bbox=bbox, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
 
 
 def _field(value: Any, name: str) -> str | None:
@@ -229,6 +240,18 @@ def _field(value: Any, name: str) -> str | None:
 def _int_field(value: Any, name: str, *, default: int, low: int, high: int) -> int:
     text = _field(value, name)
     return default if text is None else whole_number(text, name, low=low, high=high)
+
+
+def _alpha_field(value: Any, *, default: float) -> float:
+    """qe_alpha: a decimal number (an exponent allowed), 0 < alpha <= MAX_ALPHA."""
+    text = _field(value, "qe_alpha")
+    if text is None:
+        return default
+    alpha = float(text) if _REAL.fullmatch(text) else math.nan
+    if not 0 < alpha <= MAX_ALPHA:  # nan included
+        raise HTTPException(400, f"qe_alpha must be a number above 0 and at most {MAX_ALPHA:g} in digits 0-9, "
+                                 f"got {clip(text)}")
+    return alpha
 
 
 def _bool_field(value: Any, name: str) -> bool:
@@ -258,8 +281,9 @@ def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
 
 
 def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:
-    text = request.query_params.get(name)
-    return None if text is None else _int_field(text, name, default=0, low=low, high=high)
+    """A number in the query string; None when absent or empty (`?max=`, as an empty form field)."""
+    text = _field(request.query_params.get(name), name)
+    return None if text is None else whole_number(text, name, low=low, high=high)
 
 
 def _image_id(request: Request) -> int:

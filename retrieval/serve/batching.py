@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..engine import Index
+from ..engine.evaluation import EvalOptions
 from ..engine.index import Box
 from ..engine.search import SearchResult
 from ..engine.serving import ExplainedQuery, embed_explained
@@ -77,11 +78,15 @@ class IndexThread:
 
 @dataclass(frozen=True)
 class SearchJob:
+    """One search's upload and options; the defaults are POST /api/search's (serve/openapi.py)."""
+
     path: str  # a private temporary file; deleted once embedded
     k: int = 10
     bbox: Box | None = None
     rerank: bool = False
+    rerank_k: int = EvalOptions.rerank_k  # `retrieve query`'s own defaults
     qe: int = 0
+    qe_alpha: float = EvalOptions.qe_alpha
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,8 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched 
             out.append(q)
             continue
         try:
-            out.append(Searched(q, idx.search_embedded(q.query, k=j.k, rerank=j.rerank, qe=j.qe)))
+            out.append(Searched(q, idx.search_embedded(q.query, k=j.k, rerank=j.rerank, rerank_k=j.rerank_k,
+                                                      qe=j.qe, qe_alpha=j.qe_alpha)))
         except RetrievalError as e:
             out.append(e)
     return out

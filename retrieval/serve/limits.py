@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-MAX_K = 1000  # results (k) and query-expansion neighbours (qe) one search may ask for
-MAX_SIDE = 4096  # longest side, in pixels, of an indexed image sent back (?max=)
+MAX_K = 1000  # results (k), re-ranking shortlist (rerank_k) and query-expansion neighbours (qe) of one search
+MAX_ALPHA = 100.0  # qe_alpha, the weight exponent of query expansion (above 0): sim**100 already keeps only copies
+MIN_SIDE, MAX_SIDE = 16, 4096  # longest side, in pixels, of an indexed image sent back (?max=)
 MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger number names no image
+DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # a bbox coordinate: ASCII, no sign, exponent or '_'
+BBOX = rf"\s*{DECIMAL}\s*(?:,\s*{DECIMAL}\s*){{3}}"  # x1,y1,x2,y2 (a regular expression, matched whole)
 SHOWN = 40  # characters of a client's value echoed back in an error
 
 _NUMBER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes '٣', '1_0' and '+3'
@@ -61,4 +64,5 @@ def whole_number(text: str, name: str, *, low: int, high: int) -> int:
     return n
 
 
-__all__ = ["MAX_ID", "MAX_K", "MAX_SIDE", "Limits", "clip", "parse_size", "whole_number"]
+__all__ = ["BBOX", "DECIMAL", "MAX_ALPHA", "MAX_ID", "MAX_K", "MAX_SIDE", "MIN_SIDE", "Limits", "clip", "parse_size",
+           "whole_number"]
