@@ -1,9 +1,12 @@
 """retrieve serve's threads (issue 23 item 9): the health probe, the page and the static files never
 wait for the index thread, and pictures are decoded, drawn and encoded neither on the event loop
-nor on the index thread, so that a picture never holds up a search."""
+nor on the index thread, so that a picture never holds up a search; and no answer waits for
+the client's delayed ACK."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from retrieval.engine import serving
-from retrieval.serve import create_app
+from retrieval.serve import bind, create_app
 
 LOCAL = "http://127.0.0.1"  # TestClient's own default, http://testserver, is not a name the server answers to
 WAIT = 20.0  # seconds a request may take here before it counts as waiting for something it should not
@@ -122,3 +125,27 @@ def test_a_search_is_answered_while_a_picture_is_being_drawn(client, served, mon
         release.set()
         assert png.result(timeout=60).status_code == 200
         pool.shutdown()
+
+
+def test_connections_are_answered_without_waiting_for_the_clients_ack():
+    """bind()'s sockets name TCP, so asyncio turns Nagle off on each connection (as on those
+    create_server binds): with it on, every answer after a connection's first waited ~40 ms for
+    the client's delayed ACK, whatever the server had to do."""
+
+    async def nodelay() -> int:
+        [sock] = bind("127.0.0.1", 0)
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)  # what uvicorn does with them
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            try:
+                return await asyncio.wait_for(accepted, 30)
+            finally:
+                writer.close()
+
+    assert asyncio.run(nodelay()) != 0
