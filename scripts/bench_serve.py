@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """`retrieve serve` under load: 1, 4 and 16 concurrent clients against a real server on loopback,
-next to `Index.search` called in a loop in-process, on the same index in the same run.
+next to `Index.search` called in a loop in-process, on the same index in the same run; then the
+health probe's latency while 16 clients search (a 17th client polls /api/health), with and
+without some of them fetching heat-map pictures of their top hit after each search.
 
     python scripts/bench_serve.py [--images 200] [--size 224] [--model dinov2_vits14] [--weights FILE]
-                                  [--clients 1,4,16] [--requests 48] [--window 0]
+                                  [--clients 1,4,16] [--requests 48] [--window 0] [--mixed 16] [--drawers 4]
 
 The index holds synthetic JPEGs embedded with a random checkpoint in the official layout
 (bench_index.random_checkpoint; speed does not depend on the values). Each client posts query
@@ -24,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -64,31 +68,85 @@ def in_process(ix: Path, weights: str, queries: list[Path], n: int) -> list[floa
 
 
 def load(url: str, queries: list[bytes], clients: int, total: int) -> tuple[list[float], float]:
-    lat: list[float] = []
+    """`clients` clients post `total` searches between them: latencies and wall time."""
+    lat, wall = mixed(url, queries, clients, total, drawers=0, probe=False)
+    return lat["search"], wall
+
+
+def mixed(url: str, queries: list[bytes], clients: int, total: int, *, drawers: int,
+          probe: bool = True) -> tuple[dict[str, list[float]], float]:
+    """`clients` clients post `total` searches between them, the first `drawers` of them fetching
+    the heat-map PNG of their top hit after each search, while (probe) one more client polls
+    /api/health every 20 ms, as a load balancer's probe would, only faster; latencies by kind of
+    request, and the searches' wall time."""
+    lat: dict[str, list[float]] = {"search": [], "png": [], "health": []}
     lock = threading.Lock()
     counter = iter(range(total))
+    done = threading.Event()
 
-    def client() -> None:
+    def timed(kind: str, request: Callable[[], httpx.Response]) -> httpx.Response:
+        t0 = time.perf_counter()
+        r = request()
+        dt = time.perf_counter() - t0
+        r.raise_for_status()
+        with lock:
+            lat[kind].append(dt)
+        return r
+
+    def client(draws: bool) -> None:
         with httpx.Client(base_url=url, timeout=300) as c:
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
-                t0 = time.perf_counter()
-                r = c.post("/api/search", files={"image": ("q.jpg", queries[i % len(queries)])}, data={"k": "10"})
-                dt = time.perf_counter() - t0
-                r.raise_for_status()
-                with lock:
-                    lat.append(dt)
+                query = queries[i % len(queries)]
+                body = timed("search", partial(c.post, "/api/search", data={"k": "10"},
+                                               files={"image": ("q.jpg", query)})).json()
+                if draws:
+                    timed("png", partial(c.get, f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}",
+                                         params={"format": "png", "kind": "heatmap"}))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    def prober() -> None:
+        with httpx.Client(base_url=url, timeout=300) as c:
+            while not done.wait(0.02):
+                timed("health", partial(c.get, "/api/health"))
+
+    threads = [threading.Thread(target=client, args=(n < drawers,)) for n in range(clients)]
+    poller = threading.Thread(target=prober)
+    if probe:
+        poller.start()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return lat, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    done.set()
+    if probe:
+        poller.join()
+    return lat, wall
+
+
+def ms(xs: list[float], q: float) -> str:
+    return f"{pct(xs, q) * 1000:.1f}" if xs else "-"
+
+
+def print_mixed(runs: list[tuple[str, dict[str, list[float]]]], clients: int) -> None:
+    print()
+    print(f"| {clients} searching clients, a 17th polling /api/health | search p50 (ms) | search p95 (ms) | "
+          f"health p50 (ms) | health p95 (ms) | health max (ms) | PNG p50 (ms) | PNG p95 (ms) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, lat in runs:
+        s, h, p = lat["search"], lat["health"], lat["png"]
+        print(f"| {name} | {ms(s, 50)} | {ms(s, 95)} | {ms(h, 50)} | {ms(h, 95)} | "
+              f"{max(h) * 1000 if h else 0:.1f} | {ms(p, 50)} | {ms(p, 95)} |")
+    print()
+    worst = max(pct(lat["health"], 95) for _, lat in runs if lat["health"])
+    print(f"health p95 under {clients} searching clients: {worst * 1000:.1f} ms (goal <= 50 ms)")
+    if len(runs) == 2:
+        print(f"search p50 with pictures / without: "
+              f"{statistics.median(runs[1][1]['search']) / statistics.median(runs[0][1]['search']):.2f}x")
 
 
 def main() -> None:
@@ -100,6 +158,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     ap.add_argument("--window", type=float, default=0.0, help="server's batching window in seconds")
+    ap.add_argument("--mixed", type=int, default=16, help="searching clients while /api/health is polled (0: skip)")
+    ap.add_argument("--drawers", type=int, default=4, help="of those, clients that also fetch a heat-map PNG")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +203,13 @@ def main() -> None:
             for c in levels:
                 lat, wall = load(url, data, c, max(args.requests, 2 * c))
                 rows.append((c, lat, wall))
+            runs = []
+            if args.mixed:
+                n = max(args.requests, 2 * args.mixed)
+                runs.append(("searches only", mixed(url, data, args.mixed, n, drawers=0)[0]))
+                if args.drawers:
+                    runs.append((f"{args.drawers} of them also fetch a heat-map PNG",
+                                 mixed(url, data, args.mixed, n, drawers=args.drawers)[0]))
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -166,6 +233,8 @@ def main() -> None:
     top = rows[-1]
     if single and len(rows) > 1:
         print(f"{top[0]}-client throughput / single-client: {len(top[1]) / top[2] / single:.2f}x (goal >= 1.5x)")
+    if runs:
+        print_mixed(runs, args.mixed)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def _same_hits(api: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
 
 def test_health(client, served):
     r = client.get("/api/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "images": 9}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "images": 9, "busy_s": 0}
 
 
 @pytest.mark.parametrize("options", [
@@ -457,7 +457,7 @@ def test_serve_announces_the_port_it_listens_on_and_stops_on_ctrl_c(served):
             except httpx.ConnectError:
                 assert time.monotonic() < deadline and proc.poll() is None, "the server did not answer"
                 time.sleep(0.1)
-        assert r.json() == {"status": "ok", "images": 9}
+        assert r.json() == {"status": "ok", "images": 9, "busy_s": 0}
         second = subprocess.run([sys.executable, "-m", "retrieval", "serve", "--index", str(served["index"]),
                                  "--port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=120,
                                 check=False)

@@ -1,9 +1,10 @@
 """What a long-running service asks of an open index, beyond `Index`: queries embedded together
 with what is needed to explain them later (the model's picture, the original size, the box),
-indexed pictures by id, and a query's correspondences with one indexed image.
+indexed pictures' files by id, and a query's correspondences with one indexed image.
 
-Everything here runs on the one thread that owns the `Index` (its SQLite connection and model);
-`retrieval.serve` sees to that.
+What takes the `Index` runs on the one thread that owns it (its SQLite connection and model);
+`retrieval.serve` sees to that. The rest needs neither: `jpeg_bytes` and `Correspondences.picture`
+(decoding, drawing) run on any thread, and a `Census` belongs to the thread that made it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .. import images
 from ..config import ImageConfig
 from ..errors import BadImageError, UsageError
 from ..rerank import MIN_INLIERS
+from ..store import Store
 from ..visualize import MAX_LINES, line_colours
 from .index import Box, Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
@@ -87,19 +89,35 @@ def _indexed_size(idx: Index, image_id: int) -> tuple[int, int] | None:
     return None if row is None else (int(row[0] or 0), int(row[1] or 0))
 
 
-def indexed_picture(idx: Index, image_id: int, *, max_side: int | None = None) -> bytes | None:
-    """An indexed image, upright RGB, at most max_side pixels on its longer side, as JPEG bytes;
-    None when the id is not an indexed image. BadImageError when its file is gone or damaged."""
-    path = indexed_path(idx, image_id)
-    if path is None:
-        return None
-    im = images.load_image(path, max_pixels=idx.config.image.max_pixels,
-                           min_side_hint=max_side)
+def jpeg_bytes(path: str | Path, *, max_pixels: int, max_side: int | None = None) -> bytes:
+    """An image file (an indexed one: `indexed_path`) upright RGB, at most max_side pixels on its
+    longer side, as JPEG bytes; no Index needed (any thread). BadImageError when it is gone or damaged."""
+    im = images.load_image(path, max_pixels=max_pixels, min_side_hint=max_side)
     if max_side is not None and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+class Census:
+    """How many images an index holds, read through a connection of its own (so that a thread
+    other than the Index's can answer while the Index's is busy), counted again only when some
+    connection has committed since the last count (PRAGMA data_version). Use it on the thread
+    that made it."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = Store(store, migrate=False)  # the Index has migrated it; only SELECTs here
+        self._counted: tuple[int, int] | None = None  # (data_version, images)
+
+    def count(self) -> int:
+        version = int(self.store.db.execute("PRAGMA data_version").fetchone()[0])
+        if self._counted is None or self._counted[0] != version:
+            self._counted = (version, self.store.count("ok"))
+        return self._counted[1]
+
+    def close(self) -> None:
+        self.store.close()
 
 
 @dataclass(frozen=True)
@@ -170,5 +188,5 @@ def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int]
     return out
 
 
-__all__ = ["Correspondences", "ExplainedQuery", "PICTURE_KINDS", "correspondences", "embed_explained",
-           "indexed_path", "indexed_picture", "BadImageError"]
+__all__ = ["Census", "Correspondences", "ExplainedQuery", "PICTURE_KINDS", "correspondences", "embed_explained",
+           "indexed_path", "jpeg_bytes", "BadImageError"]

@@ -5,6 +5,9 @@
 
 A thin adapter like the CLI: it parses requests, calls the engine on the index's own thread
 (batching.IndexThread) and turns RetrievalError into `{"error": "one line"}` with a 4xx status.
+Only what needs the model or the index's connection runs on that thread: the health probe counts
+on a thread of its own (batching.CensusThread), pictures are decoded, drawn and encoded by a small
+pool of their own, and the event loop only parses and answers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,10 +38,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..engine.serving import PICTURE_KINDS, correspondences, indexed_picture
+from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
-from .batching import Batcher, IndexThread, SearchJob, Searched
+from .batching import Batcher, CensusThread, IndexThread, Searched, SearchJob
 from .guard import Guard, Hosts, check_token
 from .limits import BBOX, DECIMAL, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits, clip, whole_number
 from .openapi import document
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
+PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releases the GIL for most of it)
 _ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
 _BBOX = re.compile(BBOX)
 _REAL = re.compile(rf"{DECIMAL}(?:[eE][-+]?[0-9]{{1,4}})?")  # qe_alpha: as bbox's numbers, an exponent allowed
@@ -119,6 +124,12 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     check_token(token)
     hosts = Hosts.of(host, allow=allow_hosts)
     thread = IndexThread(index_path, weights=weights, device=device)
+    try:
+        census = CensusThread(thread.run(lambda idx: idx.store.path))
+    except BaseException:
+        thread.close()
+        raise
+    pictures = ThreadPoolExecutor(max_workers=PICTURE_WORKERS, thread_name_prefix="retrieval-picture")
     batcher = Batcher(thread, window=window, max_batch=max_batch)
     cache = _QueryCache(cache_size, cache_bytes)
     uploads = Path(tempfile.mkdtemp(prefix="retrieval-serve-"))
@@ -128,12 +139,17 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, thread.close)
+            pictures.shutdown(wait=False, cancel_futures=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, census.close)
+            await loop.run_in_executor(None, thread.close)
+            await loop.run_in_executor(None, pictures.shutdown)
             shutil.rmtree(uploads, ignore_errors=True)
 
     async def health(request: Request) -> Response:
-        n = await thread.call(lambda idx: idx.count())
-        return _JSON({"status": "ok", "images": n})
+        """A liveness probe: never waits for the index thread, and says how long that thread has
+        been on its current job (busy_s; 0 when idle)."""
+        return _JSON({"status": "ok", "images": await census.count(), "busy_s": round(thread.busy_s, 3)})
 
     async def info(request: Request) -> Response:
         return _JSON(await thread.call(lambda idx: idx.info()))
@@ -162,9 +178,10 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     async def image(request: Request) -> Response:
         image_id = _image_id(request)
         max_side = _int_param(request, "max", low=MIN_SIDE, high=MAX_SIDE)
-        data = await thread.call(lambda idx: indexed_picture(idx, image_id, max_side=max_side))
-        if data is None:
+        path, max_pixels = await thread.call(lambda idx: (indexed_path(idx, image_id), idx.config.image.max_pixels))
+        if path is None:
             raise HTTPException(404, f"no indexed image with id {image_id}")
+        data = await _drawn(pictures, lambda: jpeg_bytes(path, max_pixels=max_pixels, max_side=max_side))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     async def matches(request: Request) -> Response:
@@ -181,9 +198,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
             raise HTTPException(404, f"no indexed image with id {image_id}")
         if fmt == "json":
             return _JSON(c.to_json())
-        buf = io.BytesIO()
-        c.picture(kind).save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png")
+        return Response(await _drawn(pictures, lambda: _png(c, kind)), media_type="image/png")
 
     api = document(token=token is not None, max_upload=max_upload)
 
@@ -209,6 +224,18 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     app.state.thread, app.state.batcher, app.state.cache = thread, batcher, cache
     app.add_middleware(Guard, token=token, hosts=hosts)
     return app
+
+
+async def _drawn(pictures: ThreadPoolExecutor, draw: Callable[[], bytes]) -> bytes:
+    """draw() in the picture pool: neither the event loop (every request) nor the index thread
+    (every search) waits for decoding, drawing or encoding."""
+    return await asyncio.get_running_loop().run_in_executor(pictures, draw)
+
+
+def _png(c: Correspondences, kind: str) -> bytes:
+    buf = io.BytesIO()
+    c.picture(kind).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 async def _job(form: Any, uploads: Path) -> SearchJob:

@@ -2,6 +2,8 @@
 
 `IndexThread` opens the `Index` on its own thread and runs every call on it there (SQLite
 connections and the model belong to one thread; two forward passes never run at once).
+`CensusThread` counts the indexed images through a read connection of its own, on a second
+thread, for the health probe.
 `Batcher` collects the searches that arrive while the thread is busy (plus an optional short
 window) and embeds them in one `embed_explained` call, i.e. batched forward passes; a query
 with a box is embedded alone, since a box crops one image.
@@ -11,69 +13,116 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ..engine import Index
 from ..engine.evaluation import EvalOptions
 from ..engine.index import Box
 from ..engine.search import SearchResult
-from ..engine.serving import ExplainedQuery, embed_explained
+from ..engine.serving import Census, ExplainedQuery, embed_explained
 from ..errors import BadImageError, RetrievalError
 
 T = TypeVar("T")
 
 
-class IndexThread:
-    """An Index opened, used and closed on one dedicated thread."""
+class _Closes(Protocol):
+    def close(self) -> None: ...
 
-    def __init__(self, path: str | Path, *, weights: str | None = None, device: str | None = None,
-                 warm: bool = True) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval-index")
-        self._idx: Index | None = None
+
+R = TypeVar("R", bound=_Closes)
+
+
+class _Owner(Generic[R]):
+    """An object made, used and closed on one dedicated thread (a SQLite connection belongs to
+    the thread that opened it)."""
+
+    def __init__(self, make: Callable[[], R], *, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._obj: R | None = None
+        self._since: float | None = None  # monotonic time the running call started
         try:
-            self._pool.submit(self._open, path, weights, device, warm).result()
+            self._obj = self._pool.submit(make).result()
         except BaseException:
             self._pool.shutdown(wait=True)
             raise
 
-    def _open(self, path: str | Path, weights: str | None, device: str | None, warm: bool) -> None:
-        idx = Index.open(path, weights=weights, device=device)
-        try:
-            if warm:  # load the model and the vectors now, not on the first request
-                idx.backbone()
-                if idx.count() > 0:
-                    idx.vectors()
-        except BaseException:
-            idx.close()
-            raise
-        self._idx = idx
+    def _on_thread(self, fn: Callable[[R], T]) -> Callable[[], T]:
+        def job() -> T:
+            assert self._obj is not None
+            self._since = time.monotonic()
+            try:
+                return fn(self._obj)
+            finally:
+                self._since = None
+
+        return job
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the call now running on the thread has taken so far (0.0 when it is idle);
+        read from any thread."""
+        since = self._since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def run(self, fn: Callable[[R], T]) -> T:
+        """fn(obj) on the owning thread, waiting for it (from any thread but that one)."""
+        return self._pool.submit(self._on_thread(fn)).result()
+
+    async def call(self, fn: Callable[[R], T]) -> T:
+        """fn(obj) on the owning thread, awaited."""
+        return await asyncio.wrap_future(self._pool.submit(self._on_thread(fn)))
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._obj is not None:
+                self._obj.close()
+                self._obj = None
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+class IndexThread(_Owner[Index]):
+    """An Index opened, used and closed on one dedicated thread, the only one that runs the model."""
+
+    def __init__(self, path: str | Path, *, weights: str | None = None, device: str | None = None,
+                 warm: bool = True) -> None:
+        super().__init__(lambda: _open(path, weights, device, warm), name="retrieval-index")
 
     @property
     def index(self) -> Index:
         """The Index; use it only from functions passed to `call` / `run`."""
-        assert self._idx is not None
-        return self._idx
+        assert self._obj is not None
+        return self._obj
 
-    def run(self, fn: Callable[[Index], T]) -> T:
-        """fn(index) on the index's thread, waiting for it (from any thread but that one)."""
-        return self._pool.submit(lambda: fn(self.index)).result()
 
-    async def call(self, fn: Callable[[Index], T]) -> T:
-        """fn(index) on the index's thread, awaited."""
-        return await asyncio.wrap_future(self._pool.submit(lambda: fn(self.index)))
+def _open(path: str | Path, weights: str | None, device: str | None, warm: bool) -> Index:
+    idx = Index.open(path, weights=weights, device=device)
+    try:
+        if warm:  # load the model and the vectors now, not on the first request
+            idx.backbone()
+            if idx.count() > 0:
+                idx.vectors()
+    except BaseException:
+        idx.close()
+        raise
+    return idx
 
-    def close(self) -> None:
-        def _close() -> None:
-            if self._idx is not None:
-                self._idx.close()
-                self._idx = None
 
-        self._pool.submit(_close).result()
-        self._pool.shutdown(wait=True)
+class CensusThread(_Owner[Census]):
+    """The index's image count, read on a thread of its own through a connection of its own
+    (engine.serving.Census): /api/health answers while the index thread is busy for minutes."""
+
+    def __init__(self, store: Path) -> None:
+        super().__init__(lambda: Census(store), name="retrieval-health")
+
+    async def count(self) -> int:
+        return await self.call(lambda census: census.count())
 
 
 @dataclass(frozen=True)
@@ -197,4 +246,4 @@ def _unlink(path: str) -> None:
         pass
 
 
-__all__ = ["Batcher", "EmbedCalls", "IndexThread", "SearchJob", "Searched"]
+__all__ = ["Batcher", "CensusThread", "EmbedCalls", "IndexThread", "SearchJob", "Searched"]

@@ -147,8 +147,10 @@ def _paths(token: bool, max_upload: int) -> Schema:
                     "parameters": {"qid": "$response.body#/query", "id": "$response.body#/hits/0/id"}}}
     return {
         "/api/health": {"get": _operation("health", "the index answers", _json("how many images are indexed", {
-            "type": "object", "required": ["status", "images"],
-            "properties": {"status": {"const": "ok"}, "images": {"type": "integer", "minimum": 0}}}),
+            "type": "object", "required": ["status", "images", "busy_s"],
+            "properties": {"status": {"const": "ok"}, "images": {"type": "integer", "minimum": 0},
+                           "busy_s": {"type": "number", "minimum": 0,
+                                      "description": "seconds the index thread has been on its current job (0: idle)"}}}),
             INDEX_ERROR, token=token)},
         "/api/info": {"get": _operation("info", "what `retrieve info --json` prints", _json("the index's state", {
             "type": "object", "required": ["images", "config", "skipped"]}), INDEX_ERROR, token=token)},

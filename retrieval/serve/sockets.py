@@ -31,7 +31,10 @@ def bind(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, address in addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP named, as getaddrinfo names it for create_server: asyncio sets TCP_NODELAY only on
+            # connections whose socket says so, and without it every answer after a connection's first
+            # waited ~40 ms (the headers' segment held by Nagle until the client's delayed ACK)
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a listener's port: Linux refuses that
             if family == socket.AF_INET6:
