@@ -146,3 +146,46 @@ def test_another_family_into_an_index_is_refused_in_one_line(v3):
     assert "another --index" in lines[0]
     with Index.open(v3["index"]) as idx:
         assert idx.config.backbone.name == "test_tiny_v3" and idx.count() == 7
+
+
+@pytest.fixture(scope="module")
+def meta_file(tmp_path_factory) -> Path:
+    """A random ViT-S/16 at full depth, made by Meta's own hub factory and saved in its key layout
+    (periods in bf16), as the official `dinov3_vits16_pretrain_lvd1689m-*.pth` is."""
+    from .dinov3_reference import official_model, official_state_dict
+
+    path = tmp_path_factory.mktemp("meta") / "dinov3_vits16_random.pth"
+    torch.save(official_state_dict(official_model("dinov3_vits16", seed=5)), path)
+    return path
+
+
+def test_a_checkpoint_in_metas_layout_through_every_command(meta_file, tmp_path):
+    photos = tmp_path / "photos"
+    make_photos(photos, range(4))
+    synth_photo(60, (64, 48)).save(photos / "exact.png")  # 64 x 48 at --size 64: unscaled, a 3 x 4 grid
+    model = ["--model", "dinov3_vits16", "--weights", str(meta_file), "--size", "64"]
+    ix = tmp_path / "ix"
+    r = run("index", str(photos), "--index", str(ix), *model, "--workers", "0")
+    assert r.exit_code == 0, r.output
+    r = run("query", str(photos / "exact.png"), "--index", str(ix), "--rerank", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["path"] == str(photos / "exact.png")
+    r = run("match", str(photos / "exact.png"), str(photos / "exact.png"), "--out", str(tmp_path / "m.png"), *model)
+    assert r.exit_code == 0 and "12 matches" in r.output, r.output
+    from retrieval.serve import create_app
+
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
+        with open(photos / "exact.png", "rb") as f:
+            body = c.post("/api/search", files={"image": ("q.png", f, "image/png")}, data={"k": "2"}).json()
+        assert body["hits"][0]["path"] == str(photos / "exact.png")
+        data = c.get(f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}").json()
+        assert np.all((np.array(data["pairs"]) - 8) % 16 == 0)
+    script = str(ROOT / "scripts" / "make_synthetic_benchmark.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "gt"), "--landmarks", "2", "--distractors", "1"],
+                   check=True)
+    out = tmp_path / "m.json"
+    r = run("eval", str(tmp_path / "gt" / "synthetic.json"), "--index", str(tmp_path / "eval"), *model,
+            "--workers", "0", "--json-out", str(out))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(out.read_text())["config"]
+    assert cfg["backbone"] == "dinov3_vits16" and cfg["weights_id"].startswith("sha256:")
