@@ -259,48 +259,52 @@ def compare_dtypes(weights: str, model: str, size: int, folder: Path) -> None:
               f"max |diff| / max |fp32| {max(rel):.4f} ({len(xs)} images, size {size})")
 
 
-def part_speed(weights: str, model: str, size: int, dtype: str, batch: int, images: int) -> dict:
-    """The model alone on `images` random square inputs of `size` px, in batches: forward passes only."""
+def part_speed(models: list[str], weights: list[str], sizes: list[int], dtype: str, batch: int, images: int) -> dict:
+    """Each model alone on random square inputs of its size, forward passes only, in one process:
+    the models take turns batch by batch, so a load that comes and goes slows each alike; the rate
+    of each is its median batch's. Out: {"rates": img/s per model, "grids": patches a side}."""
     import torch
 
     from retrieval import load_backbone
 
-    bb = load_backbone(model, weights=weights or None, device="cpu", dtype=dtype)
-    x = torch.randn(batch, 3, size, size)
-    bb.encode(x)  # warm-up
-    t0 = time.perf_counter()
+    bbs = [load_backbone(m, weights=w or None, device="cpu", dtype=dtype) for m, w in zip(models, weights)]
+    xs = [torch.randn(batch, 3, s, s) for s in sizes]
+    for bb, x in zip(bbs, xs):
+        bb.encode(x)  # warm-up
+    times: list[list[float]] = [[] for _ in bbs]
     for _ in range(max(1, images // batch)):
-        bb.encode(x)
-    return {"seconds": time.perf_counter() - t0, "images": max(1, images // batch) * batch,
-            "grid": size // bb.patch_size}
+        for k, (bb, x) in enumerate(zip(bbs, xs)):
+            t0 = time.perf_counter()
+            bb.encode(x)
+            times[k].append(time.perf_counter() - t0)
+    return {"rates": [batch / float(np.median(t)) for t in times],
+            "grids": [s // bb.patch_size for s, bb in zip(sizes, bbs)]}
 
 
 def compare_models(args: argparse.Namespace, tmp: Path) -> None:
     """--compare-models A,B: model-only img/s of each, fp32 and bf16, at 224 px and at a 16 x 16
-    patch grid, each measurement in its own process, the models alternating, `--repeats` rounds;
-    the ratio is to the first model's rate in the same round."""
+    patch grid; one process per setting and dtype, in which the models take turns batch by batch
+    (part_speed), `--repeats` rounds; the ratio is to the first model's rate in the same process."""
     from retrieval.backbone import patch_size, registry
 
     models = args.compare_models.split(",")
-    weights = {m: "" if registry()[m].random_only else random_checkpoint(m, tmp) for m in models}
+    weights = ["" if registry()[m].random_only else random_checkpoint(m, tmp) for m in models]
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; load average before "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; batch {args.batch}, {args.images} images a measurement")
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; batch {args.batch}, {args.images} images a model "
+          f"and measurement, median batch")
     print(f"{'model':16s} {'setting':26s} {'dtype':5s} {'grid':>7s} {'img/s':>8s} {'/ first':>8s}")
     for rnd in range(args.repeats):
         for setting in ("224 px", "equal patch count"):
             for dtype in ("fp32", "bf16"):
-                first = None
-                for m in models:
-                    size = 224 if setting == "224 px" else 16 * patch_size(m)
-                    cmd = [sys.executable, __file__, "--part", "speed", "--model", m, "--weights", weights[m],
-                           "--size", str(size), "--dtype", dtype, "--batch", str(args.batch),
-                           "--images", str(args.images)]
-                    r = run_json(cmd, f"{m} {dtype} {size}")
-                    rate = r["images"] / r["seconds"]
-                    first = first or rate
+                sizes = [224 if setting == "224 px" else 16 * patch_size(m) for m in models]
+                cmd = [sys.executable, __file__, "--part", "speed", "--model", ",".join(models),
+                       "--weights", ",".join(weights), "--sizes", ",".join(map(str, sizes)), "--dtype", dtype,
+                       "--batch", str(args.batch), "--images", str(args.images)]
+                r = run_json(cmd, f"{dtype} {setting}")
+                for m, size, rate, grid in zip(models, sizes, r["rates"], r["grids"]):
                     label = f"{setting} ({size})"
-                    print(f"{m:16s} {label:26s} {dtype:5s} {r['grid']:>3d}x{r['grid']:<3d} {rate:8.2f} "
-                          f"{rate / first:8.2f}   (round {rnd + 1})", flush=True)
+                    print(f"{m:16s} {label:26s} {dtype:5s} {grid:>3d}x{grid:<3d} {rate:8.2f} "
+                          f"{rate / r['rates'][0]:8.2f}   (round {rnd + 1})", flush=True)
     print(f"load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
@@ -329,6 +333,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--sizes", help="--part speed: pixels, one per model, comma-separated")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int)
@@ -349,7 +354,9 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, help="draw only this many photos, the rest byte-level variants")
     args = ap.parse_args()
     if args.part == "speed":
-        print(json.dumps(part_speed(args.weights, args.model, args.size, args.dtype, args.batch, args.images)))
+        sizes = [int(v) for v in args.sizes.split(",")]
+        print(json.dumps(part_speed(args.model.split(","), args.weights.split(","), sizes, args.dtype, args.batch,
+                                    args.images)))
         return
     if args.compare_models:
         with tempfile.TemporaryDirectory() as tmp_s:
