@@ -85,6 +85,15 @@ def test_extract_grid_times_16_is_the_resized_input_and_storage_tokens_have_thei
     assert not np.allclose(f["storage"][:, 0], f["cls"])  # the tokens after the class token, not a copy of it
 
 
+def test_pca_picture_of_a_dinov3_model(tmp_path):
+    src = tmp_path / "a.png"
+    synth_photo(3, (160, 120)).save(src)
+    out = tmp_path / "pca.png"
+    r = run("pca", str(src), "--out", str(out), "--model", "test_tiny_v3", "--size", "112", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).format == "PNG"
+
+
 def test_storage_tokens_are_the_models_tokens_after_the_class_token():
     from retrieval import load_backbone
 
