@@ -17,12 +17,14 @@ class TokenBatch:
     """Backbone output after the final norm.
 
     cls: (n, d); patches: (n, h*w, d), registers excluded, row-major over the grid;
-    grid: (h, w) patches per column and row.
+    grid: (h, w) patches per column and row; registers: (n, r, d), the register tokens (DINOv2
+    `_reg`) or storage tokens (DINOv3) in the model's order, None when not kept.
     """
 
     cls: torch.Tensor
     patches: torch.Tensor
     grid: tuple[int, int]
+    registers: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n, d = self.cls.shape

@@ -18,6 +18,9 @@ the main thread's time goes in (c); --device cuda measures (b) and (c) on a GPU.
 
     python scripts/bench_index.py --memory 500,5000     # peak RSS of (c) for each collection size
     python scripts/bench_index.py --compare-dtypes      # bf16 / fp16 autocast tokens against fp32
+    python scripts/bench_index.py --compare-models dinov2_vits14,dinov3_vits16 [--images 64] [--repeats 2]
+        # model-only img/s of each, fp32 and bf16, at 224 px and at equal patch counts (a 16 x 16
+        # grid: 224 px at patch 14, 256 px at patch 16), with the ratio to the first model
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def part_model(files: list[Path], weights: str, model: str, size: int, dtype: st
     shapes: dict[tuple[int, int], int] = {}
     for f in files:
         with Image.open(f) as im:
-            w, h = target_size(im.width, im.height, size=size, patch_size=14)
+            w, h = target_size(im.width, im.height, size=size, patch_size=bb.patch_size)
         shapes[(h, w)] = shapes.get((h, w), 0) + 1
     batches = []
     for (h, w), count in shapes.items():
@@ -256,6 +259,55 @@ def compare_dtypes(weights: str, model: str, size: int, folder: Path) -> None:
               f"max |diff| / max |fp32| {max(rel):.4f} ({len(xs)} images, size {size})")
 
 
+def part_speed(models: list[str], weights: list[str], sizes: list[int], dtype: str, batch: int, images: int) -> dict:
+    """Each model alone on random square inputs of its size, forward passes only, in one process:
+    the models take turns batch by batch, so a load that comes and goes slows each alike; the rate
+    of each is its median batch's. Out: {"rates": img/s per model, "grids": patches a side}."""
+    import torch
+
+    from retrieval import load_backbone
+
+    bbs = [load_backbone(m, weights=w or None, device="cpu", dtype=dtype) for m, w in zip(models, weights)]
+    xs = [torch.randn(batch, 3, s, s) for s in sizes]
+    for bb, x in zip(bbs, xs):
+        bb.encode(x)  # warm-up
+    times: list[list[float]] = [[] for _ in bbs]
+    for _ in range(max(1, images // batch)):
+        for k, (bb, x) in enumerate(zip(bbs, xs)):
+            t0 = time.perf_counter()
+            bb.encode(x)
+            times[k].append(time.perf_counter() - t0)
+    return {"rates": [batch / float(np.median(t)) for t in times],
+            "grids": [s // bb.patch_size for s, bb in zip(sizes, bbs)]}
+
+
+def compare_models(args: argparse.Namespace, tmp: Path) -> None:
+    """--compare-models A,B: model-only img/s of each, fp32 and bf16, at 224 px and at a 16 x 16
+    patch grid; one process per setting and dtype, in which the models take turns batch by batch
+    (part_speed), `--repeats` rounds; the ratio is to the first model's rate in the same process."""
+    from retrieval.backbone import patch_size, registry
+
+    models = args.compare_models.split(",")
+    weights = ["" if registry()[m].random_only else random_checkpoint(m, tmp) for m in models]
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; load average before "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; batch {args.batch}, {args.images} images a model "
+          f"and measurement, median batch")
+    print(f"{'model':16s} {'setting':26s} {'dtype':5s} {'grid':>7s} {'img/s':>8s} {'/ first':>8s}")
+    for rnd in range(args.repeats):
+        for setting in ("224 px", "equal patch count"):
+            for dtype in ("fp32", "bf16"):
+                sizes = [224 if setting == "224 px" else 16 * patch_size(m) for m in models]
+                cmd = [sys.executable, __file__, "--part", "speed", "--model", ",".join(models),
+                       "--weights", ",".join(weights), "--sizes", ",".join(map(str, sizes)), "--dtype", dtype,
+                       "--batch", str(args.batch), "--images", str(args.images)]
+                r = run_json(cmd, f"{dtype} {setting}")
+                for m, size, rate, grid in zip(models, sizes, r["rates"], r["grids"]):
+                    label = f"{setting} ({size})"
+                    print(f"{m:16s} {label:26s} {dtype:5s} {grid:>3d}x{grid:<3d} {rate:8.2f} "
+                          f"{rate / r['rates'][0]:8.2f}   (round {rnd + 1})", flush=True)
+    print(f"load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def run_part(args: argparse.Namespace, part: str, folder: Path, weights: str, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--folder", str(folder), "--weights", weights,
            "--model", args.model, "--size", str(args.size), "--dtype", args.dtype, "--batch", str(args.batch),
@@ -281,13 +333,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--sizes", help="--part speed: pixels, one per model, comma-separated")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--model", default="dinov2_vits14")
     ap.add_argument("--weights")
     ap.add_argument("--folder", type=Path)
-    ap.add_argument("--part", choices=["naive", "model", "index"])
+    ap.add_argument("--part", choices=["naive", "model", "index", "speed"])
+    ap.add_argument("--compare-models", help="comma-separated models: model-only img/s of each (see above)")
+    ap.add_argument("--repeats", type=int, default=2, help="--compare-models: rounds")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--memory", help="comma-separated collection sizes for the peak-RSS check")
     ap.add_argument("--compare-dtypes", action="store_true")
@@ -298,6 +353,15 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="(c): where the main thread's time goes, by stage")
     ap.add_argument("--distinct", type=int, help="draw only this many photos, the rest byte-level variants")
     args = ap.parse_args()
+    if args.part == "speed":
+        sizes = [int(v) for v in args.sizes.split(",")]
+        print(json.dumps(part_speed(args.model.split(","), args.weights.split(","), sizes, args.dtype, args.batch,
+                                    args.images)))
+        return
+    if args.compare_models:
+        with tempfile.TemporaryDirectory() as tmp_s:
+            compare_models(args, Path(tmp_s))
+        return
     if args.part:  # one measurement, in this process
         files = sorted(p for p in args.folder.iterdir() if p.suffix == ".jpg")
         if args.part == "naive":
@@ -372,11 +436,16 @@ def random_checkpoint(model: str, folder: Path) -> str:
 
     from retrieval.backbone.registry import registry
     from retrieval.backbone.vit import build_vit
+    from retrieval.backbone.vit3 import build_vit3
 
     arch = registry()[model]
-    m = build_vit(arch, init=False)  # names and shapes only ("meta" device)
-    sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
-    sd["mask_token"] = torch.zeros(1, arch.dim)
+    if arch.family == "dinov3":  # our module's keys are Meta's; RoPE periods kept as built
+        sd = {k: v if "periods" in k else _trained_like(k, v, torch)
+              for k, v in build_vit3(arch, init=True).state_dict().items()}
+    else:
+        m = build_vit(arch, init=False)  # names and shapes only ("meta" device)
+        sd = {k: _trained_like(k, v, torch) for k, v in m.state_dict().items()}
+        sd["mask_token"] = torch.zeros(1, arch.dim)
     path = folder / f"{model}_random.pth"
     torch.save(sd, path)
     return str(path)

@@ -22,7 +22,8 @@ runner = CliRunner()
 
 
 def test_the_promised_presets_exist():
-    assert {p.name for p in CONFIGS} >= {"default.toml", "table9-vitl14.toml", "fast-cpu.toml", "gpu-large.toml"}
+    assert {p.name for p in CONFIGS} >= {"default.toml", "table9-vitl14.toml", "fast-cpu.toml", "gpu-large.toml",
+                                         "dinov3-vitl16.toml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -108,6 +108,24 @@ def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
     assert _rows(spread) == b
 
 
+def test_ray_resizes_to_the_backbones_patch_like_one_process(ray_runtime, tmp_path):
+    """DINOv3 (patch 16) through --ray: the decode tasks resize to multiples of 16 before any model
+    exists (at 14, a 160 x 120 photo would be 112 x 84 and its descriptor another)."""
+    photos = tmp_path / "photos"
+    make_photos(photos, range(5))
+    args = ["--model", "test_tiny_v3", "--size", "112", "--workers", "0", "--batch", "4"]
+    alone, spread = tmp_path / "alone", tmp_path / "spread"
+    assert run("index", str(photos), "--index", str(alone), *args).exit_code == 0
+    r = run("index", str(photos), "--index", str(spread), *args, "--ray", "local")
+    assert r.exit_code == 0, r.output
+    a, b = _rows(alone), _rows(spread)
+    assert sorted(a) == sorted(b) and len(a) == 5
+    for path, row in a.items():
+        assert row[5] is not None and row[7] == b[path][7]  # the same patches kept, on the same 5 x 7 grid
+        np.testing.assert_allclose(np.frombuffer(b[path][5], np.float32), np.frombuffer(row[5], np.float32),
+                                   atol=1e-5)
+
+
 class DiesOnce(Embedder):
     """Kills its worker process in its first call (once per folder: a marker file beside it);
     notes the size of every call that returns."""

@@ -48,6 +48,16 @@ def test_bench_index_prints_ratios(tmp_path):
     assert re.search(r"c/b = \d+\.\d+\s+c/a = \d+\.\d+", out) and "(c) retrieve index" in out
 
 
+def test_bench_index_compares_models_at_224_and_at_equal_patch_counts():
+    out = _run("scripts/bench_index.py", "--compare-models", "test_tiny,test_tiny_v3", "--images", "2", "--batch", "2",
+               "--repeats", "1")
+    for dtype in ("fp32", "bf16"):
+        assert re.search(rf"test_tiny_v3 +224 px \(224\) +{dtype} +14x14 +\d+\.\d+ +\d+\.\d+", out)
+        assert re.search(rf"test_tiny_v3 +equal patch count \(256\) +{dtype} +16x16 ", out)
+        assert re.search(rf"test_tiny +equal patch count \(224\) +{dtype} +16x16 +\d+\.\d+ +1\.00", out)
+    assert "load average before" in out
+
+
 def test_bench_rerank_prints_cost():
     out = _run("scripts/bench_rerank.py", "--images", "6", "--queries", "1", "--size", "112", "--rerank-k", "5")
     assert re.search(r"re-ranking cost: -?\d+ ms per query", out) and "KB per image" in out

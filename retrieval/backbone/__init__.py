@@ -14,10 +14,10 @@ _EXPORTS = {
     "load_backbone": "model", "native_dtype": "model", "resolve_device": "model", "weights_id": "model",
 }
 
-__all__ = sorted([*_EXPORTS, "PATCH_SIZE", "Arch", "registry"])
+__all__ = sorted([*_EXPORTS, "Arch", "patch_size", "registry"])
 
 # torch-free, and bound here so that the name `registry` is the function, not the submodule
-from .registry import PATCH_SIZE, Arch, registry  # noqa: E402
+from .registry import Arch, patch_size, registry  # noqa: E402
 
 if TYPE_CHECKING:
     from .model import (Backbone, backbone_names, ensure_weights, interpolate_pos_embed, load_backbone, native_dtype,

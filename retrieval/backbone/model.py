@@ -79,7 +79,8 @@ class Backbone(torch.nn.Module):
                 t = self.vit.tokens(x, antialias=self.arch.antialias_pos)
         t = t.float()
         grid = (height // self.patch_size, width // self.patch_size)
-        return TokenBatch(cls=t[:, 0], patches=t[:, 1 + self.num_registers:], grid=grid)
+        r = 1 + self.num_registers
+        return TokenBatch(cls=t[:, 0], patches=t[:, r:], grid=grid, registers=t[:, 1:r])
 
     def forward(self, x: torch.Tensor) -> TokenBatch:  # pragma: no cover - alias
         return self.encode(x)

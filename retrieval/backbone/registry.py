@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UnknownBackboneError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 # DINOv3 weights are gated: Meta e-mails signed URLs to those who request access on this page
 DINOV3_REQUEST_PAGE = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 DINOV3_LICENSE = "DINOv3 License (Meta, custom; not Apache-2.0)"
-
-# what the engine still resizes to multiples of (DINOv2); each Arch carries its own patch_size,
-# which the engine is to use instead (DINOv3 is /16)
-PATCH_SIZE = 14
-
 
 @dataclass(frozen=True)
 class Arch:
@@ -123,3 +120,12 @@ def registry() -> dict[str, Arch]:
              eps=1e-5),
     ]
     return {a.name: a for a in archs}
+
+
+def patch_size(name: str) -> int:
+    """The patch size of backbone `name` (14 for DINOv2, 16 for DINOv3), without building it: what
+    decoders resize images to multiples of before any model exists."""
+    archs = registry()
+    if name not in archs:
+        raise UnknownBackboneError(name, list(archs))
+    return archs[name].patch_size

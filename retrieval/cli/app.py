@@ -89,7 +89,8 @@ Weights = Annotated[
     typer.Option("--weights", help="Local checkpoint, official .pth key layout or safetensors "
                                    "(default: the official file, cached in the torch hub folder)."),
 ]
-SIZE_HELP = "Longer image side in pixels, a multiple of 14; others are rounded to the nearest one (500 -> 504)"
+SIZE_HELP = ("Longer image side in pixels, a multiple of the patch size; others are rounded to the nearest one "
+             "(500 -> 504), for DINOv3's patch 16 to 496")
 Size = Annotated[int, typer.Option("--size", help=f"{SIZE_HELP}.")]
 Batch = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
 Workers = Annotated[int | None, typer.Option("--workers", min=0, help="Decoder processes (default: cores - 1 up to 8; on 2 "

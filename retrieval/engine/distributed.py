@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import images
-from ..backbone import PATCH_SIZE
+from ..backbone import patch_size
 from ..config import EngineConfig
 from ..errors import ArtifactMismatchError, BadImageError, RetrievalError, UsageError
 from ..local import LocalPCA
@@ -247,7 +247,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: EngineConfig) -> dict[
     as the single-process decoders do), by a thread per core this task holds, under one
     pixel_limit scope. Out: the files' uint8 pixels per scale as bytes with their shapes, or the
     reason a file was refused."""
-    read = images.model_reader(config.image, scales=config.pooling.scales, patch_size=PATCH_SIZE)
+    read = images.model_reader(config.image, scales=config.pooling.scales, patch_size=patch_size(config.backbone.name))
     paths = [os.fsdecode(p) for p in batch["path"]]
 
     def one(path: str) -> images.PreparedFile | BadImageError:

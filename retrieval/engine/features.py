@@ -23,7 +23,8 @@ def open_backbone(cfg: BackboneConfig) -> Backbone:
 
 @dataclass(frozen=True)
 class FileTokens:
-    """Tokens of one image. cls: (d,); patches: (h*w, d); grid (h, w); size: original (w, h)."""
+    """Tokens of one image. cls: (d,); patches: (h*w, d); grid (h, w); size: original (w, h);
+    registers: (r, d), its register (DINOv2) or storage (DINOv3) tokens, r = 0 for a model without."""
 
     index: int
     path: str
@@ -31,6 +32,7 @@ class FileTokens:
     patches: np.ndarray
     grid: tuple[int, int]
     original_wh: tuple[int, int]
+    registers: np.ndarray
 
 
 def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
@@ -50,8 +52,10 @@ def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig
             continue
         cls = out.tokens.cls.cpu().numpy()
         patches = out.tokens.patches.cpu().numpy()
+        regs = out.tokens.registers
+        registers = regs.cpu().numpy() if regs is not None else np.zeros((len(cls), 0, cls.shape[1]), np.float32)
         for j, (d, _) in enumerate(out.items):
-            yield FileTokens(d.index, d.path, cls[j], patches[j], out.tokens.grid, d.original_wh)
+            yield FileTokens(d.index, d.path, cls[j], patches[j], out.tokens.grid, d.original_wh, registers[j])
 
 
 def embed_all(paths: Sequence[str | Path], *, on_result: Callable[[FileTokens | Skipped], None] | None = None,
@@ -83,6 +87,7 @@ def write_features(out: str | Path, results: Sequence[FileTokens], skipped: Sequ
         size=np.array([r.original_wh for r in results], np.int32),
         patches=np.concatenate([r.patches for r in results]).astype(np.float32),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        **{register_key(backbone): np.stack([r.registers for r in results]).astype(np.float32)},
         model=np.array(backbone.name),
         weights_id=np.array(backbone.weights_id),
         input_size=np.array(image.size),
@@ -91,6 +96,12 @@ def write_features(out: str | Path, results: Sequence[FileTokens], skipped: Sequ
         skipped_reasons=np.array([s.reason for s in skipped], dtype=str),
     )
     return atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+
+
+def register_key(backbone: Backbone) -> str:
+    """The .npz key of the tokens between the class token and the patches: `storage` for DINOv3
+    (Meta's name for them), `registers` for DINOv2 (none but in the `_reg` models)."""
+    return "storage" if backbone.arch.family == "dinov3" else "registers"
 
 
 def pca_picture(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, threshold: float = 0.5,
@@ -109,4 +120,4 @@ def save_png(picture: Image.Image, out: str | Path) -> Path:
     return atomic_write(out, lambda f: picture.save(f, format="PNG"))
 
 
-__all__ = ["Batch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "save_png", "write_features"]
+__all__ = ["Batch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "register_key", "save_png", "write_features"]

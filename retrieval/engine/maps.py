@@ -117,7 +117,7 @@ def _shown_xy(w: View, idx: np.ndarray, patch_size: int) -> np.ndarray:
     return grid_xy(w.grid)[idx] * patch_size * scale
 
 
-def drawn_lines(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES) -> np.ndarray:
+def drawn_lines(p: Pair, *, patch_size: int, max_lines: int = visualize.MAX_LINES) -> np.ndarray:
     """Which inliers the matches picture (`render`) draws as lines: indices into the inliers (in
     the order of matches), at most max_lines, in drawing order; the same `visualize.choose_lines`
     call on the same positions and cosines as `visualize.draw_matches` makes."""
@@ -126,7 +126,7 @@ def drawn_lines(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX
                                   size=p.a.display.size, max_lines=max_lines)
 
 
-def render(p: Pair, *, patch_size: int = 14, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False,
+def render(p: Pair, *, patch_size: int, max_lines: int = visualize.MAX_LINES, show_outliers: bool = False,
            text: list[str] | None = None) -> dict[str, Image.Image]:
     """{"matches", "heatmap", "pca"} pictures of a pair, drawn on the views' display images; `text`
     (see `caption`) in the strip below the matches, its last part (the model) below the heat map."""

@@ -64,6 +64,11 @@ def configure(store: Store, path: Path, overrides: dict[str, Any]) -> EngineConf
         store.set_meta(weights_id=None, local_pca=None, whitening=None)
     if store.get_meta("store_id") is None:  # tells this store's artefacts from a deleted one's
         store.set_meta(store_id=uuid.uuid4().hex)
+    if stored is not None and store.count() > 0 and config.backbone.name != base.backbone.name:
+        raise ArtifactMismatchError(
+            f"index at {path} holds descriptors of {_model(base.backbone.name)}; --model {_model(config.backbone.name)} "
+            f"makes other ones that cannot be searched together; use another --index folder for it"
+        )
     if stored is not None and store.count() > 0 and fingerprint_fields(config) != fingerprint_fields(base):
         raise ArtifactMismatchError(
             f"index at {path} holds descriptors made with {fingerprint_fields(base)}; the options ask for "
@@ -78,6 +83,14 @@ def configure(store: Store, path: Path, overrides: dict[str, Any]) -> EngineConf
     if as_stored != stored:
         store.set_meta(config=as_stored)
     return config
+
+
+def _model(name: str) -> str:
+    """A backbone named with its family and patch size: "dinov3_vitb16 (DINOv3, patch 16)"."""
+    from ..backbone import registry
+
+    arch = registry().get(name)
+    return name if arch is None else f"{name} ({arch.family.replace('dino', 'DINO')}, patch {arch.patch_size})"
 
 
 def _check_weights_file(weights: str, known: str, path: Path) -> None:
