@@ -18,9 +18,9 @@ from rich.text import Text
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..errors import RetrievalError
-from ..types import shown
+from ..types import parse_box, shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _literal, _parse_bbox, _progress, _stdout, _StopAfterBatch, app)
+                  _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
 
 
 @app.command()
@@ -158,7 +158,7 @@ def query(
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
-    box = _parse_bbox(bbox)
+    box = None if bbox is None else parse_box(bbox)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
         results = idx.search_many(images, options, bbox=box)

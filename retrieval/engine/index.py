@@ -31,7 +31,7 @@ from ..discover import discover
 from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
-from ..types import Skipped, shown
+from ..types import Box, Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
 from .plan import Exclusions, emptied_roots, plan_update
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
     Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
 
 log = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
-
 
 @dataclass
 class UpdateSummary:

@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import SearchOptions
 from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes
 from ..errors import BadImageError, RetrievalError, UsageError
-from ..types import shown
+from ..types import Box, parse_box, shown
 from .batching import Batcher, CensusThread, IndexThread, Searched, SearchJob
 from .guard import Guard, Hosts, check_token
 from .limits import BBOX, DECIMAL, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits, clip, whole_number
@@ -292,19 +292,19 @@ def _bool_field(value: Any, name: str) -> bool:
     raise HTTPException(400, f"{name} must be true or false, got {clip(text)}")
 
 
-def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
+def _bbox_field(value: Any) -> Box | None:
+    """parse_box, with the server's stricter spelling on top (serve/limits.py BBOX: ASCII digits,
+    no sign); whether the box lies inside the image is checked once it is decoded (box_inside)."""
     text = _field(value, "bbox")
     if text is None:
         return None
     if not _BBOX.fullmatch(text):
         raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, as finite, "
                                  f"non-negative numbers in digits 0-9, got {clip(text)}")
-    x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # 400 digits are beyond a float
-        raise HTTPException(400, f"bbox needs finite numbers, got {clip(text)}")
-    if x2 <= x1 or y2 <= y1:
-        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {clip(text)}")
-    return x1, y1, x2, y2
+    try:
+        return parse_box(text, name="bbox", quoted=clip(text))  # 400 digits are beyond a float: not finite
+    except UsageError as e:
+        raise HTTPException(400, str(e)) from None
 
 
 def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:

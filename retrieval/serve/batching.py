@@ -22,10 +22,10 @@ from typing import Generic, Protocol, TypeVar
 
 from ..config import SearchOptions
 from ..engine import Index
-from ..engine.index import Box
 from ..engine.search import SearchResult
 from ..engine.serving import Census, ExplainedQuery, embed_explained
 from ..errors import BadImageError, RetrievalError
+from ..types import Box
 
 T = TypeVar("T")
 
