@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
+from retrieval.config import SearchOptions
 from retrieval.images import load_image
 from retrieval.serve import create_app, parse_size
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
@@ -292,14 +293,14 @@ def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
 
         async def go():
             b = Batcher(thread)
-            out = await asyncio.gather(*(b.search(SearchJob(str(p), k=3)) for p in files))
+            out = await asyncio.gather(*(b.search(SearchJob(str(p), SearchOptions(k=3))) for p in files))
             return b.embedded, out
 
         embedded, out = asyncio.run(go())
         assert (embedded.calls, embedded.queries) == (1, 5)  # one embedding call for the five
         assert not any(p.exists() for p in files)  # uploads deleted once embedded
         for i, s in enumerate(out):
-            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", k=3))
+            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", SearchOptions(k=3)))
             assert [h.id for h in s.result.hits] == [h.id for h in alone.hits]
             assert np.allclose([h.score for h in s.result.hits], [h.score for h in alone.hits], atol=1e-4)
     finally:
