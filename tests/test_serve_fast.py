@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
+import pytest
 from starlette.testclient import TestClient
 
 from retrieval import images
 from retrieval.images import readers
 from retrieval.serve import create_app
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
+
+from .conftest import ROOT
 
 LOCAL = "http://127.0.0.1"
 
@@ -77,3 +83,15 @@ def test_read_bytes_is_read_file_without_the_file(served):
     assert isinstance(a, images.PreparedFile)
     assert (a.sha256, a.nbytes, a.original_wh) == (b.sha256, b.nbytes, b.original_wh)
     assert all(np.array_equal(x, y) for x, y in zip(a.pixels, b.pixels, strict=True))
+
+
+@pytest.mark.subprocess
+def test_bench_serve_counts_the_queries_in_each_forward_pass():
+    """The benchmark reads the server's own count of embedding calls and queries per level."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_serve.py"), "--model", "test_tiny",
+                          "--size", "112", "--images", "6", "--clients", "1,2", "--requests", "4", "--mixed", "0"],
+                         capture_output=True, text=True, timeout=600, env=env, check=True).stdout
+    assert "queries per forward pass" in out
+    assert re.search(r"^\| 1 \|.*\| 1\.0 \(4 in 4\) \|$", out, re.M)  # one client: one query per pass
+    assert re.search(r"^\| 2 \|.*\| [12]\.\d \(4 in [234]\) \|$", out, re.M)
