@@ -93,5 +93,5 @@ def test_bench_serve_counts_the_queries_in_each_forward_pass():
                           "--size", "112", "--images", "6", "--clients", "1,2", "--requests", "4", "--mixed", "0"],
                          capture_output=True, text=True, timeout=600, env=env, check=True).stdout
     assert "queries per forward pass" in out
-    assert re.search(r"^\| 1 \|.*\| 1\.0 \(4 in 4\) \|$", out, re.M)  # one client: one query per pass
-    assert re.search(r"^\| 2 \|.*\| [12]\.\d \(4 in [234]\) \|$", out, re.M)
+    assert re.search(r"^\| 1 \|.*\| 1\.0 \(4 in 4\) \|$", out, re.MULTILINE)  # one client: one query per pass
+    assert re.search(r"^\| 2 \|.*\| [12]\.\d \(4 in [234]\) \|$", out, re.MULTILINE)
