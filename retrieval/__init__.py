@@ -29,13 +29,14 @@ _EXPORTS = {
     "Hit": "retrieval.engine",
     "EngineConfig": "retrieval.config",
     "load_config": "retrieval.config",
+    "SearchOptions": "retrieval.config",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .backbone import Backbone, backbone_names, load_backbone
-    from .config import EngineConfig, load_config
+    from .config import EngineConfig, SearchOptions, load_config
     from .engine import Hit, Index, SearchResult
     from .errors import (ArtifactMismatchError, BadImageError, ConfigError, RetrievalError, SchemaVersionError,
                          UnknownBackboneError, WeightsError)

@@ -8,6 +8,7 @@ Command-line options go over both (`cli_overrides`): defaults, then the file, th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -100,6 +101,27 @@ class IndexConfig:
         if self.kind == "ivfpq" and self.dba:
             raise UsageError("database-side augmentation (--dba) needs every vector's neighbours, which ivfpq "
                              "does not compute; use --dba 0 or another --index-kind")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How one query searches an index: the options of `retrieve query`, POST /api/search and
+    `retrieve eval`, checked here once. k results; re-ranked by verified patch matches over the top
+    rerank_k when rerank; alpha-query-expanded with the top qe results (0: off) weighted by
+    similarity ** qe_alpha."""
+
+    k: int = 10
+    rerank: bool = False
+    rerank_k: int = 100
+    qe: int = 0
+    qe_alpha: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.rerank_k < 1 or self.qe < 0:
+            raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, "
+                             f"got {self.k}, {self.rerank_k}, {self.qe}")
+        if not (math.isfinite(self.qe_alpha) and self.qe_alpha > 0):
+            raise UsageError(f"--qe-alpha must be a finite number above 0, got {self.qe_alpha:g}")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +47,34 @@ class Skipped:
     path: str
     reason: str
     fix: str | None = None
+
+
+Box = tuple[float, float, float, float]  # a query's box: x1, y1, x2, y2 in pixels of the upright picture
+
+
+def parse_box(text: str, *, name: str = "--bbox", quoted: str | None = None) -> Box:
+    """`x1,y1,x2,y2` -> Box: four finite numbers with x2 > x1 and y2 > y1 (`retrieve query --bbox`,
+    POST /api/search's `bbox`); UsageError naming `name` and quoting the text (`quoted`, else its
+    repr) otherwise. Where the box lies is checked against the image later: `box_inside`, or the
+    crop (images.crop_box), which keeps the part inside the image."""
+    shown_text = repr(text) if quoted is None else quoted
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{name} must be x1,y1,x2,y2 in pixels of the upright image, got {shown_text}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise UsageError(f"{name} needs finite numbers, got {shown_text}")
+    if x2 <= x1 or y2 <= y1:
+        raise UsageError(f"{name} needs x2 > x1 and y2 > y1, got {shown_text}")
+    return x1, y1, x2, y2
+
+
+def box_inside(box: Box, size: tuple[int, int], *, name: str = "bbox") -> None:
+    """UsageError unless the box lies inside an image of size (w, h), edges included."""
+    (x1, y1, x2, y2), (w, h) = box, size
+    if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+        raise UsageError(f"{name} {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
+                         f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what an SQLite INTEGER holds

@@ -21,7 +21,7 @@ GAP = 8
 _SS = 4  # supersampling of the overlay layer (see _overlay)
 _FONT_SIZE = 14
 
-Box = tuple[int, int, int, int]  # x, y, width, height on a canvas
+Rect = tuple[int, int, int, int]  # x, y, width, height on a canvas
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Layout:
     """Where two images go on a canvas of `size` (w, h): box (x, y, w, h) of each."""
 
     size: tuple[int, int]
-    boxes: tuple[Box, Box]
+    boxes: tuple[Rect, Rect]
     stacked: bool
 
 
@@ -63,7 +63,7 @@ def compose(a: Image.Image, b: Image.Image, lay: Layout) -> Image.Image:
     return canvas
 
 
-def _place(xy: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+def _place(xy: np.ndarray, size: tuple[int, int], box: Rect) -> np.ndarray:
     """Pixel coordinates (n, 2) in an image of `size` -> canvas coordinates inside `box`."""
     x, y, w, h = box
     return np.asarray(xy, np.float64).reshape(-1, 2) * [w / size[0], h / size[1]] + [x, y]

@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import cpu_name  # noqa: E402
 
+from retrieval import SearchOptions  # noqa: E402
 from retrieval import vectors as vindex  # noqa: E402
 from retrieval.arrays import l2n  # noqa: E402
 from retrieval.engine.search import Query, search  # noqa: E402
@@ -77,7 +78,7 @@ def timed(q: Query, store: Store, vec: Counted, k: int, repeats: int) -> tuple[f
         for _ in range(repeats):
             vec.calls, looks[0] = 0, 0
             t0 = time.perf_counter()
-            search(q, store=store, vec=vec, whitening=None, candidates=lambda ids, pca: {}, k=k)  # type: ignore[arg-type]
+            search(q, store=store, vec=vec, whitening=None, candidates=lambda ids, pca: {}, options=SearchOptions(k=k))  # type: ignore[arg-type]
             times.append(time.perf_counter() - t0)
     finally:
         os.path.isfile, os.path.exists = real

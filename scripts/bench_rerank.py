@@ -25,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import photos, random_checkpoint  # noqa: E402
 
-from retrieval import Index  # noqa: E402
+from retrieval import Index, SearchOptions  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=120)
-    ap.add_argument("--rerank-k", type=int, default=100)
+    ap.add_argument("--rerank-k", type=int, default=SearchOptions.rerank_k)
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--model", default="dinov2_vits14")
@@ -53,10 +53,10 @@ def main() -> None:
                 idx.query_tokens(q)
                 embed.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                idx.search(q, k=10)
+                idx.search(q, SearchOptions(k=10))
                 plain.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                idx.search(q, k=10, rerank=True, rerank_k=args.rerank_k)
+                idx.search(q, SearchOptions(k=10, rerank=True, rerank_k=args.rerank_k))
                 reranked.append(time.perf_counter() - t0)
             local_bytes = idx.store.db.execute(
                 "SELECT avg(length(local_feats) + length(local_coords)) FROM images").fetchone()[0]

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import photos, random_checkpoint  # noqa: E402
 
-from retrieval import Index  # noqa: E402
+from retrieval import Index, SearchOptions  # noqa: E402
 
 SERVER = """
 import sys, threading, uvicorn
@@ -65,10 +65,10 @@ def free_port() -> int:
 def in_process(ix: Path, weights: str, queries: list[Path], n: int) -> list[float]:
     times = []
     with Index.open(ix, weights=weights or None) as idx:
-        idx.search(queries[0], k=10)  # warm: model loaded, vectors read
+        idx.search(queries[0], SearchOptions(k=10))  # warm: model loaded, vectors read
         for i in range(n):
             t0 = time.perf_counter()
-            idx.search(queries[i % len(queries)], k=10)
+            idx.search(queries[i % len(queries)], SearchOptions(k=10))
             times.append(time.perf_counter() - t0)
     return times
 

@@ -104,6 +104,7 @@ def test_storage_tokens_are_the_models_tokens_after_the_class_token():
     assert t.registers is not None and torch.equal(t.registers, full[:, 1:5]) and torch.equal(t.cls, full[:, 0])
 
 
+@pytest.mark.subprocess
 def test_eval_on_a_json_ground_truth(tmp_path):
     script = str(ROOT / "scripts" / "make_synthetic_benchmark.py")
     subprocess.run([sys.executable, script, str(tmp_path), "--landmarks", "2", "--distractors", "2"], check=True)
@@ -168,6 +169,7 @@ def meta_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 def test_a_checkpoint_in_metas_layout_through_every_command(meta_file, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(4))

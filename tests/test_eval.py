@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from retrieval.backbone import native_dtype, resolve_device
 from retrieval.benchmarks import load_revisited
 from retrieval.cli import app
+from retrieval.config import SearchOptions
 from retrieval.engine import Index
 from retrieval.evaluate import compute_map, protocol_truth
 
@@ -67,7 +68,7 @@ def test_official_layout_end_to_end(data, tmp_path):
     assert len(eval_dirs) == 1
     with Index.open(eval_dirs[0]) as idx:
         q = bench.queries[0]
-        hits = idx.search(q.image, k=3, bbox=q.bbox).hits
+        hits = idx.search(q.image, SearchOptions(k=3), bbox=q.bbox).hits
         assert [h.path for h in hits] == [bench.database[i] for i in ranks[:3, 0]]
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval.cli import app
-from retrieval.config import ImageConfig
+from retrieval.config import ImageConfig, SearchOptions
 from retrieval.engine import Index
 from retrieval import visualize
 from retrieval.engine.maps import caption, model_label, pair, render, view
@@ -50,8 +50,8 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
     base.crop((14, 14, 160, 120)).save(photos / "img_crop.png")  # a near copy of img_004
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 224}}) as idx:
         idx.update([photos])
-        plain = idx.search(files[4], k=13)
-        reranked = idx.search(files[4], k=5, rerank=True, rerank_k=13)
+        plain = idx.search(files[4], SearchOptions(k=13))
+        reranked = idx.search(files[4], SearchOptions(k=5, rerank=True, rerank_k=13))
         assert reranked.reranked and all(h.inliers is not None for h in reranked.hits)
         by_id = {h.id: h for h in plain.hits}
         # inlier counts computed here, independently of search(): stored local features vs the query's
@@ -72,7 +72,7 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
         assert reranked.hits[0].path == str(files[4])
         # stored local descriptors give the same counts as recomputing them from the files
         idx.store.db.execute("UPDATE images SET local_feats = NULL, local_coords = NULL")
-        again = idx.search(files[4], k=5, rerank=True, rerank_k=13)
+        again = idx.search(files[4], SearchOptions(k=5, rerank=True, rerank_k=13))
         assert [(h.id, h.inliers) for h in again.hits] == [(h.id, h.inliers) for h in reranked.hits]
 
 
@@ -81,8 +81,8 @@ def test_query_expansion_and_dba(tmp_path):
     files = make_folder(photos, range(8))
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
-        plain = idx.search(files[0], k=8)
-        qe = idx.search(files[0], k=8, qe=2)
+        plain = idx.search(files[0], SearchOptions(k=8))
+        qe = idx.search(files[0], SearchOptions(k=8, qe=2))
         assert qe.hits[0].path == str(files[0]) and [h.score for h in qe.hits] != [h.score for h in plain.hits]
         v1 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"dba": 2}}) as idx:
@@ -216,7 +216,7 @@ def test_rerank_needs_sane_arguments(tmp_path):
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         with pytest.raises(ValueError):
-            idx.search(files[0], rerank=True, rerank_k=0)
+            idx.search(files[0], SearchOptions(rerank=True, rerank_k=0))
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -226,7 +226,7 @@ def test_query_expansion_with_approximate_kinds(tmp_path, kind):
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"kind": kind}}) as idx:
         idx.update([photos])
         assert idx.vectors().kind == kind
-        hits = idx.search(files[2], k=3, qe=2).hits
+        hits = idx.search(files[2], SearchOptions(k=3, qe=2)).hits
         assert hits[0].path == str(files[2]) and len(hits) == 3
 
 
@@ -235,8 +235,8 @@ def test_rerank_k_limits_what_is_verified(tmp_path):
     files = make_folder(photos, range(8))
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
-        plain = idx.search(files[0], k=8)
-        hits = idx.search(files[0], k=8, rerank=True, rerank_k=3).hits
+        plain = idx.search(files[0], SearchOptions(k=8))
+        hits = idx.search(files[0], SearchOptions(k=8, rerank=True, rerank_k=3)).hits
         assert all(h.inliers is not None for h in hits[:3]) and all(h.inliers is None for h in hits[3:])
         assert [h.id for h in hits[3:]] == [h.id for h in plain.hits[3:]]
 
@@ -247,7 +247,7 @@ def test_tiny_images_index_and_rerank(tmp_path):
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 14}}) as idx:  # 1x1 patch grid
         idx.update([photos])
         assert idx.store.count("ok") == 3 and idx.local_pca() is None  # too few patches to learn a PCA
-        assert idx.search(files[1], k=3, rerank=True).hits[0].inliers is not None
+        assert idx.search(files[1], SearchOptions(k=3, rerank=True)).hits[0].inliers is not None
 
 
 def test_maps_survive_a_missing_result(tmp_path):

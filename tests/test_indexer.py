@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from retrieval import BadImageError, RetrievalError
+from retrieval.config import SearchOptions
 from retrieval.engine import Index
 from retrieval.backbone import model as backbone_model
 from retrieval.engine.files import writer_lock
@@ -31,7 +32,7 @@ from .helpers import CHOSEN, ROWS, TINY_CONFIG, expected, make_folder, official_
 
 
 def ranking(idx: Index, queries, k=5):
-    return [[(h.path, h.score) for h in idx.search(q, k=k).hits] for q in queries]
+    return [[(h.path, h.score) for h in idx.search(q, SearchOptions(k=k)).hits] for q in queries]
 
 
 def assert_same_ranking(a, b):
@@ -105,7 +106,7 @@ def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
         q = photos / "img_005.png"
         xq = w.apply(idx.embed_query(q))
         order = np.argsort(-(w.apply(raw) @ xq[0]))[:5]
-        hits = idx.search(q, k=5).hits
+        hits = idx.search(q, SearchOptions(k=5)).hits
         assert [h.id for h in hits] == list(ids[order])
     # refit with a reduced dimension, without touching the model
     def boom(*a, **k):
@@ -306,7 +307,7 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
     assert committed >= 4
     # the partial index answers queries
     with Index.open(ix) as idx:
-        assert len(idx.search(photos / "img_001.png", k=3).hits) == 3
+        assert len(idx.search(photos / "img_001.png", SearchOptions(k=3)).hits) == 3
     rerun = subprocess.run(_index_cmd(photos, ix), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     with Index.open(ix) as idx:
@@ -367,7 +368,7 @@ def test_emptied_index_can_change_model(tmp_path):
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         idx.update([photos])
         assert idx.local_pca().mean.shape == (384,)  # refitted for the new model
-        assert idx.search(files[0], k=1, rerank=True).hits[0].path == str(files[0])
+        assert idx.search(files[0], SearchOptions(k=1, rerank=True)).hits[0].path == str(files[0])
 
 
 def test_whitening_options_take_effect_without_data_change(tmp_path):
@@ -394,7 +395,7 @@ def test_vectors_of_a_deleted_store_are_not_reused(tmp_path):
         f.unlink()
     with Index.open_or_create(ix, TINY_CONFIG) as idx:
         idx.update([b])
-        hit = idx.search(files_b[1], k=1).hits[0]
+        hit = idx.search(files_b[1], SearchOptions(k=1)).hits[0]
         assert hit.path == str(files_b[1]) and hit.score == pytest.approx(1.0, abs=1e-4)
 
 
@@ -474,11 +475,11 @@ def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch):
     real = W.file_sha256
     monkeypatch.setattr(W, "file_sha256", lambda p: calls.append(p) or real(p))
     with Index.open(tmp_path / "ix") as idx:
-        idx.search(files[0], k=1)
+        idx.search(files[0], SearchOptions(k=1))
     assert calls == []  # same file, same size and mtime: the stored hash is trusted
     os.utime(ckpt, ns=(time.time_ns(), time.time_ns() + 10**9))
     with Index.open(tmp_path / "ix") as idx:
-        idx.search(files[0], k=1)
+        idx.search(files[0], SearchOptions(k=1))
     assert len(calls) == 1  # touched: hashed again (and still the same bytes, so accepted)
 
 

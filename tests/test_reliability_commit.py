@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.config import SearchOptions
 from retrieval.engine import Index
 from retrieval.errors import RetrievalError
 from retrieval.engine.commit import LOCAL_PCA_FILES
@@ -77,7 +78,7 @@ def test_a_new_index_holds_a_bounded_sample(tmp_path, monkeypatch, case):
             assert len(local) == n
         else:  # the first tiny ones were let go without (made on demand), later ones have them
             assert 0 < len(local) < n
-        assert idx.search(photos / "img_005.png", k=3, rerank=True).hits[0].path == str(photos / "img_005.png")
+        assert idx.search(photos / "img_005.png", SearchOptions(k=3, rerank=True)).hits[0].path == str(photos / "img_005.png")
 
 
 def test_the_sample_held_when_embedding_fails_is_saved(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
+from retrieval.config import SearchOptions
 from retrieval.images import load_image
 from retrieval.serve import create_app, parse_size
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
@@ -288,13 +289,13 @@ def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
 
         async def go():
             b = Batcher(thread)
-            out = await asyncio.gather(*(b.search(SearchJob(data, k=3)) for data in files))
+            out = await asyncio.gather(*(b.search(SearchJob(data, SearchOptions(k=3))) for data in files))
             return b.embedded, out
 
         embedded, out = asyncio.run(go())
         assert (embedded.calls, embedded.queries) == (1, 5)  # one embedding call for the five
         for i, s in enumerate(out):
-            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", k=3))
+            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", SearchOptions(k=3)))
             assert [h.id for h in s.result.hits] == [h.id for h in alone.hits]
             assert np.allclose([h.score for h in s.result.hits], [h.score for h in alone.hits], atol=1e-4)
     finally:

@@ -15,6 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from retrieval import images
+from retrieval.config import SearchOptions
 from retrieval.images import readers
 from retrieval.serve import create_app
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
@@ -65,7 +66,7 @@ def test_each_query_is_decoded_once(served, monkeypatch):
 
         async def go():
             b = Batcher(thread)
-            out = await asyncio.gather(*(b.search(SearchJob(data, k=3)) for data in files))
+            out = await asyncio.gather(*(b.search(SearchJob(data, SearchOptions(k=3))) for data in files))
             return b.embedded, out
 
         embedded, out = asyncio.run(go())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import signal
 import sys
@@ -290,20 +289,6 @@ IndexDir = Annotated[
 
 def _index_dir(index: Path | None) -> Path:
     return index if index is not None else default_index_dir()
-
-
-def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--bbox must be x1,y1,x2,y2 in pixels of the upright image, got {text!r}") from None
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise UsageError(f"--bbox needs finite numbers, got {text!r}")
-    if x2 <= x1 or y2 <= y1:
-        raise UsageError(f"--bbox needs x2 > x1 and y2 > y1, got {text!r}")
-    return x1, y1, x2, y2
 
 
 class _StopAfterBatch:

@@ -16,11 +16,11 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from .. import engine
-from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, cli_overrides
+from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..errors import RetrievalError
-from ..types import shown
+from ..types import parse_box, shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _literal, _parse_bbox, _progress, _stdout, _StopAfterBatch, app)
+                  _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
 
 
 @app.command()
@@ -135,7 +135,7 @@ def query(
     images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
                                                       "are embedded together.", show_default=False)],
     index: IndexDir = None,
-    k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = SearchOptions.k,
     bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout: the list of {rank, score, path} "
                                                          "(several queries: a list of {query, hits}).")] = False,
@@ -144,10 +144,10 @@ def query(
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved "
                                                                     "(default: the path the index holds).")] = None,
     device: Device = None,
-    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = False,
-    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
-    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
-    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the shortlist by verified patch matches.")] = SearchOptions.rerank,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = SearchOptions.rerank_k,
+    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = SearchOptions.qe,
+    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = SearchOptions.qe_alpha,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Write correspondence maps and index.html here.")] = None,
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
@@ -158,9 +158,10 @@ def query(
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
-    box = _parse_bbox(bbox)
+    box = None if bbox is None else parse_box(bbox)
+    options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
-        results = idx.search_many(images, k=k, bbox=box, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+        results = idx.search_many(images, options, bbox=box)
         for result in results:
             if result.gone:
                 more = "" if result.looked_at is None else \

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import benchmarks, engine
-from ..config import DEFAULT_SIZE, cli_overrides, eval_defaults, load_config
+from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
 from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
 
@@ -50,10 +50,10 @@ def eval_(
     distractors: Annotated[list[Path] | None, typer.Option("--distractors", help="Extra database folder (repeatable).")] = None,
     save_ranks: Annotated[Path | None, typer.Option("--save-ranks", help="Write the (n_db, n_queries) ranking (.npy).")] = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank each shortlist by verified patch matches, as "
-                                                          "`retrieve query --rerank` does.")] = False,
-    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = 100,
-    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = 0,
-    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = 3.0,
+                                                          "`retrieve query --rerank` does.")] = SearchOptions.rerank,
+    rerank_k: Annotated[int, typer.Option("--rerank-k", help="Shortlist size for --rerank.")] = SearchOptions.rerank_k,
+    qe: Annotated[int, typer.Option("--qe", help="alpha-query expansion with this many top results (0: off).")] = SearchOptions.qe,
+    qe_alpha: Annotated[float, typer.Option("--qe-alpha", help="Weight exponent of query expansion.")] = SearchOptions.qe_alpha,
     dba: Annotated[int, typer.Option("--dba", help="Database-side augmentation with K neighbours (0: off).")] = 0,
     ladder: Annotated[bool, typer.Option("--ladder", help="One run, a row per stage: global, +DBA, +aQE, "
                                                           "+re-ranking, all (--qe/--dba set their K; default 2).")] = False,
@@ -84,7 +84,7 @@ def eval_(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        options = engine.EvalOptions(rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha, dba=dba)
+        options = engine.EvalOptions(SearchOptions(rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha), dba=dba)
         result = engine.evaluate(bench, overrides=overrides, index_dir=index, whiten_from=source,
                                  whiten_self=whiten_from == "self", distractors=distractors or [], crop=crop,
                                  options=options, stages=ladder, on_progress=progress)

@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from .. import whitening as wh
 from ..benchmarks import Benchmark
-from ..config import EngineConfig, deep_merge, default_index_dir
+from ..config import EngineConfig, SearchOptions, deep_merge, default_index_dir
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..store import PathFilter
 from ..types import shown
@@ -34,18 +34,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How the database is searched: the options of `retrieve query` (and DBA, an index option)."""
+    """How the database is searched: the options of `retrieve query` (their k unused: every
+    database image is ranked) and DBA, an index option."""
 
-    rerank: bool = False
-    rerank_k: int = 100
-    qe: int = 0
-    qe_alpha: float = 3.0
+    search: SearchOptions = SearchOptions()
     dba: int = 0
 
     def describe(self) -> str:
-        parts = ([f"DBA {self.dba}"] if self.dba else []) + ([f"aQE {self.qe}"] if self.qe else []) + \
-            ([f"re-ranking top {self.rerank_k}"] if self.rerank else [])
+        s = self.search
+        parts = ([f"DBA {self.dba}"] if self.dba else []) + ([f"aQE {s.qe}"] if s.qe else []) + \
+            ([f"re-ranking top {s.rerank_k}"] if s.rerank else [])
         return " + ".join(parts) or "global"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's form, flat as before SearchOptions (k left out: every image is ranked)."""
+        search = {f: v for f, v in dataclasses.asdict(self.search).items() if f != "k"}
+        return {**search, "dba": self.dba}
 
 
 LADDER_QE = 2  # the ladder's alpha-QE and DBA neighbours when --qe / --dba are not given
@@ -54,11 +58,13 @@ LADDER_DBA = 2
 
 def ladder(options: EvalOptions) -> list[tuple[str, EvalOptions]]:
     """The stages revisitop-style papers report: global, +DBA, +aQE, +re-ranking, all."""
-    qe, dba = options.qe or LADDER_QE, options.dba or LADDER_DBA
-    base = EvalOptions(rerank_k=options.rerank_k, qe_alpha=options.qe_alpha)
-    step = dataclasses.replace
-    return [("global", base), ("+DBA", step(base, dba=dba)), ("+aQE", step(base, qe=qe)),
-            ("+re-ranking", step(base, rerank=True)), ("all", step(base, rerank=True, qe=qe, dba=dba))]
+    qe, dba = options.search.qe or LADDER_QE, options.dba or LADDER_DBA
+    plain = SearchOptions(rerank_k=options.search.rerank_k, qe_alpha=options.search.qe_alpha)
+
+    def step(dba: int = 0, **search: Any) -> EvalOptions:
+        return EvalOptions(dataclasses.replace(plain, **search), dba=dba)
+    return [("global", step()), ("+DBA", step(dba)), ("+aQE", step(qe=qe)),
+            ("+re-ranking", step(rerank=True)), ("all", step(dba, rerank=True, qe=qe))]
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ def evaluate(
         weights_id = idx.store.get_meta("weights_id")
         config = idx.config
     last = done[-1]
+    search = last.options.search
     report = {
         **last.metrics,
         "dataset": bench.name,
@@ -186,8 +193,8 @@ def evaluate(
             "query_crop": crop,
             "whitening": whitening_source,
             "whitening_dim": None if w is None else w.dim_out,
-            "rerank": {"top": last.options.rerank_k} if last.options.rerank else None,
-            "query_expansion": {"k": last.options.qe, "alpha": last.options.qe_alpha} if last.options.qe else None,
+            "rerank": {"top": search.rerank_k} if search.rerank else None,
+            "query_expansion": {"k": search.qe, "alpha": search.qe_alpha} if search.qe else None,
             "dba": last.options.dba or None,
             "ranking": "retrieve query's search over every database image (Index.search_embedded, exact inner "
                        "product; re-ranked within the shortlist, global order beyond it)",
@@ -196,7 +203,7 @@ def evaluate(
     }
     if stages:
         report["ladder"] = [{"stage": s.name, **s.metrics, "ms_per_query": s.ms_per_query,
-                             "options": dataclasses.asdict(s.options)} for s in done]
+                             "options": s.options.to_dict()} for s in done]
     return EvalResult(last.metrics, ranks, report, tuple(done))
 
 
@@ -223,10 +230,10 @@ def _rank(idx: Index, queries: Sequence[Query], position: dict[int, int], opts: 
     n = len(position)
     idx.vectors()  # built (DBA is a property of the database vectors) before the clock starts
     columns, seconds = [], 0.0
+    every = dataclasses.replace(opts.search, k=n)
     for q in queries:
         t0 = time.perf_counter()
-        hits = idx.search_embedded(q, k=n, rerank=opts.rerank, rerank_k=opts.rerank_k, qe=opts.qe,
-                                   qe_alpha=opts.qe_alpha).hits
+        hits = idx.search_embedded(q, every).hits
         seconds += time.perf_counter() - t0
         if len(hits) != n:
             raise RetrievalError(f"the search returned {len(hits)} of {n} database images (files gone since "

@@ -2,7 +2,7 @@
 
     idx = Index.open_or_create(path, overrides)   # or Index.open(path) for an existing one
     summary = idx.update(["photos/"])             # only new/changed files reach the model
-    hits = idx.search("query.jpg", k=10, bbox=None)
+    hits = idx.search("query.jpg", SearchOptions(k=10), bbox=None)
 
 A thin facade: each stage lives in a module named after it (settings, plan, embed, commit,
 derived, search). Opening an index, `info`, `remove` and `count` never import torch; the model
@@ -26,12 +26,12 @@ import numpy as np
 from .. import images
 from .. import vectors as vecs
 from .. import whitening as wh
-from ..config import EngineConfig
+from ..config import EngineConfig, SearchOptions
 from ..discover import discover
 from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import PathFilter, Store
-from ..types import Skipped, shown
+from ..types import Box, Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
 from .plan import Exclusions, emptied_roots, plan_update
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
     Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
 
 log = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
-
 
 @dataclass
 class UpdateSummary:
@@ -372,32 +369,28 @@ class Index:
         return self._faiss_gpu
 
     # --- query ------------------------------------------------------------------------------
-    def search(self, path: str | Path, *, k: int = 10, bbox: Box | None = None, rerank: bool = False,
-               rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
-        """Top k by global similarity; optionally alpha-query-expanded (qe = how many top results to
-        add) and re-ranked by geometrically verified patch matches over the top rerank_k.
+    def search(self, path: str | Path, options: SearchOptions = SearchOptions(), *,
+               bbox: Box | None = None) -> SearchResult:
+        """Top options.k by global similarity; optionally alpha-query-expanded (options.qe = how many
+        top results to add) and re-ranked by geometrically verified patch matches over the top
+        options.rerank_k.
 
         Results whose file is gone from disk (deleted or moved since indexing) are left out and
         listed in `SearchResult.gone`; the next ones fill their places."""
-        return self.search_many([path], k=k, bbox=bbox, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)[0]
+        return self.search_many([path], options, bbox=bbox)[0]
 
-    def search_many(self, paths: Sequence[str | Path], *, k: int = 10, bbox: Box | None = None, rerank: bool = False,
-                    rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> list[SearchResult]:
+    def search_many(self, paths: Sequence[str | Path], options: SearchOptions = SearchOptions(), *,
+                    bbox: Box | None = None) -> list[SearchResult]:
         """`search` for several query files, embedded together in batched forward passes (a box
         applies to a single query only). Raises BadImageError for the first unusable query."""
         if self.store.count("ok") == 0:
             raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
-        if k < 1 or rerank_k < 1 or qe < 0:
-            raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, got {k}, {rerank_k}, {qe}")
-        return [self.search_embedded(q, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
-                for q in self.queries(paths, bbox=bbox)]
+        return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
-    def search_embedded(self, q: Query, *, k: int = 10, rerank: bool = False, rerank_k: int = 100, qe: int = 0,
-                        qe_alpha: float = 3.0) -> SearchResult:
+    def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
         """`search` for a query already embedded by `queries`."""
         return search(q, store=self.store, vec=self._searcher_for(self.vectors()), whitening=self.whitening(),
-                      candidates=self._candidate_local, k=k, rerank=rerank, rerank_k=rerank_k, qe=qe,
-                      qe_alpha=qe_alpha)
+                      candidates=self._candidate_local, options=options)
 
     def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
         """Stored local descriptors of the candidates; recomputed from the files where missing."""

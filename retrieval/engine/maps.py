@@ -17,7 +17,7 @@ from ..arrays import l2n
 from ..backbone import Backbone
 from ..config import EngineConfig, ImageConfig
 from ..errors import BadImageError, RetrievalError
-from ..types import shown
+from ..types import Box, shown
 from .descriptors import embed_queries
 from .files import atomic_write
 from .index import Index
@@ -25,7 +25,6 @@ from .search import SearchResult
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 _RESULT_FILE = re.compile(r"\d{3,}_(matches|heatmap|pca)\.png")  # what `explain` names a result's pictures
 
 

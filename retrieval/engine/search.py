@@ -14,7 +14,7 @@ import numpy as np
 from .. import local
 from .. import rerank as rr
 from .. import whitening as wh
-from ..errors import UsageError
+from ..config import SearchOptions
 from ..local import LocalFeatures, LocalPCA
 from ..store import Store
 from ..vectors import VectorIndex
@@ -75,22 +75,22 @@ class Query:
 
 
 def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, candidates: CandidateLocal,
-           k: int, rerank: bool = False, rerank_k: int = 100, qe: int = 0, qe_alpha: float = 3.0) -> SearchResult:
-    """Top k (see Index.search). `candidates` gives the local descriptors of database ids."""
-    if k < 1 or rerank_k < 1 or qe < 0:
-        raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, got {k}, {rerank_k}, {qe}")
+           options: SearchOptions) -> SearchResult:
+    """The top options.k (see Index.search). `candidates` gives the local descriptors of database ids."""
+    k = options.k
     xq = whitening.apply(q.raw) if whitening is not None else q.raw
-    if qe > 0:
-        scores, ids = vec.search(xq, qe)
+    if options.qe > 0:
+        scores, ids = vec.search(xq, options.qe)
         top = ids[0][ids[0] >= 0]
-        xq = rr.query_expansion(xq[0], vectors_of(vec, top), scores[0][: len(top)], alpha=qe_alpha)[None]
+        xq = rr.query_expansion(xq[0], vectors_of(vec, top), scores[0][: len(top)], alpha=options.qe_alpha)[None]
     want, total = k, vec.ntotal
     where: dict[int, str] = {}
     usable: dict[int, bool] = {}  # each id's file looked at once per query
     for round_ in range(GONE_ROUNDS):  # the list is refilled from further down while results are gone
         if round_:  # geometric: files gone by thousands (a drive not mounted) cost a few rounds, not n / k
             want = min(total, want * GONE_GROWTH)
-        ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=rerank, rerank_k=rerank_k)
+        ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=options.rerank,
+                         rerank_k=options.rerank_k)
         new = [i for _, i, _ in ranked if i not in usable]
         for start in range(0, len(new), PATHS_AT_ONCE):
             where.update(store.paths(new[start: start + PATHS_AT_ONCE]))
@@ -102,7 +102,7 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
     gone = tuple(where[i] for _, i, _ in ranked[:last] if not usable[i])  # those above the last hit
     hits = tuple(Hit(rank=r + 1, score=s, path=where[i], id=i, inliers=n) for r, (s, i, n) in enumerate(present[:k]))
     more = len(present) < k and len(ranked) == want < total  # rounds ran out with results left unlooked-at
-    return SearchResult(hits, reranked=rerank, gone=gone, looked_at=len(ranked) if more else None)
+    return SearchResult(hits, reranked=options.rerank, gone=gone, looked_at=len(ranked) if more else None)
 
 
 def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, store: Store, candidates: CandidateLocal, k: int,

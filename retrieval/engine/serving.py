@@ -24,10 +24,11 @@ from ..config import ImageConfig
 from ..errors import BadImageError, UsageError
 from ..rerank import MIN_INLIERS
 from ..store import Store
+from ..types import Box, box_inside
 from ..visualize import MAX_LINES, line_colours
 from .descriptors import Embedding, embed_stream
 from .embedding import Decoded, from_prepared
-from .index import Box, Index
+from .index import Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
 from .search import Query
 
@@ -69,11 +70,7 @@ def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = 
     out = []
     for e, data in zip(_embedded(idx, uploads, bbox=bbox, name=name), uploads):
         if bbox is not None:
-            w, h = e.decoded.original_wh
-            x1, y1, x2, y2 = bbox
-            if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
-                raise UsageError(f"bbox {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
-                                 f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
+            box_inside(bbox, e.decoded.original_wh)
         out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
                                   data, name, idx.config.image, bbox))
     return out
@@ -198,13 +195,9 @@ def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Corresponde
 
 def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
     """Pixels of the model's picture (w, h) -> pixels of the upright original (w, h), through the
-    crop the box made (engine: images.crop_box rounds it outwards and clamps it)."""
-    if box is None:
-        x0, y0, cw, ch = 0.0, 0.0, float(size[0]), float(size[1])
-    else:
-        x1, y1, x2, y2 = box
-        x0, y0 = float(np.floor(max(0.0, x1))), float(np.floor(max(0.0, y1)))
-        cw, ch = float(np.ceil(min(size[0], x2))) - x0, float(np.ceil(min(size[1], y2))) - y0
+    crop the box made (images.crop_pixels: clamped, rounded outwards)."""
+    x0, y0, x1, y1 = (0, 0, *size) if box is None else images.crop_pixels(box, size)
+    cw, ch = float(x1 - x0), float(y1 - y0)
     out = np.asarray(xy, np.float64).reshape(-1, 2).copy()
     out[:, 0] = x0 + out[:, 0] * cw / picture[0]
     out[:, 1] = y0 + out[:, 1] * ch / picture[1]

@@ -10,11 +10,9 @@ import numpy as np
 from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS
+from ..types import Box
 from .decoding import decode
 from .scope import pixel_limit
-
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the upright picture
-
 
 def target_size(width: int, height: int, *, size: int, patch_size: int) -> tuple[int, int]:
     """(w, h) with the longer side `size` (rounded to the nearest patch multiple, as `scaled_size` does on the
@@ -50,14 +48,20 @@ def normalize(im: Image.Image, *, mean: Sequence[float], std: Sequence[float]) -
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
-def crop_box(im: Image.Image, box: Box) -> Image.Image:
-    """Crop to (x1, y1, x2, y2) in image pixels, clamped to the image; raises ValueError if empty."""
+def crop_pixels(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixels (left, top, right, bottom) a box crops from an image of size (w, h): clamped to
+    the image, edges rounded outwards; raises ValueError if that leaves no pixel."""
     x1, y1, x2, y2 = box
-    x1, x2 = max(0.0, min(x1, x2)), min(float(im.width), max(x1, x2))
-    y1, y2 = max(0.0, min(y1, y2)), min(float(im.height), max(y1, y2))
+    x1, x2 = max(0.0, min(x1, x2)), min(float(size[0]), max(x1, x2))
+    y1, y2 = max(0.0, min(y1, y2)), min(float(size[1]), max(y1, y2))
     if x2 - x1 < 1 or y2 - y1 < 1:
-        raise ValueError(f"box {box} leaves no pixels inside the {im.width}x{im.height} image")
-    return im.crop((int(math.floor(x1)), int(math.floor(y1)), int(math.ceil(x2)), int(math.ceil(y2))))
+        raise ValueError(f"box {box} leaves no pixels inside the {size[0]}x{size[1]} image")
+    return int(math.floor(x1)), int(math.floor(y1)), int(math.ceil(x2)), int(math.ceil(y2))
+
+
+def crop_box(im: Image.Image, box: Box) -> Image.Image:
+    """Crop to (x1, y1, x2, y2) in image pixels (crop_pixels); raises ValueError if empty."""
+    return im.crop(crop_pixels(box, im.size))
 
 
 def prepare(
@@ -67,7 +71,7 @@ def prepare(
     patch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    box: tuple[float, float, float, float] | None = None,
+    box: Box | None = None,
     like: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decoded RGB image -> model input (3, H, W) float32: optional crop, resize, normalise.

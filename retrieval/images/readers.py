@@ -15,8 +15,9 @@ from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS, ImageConfig
 from ..errors import BadImageError
+from ..types import Box
 from .decoding import _check_header, _refuse_raw, _regular_file_size, decode
-from .geometry import Box, crop_box, model_pixels, scaled_size, target_size
+from .geometry import crop_box, model_pixels, scaled_size, target_size
 
 @dataclass(frozen=True)
 class PreparedFile:

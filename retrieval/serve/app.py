@@ -35,9 +35,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..config import SearchOptions
 from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes
 from ..errors import BadImageError, RetrievalError, UsageError
-from ..types import shown
+from ..types import Box, parse_box, shown
 from .batching import Batcher, CensusThread, IndexThread, Searched, SearchJob
 from .guard import Guard, Hosts, check_token
 from .limits import BBOX, DECIMAL, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits, clip, whole_number
@@ -52,7 +53,6 @@ PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releas
 _ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
 _BBOX = re.compile(BBOX)
 _REAL = re.compile(rf"{DECIMAL}(?:[eE][-+]?[0-9]{{1,4}})?")  # qe_alpha: as bbox's numbers, an exponent allowed
-_DEFAULTS = SearchJob(b"")  # the form's defaults
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -239,14 +239,14 @@ async def _job(form: Any) -> SearchJob:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
-    d = _DEFAULTS
-    k = _int_field(form.get("k"), "k", default=d.k, low=1, high=MAX_K)
-    rerank_k = _int_field(form.get("rerank_k"), "rerank_k", default=d.rerank_k, low=1, high=MAX_K)
-    qe = _int_field(form.get("qe"), "qe", default=d.qe, low=0, high=MAX_K)
-    qe_alpha = _alpha_field(form.get("qe_alpha"), default=d.qe_alpha)
-    rerank = _bool_field(form.get("rerank"), "rerank")
+    d = SearchOptions()  # the form's defaults; MAX_K and MAX_ALPHA are the server's bounds on top
+    options = SearchOptions(k=_int_field(form.get("k"), "k", default=d.k, low=1, high=MAX_K),
+                            rerank_k=_int_field(form.get("rerank_k"), "rerank_k", default=d.rerank_k, low=1, high=MAX_K),
+                            qe=_int_field(form.get("qe"), "qe", default=d.qe, low=0, high=MAX_K),
+                            qe_alpha=_alpha_field(form.get("qe_alpha"), default=d.qe_alpha),
+                            rerank=_bool_field(form.get("rerank"), "rerank"))  # checked in this order
     bbox = _bbox_field(form.get("bbox"))
-    return SearchJob(await upload.read(), k=k, bbox=bbox, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
+    return SearchJob(await upload.read(), options=options, bbox=bbox)
 
 
 def _field(value: Any, name: str) -> str | None:
@@ -285,19 +285,19 @@ def _bool_field(value: Any, name: str) -> bool:
     raise HTTPException(400, f"{name} must be true or false, got {clip(text)}")
 
 
-def _bbox_field(value: Any) -> tuple[float, float, float, float] | None:
+def _bbox_field(value: Any) -> Box | None:
+    """parse_box, with the server's stricter spelling on top (serve/limits.py BBOX: ASCII digits,
+    no sign); whether the box lies inside the image is checked once it is decoded (box_inside)."""
     text = _field(value, "bbox")
     if text is None:
         return None
     if not _BBOX.fullmatch(text):
         raise HTTPException(400, f"bbox must be x1,y1,x2,y2 in pixels of the upright image, as finite, "
                                  f"non-negative numbers in digits 0-9, got {clip(text)}")
-    x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # 400 digits are beyond a float
-        raise HTTPException(400, f"bbox needs finite numbers, got {clip(text)}")
-    if x2 <= x1 or y2 <= y1:
-        raise HTTPException(400, f"bbox needs x2 > x1 and y2 > y1, got {clip(text)}")
-    return x1, y1, x2, y2
+    try:
+        return parse_box(text, name="bbox", quoted=clip(text))  # 400 digits are beyond a float: not finite
+    except UsageError as e:
+        raise HTTPException(400, str(e)) from None
 
 
 def _int_param(request: Request, name: str, *, low: int, high: int) -> int | None:

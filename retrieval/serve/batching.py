@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from ..config import SearchOptions
 from ..engine import Index
-from ..engine.evaluation import EvalOptions
-from ..engine.index import Box
 from ..engine.search import SearchResult
 from ..engine.serving import Census, ExplainedQuery, embed_explained
 from ..errors import BadImageError, RetrievalError
+from ..types import Box
 
 T = TypeVar("T")
 
@@ -129,12 +129,8 @@ class SearchJob:
     """One search's upload and options; the defaults are POST /api/search's (serve/openapi.py)."""
 
     image: bytes  # the upload, held in memory (no file is written)
-    k: int = 10
+    options: SearchOptions = SearchOptions()  # `retrieve query`'s own defaults
     bbox: Box | None = None
-    rerank: bool = False
-    rerank_k: int = EvalOptions.rerank_k  # `retrieve query`'s own defaults
-    qe: int = 0
-    qe_alpha: float = EvalOptions.qe_alpha
 
 
 @dataclass(frozen=True)
@@ -213,8 +209,7 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched 
             out.append(q)
             continue
         try:
-            out.append(Searched(q, idx.search_embedded(q.query, k=j.k, rerank=j.rerank, rerank_k=j.rerank_k,
-                                                      qe=j.qe, qe_alpha=j.qe_alpha)))
+            out.append(Searched(q, idx.search_embedded(q.query, j.options)))
         except RetrievalError as e:
             out.append(e)
     return out

@@ -2,7 +2,7 @@
 
     document(token=False, max_upload=50_000_000)  # a dict, json.dumps-able
 
-Every number in it comes from the code that enforces it (serve/limits.py, SearchJob's defaults,
+Every number in it comes from the code that enforces it (serve/limits.py, SearchOptions' defaults,
 engine.serving.PICTURE_KINDS), so the document cannot drift from the server; tests fuzz a live
 server against it with Schemathesis (tests/test_serve_schema.py).
 """
@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from ..config import SearchOptions
 from ..engine.serving import PICTURE_KINDS
-from .batching import SearchJob
 from .limits import BBOX, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits
 
 Schema = dict[str, Any]
@@ -36,7 +36,7 @@ _SECURITY_HEADERS = {name: {"required": True, "schema": {"type": "string", "cons
 
 
 def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(SearchJob) if f.default is not dataclasses.MISSING}
+    return dataclasses.asdict(SearchOptions())
 
 
 def search_form() -> Schema:
