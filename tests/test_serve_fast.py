@@ -3,7 +3,6 @@ written, and each query is decoded once."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -15,10 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from retrieval import images
-from retrieval.config import SearchOptions
-from retrieval.images import readers
+from retrieval.images import decoding, readers
 from retrieval.serve import create_app
-from retrieval.serve.batching import Batcher, IndexThread, SearchJob
 
 from .conftest import ROOT
 
@@ -50,31 +47,25 @@ def test_a_search_writes_no_file(served, tmp_path, monkeypatch):
 
 
 def test_each_query_is_decoded_once(served, monkeypatch):
-    """Five concurrent uploads: five decodes, in one embedding call (a guard: the picture drawn
-    for a match is decoded only when asked for)."""
+    """A search decodes its upload once (a guard: the readable-size picture that correspondences
+    are drawn on is decoded only when a result is opened)."""
     calls: list[str] = []
-    real = readers.decode
 
-    def counting(path, **kwargs):
-        calls.append(str(path))
-        return real(path, **kwargs)
+    def counting(real):
+        def decode(path, **kwargs):
+            calls.append(str(path))
+            return real(path, **kwargs)
+        return decode
 
-    monkeypatch.setattr(readers, "decode", counting)
-    thread = IndexThread(served["index"])
-    try:
-        files = [(served["photos"] / f"p{i}.jpg").read_bytes() for i in range(5)]
-
-        async def go():
-            b = Batcher(thread)
-            out = await asyncio.gather(*(b.search(SearchJob(data, SearchOptions(k=3))) for data in files))
-            return b.embedded, out
-
-        embedded, out = asyncio.run(go())
-        assert (embedded.calls, embedded.queries) == (1, 5)
-        assert len(calls) == 5
-        assert [s.result.hits[0].path for s in out] == [str(served["photos"] / f"p{i}.jpg") for i in range(5)]
-    finally:
-        thread.close()
+    monkeypatch.setattr(readers, "decode", counting(readers.decode))
+    monkeypatch.setattr(decoding, "decode", counting(decoding.decode))
+    monkeypatch.setattr(images, "decode", counting(images.decode))
+    with TestClient(create_app(served["index"]), base_url=LOCAL) as c:
+        calls.clear()  # opening the app decodes nothing of the query's
+        r = c.post("/api/search", files={"image": ("q.jpg", served["query"].read_bytes(), "image/jpeg")},
+                   data={"k": "3"})
+        assert r.status_code == 200, r.text
+        assert len(calls) == 1
 
 
 def test_read_bytes_is_read_file_without_the_file(served):
