@@ -10,7 +10,8 @@ without some of them fetching heat-map pictures of their top hit after each sear
 The index holds synthetic JPEGs embedded with a random checkpoint in the official layout
 (bench_index.random_checkpoint; speed does not depend on the values). Each client posts query
 files (not indexed, 640x480 JPEGs) one after another; latency is per request as the client sees
-it (upload, embed, search, JSON), throughput is requests over wall time. The server runs in its
+it (upload, embed, search, JSON), throughput is requests over wall time, and the queries per
+forward pass are the server's own count (Batcher.embedded, read before and after each level). The server runs in its
 own process (uvicorn), as `retrieve serve` would, and nothing else runs meanwhile.
 """
 
@@ -39,9 +40,14 @@ from bench_index import photos, random_checkpoint  # noqa: E402
 from retrieval import Index, SearchOptions  # noqa: E402
 
 SERVER = """
-import sys, uvicorn
+import sys, threading, uvicorn
 from retrieval.serve import bind, create_app, server_config
 app = create_app(sys.argv[1], weights=sys.argv[2] or None, window=float(sys.argv[4]))
+def census():  # a line in: the batcher's two counters out (embedding calls, queries in them)
+    for _ in sys.stdin:
+        e = app.state.batcher.embedded
+        print(e.calls, e.queries, flush=True)
+threading.Thread(target=census, daemon=True).start()
 uvicorn.Server(server_config(app)).run(sockets=bind("127.0.0.1", int(sys.argv[3])))  # as `retrieve serve` runs it
 """
 
@@ -128,6 +134,15 @@ def mixed(url: str, queries: list[bytes], clients: int, total: int, *, drawers: 
     return lat, wall
 
 
+def embedded(server: subprocess.Popen[str]) -> tuple[int, int]:
+    """The server's embedding calls and the queries they held so far (Batcher.embedded)."""
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write("\n")
+    server.stdin.flush()
+    calls, queries = server.stdout.readline().split()
+    return int(calls), int(queries)
+
+
 def ms(xs: list[float], q: float) -> str:
     return f"{pct(xs, q) * 1000:.1f}" if xs else "-"
 
@@ -184,7 +199,8 @@ def main() -> None:
         base = statistics.median(local)
 
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(ix), weights, str(port), str(args.window)])
+        server = subprocess.Popen([sys.executable, "-c", SERVER, str(ix), weights, str(port), str(args.window)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
@@ -201,8 +217,10 @@ def main() -> None:
             load(url, data, 1, 4)  # warm-up
             rows = []
             for c in levels:
+                before = embedded(server)
                 lat, wall = load(url, data, c, max(args.requests, 2 * c))
-                rows.append((c, lat, wall))
+                after = embedded(server)
+                rows.append((c, lat, wall, (after[0] - before[0], after[1] - before[1])))
             runs = []
             if args.mixed:
                 n = max(args.requests, 2 * args.mixed)
@@ -218,16 +236,17 @@ def main() -> None:
           f"{args.model} {args.size} px ({dtype}), {args.images} images indexed in {index_s:.1f} s; "
           f"server window {args.window * 1000:.0f} ms")
     print()
-    print("| clients | p50 latency (ms) | p95 latency (ms) | queries/s |")
-    print("| --- | --- | --- | --- |")
-    print(f"| in-process `Index.search` loop | {base * 1000:.1f} | {pct(local, 95) * 1000:.1f} | {1 / base:.2f} |")
+    print("| clients | p50 latency (ms) | p95 latency (ms) | queries/s | queries per forward pass |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| in-process `Index.search` loop | {base * 1000:.1f} | {pct(local, 95) * 1000:.1f} | {1 / base:.2f} | 1 |")
     single = None
-    for c, lat, wall in rows:
+    for c, lat, wall, (calls, queries) in rows:
         qps = len(lat) / wall
         single = single or qps
-        print(f"| {c} | {pct(lat, 50) * 1000:.1f} | {pct(lat, 95) * 1000:.1f} | {qps:.2f} |")
+        print(f"| {c} | {pct(lat, 50) * 1000:.1f} | {pct(lat, 95) * 1000:.1f} | {qps:.2f} | "
+              f"{queries / max(calls, 1):.1f} ({queries} in {calls}) |")
     print()
-    one = next((statistics.median(lat) for c, lat, _ in rows if c == 1), None)
+    one = next((statistics.median(lat) for c, lat, _, _ in rows if c == 1), None)
     if one is not None:
         print(f"single-client p50 / in-process search: {one / base:.2f}x (goal <= 1.15x)")
     top = rows[-1]

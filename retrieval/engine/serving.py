@@ -10,7 +10,7 @@ What takes the `Index` runs on the one thread that owns it (its SQLite connectio
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +26,8 @@ from ..rerank import MIN_INLIERS
 from ..store import Store
 from ..types import Box, box_inside
 from ..visualize import MAX_LINES, line_colours
+from .descriptors import Embedding, embed_stream
+from .embedding import Decoded, from_prepared
 from .index import Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
 from .search import Query
@@ -37,14 +39,14 @@ PICTURE_KINDS = ("matches", "heatmap", "pca")
 class ExplainedQuery:
     """An embedded query and what its correspondences are drawn and measured with: the model's
     picture of it (first scale), the original upright size (w, h), the box it was cropped to, and
-    the file's bytes, from which the readable-size picture is decoded when first drawn (not
+    the uploaded bytes, from which the readable-size picture is decoded when first drawn (not
     before: a search that is never explained does not pay for a second decode)."""
 
     query: Query
     picture: Image.Image
     size: tuple[int, int]
     source: bytes
-    name: str  # the file's name, for messages
+    name: str  # what messages call the file
     image: ImageConfig
     box: Box | None = None
 
@@ -57,21 +59,42 @@ class ExplainedQuery:
         return View(self.picture, self.query.patches, self.query.grid, self.display)
 
 
-def embed_explained(idx: Index, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[ExplainedQuery]:
-    """Index.queries, keeping each query's picture, size and bytes (the files may be deleted once
-    this returns). A box (one image only) must lie inside the upright image: UsageError
-    otherwise. BadImageError for the first unusable file."""
+def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = None,
+                    name: str = "upload") -> list[ExplainedQuery]:
+    """Query files' bytes (uploads, kept in memory) embedded together exactly as `Index.queries`
+    embeds files, each decoded once, keeping its picture, size and bytes; `name` stands for them in
+    errors. A box (one image only) must lie inside the upright image: UsageError otherwise.
+    BadImageError for the first unusable upload."""
+    if bbox is not None and len(uploads) != 1:
+        raise UsageError("a box crops one query image; pass one image with --bbox")
     out = []
-    for e in idx.embed_queries(paths, bbox=bbox):
-        try:
-            source = Path(e.decoded.path).read_bytes()
-        except OSError as err:
-            raise BadImageError.unreadable(e.decoded.path, err) from err
+    for e, data in zip(_embedded(idx, uploads, bbox=bbox, name=name), uploads):
         if bbox is not None:
             box_inside(bbox, e.decoded.original_wh)
         out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
-                                  source, e.decoded.path, idx.config.image, bbox))
+                                  data, name, idx.config.image, bbox))
     return out
+
+
+def _embedded(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None, name: str) -> list[Embedding]:
+    """descriptors.embed_queries for bytes: each decoded here (images.read_bytes, under the index's
+    pixel limit), then batched forward passes; in input order."""
+    bb, config = idx.backbone(), idx.config
+    sizes = tuple(images.scaled_size(config.image.size, s, bb.patch_size) for s in config.pooling.scales)
+
+    def decoded() -> Iterator[Decoded]:
+        for i, data in enumerate(uploads):
+            with images.pixel_limit(config.image.max_pixels):
+                pf = images.read_bytes(name, data, sizes=sizes, patch_size=bb.patch_size,
+                                       max_pixels=config.image.max_pixels, box=bbox)
+            yield from_prepared(i, name, pf)
+
+    done: dict[int, Embedding] = {}
+    for group in embed_stream(decoded(), backbone=bb, config=config):
+        for item in group:
+            assert isinstance(item, Embedding)  # decoded() raises BadImageError rather than skipping
+            done[item.decoded.index] = item
+    return [done[i] for i in range(len(uploads))]
 
 
 def indexed_path(idx: Index, image_id: int) -> str | None:

@@ -14,12 +14,12 @@ from .decoding import (ALLOWED_FORMATS, IMAGE_EXTENSIONS, RAW_EXTENSIONS, decode
                        to_rgb)
 from .geometry import (Box, crop_box, crop_pixels, model_pixels, normalize, prepare, preprocess, resize_for_model, scaled_size,
                        target_size)
-from .readers import EncodedJpeg, PreparedFile, model_reader, prepare_bytes, read_file
+from .readers import EncodedJpeg, PreparedFile, model_reader, prepare_bytes, read_bytes, read_file
 from .scope import DECODER_THREADS, pixel_limit, worker_init
 
 __all__ = [
     "ALLOWED_FORMATS", "Box", "DECODER_THREADS", "EncodedJpeg", "IMAGE_EXTENSIONS", "PreparedFile", "RAW_EXTENSIONS",
     "crop_box", "crop_pixels", "decode", "load_image", "model_pixels", "model_reader", "normalize", "pixel_limit", "prepare", "prepare_bytes",
-    "preprocess", "read_file", "register_heif", "resize_for_model", "scaled_size", "target_size", "to_rgb",
+    "preprocess", "read_bytes", "read_file", "register_heif", "resize_for_model", "scaled_size", "target_size", "to_rgb",
     "worker_init",
 ]

@@ -73,6 +73,14 @@ def read_file(path: str, *, sizes: tuple[int, ...], patch_size: int, max_pixels:
                          draft=draft, box=box)
 
 
+def read_bytes(name: str, data: bytes, *, sizes: tuple[int, ...], patch_size: int,
+               max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, box: Box | None = None) -> PreparedFile:
+    """`read_file` for bytes already in memory (an upload): hashed, decoded and prepared once, with
+    no file written or read; `name` stands for the file in errors. Raises BadImageError."""
+    return prepare_bytes(name, data, sizes=sizes, patch_size=patch_size, max_pixels=max_pixels,
+                         digest=hashlib.sha256(data).hexdigest(), draft=draft, box=box)
+
+
 def model_reader(image: ImageConfig, *, scales: Sequence[float], patch_size: int, keep_jpeg: bool = False,
                  draft: bool = True, box: Box | None = None) -> Callable[[str], PreparedFile | EncodedJpeg]:
     """The one way a file is read for the model: `read(path)` gives its uint8 pixels at each scale

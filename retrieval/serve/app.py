@@ -17,11 +17,8 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import secrets
-import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -132,7 +129,6 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     pictures = ThreadPoolExecutor(max_workers=PICTURE_WORKERS, thread_name_prefix="retrieval-picture")
     batcher = Batcher(thread, window=window, max_batch=max_batch)
     cache = _QueryCache(cache_size, cache_bytes)
-    uploads = Path(tempfile.mkdtemp(prefix="retrieval-serve-"))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -144,7 +140,6 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
             await loop.run_in_executor(None, census.close)
             await loop.run_in_executor(None, thread.close)
             await loop.run_in_executor(None, pictures.shutdown)
-            shutil.rmtree(uploads, ignore_errors=True)
 
     async def health(request: Request) -> Response:
         """A liveness probe: never waits for the index thread, and says how long that thread has
@@ -162,7 +157,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         counted = Request(request.scope, receive=_counting(request.receive, max_upload, seconds=body_timeout))
         try:
             async with counted.form(max_files=1, max_fields=8) as form:
-                job = await _job(form, uploads)
+                job = await _job(form)
         except _TooLarge:
             raise HTTPException(413, f"upload is over the limit of {max_upload} bytes (--max-upload)") from None
         except _TooSlow:
@@ -238,8 +233,9 @@ def _png(c: Correspondences, kind: str) -> bytes:
     return buf.getvalue()
 
 
-async def _job(form: Any, uploads: Path) -> SearchJob:
-    """A search job from the form: the upload copied to a private file, options checked."""
+async def _job(form: Any) -> SearchJob:
+    """A search job from the form: the upload's bytes (in memory: the form holds up to 1 MiB of a
+    part there, python-multipart spills larger ones to a temporary file), options checked."""
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
@@ -250,10 +246,7 @@ async def _job(form: Any, uploads: Path) -> SearchJob:
                             qe_alpha=_alpha_field(form.get("qe_alpha"), default=d.qe_alpha),
                             rerank=_bool_field(form.get("rerank"), "rerank"))  # checked in this order
     bbox = _bbox_field(form.get("bbox"))
-    fd, name = tempfile.mkstemp(dir=uploads, prefix="query-")
-    with os.fdopen(fd, "wb") as f:
-        await asyncio.get_running_loop().run_in_executor(None, shutil.copyfileobj, upload.file, f)
-    return SearchJob(name, options=options, bbox=bbox)
+    return SearchJob(await upload.read(), options=options, bbox=bbox)
 
 
 def _field(value: Any, name: str) -> str | None:
@@ -359,7 +352,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _retrieval_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, BadImageError):  # the path is our private temporary file: say "upload"
+    if isinstance(exc, BadImageError):  # name the upload or the indexed image, not a path
         what = "upload" if request.url.path == "/api/search" else "indexed image"
         return _error(400, f"the {what} cannot be used: {exc.reason}")
     if isinstance(exc, UsageError):

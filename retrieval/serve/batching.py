@@ -12,7 +12,6 @@ with a box is embedded alone, since a box crops one image.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +128,7 @@ class CensusThread(_Owner[Census]):
 class SearchJob:
     """One search's upload and options; the defaults are POST /api/search's (serve/openapi.py)."""
 
-    path: str  # a private temporary file; deleted once embedded
+    image: bytes  # the upload, held in memory (no file is written)
     options: SearchOptions = SearchOptions()  # `retrieve query`'s own defaults
     bbox: Box | None = None
 
@@ -194,19 +193,15 @@ class Batcher:
 
 def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched | BaseException]:
     """On the index thread: embed the plain queries together and each boxed one alone, then search
-    each with its own options. One bad file fails only its own request."""
+    each with its own options. One bad upload fails only its own request."""
     embedded: dict[int, ExplainedQuery | BaseException] = {}
-    try:
-        plain = [i for i, j in enumerate(jobs) if j.bbox is None]
-        if plain:
-            for i, q in zip(plain, _embed(idx, [jobs[i] for i in plain], sizes)):
-                embedded[i] = q
-        for i, j in enumerate(jobs):
-            if j.bbox is not None:
-                embedded[i] = _embed(idx, [j], sizes)[0]
-    finally:
-        for j in jobs:
-            _unlink(j.path)
+    plain = [i for i, j in enumerate(jobs) if j.bbox is None]
+    if plain:
+        for i, q in zip(plain, _embed(idx, [jobs[i] for i in plain], sizes)):
+            embedded[i] = q
+    for i, j in enumerate(jobs):
+        if j.bbox is not None:
+            embedded[i] = _embed(idx, [j], sizes)[0]
     out: list[Searched | BaseException] = []
     for i, j in enumerate(jobs):
         q = embedded[i]
@@ -221,10 +216,10 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched 
 
 
 def _embed(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[ExplainedQuery | BaseException]:
-    """Embed together; when a file is refused, embed each alone so that only it fails."""
+    """Embed together; when an upload is refused, embed each alone so that only it fails."""
     try:
         sizes.add(len(jobs))
-        return list(embed_explained(idx, [j.path for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
+        return list(embed_explained(idx, [j.image for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
     except (BadImageError, RetrievalError) as e:
         if len(jobs) == 1:
             return [e]
@@ -232,13 +227,6 @@ def _embed(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Explain
     for j in jobs:
         out.extend(_embed(idx, [j], sizes))
     return out
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 __all__ = ["Batcher", "CensusThread", "EmbedCalls", "IndexThread", "SearchJob", "Searched"]
