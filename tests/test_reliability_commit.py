@@ -171,9 +171,13 @@ def test_killed_after_refused_files_keeps_committed_images(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watcher of a local runtime reads /proc")
-def test_a_killed_local_ray_driver_leaves_no_ray_process(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("stdin", ["inherited", "a file"])
+def test_a_killed_local_ray_driver_leaves_no_ray_process(tmp_path, tmp_path_factory, stdin):
     """Before: `ray::DashboardAgent` and `ray::RuntimeEnvAgent` outlived a driver killed with
-    SIGKILL by about 65 s (trying to tell the dead GCS that their raylet died)."""
+    SIGKILL by about 65 s (trying to tell the dead GCS that their raylet died). A driver whose
+    standard input is a file (as under CI, where pytest's capture file took the closed fd 0) kept
+    its watcher waiting for an end of pipe that never came: the watcher now also watches the
+    driver's process."""
     import ray  # noqa: F401  (psutil comes with Ray)
     import psutil
 
@@ -182,7 +186,8 @@ def test_a_killed_local_ray_driver_leaves_no_ray_process(tmp_path, tmp_path_fact
     ix = tmp_path / "ix"
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("rt"))}  # short: socket paths fit 107 bytes
     proc = subprocess.Popen([sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(ix), *TINY_ARGS,
-                             "--ray", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                             "--ray", "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            stdin=open(tmp_path / "stdin", "w+b") if stdin == "a file" else None)
     deadline = time.monotonic() + 180
     while _ok_rows(ix / "store.sqlite") == 0 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -6,7 +6,9 @@ dies, even by SIGKILL (the kernel's parent-death signal), but the raylet's agent
 spend 60 s trying to report it to the GCS that died with it. This watcher is a small process
 beside the driver, in a session of its own (a terminal's Ctrl-C is the driver's alone): it
 remembers, every second, the raylet's children (pid and start time) and its session folder, and
-when its stdin closes (the driver ended, however) kills those still running, and any process
+when its stdin closes (a clean stop) or the driver's process is gone (checked every second through
+/proc: a pipe's end alone is not enough, since a process that inherited it keeps it open) kills
+those still running, and any process
 whose command line names that session (a worker still starting, spawned since the last look). Run as a script, standard library only,
 so it starts in milliseconds without importing the package. docs/scale.md says what is left.
 
@@ -46,14 +48,15 @@ def stop(watcher: subprocess.Popen[bytes] | None) -> None:
 
 
 def _stat(pid: int) -> tuple[int, str, str] | None:
-    """(parent pid, command name, start time) of a process, or None once it is gone."""
+    """(parent pid, command name, start time) of a process, or None once it is gone (a zombie
+    counts as gone: it runs nothing, it waits for its parent to read its status)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
     except OSError:
         return None
     name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-    return int(rest[1]), name, rest[19]
+    return None if rest[0] in ("Z", "X") else (int(rest[1]), name, rest[19])
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -75,16 +78,18 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def main(driver: int) -> None:
-    """Until stdin closes, remember the raylet's children and session; then kill what is left."""
+    """Until stdin closes or the driver is gone, remember the raylet's children and session; then
+    kill what is left."""
     last: dict[int, str] = {}
     sessions: set[str] = set()
-    while True:
+    first = _stat(driver)
+    while first is not None and (_stat(driver) or (0, "", ""))[2] == first[2]:  # the driver itself, still alive
         raylets = [p for p in _children(driver) if (_stat(p) or (0, "", ""))[1] == "raylet"]
         if raylets:  # after the driver's death the raylet is gone too: keep what was seen last
             last = {p: t for r in raylets for p, t in _children(r).items()}
             sessions = {a.split("=", 1)[1] for r in raylets for a in _cmdline(r) if a.startswith("--session_dir=")}
         ready, _, _ = select.select([sys.stdin], [], [], TICK_S)
-        if ready and not os.read(sys.stdin.fileno(), 4096):
+        if ready and not os.read(sys.stdin.fileno(), 4096):  # a clean stop
             break
     named = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()
              and any(s and s in a for a in _cmdline(int(e)) for s in sessions)]
