@@ -153,3 +153,14 @@ def test_times_and_inodes_past_int64_are_stored_not_refused(store):
     store.apply(touches=[Touch(late.id, 1, y2999 + 1, y2999, 2**63)])
     late = next(store.rows(under=["/a/late.jpg"]))
     assert (late.mtime_ns, late.ctime_ns, late.inode) == (INT64_MAX, INT64_MAX, INT64_MIN)
+
+
+def test_lookups_by_id_past_sqlite_variable_limit(store):
+    """paths() and local() with more ids than one SQLite statement may hold (32,766): eval asks for
+    every database id at once, and a query over mostly-gone files for thousands."""
+    store.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # SQLite's default (this build: 250,000)
+    store.apply([Upsert(f"/a/{i}.jpg", 1, 10, f"h{i}", "ok", descriptor=np.ones(2)) for i in range(3)])
+    ids = [r.id for r in store.rows()]
+    many = list(range(10**6, 10**6 + 40_000)) + ids  # unknown ids first, the real ones in a later part
+    assert store.paths(many) == {i: f"/a/{n}.jpg" for n, i in enumerate(ids)}
+    assert set(store.local(many)) == set(ids)

@@ -23,7 +23,6 @@ from .commit import query_pca
 # Results whose files are gone are replaced from further down the ranking: each round asks for
 # GONE_GROWTH times as many, at most GONE_ROUNDS rounds (k 4^7 results in the last: 163,840 for k = 10)
 GONE_GROWTH, GONE_ROUNDS = 4, 8
-PATHS_AT_ONCE = 10_000  # ids per store lookup (SQLite's limit on a statement's variables is 32,766)
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,7 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
         ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=options.rerank,
                          rerank_k=options.rerank_k)
         new = [i for _, i, _ in ranked if i not in usable]
-        for start in range(0, len(new), PATHS_AT_ONCE):
-            where.update(store.paths(new[start: start + PATHS_AT_ONCE]))
+        where.update(store.paths(new))  # the store asks SQLite in parts
         usable.update((i, os.path.isfile(where[i])) for i in new)
         present = [h for h in ranked if usable[h[1]]]
         if len(present) >= k or len(ranked) < want or want >= total:

@@ -34,6 +34,8 @@ from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
+IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
+
 
 @dataclass(frozen=True)
 class FileRow:
@@ -300,22 +302,23 @@ class Store:
         return np.stack([got[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall()
-        return {i: _path_out(p) for i, p in rows}
+        return {i: _path_out(p) for i, p in self._where_id_in("id, path", ids)}
 
     def local(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, tuple[int, int]] | None]:
         """id -> (feats blob, coords blob, grid) or None where the row has no local descriptors."""
-        ids = [int(i) for i in ids]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(
-            f"SELECT id, local_feats, local_coords, grid_h, grid_w FROM images WHERE id IN ({marks})", ids).fetchall()
+        rows = self._where_id_in("id, local_feats, local_coords, grid_h, grid_w", ids)
         return {r[0]: None if r[1] is None else (r[1], r[2], (r[3], r[4])) for r in rows}
+
+    def _where_id_in(self, columns: str, ids: Iterable[int]) -> list[Any]:
+        """The rows with these ids, asked IDS_AT_ONCE at a time: a statement holds at most 32,766
+        variables in SQLite, and eval or a query over mostly-gone files asks for more."""
+        ids = [int(i) for i in ids]
+        rows: list[Any] = []
+        for start in range(0, len(ids), IDS_AT_ONCE):
+            part = ids[start: start + IDS_AT_ONCE]
+            rows += self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                    part).fetchall()
+        return rows
 
     def count(self, status: str | None = None) -> int:
         if status is None:
