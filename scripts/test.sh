@@ -34,6 +34,8 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   fi
 fi
 
+echo "== lint"
+"$VENV/bin/ruff" check .
 echo "== import layers"
 "$VENV/bin/lint-imports"
 echo "== types"

@@ -64,7 +64,7 @@ def test_default_toml_names_every_field_of_every_config_dataclass():
             expected[""].add(f.name)
     assert found == expected
     # a commented-out line is exactly a setting whose default is None, and every line has a comment
-    commented = {(s, k) for s, keys in _keys_in_file("\n".join(l for l in text.splitlines() if l.startswith(("#", "["))))
+    commented = {(s, k) for s, keys in _keys_in_file("\n".join(line for line in text.splitlines() if line.startswith(("#", "["))))
                  .items() for k in keys}
     nones = {(s, k) for s, keys in expected.items() for k in keys
              if (getattr(defaults, k) if not s else getattr(getattr(defaults, s), k)) is None}

@@ -134,9 +134,9 @@ def test_pixel_limit_logs_decoder_chatter_as_it_comes_and_passes_the_rest(caplog
 
     def decoder() -> None:
         for k in range(3):
-            warnings.warn(f"corrupt EXIF {k}", UserWarning)
+            warnings.warn(f"corrupt EXIF {k}", UserWarning, stacklevel=1)
             assert len(caplog.records) == k + 1  # at once: a scope that spans a stream keeps no list
-        warnings.warn("big", Image.DecompressionBombWarning)
+        warnings.warn("big", Image.DecompressionBombWarning, stacklevel=1)
 
     with caplog.at_level(logging.DEBUG, logger="retrieval.images"), images.pixel_limit(1000):
         with warnings.catch_warnings():
@@ -145,7 +145,7 @@ def test_pixel_limit_logs_decoder_chatter_as_it_comes_and_passes_the_rest(caplog
             t.start()
             t.join()
         with pytest.warns(UserWarning, match="main thread"):  # not decoding: a warning like any other
-            warnings.warn("main thread", UserWarning)
+            warnings.warn("main thread", UserWarning, stacklevel=1)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"corrupt EXIF {k}" for k in range(3)]
     assert warnings.showwarning is before
 

@@ -295,7 +295,7 @@ def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
         embedded, out = asyncio.run(go())
         assert (embedded.calls, embedded.queries) == (1, 5)  # one embedding call for the five
         for i, s in enumerate(out):
-            alone = thread.run(lambda idx: idx.search(served["photos"] / f"p{i}.jpg", SearchOptions(k=3)))
+            alone = thread.run(lambda idx, i=i: idx.search(served["photos"] / f"p{i}.jpg", SearchOptions(k=3)))
             assert [h.id for h in s.result.hits] == [h.id for h in alone.hits]
             assert np.allclose([h.score for h in s.result.hits], [h.score for h in alone.hits], atol=1e-4)
     finally:
