@@ -19,12 +19,13 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..errors import RetrievalError
 from ..types import parse_box, shown
-from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
+from .app import StopAfterBatch, app, boundary
+from .options import SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
+from .output import error_line, literal, print_table, progress_bar
 
 
 @app.command()
-@_errors
+@boundary
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     index: IndexDir = None,
@@ -78,20 +79,20 @@ def index(
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
 ) -> None:
-    """Index the images under FOLDERS; re-running only embeds new or changed files.
+    """Index the images under each FOLDER; re-running only embeds new or changed files.
 
     Settings left out are the index's own; a new index starts from the defaults named.
     """
     overrides = cli_overrides(config, model=model, weights=weights, device=device, dtype=dtype, size=size,
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
-    where = _index_dir(index)
+    where = index_dir(index)
     engine.index_roots(folders)  # a mistyped folder creates no index
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours show
-    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
+    with engine.Index.open_or_create(where, overrides) as idx, StopAfterBatch() as stop, progress_bar() as bar:
         if exclude or clear_excludes:
             idx.exclude(exclude or [], clear=clear_excludes)
         task = bar.add_task("indexing", total=None)
@@ -130,7 +131,7 @@ def index(
 
 
 @app.command()
-@_errors
+@boundary
 def query(
     images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
                                                       "are embedded together.", show_default=False)],
@@ -153,14 +154,14 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like each IMAGE. Model, size, pooling and whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
-    with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
+    with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         results = idx.search_many(images, options, bbox=box)
         for result in results:
             if result.gone:
@@ -181,10 +182,10 @@ def query(
             sys.stdout.flush()
         else:
             for q, result in zip(images, results):
-                _print_hits(result, title=_literal(f"query {q}") if len(images) > 1 else None)
+                _print_hits(result, title=literal(f"query {q}") if len(images) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
-            Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
+            Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:
@@ -199,18 +200,18 @@ def _print_hits(result: Any, *, title: Text | None) -> None:
                   caption=caption, caption_justify="left")
     for h in result.hits:
         inliers = [] if not result.reranked else ["-" if h.inliers is None else str(h.inliers)]
-        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", _literal(h.path))
-    _stdout().print(table)
+        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", literal(h.path))
+    print_table(table)
 
 
 @app.command()
-@_errors
+@boundary
 def info(
     index: IndexDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """What an index holds: configuration, counts, skipped files, size on disk."""
-    with engine.Index.open(_index_dir(index)) as idx:
+    with engine.Index.open(index_dir(index)) as idx:
         data = idx.info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -237,14 +238,14 @@ def info(
 
 
 @app.command()
-@_errors
+@boundary
 def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.", show_default=False)],
     index: IndexDir = None,
 ) -> None:
     """Remove files (or everything under folders) from an index, and keep them out of later
     `retrieve index` runs of their folders (`retrieve index PATH` takes a path back)."""
-    where = _index_dir(index)
+    where = index_dir(index)
     with engine.Index.open(where) as idx:
         n = idx.remove(paths)
         left = idx.count()
@@ -256,28 +257,28 @@ def remove(
 
 
 @app.command()
-@_errors
+@boundary
 def check(
     index: IndexDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
 ) -> None:
     """Check an index: SQLite's integrity check, then every row against the index's own rules and the
     vectors file against the store. One line per finding; exit 1 when something is damaged."""
-    report = engine.check_index(_index_dir(index))
+    report = engine.check_index(index_dir(index))
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
         for f in report.findings:
             typer.echo(f"{f.level:5s}  {f.message}")
     if report.damaged:
-        _error_line(report.summary)
+        error_line(report.summary)
         raise typer.Exit(1)
     if not as_json:
         typer.echo(report.summary)
 
 
 @app.command()
-@_errors
+@boundary
 def backup(
     dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
                                          show_default=False)],
@@ -285,7 +286,7 @@ def backup(
 ) -> None:
     """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
     (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
-    out, images = engine.backup_store(_index_dir(index), dest)
+    out, images = engine.backup_store(index_dir(index), dest)
     typer.echo(f"wrote {shown(str(out))}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
                f"folder (the vectors file is rebuilt from it)")
 

@@ -4,20 +4,45 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import engine
-from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
-from ..errors import UsageError
+from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig
+from ..errors import RetrievalError, UsageError
 from ..types import shown
-from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
-                  _embed_with_progress, _errors, _inputs, app)
+from .app import app, boundary
+from .options import Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers
+from .output import progress_bar
+
+
+def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
+    with progress_bar() as bar:
+        task = bar.add_task("embedding", total=len(paths))
+
+        def seen(r: Any) -> None:
+            if isinstance(r, engine.Skipped):
+                logging.getLogger("retrieval").warning("skipped %s: %s", shown(r.path), r.reason)
+            bar.advance(task)
+
+        result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)
+        return result
+
+
+def _backbone(model: str, weights: Path | None, device: str | None, dtype: str) -> Any:
+    return engine.open_backbone(BackboneConfig(model, None if weights is None else str(weights), device, dtype))
+
+
+def _inputs(items: list[Path]) -> list[str]:
+    paths = engine.expand_inputs(items)
+    if not paths:
+        raise RetrievalError(f"no image files in {', '.join(map(str, items))}; pass image files or folders holding them")
+    return paths
 
 
 @app.command()
-@_errors
+@boundary
 def extract(
     inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file.")],
@@ -45,7 +70,7 @@ def extract(
 
 
 @app.command()
-@_errors
+@boundary
 def pca(
     inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")],
@@ -74,7 +99,7 @@ def pca(
 
 
 @app.command()
-@_errors
+@boundary
 def match(
     a: Annotated[Path, typer.Argument(help="First image.")],
     b: Annotated[Path, typer.Argument(help="Second image.")],
