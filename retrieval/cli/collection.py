@@ -141,7 +141,8 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout: the list of {rank, score, path} "
                                                          "(several queries: a list of {query, hits}).")] = False,
     paths_only: Annotated[bool, typer.Option("--paths", "--filepath-only",
-                                             help="Only the result paths, one per line, as the file system's bytes.")] = False,
+                                             help="Only the result paths, one per line, as the file system's bytes "
+                                                  "(several queries: the query, a tab, then the path).")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved "
                                                                     "(default: the path the index holds).")] = None,
     device: Device = None,
@@ -177,7 +178,9 @@ def query(
                 {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
-            lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
+            # several queries: each line says whose result it is, `QUERY<tab>PATH`, as grep names the file
+            lines = b"".join((os.fsencode(q) + b"\t" if len(images) > 1 else b"") + os.fsencode(h.path) + b"\n"
+                             for q, r in zip(images, results) for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:

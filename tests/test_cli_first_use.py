@@ -1,0 +1,26 @@
+"""A first user's commands through the CLI's real entry point (issue 25, "First use, again"): backup
+to a folder named with a slash, the way out when files are gone, --index on a file, results of
+several queries, what an empty folder, a clipped box and `match` say, and presets by name."""
+
+from __future__ import annotations
+
+import os
+
+from retrieval.cli import app
+
+from .helpers import index_tiny, one_line_error, query_index, runner
+
+
+def test_several_queries_say_whose_each_path_is_and_piped_tables_are_not_padded(folder, tmp_path):
+    """Item 10: `query a.jpg b.jpg --paths` ran the results together; piped tables padded rows."""
+    ix = tmp_path / "ix"
+    index_tiny(folder, ix)
+    a, b = folder / "p0.jpg", folder / "p1.jpg"
+    lines = query_index(ix, str(a), str(b), "--paths", "-k", "2").stdout_bytes.splitlines()
+    assert [line.split(b"\t")[0] for line in lines] == [os.fsencode(a)] * 2 + [os.fsencode(b)] * 2
+    assert lines[0] == os.fsencode(a) + b"\t" + os.fsencode(a)  # the query itself first
+    assert query_index(ix, str(a), "--paths", "-k", "2").stdout_bytes.splitlines()[0] == os.fsencode(a)  # one: bare
+    table = query_index(ix, str(a), str(b), "-k", "3").stdout.splitlines()
+    assert len(table) > 6 and all(line == line.rstrip() for line in table), table
+    both = query_index(ix, str(a), "--json", "--paths")
+    assert both.exit_code == 2 and "choose one output: --json or --paths" in both.output  # usage, not a "bug"
