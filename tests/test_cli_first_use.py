@@ -24,3 +24,22 @@ def test_several_queries_say_whose_each_path_is_and_piped_tables_are_not_padded(
     assert len(table) > 6 and all(line == line.rstrip() for line in table), table
     both = query_index(ix, str(a), "--json", "--paths")
     assert both.exit_code == 2 and "choose one output: --json or --paths" in both.output  # usage, not a "bug"
+
+
+def test_backup_to_a_name_ending_in_a_slash_makes_that_folder(folder, tmp_path):
+    """Item 1: `retrieve backup ~/backups/` wrote a file named `backups`; then the docs' cron line
+    `retrieve backup ~/backups/retrieval-DATE.sqlite` failed on "folder does not exist"."""
+    ix = tmp_path / "ix"
+    index_tiny(folder, ix)
+    dest = tmp_path / "backups"
+    r = runner.invoke(app, ["backup", f"{dest}/", "--index", str(ix)])
+    assert r.exit_code == 0 and dest.is_dir() and (dest / "store.sqlite").is_file(), r.output
+    r = runner.invoke(app, ["backup", str(dest / "retrieval-2025-01-31.sqlite"), "--index", str(ix)])
+    assert r.exit_code == 0 and (dest / "retrieval-2025-01-31.sqlite").is_file(), r.output
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    one_line_error(runner.invoke(app, ["backup", f"{a_file}/", "--index", str(ix)]), "ends in a slash", "is a file")
+    assert a_file.read_text() == "x"
+    r = runner.invoke(app, ["backup", str(tmp_path / "nope" / "b.sqlite"), "--index", str(ix)])
+    one_line_error(r, "does not exist", "end the destination in a slash")
+    assert not (tmp_path / "nope").exists()

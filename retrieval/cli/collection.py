@@ -283,8 +283,8 @@ def check(
 @app.command()
 @boundary
 def backup(
-    dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
-                                         show_default=False)],
+    dest: Annotated[str, typer.Argument(help="File to write, or a folder (it gets store.sqlite; written with a "
+                                             "trailing slash, it is created if missing).", show_default=False)],
     index: IndexDir = None,
 ) -> None:
     """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup

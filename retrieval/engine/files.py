@@ -80,6 +80,27 @@ EXACT_FILE = "vectors.f32"  # ivfpq: the exact vectors it re-scores with, memory
 LOCK_FILE = "lock"
 
 
+def backup_target(dest: str | Path) -> Path:
+    """The file `retrieve backup DEST` writes: DEST/store.sqlite when DEST is a folder, or is written
+    as one (a trailing slash: the folder is created if missing), else DEST itself, whose folder must
+    exist. RetrievalError naming the fix when DEST cannot be either."""
+    as_folder = isinstance(dest, str) and dest.endswith(("/", os.sep))
+    path = Path(dest)
+    if as_folder or path.is_dir():
+        if path.exists() and not path.is_dir():
+            raise RetrievalError(f"{shown(str(dest))} names a folder (it ends in a slash) but {shown(str(path))} is a "
+                                 f"file; pass a folder, or the file name without the slash")
+        path.mkdir(parents=True, exist_ok=True)
+        return path / STORE_FILE
+    if path.parent.exists() and not path.parent.is_dir():
+        raise RetrievalError(f"{shown(str(path.parent))} is a file, not a folder, so {shown(str(path))} cannot be "
+                             f"written; choose another destination")
+    if not path.parent.is_dir():
+        raise RetrievalError(f"folder {shown(str(path.parent))} does not exist; create it, or end the destination in "
+                             f"a slash to back up into a folder created for it ({shown(str(path.parent))}/)")
+    return path
+
+
 def index_folder(path: str | Path) -> Path:
     """An index folder path; RetrievalError when it names an existing file."""
     path = Path(path)
