@@ -4,10 +4,15 @@ several queries, what an empty folder, a clipped box and `match` say, and preset
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import tomllib
 
 from retrieval.cli import app
+from retrieval.config import config_path, load_config, preset_names
 
+from .conftest import ROOT
 from .helpers import index_tiny, one_line_error, query_index, runner
 
 
@@ -43,3 +48,29 @@ def test_backup_to_a_name_ending_in_a_slash_makes_that_folder(folder, tmp_path):
     r = runner.invoke(app, ["backup", str(tmp_path / "nope" / "b.sqlite"), "--index", str(ix)])
     one_line_error(r, "does not exist", "end the destination in a slash")
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_preset_is_taken_by_name_from_any_folder(folder, tmp_path, monkeypatch):
+    """Item 13: `--config fast-cpu.toml` worked only from the repository root (configs/ was not
+    installed); the presets are package data and a name is enough."""
+    monkeypatch.chdir(tmp_path)  # not the repository: nothing named configs/ here
+    ix = tmp_path / "ix"
+    index_tiny(folder, ix, "--config", "fast-cpu", "--size", "112")
+    info = json.loads(runner.invoke(app, ["info", "--index", str(ix), "--json"]).stdout)
+    assert info["config"]["backbone"]["name"] == "test_tiny"  # flags win over the preset
+    assert load_config("fast-cpu") == load_config("fast-cpu.toml") == load_config(config_path("fast-cpu"))
+    assert load_config("fast-cpu").image.size == 224
+    r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i2"), "--config", "fast-gpu"])
+    one_line_error(r, "--config fast-gpu: no such file", "fast-cpu, gpu-large")
+    assert r.exit_code == 2 and not (tmp_path / "i2").exists()
+    r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i2"), "--config", "configs/fast-cpu.toml"])
+    one_line_error(r, "(the preset: --config fast-cpu)")
+
+
+def test_the_presets_are_package_data():
+    """What pyproject installs with the package covers every preset (a wheel built from it has them)."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["retrieval"]
+    presets = sorted((ROOT / "retrieval" / "presets").glob("*.toml"))
+    assert presets and preset_names() == [p.stem for p in presets]
+    assert all(any(fnmatch.fnmatch(str(p.relative_to(ROOT / "retrieval")), g) for g in data) for p in presets)
+    assert not list((ROOT / "configs").glob("*.toml"))  # one copy of each preset

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -75,12 +76,28 @@ def _records(ctx: Any, params: list[Any]) -> tuple[list[tuple[str, str]], list[t
     return arguments, options
 
 
+def _write_rows(formatter: Any, title: str, rows: list[tuple[str, str]]) -> None:
+    """A titled two-column list, as click's write_dl but never breaking a word at a hyphen: a value
+    to type (`fast-cpu`, `--rerank-k`) stays whole on one line."""
+    if not rows:
+        return
+    column = min(max(len(first) for first, _ in rows), 30) + 2
+    with formatter.section(title):
+        indent = " " * formatter.current_indent
+        width = max(formatter.width - formatter.current_indent - column, 30)
+        for first, second in rows:
+            lines = textwrap.wrap(second, width, break_on_hyphens=False, break_long_words=False) or [""]
+            if len(first) > column - 2:
+                formatter.write(f"{indent}{first}\n")
+                first = ""
+            formatter.write(f"{indent}{first:<{column}}{lines[0]}".rstrip() + "\n")
+            formatter.write("".join(f"{indent}{'':<{column}}{line}\n" for line in lines[1:]))
+
+
 def _write_records(ctx: Any, params: list[Any], formatter: Any) -> None:
     arguments, options = _records(ctx, params)
-    for title, rows in (("Arguments", arguments), ("Options", options)):
-        if rows:
-            with formatter.section(title):
-                formatter.write_dl(rows)
+    _write_rows(formatter, "Arguments", arguments)
+    _write_rows(formatter, "Options", options)
 
 
 class Command(typer.core.TyperCommand):
@@ -135,8 +152,7 @@ class _Group(typer.core.TyperGroup):
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _write_records(ctx, self.get_params(ctx), formatter)
         rows = [(name, cmd.get_short_help_str(limit=1_000)) for name, cmd in self.commands.items() if not cmd.hidden]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        _write_rows(formatter, "Commands", rows)
 
 
 class _Typer(typer.Typer):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import default_index_dir
+from ..config import default_index_dir, preset_names
 
 SIZE_HELP = ("Longer image side in pixels, a multiple of the patch size; others are rounded to the nearest one "
              "(500 -> 504), for DINOv3's patch 16 to 496")
@@ -27,8 +27,9 @@ Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML preset (configs/*.toml): its settings "
-                                                                  "replace the defaults; options given here win.")]
+ConfigFile = Annotated[str | None, typer.Option("--config", help=f"A preset by name ({', '.join(preset_names())}) "
+                                                                 "or a TOML file: its settings replace the defaults; "
+                                                                 "options given here win.")]
 Multiscale = Annotated[bool | None, typer.Option("--multiscale/--single-scale",
                                                  help="Average over scales 1, 1/sqrt2, sqrt2, or use 1 only "
                                                       "(default: the index's or the config's, else one scale).")]
