@@ -7,7 +7,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import subprocess
+import sys
 import tomllib
+
+import pytest
 
 from retrieval.cli import app
 from retrieval.config import config_path, load_config, preset_names
@@ -74,3 +78,47 @@ def test_the_presets_are_package_data():
     assert presets and preset_names() == [p.stem for p in presets]
     assert all(any(fnmatch.fnmatch(str(p.relative_to(ROOT / "retrieval")), g) for g in data) for p in presets)
     assert not list((ROOT / "configs").glob("*.toml"))  # one copy of each preset
+
+
+_PROBE = """
+import atexit, json, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps("torch" in sys.modules)))
+import retrieval.cli.checks as checks
+checks.DRIVER_FILES = ("/nonexistent/nvidia",)  # as on a machine without a GPU, wherever the test runs
+sys.argv = ["retrieve", *sys.argv[2:]]
+from retrieval.__main__ import main
+main()
+"""
+
+
+@pytest.mark.subprocess
+def test_bad_input_that_needs_no_model_is_refused_before_torch_is_imported(folder, tmp_path):
+    """Item 7: a missing query, a folder as a query, an unquoted path with a space, an unknown
+    --model, a bad --max-upload or --device were refused only after torch and the model loaded
+    (8-12 s). Each is now refused in a fresh process that never imports torch; usage errors exit 2."""
+    ix = tmp_path / "ix"
+    index_tiny(folder, ix)
+    (folder / "my photo.jpg").write_bytes((folder / "p0.jpg").read_bytes())
+    out = tmp_path / "f.npz"
+    cases = [
+        (["query", str(folder / "nope.jpg"), "--index", str(ix)], 1, "nope.jpg does not exist"),
+        (["query", str(folder), "--index", str(ix)], 1, "is a folder; pass image files"),
+        (["query", str(folder / "my"), "photo.jpg", "--index", str(ix)], 1, "quote a path that has spaces"),
+        (["index", str(folder), "--index", str(tmp_path / "i2"), "--model", "nope"], 2, "unknown backbone 'nope'"),
+        (["index", str(folder), "--index", str(tmp_path / "i2"), "--config", "gpu-large", "--device", "cuda"], 1,
+         "no CUDA device here"),
+        (["extract", str(folder / "nope.jpg"), "-o", str(out), "--model", "test_tiny"], 1, "does not exist"),
+        (["pca", str(folder), "-o", str(tmp_path / "p.png"), "--model", "nope"], 2, "unknown backbone"),
+        (["match", str(folder / "p0.jpg"), str(folder), "-o", str(tmp_path / "m.png")], 1, "is a folder"),
+        (["query", str(folder / "p0.jpg"), "--index", str(ix), "--device", "cuda:1"], 1, "no CUDA device here"),
+        (["serve", "--index", str(ix), "--max-upload", "5XB"], 2, "--max-upload"),
+        (["serve", "--index", str(ix), "--device", "gpu"], 2, "unknown device 'gpu'"),
+    ]
+    seen = tmp_path / "torch.json"
+    for args, code, said in cases:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(seen), *args], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert (r.returncode, json.loads(seen.read_text())) == (code, False), (args, r.stderr[-2000:])
+        assert said in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert not (tmp_path / "i2").exists() and not out.exists()

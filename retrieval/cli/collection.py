@@ -19,6 +19,7 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..errors import RetrievalError
 from ..types import parse_box, shown
+from . import checks
 from .app import StopAfterBatch, app, boundary
 from .options import SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
 from .output import error_line, literal, print_table, progress_bar
@@ -87,7 +88,10 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = index_dir(index)
-    engine.index_roots(folders)  # a mistyped folder creates no index
+    checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
+    checks.known_model(checks.model_of(overrides))
+    checks.device(device)
+    engine.index_roots(folders)
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -161,6 +165,8 @@ def query(
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
+    checks.existing(images, files_only=True)  # before the index opens and torch is imported
+    checks.device(device)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         results = idx.search_many(images, options, bbox=box)

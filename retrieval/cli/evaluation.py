@@ -12,6 +12,7 @@ from rich.table import Table
 from .. import benchmarks, engine
 from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
+from . import checks
 from .app import app, boundary
 from .options import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers
 from .output import literal, print_table, progress_bar
@@ -71,6 +72,8 @@ def eval_(
     for given, option in ((save_ranks, "--save-ranks"), (json_out, "--json-out")):
         if given is not None:
             engine.output_file(given, option)
+    checks.known_model(checks.model_of(overrides))  # before torch is imported
+    checks.device(device)
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None

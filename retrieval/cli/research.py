@@ -12,6 +12,7 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig
 from ..errors import RetrievalError, UsageError
 from ..types import shown
+from . import checks
 from .app import app, boundary
 from .options import Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers
 from .output import progress_bar
@@ -59,6 +60,9 @@ def extract(
                                         "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
+    checks.existing(inputs)  # before torch (or sqlite-utils) is imported
+    checks.known_model(model)
+    checks.device(device)
     engine.output_file(out, "--out")
     paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
@@ -84,6 +88,9 @@ def pca(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
+    checks.existing(inputs)
+    checks.known_model(model)
+    checks.device(device)
     engine.output_file(out, "--out")
     paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
@@ -116,6 +123,9 @@ def match(
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    checks.existing([a, b], files_only=True)
+    checks.known_model(model)
+    checks.device(device)
     engine.output_file(out, "--out")
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..types import shown
+from . import checks
 from .app import app, boundary
 from .options import Device, IndexDir, index_dir
 
@@ -35,6 +36,7 @@ def serve(
     from .. import serve as service  # its names load on first use: the options are checked before torch is imported
 
     limit, limits = service.parse_size(max_upload), service.Limits()
+    checks.device(device)
     service.check_token(token or None)
     service.Hosts.of(host, allow=allow_host or ())  # a malformed --allow-host: one line, before the model
     try:
