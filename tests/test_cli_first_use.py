@@ -122,3 +122,16 @@ def test_bad_input_that_needs_no_model_is_refused_before_torch_is_imported(folde
         assert (r.returncode, json.loads(seen.read_text())) == (code, False), (args, r.stderr[-2000:])
         assert said in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert not (tmp_path / "i2").exists() and not out.exists()
+
+
+def test_index_naming_a_file_is_told_apart_by_command(folder, tmp_path):
+    """Item 5: `retrieve query --index a.jpg` said "pass a folder (created if missing)", but only
+    `retrieve index` creates one."""
+    a_file = tmp_path / "a.jpg"
+    a_file.write_bytes((folder / "p0.jpg").read_bytes())
+    for args in (["query", str(folder / "p0.jpg")], ["info"], ["remove", str(folder)]):
+        r = runner.invoke(app, [*args, "--index", str(a_file)])
+        one_line_error(r, f"--index {a_file} is a file, not a folder; pass the folder `retrieve index --index DIR` made")
+        assert "created if missing" not in r.output, args
+    r = runner.invoke(app, ["index", str(folder), "--index", str(a_file), "--model", "test_tiny"])
+    one_line_error(r, "is a file, not a folder; pass a folder (created if missing)")

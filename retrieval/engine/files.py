@@ -101,11 +101,15 @@ def backup_target(dest: str | Path) -> Path:
     return path
 
 
-def index_folder(path: str | Path) -> Path:
-    """An index folder path; RetrievalError when it names an existing file."""
+def index_folder(path: str | Path, *, create: bool = True) -> Path:
+    """An index folder path; RetrievalError when it names an existing file. `create`: the command
+    creates the folder if missing (`retrieve index`), which the message then says; the others
+    read an index that must exist."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RetrievalError(f"--index {shown(str(path))} is a file, not a folder; pass a folder (created if missing)")
+        fix = "pass a folder (created if missing)" if create else \
+            "pass the folder `retrieve index --index DIR` made (it holds store.sqlite)"
+        raise RetrievalError(f"--index {shown(str(path))} is a file, not a folder; {fix}")
     return path
 
 

@@ -83,7 +83,7 @@ class Index:
     @classmethod
     def open(cls, path: str | Path, *, weights: str | Path | None = None, device: str | None = None) -> Index:
         """An existing index; RetrievalError if there is none."""
-        path = index_folder(path)
+        path = index_folder(path, create=False)
         db = path / STORE_FILE
         if not db.is_file():
             raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
