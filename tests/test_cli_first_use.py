@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -135,3 +136,31 @@ def test_index_naming_a_file_is_told_apart_by_command(folder, tmp_path):
         assert "created if missing" not in r.output, args
     r = runner.invoke(app, ["index", str(folder), "--index", str(a_file), "--model", "test_tiny"])
     one_line_error(r, "is a file, not a folder; pass a folder (created if missing)")
+
+
+def test_the_gone_files_warning_and_the_emptied_folder_refusal_name_one_way_out(folder, tmp_path):
+    """Item 3: the warning about gone files said to run `retrieve index` on their folder, which
+    an emptied folder refuses ("a drive not mounted?"). Both now name `retrieve index FOLDER
+    --prune`, and it works: on the emptied folder, and on one deleted altogether."""
+    photos = tmp_path / "album"
+    shutil.copytree(folder, photos)
+    ix = tmp_path / "ix"
+    index_tiny(photos, ix)
+    query = tmp_path / "q.jpg"
+    shutil.copy(photos / "p0.jpg", query)
+    for p in photos.iterdir():
+        p.unlink()
+    r = query_index(ix, str(query), "-k", "2")
+    fix = f"retrieve index {photos} --prune"
+    assert r.exit_code == 0 and "left out 5 result(s) whose files are gone" in r.stderr and fix in r.stderr
+    refused = runner.invoke(app, ["index", str(photos), "--index", str(ix)])
+    one_line_error(refused, "holds no image files now", fix)
+    assert "removed 5" in index_tiny(photos, ix, "--prune").stdout  # the way out works
+    index_tiny(folder, ix)
+    gone = tmp_path / "gone"
+    shutil.copytree(folder, gone)
+    index_tiny(gone, ix)
+    shutil.rmtree(gone)
+    one_line_error(runner.invoke(app, ["index", str(gone), "--index", str(ix)]), "does not exist")
+    r = index_tiny(gone, ix, "--prune")  # a folder deleted for good
+    assert "removed 5" in r.stdout and "5 images indexed" in r.stdout

@@ -64,6 +64,9 @@ def index(
                                                         "(default: the index's, else --whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Files gone are gone for good: drop their rows even when a "
+                                                        "FOLDER holds no image now or no longer exists (refused "
+                                                        "without it: a drive not mounted?).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read and hash every indexed file, not only those whose "
                                                           "size, times or inode changed, and embed again those whose "
                                                           "bytes differ (no model work for the others).")] = False,
@@ -88,10 +91,11 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = index_dir(index)
-    checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
+    if not prune:  # --prune: a folder deleted for good is how its rows go
+        checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
     checks.known_model(checks.model_of(overrides))
     checks.device(device)
-    engine.index_roots(folders)
+    engine.index_roots(folders, missing_ok=prune)
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -112,7 +116,7 @@ def index(
             bar.update(hashing[0], completed=done, total=total)
 
         summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed)
+                             cluster=cluster, verify=verify, on_hashed=hashed, prune=prune)
         if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
             summary.whitened = idx.refresh(refit=True) is not None
         images_now = idx.count()
@@ -172,13 +176,7 @@ def query(
         results = idx.search_many(images, options, bbox=box)
         for result in results:
             if result.gone:
-                more = "" if result.looked_at is None else \
-                    f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
-                logging.getLogger("retrieval").warning(
-                    "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no "
-                    "longer regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their "
-                    "folder, or `retrieve remove FOLDER` for a folder gone for good%s", len(result.gone),
-                    shown(result.gone[0]), more)
+                _say_gone(result, k)
         if as_json:
             data: Any = results[0].to_json() if len(images) == 1 else [
                 {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
@@ -195,6 +193,19 @@ def query(
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
+
+
+def _say_gone(result: Any, k: int) -> None:
+    """One warning for the results whose files are gone, with the one way out `retrieve index`'s
+    refusal of an emptied folder names too: `retrieve index FOLDER --prune`."""
+    more = "" if result.looked_at is None else \
+        f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
+    folders = {os.path.dirname(p) for p in result.gone}
+    where = shlex.quote(shown(folders.pop())) if len(folders) == 1 else "FOLDER"
+    logging.getLogger("retrieval").warning(
+        "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer regular "
+        "files), e.g. %s; mount the drive, or if they are gone for good prune them: `retrieve index %s --prune`%s",
+        len(result.gone), shown(result.gone[0]), where, more)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:

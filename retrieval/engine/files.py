@@ -62,13 +62,14 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
     return out
 
 
-def index_roots(roots: Iterable[str | Path]) -> list[str]:
+def index_roots(roots: Iterable[str | Path], *, missing_ok: bool = False) -> list[str]:
     """The real paths (symlinks resolved) of the folders (or files) `retrieve index` is given, so a
     folder reached through a link and by its own name is one set of rows; RetrievalError naming
-    the first that does not exist (checked before an index folder is created for them)."""
+    the first that does not exist (checked before an index folder is created for them), unless
+    `missing_ok` (`--prune`: a folder deleted for good, whose rows go)."""
     out = []
     for r in map(os.path.abspath, roots):
-        if not os.path.exists(r):
+        if not os.path.exists(r) and not missing_ok:
             raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
         out.append(os.path.realpath(r))
     return out

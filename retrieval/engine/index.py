@@ -226,15 +226,17 @@ class Index:
     def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
                should_stop: Callable[[], bool] = lambda: False,
                on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
-               verify: bool = False, on_hashed: Callable[[int, int], None] | None = None) -> UpdateSummary:
+               verify: bool = False, on_hashed: Callable[[int, int], None] | None = None,
+               prune: bool = False) -> UpdateSummary:
         """Bring the index in line with the files under `roots` (see docs/index.md); `verify`
         re-hashes every indexed file (plan.plan_update), `on_hashed(done, total)` follows that. With a
         `cluster` (engine.distributed.Cluster) the files are embedded by Ray workers; planning and
-        committing stay here, the same as without (docs/scale.md)."""
+        committing stay here, the same as without (docs/scale.md). `prune`: files gone are gone for good,
+        even when a root holds no image now or no longer exists (otherwise refused: a drive not mounted?)."""
         start = time.monotonic()
         summary = UpdateSummary()
         with writer_lock(self.path):
-            roots_abs = index_roots(roots)
+            roots_abs = index_roots(roots, missing_ok=prune)
             # rows stored under a link's own name (before roots were resolved) are replaced by real paths
             under = list(dict.fromkeys([*roots_abs, *map(os.path.abspath, roots)]))
             excluded = self._lift_exclusions(roots_abs)
@@ -244,10 +246,10 @@ class Index:
             found = excluded.keeps(listed)
             keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
             rows = {row.path: row for row in self.store.rows(under=under) if row.path not in keep}
-            for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
+            for root, n in [] if prune else emptied_roots(roots_abs, listed, rows):  # gone is not not mounted
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
-                                     f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
-                                     f"`retrieve remove {shlex.quote(shown(root))}`")
+                                     f"drive not mounted?); nothing was changed; fix: mount it, or if they are gone "
+                                     f"for good prune them: `retrieve index {shlex.quote(shown(root))} --prune`")
             plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes, verify=verify,
                                on_hashed=on_hashed, should_stop=should_stop)
             if plan.deletes or plan.touches:
