@@ -164,3 +164,52 @@ def test_the_gone_files_warning_and_the_emptied_folder_refusal_name_one_way_out(
     one_line_error(runner.invoke(app, ["index", str(gone), "--index", str(ix)]), "does not exist")
     r = index_tiny(gone, ix, "--prune")  # a folder deleted for good
     assert "removed 5" in r.stdout and "5 images indexed" in r.stdout
+
+
+def test_offline_without_weights_is_one_line(folder, tmp_path, monkeypatch):
+    """Item 12: the no-weights error came after an `info: downloading ...` line; the download is
+    announced only once the server answers."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "ix")])
+    one_line_error(r, "no dinov2_vits14 weights: cannot download")
+    assert r.stderr.count("\n") == 1 and "downloading" not in r.stderr, r.stderr
+
+
+def test_a_folder_without_images_says_why_nothing_was_added(tmp_path):
+    """Item 12: indexing a folder with no images said `added 0` and no word of why."""
+    empty = tmp_path / "docs"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a picture")
+    r = index_tiny(empty, tmp_path / "ix")
+    assert "added 0" in r.stdout and f"warning: no image files under {empty}" in r.stderr, r.stderr
+
+
+def test_a_box_past_the_edge_is_said_to_be_cut(folder, tmp_path):
+    """Item 12: a --bbox partly outside the image was cut to it silently."""
+    ix = tmp_path / "ix"
+    index_tiny(folder, ix)
+    q = str(folder / "p0.jpg")  # 320 x 240
+    r = query_index(ix, q, "--bbox", "100,50,400,200", "-k", "1")
+    assert r.exit_code == 0 and "--bbox 100,50,400,200 reaches past the 320x240 image" in r.stderr, r.stderr
+    assert "the part inside it, 100,50,320,200" in r.stderr
+    r = query_index(ix, q, "--bbox", "100,50,300,200", "-k", "1")
+    assert r.exit_code == 0 and "bbox" not in r.stderr, r.stderr
+
+
+def test_match_names_every_file_it_writes(folder, tmp_path):
+    """Item 12: `match` printed one output file but wrote three."""
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "pair.png"
+    r = runner.invoke(app, ["match", str(folder / "p0.jpg"), str(folder / "p1.jpg"), "-o", str(out),
+                            "--model", "test_tiny", "--size", "112"])
+    assert r.exit_code == 0, r.output
+    written = [tmp_path / "out" / n for n in ("pair.png", "pair_heatmap.png", "pair_pca.png")]
+    assert r.stdout.rstrip().endswith(" -> " + ", ".join(map(str, written))) and all(p.is_file() for p in written)
+    assert sorted((tmp_path / "out").iterdir()) == sorted(written)

@@ -130,7 +130,8 @@ def match(
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
                            max_lines=max_lines, show_outliers=show_outliers)
-    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {shown(str(out))}")
+    written = ", ".join(shown(str(f)) for f in engine.match_paths(out).values())
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {written}")
 
 
 
