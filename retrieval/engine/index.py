@@ -4,38 +4,37 @@
     summary = idx.update(["photos/"])             # only new/changed files reach the model
     hits = idx.search("query.jpg", SearchOptions(k=10), bbox=None)
 
-A thin facade: each stage lives in a module named after it (settings, plan, embed, commit,
-derived, search). Opening an index, `info`, `remove` and `count` never import torch; the model
-is loaded only when something must be embedded.
+A thin facade: each stage lives in a module named after it (settings; update: plan, embed,
+commit; weights_identity; derived and derived_cache; search and reranking), and `Index` only
+wires them to its store, settings and model (docs/decisions.md, "Engine layout"). Opening an
+index, `info`, `remove` and `count` never import torch; the model is loaded only when something
+must be embedded.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from .. import vectors as vecs
 from .. import whitening as wh
 from ..config import EngineConfig, SearchOptions
 from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
-from ..store import PathFilter, Store
+from ..store import Store
 from ..types import Box
 from . import derived, settings
 from .derived_cache import DerivedCache
-from .files import STORE_FILE, Roots, index_folder, require_writable, writer_lock
+from .files import STORE_FILE, Roots, index_folder, require_writable
 from .plan import Exclusions
-from .search import Query, SearchResult, search, stored_local
-from .update import UpdateOptions, UpdateSummary, update
+from .reranking import Reranking, made_local
+from .search import Query, SearchResult, search
+from .update import UpdateOptions, UpdateSummary, remove, update
 from .weights_identity import IndexModel
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
-    from .descriptors import Embedding
     from .distributed import Cluster
 
 
@@ -110,36 +109,18 @@ class Index:
     def fingerprint(self, weights_id: str | None = None) -> str:
         return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
 
-    # --- embedding --------------------------------------------------------------------------
-    def embed_files(self, paths: Sequence[str], *, workers: int | None = None, pca: LocalPCA | None = None,
-                    box: Box | None = None) -> Any:
-        """engine.descriptors.embed_files with this index's backbone and settings."""
-        from .descriptors import embed_files
-
-        return embed_files(paths, backbone=self.backbone(), config=self.config, workers=workers, pca=pca, box=box)
-
-    def embed_queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Embedding]:
-        """Query files embedded exactly like the database, each with its first-scale patch tokens
-        and model input (a box crops the single query given)."""
+    # --- queries ---------------------------------------------------------------------------
+    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
+        """Query files embedded exactly like the database, together in batched forward passes, each
+        with its first-scale patch tokens (a box crops the single query given): what `search`,
+        `search_many`, `search_embedded` and eval search with. BadImageError for the first
+        unusable query. (Uploads' bytes: engine.serving.embed_explained.)"""
         from .descriptors import embed_queries
 
         if bbox is not None and len(paths) != 1:
             raise UsageError("a box crops one query image; pass one image with --bbox")
-        return embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
-
-    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
-        """What `search_embedded` takes: see `embed_queries`."""
-        return [Query(e.descriptor[None], e.tokens(), e.grid) for e in self.embed_queries(paths, bbox=bbox)]
-
-    def query_tokens(self, path: str | Path, *, bbox: Box | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """One query: raw descriptor (1, D), first-scale patch tokens (h*w, d), grid (h, w)."""
-        q = self.queries([path], bbox=bbox)[0]
-        return q.raw, q.patches, q.grid
-
-    def embed_query(self, path: str | Path, *, bbox: Box | None = None) -> np.ndarray:
-        """(1, D) raw descriptor of a query file, embedded exactly like the database."""
-        return self.queries([path], bbox=bbox)[0].raw
+        embedded = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
+        return [Query.of(e) for e in embedded]
 
     def local_pca(self) -> LocalPCA | None:
         """The index's patch PCA (None until enough patches were indexed to fit it)."""
@@ -197,39 +178,22 @@ class Index:
         return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
-        """`search` for a query already embedded by `queries`."""
+        """`search` for a query already embedded (by `queries`, or serve's embed_explained): the
+        search stage (engine/search.py) over this index's vectors, re-ranking through the
+        re-ranking stage (engine/reranking.py) with this index's model for candidates stored
+        without local descriptors."""
         return search(q, store=self.store, vec=self._derived.searcher(self.config), whitening=self.whitening(),
-                      candidates=self._candidate_local, options=options)
+                      options=options, rerank=Reranking(self.store, self._local_of))
 
-    def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
-        """Stored local descriptors of the candidates; recomputed from the files where missing."""
-        from .descriptors import Embedding
-
-        out, missing = stored_local(self.store, ids, pca)
-        if missing:
-            paths = self.store.paths(missing)
-            by_path = {p: i for i, p in paths.items()}
-            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=pca):
-                for item in group:
-                    if isinstance(item, Embedding) and item.features is not None:
-                        out[by_path[item.decoded.path]] = item.features
-        return out
+    def _local_of(self, paths: Sequence[str], pca: LocalPCA) -> dict[str, LocalFeatures]:
+        """Re-ranking's local descriptors of candidates stored without them (reranking.LocalOf)."""
+        return made_local(paths, pca, backbone=self.backbone(), config=self.config)
 
     # --- maintenance ------------------------------------------------------------------------
     def remove(self, paths: Sequence[str | Path]) -> int:
         """Forget files (or everything under folders) and keep them out of later updates of their
-        folders (see `exclusions`); returns how many rows went. Paths that match no row are not
-        excluded."""
-        with writer_lock(self.path):
-            # a path through a link names the rows stored under its real path (and any under its own)
-            targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
-            rows = list(self.store.rows(under=targets))
-            if rows:
-                hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
-                self.store.set_meta(exclude=self.exclusions().with_paths(hit).to_meta())
-                self.store.apply(deletes=[r.id for r in rows])
-            self.refresh()
-            return len(rows)
+        folders (see `exclusions`); returns how many rows went (engine/update.py)."""
+        return remove(self.store, self.config, self.path, paths, derived=self._derived)
 
     def exclusions(self) -> Exclusions:
         """What `update` leaves out of the folders it scans (plan.Exclusions)."""

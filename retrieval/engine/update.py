@@ -1,6 +1,7 @@
 """Bringing an index in line with its folders: discover -> plan -> embed -> commit -> derive.
 
     summary = update(store, config, folder, roots, model=model, derived=cache)
+    n = remove(store, config, folder, paths, derived=cache)   # forget files, keep them out
 
 One run, under the index folder's writer lock: the folders are listed (the exclusions lifted
 for folders given again), `plan.plan_update` compares what is found with the stored rows (the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -185,6 +187,23 @@ def embed_and_commit(store: Store, todo: list[str], refs: dict[str, ImageRef], k
         summary.skipped = list(counts.skipped or [])
 
 
+def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str | Path], *,
+           derived: DerivedCache) -> int:
+    """Forget files (or everything under folders) and keep them out of later updates of their
+    folders (plan.Exclusions); returns how many rows went. Paths that match no row are not
+    excluded."""
+    with writer_lock(folder):
+        # a path through a link names the rows stored under its real path (and any under its own)
+        targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
+        rows = list(store.rows(under=targets))
+        if rows:
+            hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
+            store.set_meta(exclude=Exclusions.from_meta(store.get_meta("exclude")).with_paths(hit).to_meta())
+            store.apply(deletes=[r.id for r in rows])
+        derived.refresh(config)
+        return len(rows)
+
+
 def _same_bytes(path: str, sha256: str) -> bool:
     """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
     from ..backbone.weights import file_sha256
@@ -195,4 +214,4 @@ def _same_bytes(path: str, sha256: str) -> bool:
         return False
 
 
-__all__ = ["UpdateOptions", "UpdateSummary", "embed_and_commit", "embedded_here", "update"]
+__all__ = ["UpdateOptions", "UpdateSummary", "embed_and_commit", "embedded_here", "remove", "update"]
