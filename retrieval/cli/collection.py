@@ -86,7 +86,7 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
-    engine.index_roots(folders)  # a mistyped folder creates no index
+    roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -106,10 +106,8 @@ def index(
                 hashing.append(bar.add_task("hashing", total=total))
             bar.update(hashing[0], completed=done, total=total)
 
-        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed)
-        if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
-            summary.whitened = idx.refresh(refit=True) is not None
+        summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
+                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening)
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:

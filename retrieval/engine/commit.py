@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,11 @@ class Embedded:
     local_feats: bytes | None = None
     local_coords: bytes | None = None
     patches: np.ndarray | None = None
+
+
+# embed(paths, pca): the results grouped per forward batch, as the store takes them (this
+# process's embedding, engine/update.py, or Ray workers', engine/distributed.py)
+Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
 
 
 def stored(item: Embedding | Skipped) -> Embedded | Skipped:

@@ -71,8 +71,8 @@ def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = 
     for e, data in zip(_embedded(idx, uploads, bbox=bbox, name=name), uploads):
         if bbox is not None:
             box_inside(bbox, e.decoded.original_wh)
-        out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
-                                  data, name, idx.config.image, bbox))
+        out.append(ExplainedQuery(Query.of(e), e.picture(), e.decoded.original_wh, data, name, idx.config.image,
+                                  bbox))
     return out
 
 
