@@ -164,3 +164,19 @@ def test_lookups_by_id_past_sqlite_variable_limit(store):
     many = list(range(10**6, 10**6 + 40_000)) + ids  # unknown ids first, the real ones in a later part
     assert store.paths(many) == {i: f"/a/{n}.jpg" for n, i in enumerate(ids)}
     assert set(store.local(many)) == set(ids)
+
+
+def test_size_of_an_indexed_image_and_commits_by_others(store):
+    """What serve asks of the store without SQL of its own: an indexed image's size (None for a
+    refused file or an unknown id), and a counter that moves when another connection commits."""
+    store.apply([Upsert("/a.jpg", 10, 1, "h", "ok", width=640, height=480, descriptor=np.ones(4, np.float32)),
+                 Upsert("/b.jpg", 10, 1, None, "skipped", "not an image")])
+    ids = {p: i for i, p in store.paths(range(1, 10)).items()}
+    assert store.size_of(ids["/a.jpg"]) == (640, 480)
+    assert store.size_of(ids["/b.jpg"]) is None and store.size_of(10**6) is None
+    seen = store.commits()
+    store.set_meta(x=1)  # its own commit: unseen, as SQLite's data_version is
+    assert store.commits() == seen
+    with Store(store.path) as other:
+        other.set_meta(x=2)
+    assert store.commits() != seen

@@ -320,6 +320,18 @@ class Store:
                                     part).fetchall()
         return rows
 
+    def size_of(self, image_id: int) -> tuple[int, int] | None:
+        """Upright (width, height) of an indexed image (status ok) as it was indexed; None when
+        no such image is indexed."""
+        row = self.db.execute("SELECT width, height FROM images WHERE id = ? AND status = 'ok'",
+                              [int(image_id)]).fetchone()
+        return None if row is None else (int(row[0] or 0), int(row[1] or 0))
+
+    def commits(self) -> int:
+        """SQLite's PRAGMA data_version: a number that changes when another connection commits to
+        the file (this connection's own commits leave it alone). Cheap; reads no table."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def count(self, status: str | None = None) -> int:
         if status is None:
             return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
