@@ -1,10 +1,18 @@
-"""PCA-whitening learned from descriptors: fit, apply, save, load. numpy, row-major (n, d)."""
+"""PCA-whitening learned from descriptors: fit, apply, save, load. numpy, row-major (n, d).
+
+An index keeps its whitening as one JSON record (the store's meta entry "whitening"): `encode`
+writes it and `decode` reads and checks it, for the engine and for `retrieve check` alike.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,3 +81,55 @@ def fit(x: np.ndarray, *, dim: int | None = None, floor: float = 1e-6) -> Whiten
     eigval = np.maximum(eigval, floor * max(float(eigval[0]), 1e-30))
     projection = eigvec / np.sqrt(eigval)
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), n)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The whitening record of an index: the whitening in force (None: descriptors are only
+    L2-normalised), the store data version and the whitening settings it was fitted for, and
+    where it came from when it was learned elsewhere (source)."""
+
+    whitening: Whitening | None
+    data_version: int | None
+    settings: Any  # WhiteningConfig as a dict
+    source: str | None = None
+
+    @property
+    def digest(self) -> str | None:
+        return None if self.whitening is None else self.whitening.digest()
+
+
+# what np.load and base64 raise over bytes that are not an npz of the right arrays
+_UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error)
+
+
+def encode(fitted: Fitted) -> dict[str, Any]:
+    """The JSON record of `fitted`: the arrays as a base64 npz, with their digest."""
+    w = fitted.whitening
+    record = {"for_data_version": fitted.data_version, "data": None if w is None else base64.b64encode(w.to_bytes()).decode(),
+              "digest": fitted.digest, "config": fitted.settings}
+    return record if fitted.source is None else {**record, "source": fitted.source}
+
+
+def decode(record: Any, *, dim_in: int | None = None) -> Fitted:
+    """The record `encode` wrote, checked: its arrays readable, finite and of matching shapes,
+    their digest the recorded one, and (when given) taking `dim_in`-d descriptors.
+    ArtifactMismatchError saying what is wrong otherwise (a phrase: "the whitening ...")."""
+    if not isinstance(record, dict) or not isinstance(record.get("data"), (str, type(None))):
+        raise ArtifactMismatchError(f"the whitening record is not one this program writes ({type(record).__name__})")
+    version, settings = record.get("for_data_version"), record.get("config")
+    if record["data"] is None:
+        return Fitted(None, version, settings, record.get("source"))
+    try:
+        w = Whitening.from_bytes(base64.b64decode(record["data"], validate=True))
+    except _UNREADABLE as e:
+        raise ArtifactMismatchError(f"the whitening cannot be read ({type(e).__name__}: {e})") from None
+    d, k = w.projection.shape if w.projection.ndim == 2 else (0, 0)
+    if w.mean.shape != (d,) or k < 1 or not (np.isfinite(w.mean).all() and np.isfinite(w.projection).all()):
+        raise ArtifactMismatchError(f"the whitening's arrays are damaged (mean {w.mean.shape}, projection "
+                                    f"{w.projection.shape}, or values that are not finite)")
+    if record.get("digest") != w.digest():
+        raise ArtifactMismatchError("the whitening does not match its recorded digest")
+    if dim_in is not None and w.dim_in != dim_in:
+        raise ArtifactMismatchError(f"the whitening takes {w.dim_in}-d descriptors but the rows hold {dim_in}-d ones")
+    return Fitted(w, version, settings, record.get("source"))
