@@ -14,16 +14,12 @@ row's local descriptors (`pack` / `unpack`, two blobs whose sizes `blobs_fit` ch
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .arrays import l2n, principal_axes
+from .arrays import affine_from_text, l2n, npz_text, principal_axes
 from .errors import ArtifactMismatchError
 
 DEFAULT_PATCHES = 224
@@ -46,40 +42,19 @@ class LocalPCA:
         y = (np.asarray(patches, np.float32) - self.mean) @ self.components
         return l2n(y)
 
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, components=self.components)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LocalPCA:
-        with np.load(io.BytesIO(data)) as f:
-            return cls(f["mean"].astype(np.float32), f["components"].astype(np.float32))
-
-
-# what np.load and base64 raise over bytes that are not an npz of the right arrays
-_UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error)
-
 
 def encode_pca(pca: LocalPCA) -> str:
     """The patch PCA as an index stores it: its npz as base64 text."""
-    return base64.b64encode(pca.to_bytes()).decode()
+    return npz_text(mean=pca.mean, components=pca.components)
 
 
 def decode_pca(text: Any, *, dim_in: int | None = None) -> LocalPCA:
     """`encode_pca`'s text, checked: readable, finite, mean (d,) and components (d, k) with k >= 1,
     and (when given) taking `dim_in`-d tokens. ArtifactMismatchError saying what is wrong otherwise
     (a phrase: "the patch PCA ...")."""
-    if not isinstance(text, str):
-        raise ArtifactMismatchError(f"the patch PCA is not one this program writes ({type(text).__name__})")
-    try:
-        pca = LocalPCA.from_bytes(base64.b64decode(text, validate=True))
-    except _UNREADABLE as e:
-        raise ArtifactMismatchError(f"the patch PCA cannot be read ({type(e).__name__}: {e})") from None
-    d, k = pca.components.shape if pca.components.ndim == 2 else (0, 0)
-    if pca.mean.shape != (d,) or k < 1 or not (np.isfinite(pca.mean).all() and np.isfinite(pca.components).all()):
-        raise ArtifactMismatchError(f"the patch PCA's arrays are damaged (mean {pca.mean.shape}, components "
-                                    f"{pca.components.shape}, or values that are not finite)")
+    a = affine_from_text(text, matrix="components", what="the patch PCA")
+    pca = LocalPCA(a["mean"], a["components"])
+    d = pca.components.shape[0]
     if dim_in is not None and d != dim_in:
         raise ArtifactMismatchError(f"the patch PCA takes {d}-d tokens but the model makes {dim_in}-d ones")
     return pca

@@ -6,17 +6,13 @@ writes it and `decode` reads and checks it, for the engine and for `retrieve che
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .arrays import l2n, principal_axes
+from .arrays import affine_from_text, l2n, npz_text, principal_axes
 from .errors import ArtifactMismatchError
 
 
@@ -51,16 +47,6 @@ class Whitening:
         h.update(np.ascontiguousarray(self.mean).tobytes())
         h.update(np.ascontiguousarray(self.projection).tobytes())
         return h.hexdigest()[:16]
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, projection=self.projection, fitted_on=np.int64(self.fitted_on))
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Whitening:
-        with np.load(io.BytesIO(data)) as f:
-            return cls(f["mean"].astype(np.float32), f["projection"].astype(np.float32), int(f["fitted_on"]))
 
 
 def fit(x: np.ndarray, *, dim: int | None = None, floor: float = 1e-6) -> Whitening:
@@ -99,15 +85,11 @@ class Fitted:
         return None if self.whitening is None else self.whitening.digest()
 
 
-# what np.load and base64 raise over bytes that are not an npz of the right arrays
-_UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error)
-
-
 def encode(fitted: Fitted) -> dict[str, Any]:
     """The JSON record of `fitted`: the arrays as a base64 npz, with their digest."""
     w = fitted.whitening
-    record = {"for_data_version": fitted.data_version, "data": None if w is None else base64.b64encode(w.to_bytes()).decode(),
-              "digest": fitted.digest, "config": fitted.settings}
+    data = None if w is None else npz_text(mean=w.mean, projection=w.projection, fitted_on=np.int64(w.fitted_on))
+    record = {"for_data_version": fitted.data_version, "data": data, "digest": fitted.digest, "config": fitted.settings}
     return record if fitted.source is None else {**record, "source": fitted.source}
 
 
@@ -120,14 +102,8 @@ def decode(record: Any, *, dim_in: int | None = None) -> Fitted:
     version, settings = record.get("for_data_version"), record.get("config")
     if record["data"] is None:
         return Fitted(None, version, settings, record.get("source"))
-    try:
-        w = Whitening.from_bytes(base64.b64decode(record["data"], validate=True))
-    except _UNREADABLE as e:
-        raise ArtifactMismatchError(f"the whitening cannot be read ({type(e).__name__}: {e})") from None
-    d, k = w.projection.shape if w.projection.ndim == 2 else (0, 0)
-    if w.mean.shape != (d,) or k < 1 or not (np.isfinite(w.mean).all() and np.isfinite(w.projection).all()):
-        raise ArtifactMismatchError(f"the whitening's arrays are damaged (mean {w.mean.shape}, projection "
-                                    f"{w.projection.shape}, or values that are not finite)")
+    a = affine_from_text(record["data"], matrix="projection", what="the whitening", scalars=("fitted_on",))
+    w = Whitening(a["mean"], a["projection"], int(a["fitted_on"]))
     if record.get("digest") != w.digest():
         raise ArtifactMismatchError("the whitening does not match its recorded digest")
     if dim_in is not None and w.dim_in != dim_in:

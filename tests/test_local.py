@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.local import (DEFAULT_DIM, DEFAULT_PATCHES, LocalPCA, blobs_fit, decode_pca, encode_pca, fit_pca, grid_xy, pack,
+from retrieval.local import (DEFAULT_DIM, DEFAULT_PATCHES, blobs_fit, decode_pca, encode_pca, fit_pca, grid_xy, pack,
                              select, select_many, unpack)
 
 
@@ -44,7 +44,7 @@ def test_pca_components_are_the_principal_axes():
 
 def test_pca_round_trip_and_grid():
     pca = fit_pca(np.random.default_rng(2).normal(size=(50, 10)), dim=4)
-    back = LocalPCA.from_bytes(pca.to_bytes())
+    back = decode_pca(encode_pca(pca))
     np.testing.assert_array_equal(back.components, pca.components)
     assert grid_xy((2, 3)).tolist() == [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5]]
 

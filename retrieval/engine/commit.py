@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import local
-from ..errors import ArtifactMismatchError
 from ..local import LocalPCA
 from ..store import Store, Upsert
 from ..types import ImageRef, Skipped
+from .derived import read_meta
 
 if TYPE_CHECKING:
     from .descriptors import Embedding
@@ -104,17 +104,9 @@ LOCAL_PCA = "local_pca"  # the store's meta entry of the patch PCA (local.encode
 
 
 def stored_pca(store: Store, *, dim_in: int | None = None) -> LocalPCA | None:
-    """The index's patch PCA, decoded and checked by local.decode_pca (None: not fitted yet); an
-    ArtifactMismatchError naming the store and the fix when it is damaged. The one reader, for
-    the engine and `retrieve check` alike."""
-    stored = store.get_meta(LOCAL_PCA)
-    if stored is None:
-        return None
-    try:
-        return local.decode_pca(stored, dim_in=dim_in)
-    except ArtifactMismatchError as e:
-        raise ArtifactMismatchError(f"{store.path}: {e}; restore a backup (`retrieve backup`) or index the folders "
-                                    f"again into a new --index") from None
+    """The index's patch PCA, decoded and checked by local.decode_pca (None: not fitted yet)."""
+    return read_meta(store, LOCAL_PCA, lambda text: local.decode_pca(text, dim_in=dim_in),
+                     "restore a backup (`retrieve backup`) or index the folders again into a new --index")
 
 
 def fit_local_pca(store: Store, sample: Sequence[np.ndarray]) -> LocalPCA | None:

@@ -7,7 +7,8 @@ import dataclasses
 import errno
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .files import EXACT_FILE, VECTORS_FILE, atomic_write
 from .settings import digest, fingerprint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WHITEN_SAMPLE_MAX = 200_000  # whitening is fitted on at most this many stored descriptors (seeded sample)
 STREAM_CHUNK = 50_000  # rows read from the store at once while an ivfpq index is built
@@ -31,18 +33,25 @@ STREAM_CHUNK = 50_000  # rows read from the store at once while an ivfpq index i
 WHITENING = "whitening"  # the store's meta entry of the whitening record (whitening.encode / decode)
 
 
-def fitted(store: Store, *, dim_in: int | None = None) -> wh.Fitted | None:
-    """The whitening record of the store, decoded and checked by whitening.decode (None: never
-    fitted); an ArtifactMismatchError naming the store and the fix when it is damaged. The one
-    reader, for the engine and `retrieve check` alike."""
-    record = store.get_meta(WHITENING)
-    if record is None:
+def read_meta(store: Store, key: str, decode: Callable[[Any], T], fix: str) -> T | None:
+    """The meta entry `key` read by its artefact's one decoder (None when there is none), for the
+    engine and `retrieve check` alike: what `decode` refuses is an ArtifactMismatchError naming the
+    store and the `fix`."""
+    value = store.get_meta(key)
+    if value is None:
         return None
     try:
-        return wh.decode(record, dim_in=dim_in)
+        return decode(value)
     except ArtifactMismatchError as e:
-        raise ArtifactMismatchError(f"{store.path}: {e}; run `retrieve index DIR --index {store.path.parent} "
-                                    f"--refit-whitening` (refits it from the stored descriptors)") from None
+        raise ArtifactMismatchError(f"{store.path}: {e}; {fix}") from None
+
+
+def fitted(store: Store, *, dim_in: int | None = None) -> wh.Fitted | None:
+    """The whitening record of the store, decoded and checked by whitening.decode (None: never
+    fitted)."""
+    return read_meta(store, WHITENING, lambda record: wh.decode(record, dim_in=dim_in),
+                     f"run `retrieve index DIR --index {store.path.parent} --refit-whitening` (refits it from the "
+                     f"stored descriptors)")
 
 
 def whitening(store: Store, *, dim_in: int | None = None) -> wh.Whitening | None:
