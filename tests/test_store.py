@@ -180,3 +180,19 @@ def test_size_of_an_indexed_image_and_commits_by_others(store):
     with Store(store.path) as other:
         other.set_meta(x=2)
     assert store.commits() != seen
+
+
+def test_descriptors_of_another_size_are_refused_by_every_reader(store):
+    """The store's one descriptor reader: a row whose blob is not as long as the others' is a
+    StoreCorruptError naming its id, whichever way the descriptors are read."""
+    from retrieval.errors import StoreCorruptError
+
+    store.apply([Upsert(f"/{i}.jpg", 1, 1, str(i), "ok", descriptor=np.full(4, i, np.float32)) for i in range(5)])
+    ids, x = store.descriptors()
+    assert x.shape == (5, 4) and x[:, 0].tolist() == [0, 1, 2, 3, 4]
+    short = int(ids[3])
+    store.db.execute("UPDATE images SET descriptor = substr(descriptor, 1, 12) WHERE id = ?", [short])
+    for read in (store.descriptors, lambda: store.descriptors_of(ids), lambda: list(store.descriptors_chunks(2))):
+        with pytest.raises(StoreCorruptError, match=f"descriptors of ids {short} are not 16-byte"):
+            read()
+    np.testing.assert_array_equal(store.descriptors_of(ids[:3]), x[:3])

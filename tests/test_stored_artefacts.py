@@ -42,7 +42,8 @@ def _record(index: Path, w: wh.Whitening) -> dict[str, Any]:
     """A whitening record for the index's current rows and settings, as the engine writes one
     (spelt out: the stored format, not whitening.encode, is what is compared)."""
     state = _meta(index, "whitening")
-    return {**state, "data": base64.b64encode(w.to_bytes()).decode(), "digest": w.digest()}
+    return {**state, "data": _npz(mean=w.mean, projection=w.projection, fitted_on=np.int64(w.fitted_on)),
+            "digest": w.digest()}
 
 
 def _npz(**arrays: Any) -> str:
@@ -123,7 +124,7 @@ DAMAGED_PCAS: dict[str, Callable[[], Any]] = {
     "values that are not finite": lambda: _npz(mean=np.full(32, np.nan, np.float32),
                                                components=_pca().components),
     "components without a second axis": lambda: _npz(mean=np.zeros(32, np.float32), components=np.zeros(32)),
-    "for 16-d tokens": lambda: base64.b64encode(_pca(16, 8).to_bytes()).decode(),
+    "for 16-d tokens": lambda: _npz(mean=_pca(16, 8).mean, components=_pca(16, 8).components),
     "not text": lambda: {"mean": 0},
 }
 
@@ -149,3 +150,19 @@ def test_local_descriptors_check_passes_are_what_the_engine_reads(built, index):
     q = run("query", str(photos / "photo_003.jpg"), "--index", str(index), "--rerank")
     assert q.exit_code == 1 and clean_exit(q) and "unexpected" not in q.output, q.output
     assert len(error_lines(q)) == 1 and "do not fit" in q.stderr, q.stderr
+
+
+def test_a_descriptor_check_reports_is_one_the_engine_refuses(built, index):
+    """A global descriptor cut short: check names the row, and the engine, rebuilding its vectors
+    from the store, refuses it in one line naming the store (a bug's message before)."""
+    photos, _ = built
+    with sqlite3.connect(index / "store.sqlite") as conn:
+        conn.execute("UPDATE images SET descriptor = substr(descriptor, 1, 100) WHERE id = (SELECT max(id) FROM images)")
+    conn.close()
+    (index / "vectors.npz").unlink()  # rebuilt from the descriptors by the next query
+    c = run("check", "--index", str(index))
+    assert c.exit_code == 1 and len(_errors(c)) == 1 and "descriptor of the wrong size" in _errors(c)[0], c.stdout
+    q = run("query", str(photos / "photo_003.jpg"), "--index", str(index))
+    assert q.exit_code == 1 and clean_exit(q) and "unexpected" not in q.output, q.output
+    said = [x for x in error_lines(q) if not x.startswith("info:")]
+    assert len(said) == 1 and str(index / "store.sqlite") in said[0] and "retrieve check" in said[0], q.stderr

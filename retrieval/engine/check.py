@@ -26,7 +26,7 @@ from ..backbone import registry
 from ..config import EngineConfig
 from ..errors import ArtifactMismatchError, RetrievalError, StoreCorruptError
 from ..local import LocalPCA
-from ..store import SCHEMA_VERSION, Store
+from ..store import SCHEMA_VERSION, Store, descriptor_bytes
 from .commit import LOCAL_PCA, stored_pca
 from .derived import WHITENING, descriptor_dim, fitted, vectors_fingerprint
 from .files import EXACT_FILE, STORE_FILE, VECTORS_FILE
@@ -241,7 +241,7 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
     if no_desc:
         found.error(f"{_rows(len(no_desc), 'indexed ')} no descriptor: {_named(store, no_desc)}; remove them with "
                     f"`retrieve remove PATH` and run `retrieve index` again")
-    want = None if desc_dim is None else 4 * desc_dim
+    want = None if desc_dim is None else descriptor_bytes(desc_dim)
     if want is None and by_size:  # a backbone this program does not know: the rows agree with each other
         want = Counter({size: len(i) for size, i in by_size.items()}).most_common(1)[0][0]
     wrong = sorted(i for size, rows in by_size.items() if size != want for i in rows)
