@@ -105,10 +105,11 @@ def test_a_whitening_check_passes_is_what_the_engine_uses(built, index):
         [h["score"] for h in json.loads(q.stdout)] != [h["score"] for h in before]  # it was applied
 
 
-def test_a_damaged_whitening_is_refitted_by_the_fix_it_names(built, index):
+@pytest.mark.parametrize("refit", [["--refit-whitening"], []], ids=["the fix it names", "a plain run"])
+def test_a_damaged_whitening_is_refitted_by_the_next_index_run(built, index, refit):
     photos, _ = built
     _set_meta(index, "whitening", DAMAGED_WHITENINGS["another whitening's digest"](index))
-    r = run("index", str(photos), "--index", str(index), "--refit-whitening", "--workers", "0")
+    r = run("index", str(photos), "--index", str(index), *refit, "--workers", "0")
     assert r.exit_code == 0, r.output
     assert run("check", "--index", str(index)).exit_code == 0
     assert run("query", str(photos / "photo_003.jpg"), "--index", str(index)).exit_code == 0
