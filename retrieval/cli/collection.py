@@ -21,7 +21,7 @@ from ..errors import RetrievalError
 from ..types import Box, parse_box, shown
 from . import checks
 from .app import StopAfterBatch, app, boundary
-from .options import SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
+from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
 from .output import error_line, literal, print_table, progress_bar
 
 
@@ -33,35 +33,36 @@ def index(
     config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
                                                                    "(default: the index's, else "
-                                                                   "dinov2_vits14).")] = None,
+                                                                   f"{DEFAULTS.backbone.name}).")] = None,
     weights: Weights = None,
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
                                                             f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
-                                                              "(default: the index's, else 16).")] = None,
+                                                              f"(default: the index's, else {DEFAULTS.batch_size}).")] = None,
     workers: Workers = None,
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
                                                                 "model runs on one), cpu or gpu "
-                                                                "(default: the index's, else auto).")] = None,
+                                                                f"(default: the index's, else {DEFAULTS.decode}).")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, bf16 or fp16, or auto: bf16 where the "
                                                               "hardware computes it natively, else fp32; fixed when "
                                                               "the index is created (default: the index's, else "
-                                                              "auto).")] = None,
+                                                              f"{DEFAULTS.backbone.dtype}).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
                                                                   "created (default: the index's, else "
-                                                                  "cls+gem).")] = None,
+                                                                  f"{DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf, hnsw or ivfpq "
-                                                                  "(default: the index's, else auto).")] = None,
+                                                                  f"(default: the index's, else {DEFAULTS.index.kind}).")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
-                                                          "(default: the index's, else 0).")] = None,
+                                                          f"(default: the index's, else {DEFAULTS.index.dba}).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
                                                                           "dimension, 0: keep all (default: the "
-                                                                          "index's, else 0).")] = None,
+                                                                          f"index's, else {DEFAULTS.whitening.dim or 0}).")] = None,
     whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
                                                    help="PCA-whiten once there are enough images, or L2 only "
-                                                        "(default: the index's, else --whitening).")] = None,
+                                                        "(default: the index's, else "
+                                                        f"--{'' if DEFAULTS.whitening.enabled else 'no-'}whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Files gone are gone for good: drop their rows even when a "
@@ -95,7 +96,7 @@ def index(
         checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
     checks.known_model(checks.model_of(overrides))
     checks.device(device)
-    engine.index_roots(folders, missing_ok=prune)
+    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -115,10 +116,8 @@ def index(
                 hashing.append(bar.add_task("hashing", total=total))
             bar.update(hashing[0], completed=done, total=total)
 
-        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed, prune=prune)
-        if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
-            summary.whitened = idx.refresh(refit=True) is not None
+        summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
+                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening, prune=prune)
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
@@ -233,7 +232,9 @@ def _print_hits(result: Any, *, title: Text | None) -> None:
     (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
     if result.reranked:
         columns = ["rank", "inliers", "similarity"]
-        caption = "ordered by verified patch matches (inliers; fewer than 6 count as none), then similarity"
+        from ..rerank import MIN_INLIERS
+
+        caption = f"ordered by verified patch matches (inliers; fewer than {MIN_INLIERS} count as none), then similarity"
     else:
         columns, caption = ["rank", "similarity"], None
     table = Table(*columns, Column("path", overflow="fold"), box=None, title=title, title_justify="left",

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import default_index_dir, preset_names
+from ..config import EngineConfig, default_index_dir, preset_names
 
+DEFAULTS = EngineConfig()  # what help strings name as the defaults: config.py's values, never written here
 SIZE_HELP = ("Longer image side in pixels, a multiple of the patch size; others are rounded to the nearest one "
              "(500 -> 504), for DINOv3's patch 16 to 496")
 
