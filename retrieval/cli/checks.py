@@ -44,6 +44,19 @@ def existing(paths: Sequence[Path], *, files_only: bool = False) -> None:
         raise RetrievalError(f"{shown(str(p))} does not exist{_unquoted(paths, i) or '; check the path'}")
 
 
+def image_inputs(items: Sequence[Path]) -> list[str]:
+    """The image files that files and folders stand for (folders expanded: engine.expand_inputs),
+    after `existing`; RetrievalError when there are none."""
+    from .. import engine
+
+    existing(items)
+    paths: list[str] = engine.expand_inputs(items)
+    if not paths:
+        raise RetrievalError(f"no image files in {', '.join(shown(str(p)) for p in items)}; pass image files or "
+                             f"folders holding them")
+    return paths
+
+
 def known_model(name: str | None) -> None:
     """UnknownBackboneError (a usage error, exit 2) listing the valid names, for a name not in the registry."""
     if name is not None:

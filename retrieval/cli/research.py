@@ -10,7 +10,7 @@ import typer
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig
-from ..errors import RetrievalError, UsageError
+from ..errors import UsageError
 from ..types import shown
 from . import checks
 from .app import app, boundary
@@ -35,13 +35,6 @@ def _backbone(model: str, weights: Path | None, device: str | None, dtype: str) 
     return engine.open_backbone(BackboneConfig(model, None if weights is None else str(weights), device, dtype))
 
 
-def _inputs(items: list[Path]) -> list[str]:
-    paths = engine.expand_inputs(items)
-    if not paths:
-        raise RetrievalError(f"no image files in {', '.join(map(str, items))}; pass image files or folders holding them")
-    return paths
-
-
 @app.command()
 @boundary
 def extract(
@@ -60,11 +53,10 @@ def extract(
                                         "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
-    checks.existing(inputs)  # before torch (or sqlite-utils) is imported
-    checks.known_model(model)
+    checks.known_model(model)  # before torch (or sqlite-utils) is imported
     checks.device(device)
+    paths = checks.image_inputs(inputs)
     engine.output_file(out, "--out")
-    paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
     done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
@@ -88,11 +80,10 @@ def pca(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
-    checks.existing(inputs)
     checks.known_model(model)
     checks.device(device)
+    paths = checks.image_inputs(inputs)
     engine.output_file(out, "--out")
-    paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
     image = ImageConfig(size=size, max_pixels=max_pixels)
