@@ -114,19 +114,22 @@ def index(
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
-        if summary.still_refused else ""
-    typer.echo(
-        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
-        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
-    )
+    typer.echo(_summary_line(where, images_now, summary))
     if verify:
         typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
                    f"(embedded again)")
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
+
+
+def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
+    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+        if summary.still_refused else ""
+    moved = f"moved {summary.moved}, " if summary.moved else ""
+    return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+            f"removed {summary.removed}, {moved}unchanged {summary.unchanged}, skipped {len(summary.skipped)}"
+            f"{refused} | {summary.seconds:.1f} s" + (" | whitened" if summary.whitened else ""))
 
 
 @app.command()

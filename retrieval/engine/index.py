@@ -53,6 +53,7 @@ class UpdateSummary:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    moved: int = 0  # indexed files found at a new path (same bytes): the row follows, nothing is embedded
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "reason; fix: ...") refused in this run
     still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
@@ -242,18 +243,20 @@ class Index:
             listed = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
                                    exclude=[self.path, *excluded.paths], unreadable=unreadable))
             found = excluded.keeps(listed)
-            keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
-            rows = {row.path: row for row in self.store.rows(under=under) if row.path not in keep}
+            keep, inside = PathFilter(unreadable), PathFilter(under)  # rows under folders not listed: not "deleted"
+            stored = [row for row in self.store.rows() if row.path not in keep]
+            rows = {row.path: row for row in stored if row.path in inside}
             for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                                      f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
                                      f"`retrieve remove {shlex.quote(shown(root))}`")
             plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes, verify=verify,
-                               on_hashed=on_hashed, should_stop=should_stop)
-            if plan.deletes or plan.touches:
-                self.store.apply(deletes=plan.deletes, touches=plan.touches)
-            summary.removed, summary.unchanged, summary.still_refused = \
-                len(plan.deletes), plan.unchanged, plan.still_refused
+                               on_hashed=on_hashed, should_stop=should_stop, sha256_of=_sha256_of, gone=_gone,
+                               elsewhere=(row for row in stored if row.path not in inside))
+            if plan.deletes or plan.touches or plan.moves:
+                self.store.apply(deletes=plan.deletes, touches=plan.touches, moves=plan.moves)
+            summary.removed, summary.unchanged, summary.still_refused, summary.moved = \
+                len(plan.deletes), plan.unchanged, plan.still_refused, len(plan.moves)
             summary.hashed, summary.changed, summary.interrupted = plan.hashed, plan.changed, plan.stopped
             if plan.embed and not plan.stopped:
                 refs = {r.path: r for r in found}
@@ -475,12 +478,29 @@ class Index:
 
 def _same_bytes(path: str, sha256: str) -> bool:
     """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
+    return _sha256_of(path) == sha256
+
+
+def _sha256_of(path: str) -> str | None:
+    """The file's sha256 as the store holds it; None when it cannot be read now (embedding it
+    records the reader's refusal and its fix)."""
     from ..backbone.weights import file_sha256
 
     try:
-        return file_sha256(path) == sha256
-    except OSError:  # unreadable now: embedding it again records the reader's refusal and its fix
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _gone(path: str) -> bool:
+    """Whether nothing is at `path` now (a folder that cannot be searched is not "gone")."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
         return False
+    return False
 
 
 __all__ = ["Index", "UpdateSummary"]
