@@ -17,7 +17,8 @@ from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
-from ..errors import RetrievalError
+from ..engine.watch import Batch, WatchOptions
+from ..errors import RetrievalError, UsageError
 from ..types import parse_box, shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
@@ -77,6 +78,12 @@ def index(
                                             help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then keep running: apply creations, changes, deletions "
+                                                        "and moves as they happen, in batches (Ctrl-C stops; "
+                                                        "docs/index.md).")] = False,
+    rescan_interval: Annotated[float, typer.Option("--rescan-interval", help="With --watch: a whole update at "
+                                                   "least every this many seconds, for events that were lost "
+                                                   "(0: never).")] = WatchOptions.rescan,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files.
 
@@ -87,6 +94,9 @@ def index(
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
     engine.index_roots(folders)  # a mistyped folder creates no index
+    if watch and ray is not None:
+        raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
+    watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -121,6 +131,38 @@ def index(
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
+    if watching is not None:
+        _watch(where, folders, watching, retry_skipped=retry_skipped, device=device)
+
+
+def _watch(where: Path, folders: list[Path], options: WatchOptions, *, retry_skipped: bool, device: str | None) -> None:
+    """`--watch`: each batch of file events is the same update as the run before it, printed as
+    it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
+    from ..engine.watch import watch
+
+    roots = engine.index_roots(folders)
+    Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots)), " (Ctrl-C stops)"))
+    cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
+    with engine.Index.open(where, device=device) as idx, _StopAfterBatch() as stop:
+        def batch(b: Batch) -> None:
+            cut.append(b.summary is not None and b.summary.interrupted)
+            if b.error is not None:
+                logging.getLogger("retrieval").warning("%s (tried again in %.0f s)", b.error, options.retry)
+            elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
+                typer.echo(_summary_line(where, idx.count(), b.summary))
+                for path, reason in b.summary.skipped:
+                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+
+        watch(lambda: idx.update(folders, retry_skipped=retry_skipped, should_stop=stop), roots, ignore=[where],
+              options=options, should_stop=stop, on_batch=batch)
+    if cut and cut[-1]:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+    typer.echo("stopped watching")
+
+
+def _changed(s: engine.UpdateSummary) -> bool:
+    return bool(s.added or s.updated or s.removed or s.moved or s.skipped)
 
 
 def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
