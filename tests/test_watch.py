@@ -114,6 +114,31 @@ def test_a_failed_batch_keeps_its_events_and_is_tried_again(tmp_path):
     assert obs.stopped and obs.handlers[0][1:] == (str(tmp_path), True)
 
 
+def test_a_batch_that_keeps_failing_is_tried_less_and_less_often(tmp_path):
+    """An unmounted drive fails every batch: the wait doubles (0.2, 0.4, 0.8, 1.6 s...), so the
+    warnings thin out instead of coming every `retry` seconds."""
+    obs, tries = FakeObserver(), []
+
+    def update():  # noqa: ANN202
+        tries.append(time.monotonic())
+        raise RetrievalError("photos holds no image files now (a drive not mounted?)")
+
+    stop = threading.Event()
+    t = threading.Thread(target=watch, args=(update, [str(tmp_path)]),
+                         kwargs={"options": WatchOptions(settle=0.01, rescan=0, retry=0.2), "observer": obs,
+                                 "should_stop": stop.is_set, "tick": 0.01})
+    t.start()
+    try:
+        _until(lambda: obs.handlers)
+        obs.handlers[0][0].dispatch(_event("deleted", str(tmp_path / "a.jpg")))
+        _until(lambda: len(tries) >= 5)
+        gaps = [b - a for a, b in zip(tries, tries[1:])]
+    finally:
+        stop.set()
+        t.join(30)
+    assert gaps[-1] > 3 * gaps[0], gaps  # 8 times as long; the same wait each time without the doubling
+
+
 def test_a_rescan_and_a_wake_from_sleep_run_a_batch_without_events(tmp_path):
     obs, reasons = FakeObserver(), []
     wall = [1000.0]

@@ -132,10 +132,11 @@ def index(
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
     if watching is not None:
-        _watch(where, folders, watching, retry_skipped=retry_skipped, device=device)
+        _watch(where, folders, watching, retry_skipped=retry_skipped, weights=weights, device=device)
 
 
-def _watch(where: Path, folders: list[Path], options: WatchOptions, *, retry_skipped: bool, device: str | None) -> None:
+def _watch(where: Path, folders: list[Path], options: WatchOptions, *, retry_skipped: bool, weights: Path | None,
+           device: str | None) -> None:
     """`--watch`: each batch of file events is the same update as the run before it, printed as
     it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
     from ..engine.watch import watch
@@ -143,11 +144,11 @@ def _watch(where: Path, folders: list[Path], options: WatchOptions, *, retry_ski
     roots = engine.index_roots(folders)
     Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots)), " (Ctrl-C stops)"))
     cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
-    with engine.Index.open(where, device=device) as idx, _StopAfterBatch() as stop:
+    with engine.Index.open(where, weights=weights, device=device) as idx, _StopAfterBatch() as stop:
         def batch(b: Batch) -> None:
             cut.append(b.summary is not None and b.summary.interrupted)
             if b.error is not None:
-                logging.getLogger("retrieval").warning("%s (tried again in %.0f s)", b.error, options.retry)
+                logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
             elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
                 typer.echo(_summary_line(where, idx.count(), b.summary))
                 for path, reason in b.summary.skipped:

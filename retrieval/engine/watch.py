@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the CLI imports WatchOptions at start-up: nothing heavy her
 
 log = logging.getLogger(__name__)
 
+RETRY_MOST = 600.0  # seconds between tries of a batch that keeps failing (the wait doubles up to this)
 SLEPT = 30.0  # seconds the wall clock may run ahead of the monotonic one before it counts as a sleep
 # what changes a file or a folder; opened / closed-without-writing are reads (our own hashing among them)
 CHANGES = frozenset({"created", "modified", "deleted", "moved", "closed", "attrib"})
@@ -43,7 +44,8 @@ class WatchOptions:
     settle: float = 2.0  # a batch runs once no event came for this many seconds...
     longest: float = 30.0  # ...or this many seconds after the first event it holds
     rescan: float = 600.0  # a whole update at least this often, events or not (0: never): lost events
-    retry: float = 10.0  # seconds before a failed batch is tried again (another writer, a drive not mounted)
+    retry: float = 10.0  # seconds before a failed batch is tried again (another writer, a drive not mounted),
+    # doubled each time it fails again, up to RETRY_MOST
 
     def __post_init__(self) -> None:
         for name in ("settle", "longest", "rescan", "retry"):
@@ -162,7 +164,7 @@ def watch(update: Callable[[], UpdateSummary], roots: Sequence[str], *, ignore: 
 def _loop(update: Callable[[], UpdateSummary], events: Events, options: WatchOptions,
           should_stop: Callable[[], bool], on_batch: Callable[[Batch], None], clock: Callable[[], float],
           wall: Callable[[], float], tick: float) -> int:
-    batches, last_run, not_before = 0, clock(), 0.0
+    batches, last_run, not_before, failed = 0, clock(), 0.0, 0
     seen = (clock(), wall())
     while not should_stop():
         events.wake.wait(tick)
@@ -176,11 +178,11 @@ def _loop(update: Callable[[], UpdateSummary], events: Events, options: WatchOpt
             continue
         answered = events.take()
         try:
-            batch = Batch(reason, answered, summary=update())
+            batch, failed = Batch(reason, answered, summary=update()), 0
         except RetrievalError as e:
             events.put_back(answered)
-            not_before = clock() + options.retry
-            batch = Batch(reason, answered, error=e)
+            not_before = clock() + min(options.retry * 2 ** failed, max(options.retry, RETRY_MOST))
+            batch, failed = Batch(reason, answered, error=e), failed + 1
         batches, last_run = batches + 1, clock()
         log.debug("watch batch %d (%s, %d events): %s", batches, reason, answered, batch.summary or batch.error)
         on_batch(batch)
