@@ -5,6 +5,7 @@ Also the exclusions (`retrieve remove`, `--exclude GLOB`) that decide which foun
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -85,28 +86,29 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
     if moving and not plan.stopped:
         assert sha256_of is not None
         _hash_moves(plan, moving, sources, sha256_of, progress, should_stop)
-    kept = {r.id for rs in sources.values() for r in rs} if plan.stopped else set()  # a file not hashed may be one
+    kept = {r.id for by in sources.values() for rs in by.values() for r in rs} if plan.stopped else set()  # may be one
     moved = {m.id for m in plan.moves}
     plan.deletes = [r.id for r in left.values() if r.id not in moved and r.id not in kept]
     return plan
 
 
 def _move_sources(new: Sequence[ImageRef], left: Iterable[FileRow], elsewhere: Iterable[FileRow],
-                  gone: Callable[[str], bool]) -> dict[int, list[FileRow]]:
-    """The indexed rows a new file may have moved from, by size: gone under the roots (`left`),
-    or elsewhere with a size some new file has and a path that is gone."""
+                  gone: Callable[[str], bool]) -> dict[int, dict[str, list[FileRow]]]:
+    """The indexed rows a new file may have moved from, by size and hash: gone under the roots
+    (`left`), or elsewhere with a size some new file has and a path that is gone."""
     sizes = {ref.nbytes for ref in new}
 
     def movable(row: FileRow) -> bool:
         return row.nbytes in sizes and row.status == "ok" and row.sha256 is not None
 
-    out: dict[int, list[FileRow]] = {}
+    out: dict[int, dict[str, list[FileRow]]] = {}
     for row in [*filter(movable, left), *(r for r in elsewhere if movable(r) and gone(r.path))]:
-        out.setdefault(row.nbytes, []).append(row)
+        assert row.sha256 is not None
+        out.setdefault(row.nbytes, {}).setdefault(row.sha256, []).append(row)
     return out
 
 
-def _hash_moves(plan: Plan, moving: Sequence[ImageRef], sources: dict[int, list[FileRow]],
+def _hash_moves(plan: Plan, moving: Sequence[ImageRef], sources: dict[int, dict[str, list[FileRow]]],
                 sha256_of: Callable[[str], str | None], progress: Callable[[int], None] | None,
                 should_stop: Callable[[], bool]) -> None:
     """Hash each new file of a gone row's size; the same bytes move that row (each row once)."""
@@ -116,11 +118,11 @@ def _hash_moves(plan: Plan, moving: Sequence[ImageRef], sources: dict[int, list[
             return
         plan.hashed += 1
         digest = sha256_of(ref.path)
-        same = [r for r in sources[ref.nbytes] if r.sha256 == digest]
+        same = sources[ref.nbytes].get(digest or "", [])
         if same:
-            name = PurePath(ref.path).name
-            row = next((r for r in same if PurePath(r.path).name == name), same[0])
-            sources[ref.nbytes].remove(row)
+            name = os.path.basename(ref.path)
+            row = next((r for r in same if os.path.basename(r.path) == name), same[0]) if len(same) > 1 else same[0]
+            same.remove(row)
             plan.moves.append(Move(row.id, ref.path, ref.nbytes, ref.mtime_ns, ref.ctime_ns, ref.inode))
         else:
             plan.embed.append(ref.path)
