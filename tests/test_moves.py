@@ -141,11 +141,13 @@ def test_a_move_changes_path_and_stat_in_place_and_leaves_the_data_version(tmp_p
 
 # --- the engine and the command -------------------------------------------------------------------
 def _no_model(monkeypatch) -> None:
-    """Any embedding (the model's work) fails the test."""
-    def refuse(self, paths, **kw):  # noqa: ANN001, ANN003, ANN202
+    """Any embedding in this process (the model's work) fails the test."""
+    from retrieval.engine import update
+
+    def refuse(model, paths, pca):  # noqa: ANN001, ANN202
         raise AssertionError(f"model work for {len(list(paths))} files")
 
-    monkeypatch.setattr(Index, "embed_files", refuse)
+    monkeypatch.setattr(update, "embedded_here", refuse)
 
 
 def test_a_moved_and_renamed_photo_keeps_its_embedding_through_the_cli(tmp_path, monkeypatch):
