@@ -47,11 +47,12 @@ def index_dir(index: Path | None) -> Path:
 
 # The value an option takes, by name; an option not here is named by its type (TYPES).
 METAVARS = {
-    "--allow-host": "NAME", "--bbox": "X1,Y1,X2,Y2", "--config": "PRESET", "--data": "DIR", "--dba": "K", "--decode": "WHERE",
-    "--device": "DEVICE", "--distractors": "DIR", "--dtype": "DTYPE", "--exclude": "GLOB", "--host": "ADDRESS",
-    "--index": "DIR", "--index-kind": "KIND", "--json-out": "FILE", "--max-upload": "SIZE", "--model": "NAME",
-    "--out": "FILE", "--pooling": "POOLING", "--port": "PORT", "--ray": "ADDRESS", "--save-ranks": "FILE",
-    "--token": "TOKEN", "--weights": "FILE", "--whiten-from": "SET",
+    "--allow-host": "NAME", "--bbox": "X1,Y1,X2,Y2", "--config": "PRESET", "--data": "DIR", "--dba": "K",
+    "--decode": "WHERE", "--device": "DEVICE", "--distractors": "DIR", "--dtype": "DTYPE", "--exclude": "GLOB",
+    "--host": "ADDRESS", "--index": "DIR", "--index-kind": "KIND", "--json-out": "FILE", "--max-upload": "SIZE",
+    "--model": "NAME", "--out": "FILE", "--pooling": "POOLING", "--port": "PORT", "--ray": "ADDRESS",
+    "--rescan-interval": "SECONDS", "--save-ranks": "FILE", "--token": "TOKEN", "--weights": "FILE",
+    "--whiten-from": "SET",
 }
 TYPES = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 
