@@ -1,4 +1,5 @@
-"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it."""
+"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it
+(`retrieve list` is in listing.py)."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def index(
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+    refused = f", still refused {summary.still_refused} (`retrieve list --skipped` says why; --retry-skipped)" \
         if summary.still_refused else ""
     typer.echo(
         f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
@@ -250,7 +251,7 @@ def remove(
         left = idx.count()
     if n == 0:
         raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 

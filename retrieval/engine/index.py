@@ -30,7 +30,7 @@ from ..config import EngineConfig, SearchOptions
 from ..discover import discover
 from ..errors import ArtifactMismatchError, RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
-from ..store import PathFilter, Store
+from ..store import FileRow, PathFilter, Store
 from ..types import Box, Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
@@ -391,6 +391,13 @@ class Index:
         """`search` for a query already embedded by `queries`."""
         return search(q, store=self.store, vec=self._searcher_for(self.vectors()), whitening=self.whitening(),
                       candidates=self._candidate_local, options=options)
+
+    def files(self, paths: Sequence[str | Path] | None = None, *, skipped: bool = False) -> Iterator[FileRow]:
+        """Indexed files (skipped: refused ones) by path, at or under `paths` or all, streamed
+        (engine/lookup.listing)."""
+        from .lookup import listing
+
+        return listing(self.store, paths, skipped=skipped)
 
     def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
         """Stored local descriptors of the candidates; recomputed from the files where missing."""
