@@ -18,7 +18,7 @@ from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
-from ..errors import RetrievalError
+from ..errors import RetrievalError, UsageError
 from ..types import parse_box, shown
 from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
@@ -133,8 +133,12 @@ def index(
 @app.command()
 @_errors
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
-                                                      "are embedded together.", show_default=False)],
+    images: Annotated[list[Path] | None, typer.Argument(help="Query images (may live outside the indexed folders); "
+                                                             "several are embedded together.", show_default=False)] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Instead of IMAGES: more like this indexed file, its path "
+                                                           "or its id (N or id:N, as `retrieve list` shows), searched "
+                                                           "with its stored descriptor (no decode, no model); the file "
+                                                           "itself is left out of the results.")] = None,
     index: IndexDir = None,
     k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = SearchOptions.k,
     bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
@@ -154,38 +158,49 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like IMAGES (or like an indexed file: --like). Model, size, pooling and
+    whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if (like is None) == (not images):
+        raise UsageError("give query IMAGES, or --like an indexed file (its path or id), not both")
+    if like is not None and (bbox is not None or out is not None):
+        raise UsageError("--like searches with a stored descriptor, which has no box and draws no maps; for --bbox or "
+                         "--out give the file itself as the query")
+    images = images or []
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
-        results = idx.search_many(images, options, bbox=box)
+        results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
+        queries: list[Any] = [*images] or [like]
         for result in results:
-            if result.gone:
-                more = "" if result.looked_at is None else \
-                    f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
-                logging.getLogger("retrieval").warning(
-                    "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no "
-                    "longer regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their "
-                    "folder, or `retrieve remove FOLDER` for a folder gone for good%s", len(result.gone),
-                    shown(result.gone[0]), more)
+            _warn_gone(result, k)
         if as_json:
-            data: Any = results[0].to_json() if len(images) == 1 else [
-                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            data: Any = results[0].to_json() if len(results) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(queries, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
             lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:
-            for q, result in zip(images, results):
-                _print_hits(result, title=_literal(f"query {q}") if len(images) > 1 else None)
+            for q, result in zip(queries, results):
+                _print_hits(result, title=_literal(f"query {q}") if len(queries) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
+
+
+def _warn_gone(result: Any, k: int) -> None:
+    if result.gone:
+        more = "" if result.looked_at is None else \
+            f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
+        logging.getLogger("retrieval").warning(
+            "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer "
+            "regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their folder, or "
+            "`retrieve remove FOLDER` for a folder gone for good%s", len(result.gone), shown(result.gone[0]), more)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:

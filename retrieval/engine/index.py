@@ -392,6 +392,25 @@ class Index:
         return search(q, store=self.store, vec=self._searcher_for(self.vectors()), whitening=self.whitening(),
                       candidates=self._candidate_local, options=options)
 
+    def similar(self, ref: str | int, options: SearchOptions = SearchOptions()) -> SearchResult:
+        """More like an indexed file (a path, or an id: N or `id:N`), searched with the descriptor the
+        store holds for it: no decode, no model; re-ranked with its stored local descriptors (read
+        from its file only where the row has none). The file is left out of its own results; copies
+        of it under other names are not. The host's vectors unless a search here put them on a GPU
+        already, or the index asks for one (importing torch for one vector costs more than it saves)."""
+        from .lookup import like_query, resolve
+
+        row = resolve(self.store, ref, index=self.path)
+        q = like_query(self.store, row, rerank=options.rerank)
+        if q is None:  # re-ranking a row stored without local descriptors: its file is read
+            tokens = self.queries([row.path])[0]
+            q = Query(self.store.descriptors_of([row.id]), tokens.patches, tokens.grid, indexed_id=row.id)
+        vec = self.vectors()
+        if self._searcher is not None or self.config.index.gpu:
+            vec = self._searcher_for(vec)
+        return search(q, store=self.store, vec=vec, whitening=self.whitening(), candidates=self._candidate_local,
+                      options=options)
+
     def files(self, paths: Sequence[str | Path] | None = None, *, skipped: bool = False) -> Iterator[FileRow]:
         """Indexed files (skipped: refused ones) by path, at or under `paths` or all, streamed
         (engine/lookup.listing)."""
@@ -400,11 +419,12 @@ class Index:
         return listing(self.store, paths, skipped=skipped)
 
     def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
-        """Stored local descriptors of the candidates; recomputed from the files where missing."""
-        from .descriptors import Embedding
-
+        """Stored local descriptors of the candidates; recomputed from the files where missing (only
+        then is torch imported: `similar` re-ranks without it)."""
         out, missing = stored_local(self.store, ids, pca)
         if missing:
+            from .descriptors import Embedding
+
             paths = self.store.paths(missing)
             by_path = {p: i for i, p in paths.items()}
             for group in self.embed_files([paths[i] for i in missing], workers=0, pca=pca):

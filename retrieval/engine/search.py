@@ -66,11 +66,16 @@ CandidateLocal = Callable[[Sequence[int], LocalPCA], dict[int, LocalFeatures]]
 
 @dataclass(frozen=True)
 class Query:
-    """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid."""
+    """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid.
+    An indexed file as the query ("more like this", engine/lookup.py): `indexed_id` is left out of
+    its own results, and `features`, its stored local descriptors (already projected by the index's
+    patch PCA), re-rank in place of the patch tokens (then (0, d))."""
 
     raw: np.ndarray
     patches: np.ndarray
     grid: tuple[int, int]
+    features: LocalFeatures | None = None
+    indexed_id: int | None = None
 
 
 def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, candidates: CandidateLocal,
@@ -107,13 +112,17 @@ def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, store: Store, candida
             rerank: bool, rerank_k: int) -> list[tuple[float, int, int | None]]:
     """(score, id, inliers) of the top k, re-ranked over the top rerank_k when asked."""
     shortlist = max(k, rerank_k) if rerank else k
-    scores, ids = vec.search(xq, shortlist)
-    valid = ids[0] >= 0
-    ids_v, scores_v = ids[0][valid], scores[0][valid]
+    itself = q.indexed_id is not None  # an indexed query: one more asked for, itself left out
+    scores, ids = vec.search(xq, shortlist + itself)
+    valid = (ids[0] >= 0) & (ids[0] != (q.indexed_id if itself else -1))
+    ids_v, scores_v = ids[0][valid][:shortlist], scores[0][valid][:shortlist]
     inliers: list[int | None] = [None] * len(ids_v)
     if rerank and len(ids_v):
         pca = query_pca(store, q.patches)
-        qf, qxy = pca.project(q.patches), local.grid_xy(q.grid)
+        if q.features is not None:
+            qf, qxy = q.features.feats.astype(np.float32), q.features.xy
+        else:
+            qf, qxy = pca.project(q.patches), local.grid_xy(q.grid)
         head = min(rerank_k, len(ids_v))  # only the top rerank_k are verified; the rest keep their order
         cands = candidates([int(i) for i in ids_v[:head]], pca)
         counts = []
