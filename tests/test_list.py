@@ -175,3 +175,12 @@ def test_remove_of_nothing_points_at_list(index, tmp_path):
 def test_list_help(built):
     r = run("list", "--help")
     assert r.exit_code == 0 and "--skipped" in r.stdout and "JSON lines" in r.stdout
+
+
+@pytest.mark.subprocess
+def test_list_imports_no_torch(built, tmp_path):
+    from .test_startup import _imports
+
+    photos, ix = built
+    assert _imports(tmp_path, "list", str(photos), "--index", str(ix)) == set()
+    assert _imports(tmp_path, "list", "--skipped", "--json", "--index", str(ix)) == set()
