@@ -13,6 +13,8 @@ from types import GeneratorType
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retrieval.store import SCHEMA_VERSION, Store, Touch, Upsert
 
@@ -77,7 +79,7 @@ def test_listing_streams_from_sqlite(tmp_path):
         tracemalloc.stop()
         s.db.conn.set_progress_handler(None, 0)
         assert rest == n - 3
-        assert early * 100 < steps[0]  # the first rows cost under 1% of the steps of all of them
+        assert early * 50 < steps[0], (early, steps)  # the first rows (a part of ROWS_AT_ONCE) cost under 2% of all
         assert peak < 2_000_000, peak  # bytes: a handful of rows at a time
 
 
@@ -184,3 +186,14 @@ def test_list_imports_no_torch(built, tmp_path):
     photos, ix = built
     assert _imports(tmp_path, "list", str(photos), "--index", str(ix)) == set()
     assert _imports(tmp_path, "list", "--skipped", "--json", "--index", str(ix)) == set()
+
+
+@given(st.text())
+def test_paths_are_shown_as_everywhere_else(text):
+    """The table's shortcut for printable paths writes what types.shown writes, for any text
+    (control characters, line breaks, surrogate escapes of bytes that are not UTF-8 included)."""
+    from retrieval.cli.listing import _shown
+    from retrieval.types import shown
+
+    assert _shown(text) == shown(text)
+    assert _shown(os.fsdecode(b"/a/\xff\n.jpg")) == "/a/\\xff\\n.jpg"

@@ -62,15 +62,36 @@ def _write(lines: Iterable[str]) -> int:
 def _table(rows: Iterable[Any], *, skipped: bool) -> Iterator[str]:
     """A heading (before the first row, none without rows), then one line a row, columns of fixed
     width so that nothing waits for the widest: id, size, indexed (local time), path (: reason)."""
-    first = True
+    first, times = True, _LocalTimes()
     for r in rows:
         if first:
             first = False
             heading = f"{'id':>{ID_WIDTH}}  {'size':>8}  {'indexed':19}  path" + (": reason" if skipped else "")
             yield heading + "\n"
-        when = "-" if r.indexed_ns is None else datetime.fromtimestamp(r.indexed_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
         reason = f": {shown(r.error or '')}" if skipped else ""
-        yield f"{r.id:>{ID_WIDTH}}  {_size(r.nbytes):>8}  {when:19}  {shown(r.path)}{reason}\n"
+        yield f"{r.id:>{ID_WIDTH}}  {_size(r.nbytes):>8}  {times(r.indexed_ns):19}  {_shown(r.path)}{reason}\n"
+
+
+class _LocalTimes:
+    """ns -> 'YYYY-MM-DD HH:MM:SS' in local time ('-' for None), the last second remembered: the
+    rows of one batch were indexed in the same second, and formatting a time costs more than a row."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] | None = None
+
+    def __call__(self, ns: int | None) -> str:
+        if ns is None:
+            return "-"
+        second = ns // 1_000_000_000
+        if self._last is None or self._last[0] != second:
+            self._last = (second, datetime.fromtimestamp(second).strftime("%Y-%m-%d %H:%M:%S"))
+        return self._last[1]
+
+
+def _shown(path: str) -> str:
+    """types.shown, without its character-by-character walk for the common printable path (which
+    holds no control character, line break nor surrogate escape, so shown leaves it as it is)."""
+    return path if path.isprintable() else shown(path)
 
 
 def _json_line(r: Any, *, skipped: bool) -> str:

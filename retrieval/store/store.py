@@ -38,6 +38,7 @@ from .paths import PathFilter, _path_in, _path_out
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
+ROWS_AT_ONCE = 1000  # rows a listing takes from its cursor at a time
 _ROW = "id, path, size, mtime_ns, sha256, status, error, ctime_ns, inode, indexed_ns"  # FileRow's columns
 
 
@@ -237,8 +238,9 @@ class Store:
         also = "" if status is None else " AND +status = ?"
         for where, args in _ranges(under):
             sql = f"SELECT {_ROW} FROM images WHERE {where}{also} ORDER BY path"
-            for r in self.db.execute(sql, [*args] if status is None else [*args, status]):
-                yield _file_row(r)
+            cursor = self.db.execute(sql, [*args] if status is None else [*args, status])
+            while rows := cursor.fetchmany(ROWS_AT_ONCE):
+                yield from map(_file_row, rows)
 
     def row(self, ref: int | str) -> FileRow | None:
         """The row with this id (an int) or this exact stored path (a str), or None."""
