@@ -63,7 +63,7 @@ class ExplainedQuery:
 class IndexedQuery:
     """An indexed image as the query ("more like this", `similar`): searched with its stored
     descriptor, no upload held (source is empty); its correspondences are drawn from its file,
-    read when a result is first opened."""
+    read and embedded again for each result opened (the store keeps no full patch tokens)."""
 
     image_id: int
     path: str
