@@ -58,7 +58,7 @@ def test_like_reranks_with_stored_local_descriptors_without_the_model(built, mon
     def refused(*args, **kwargs):
         raise AssertionError("the model or a decoder was asked for")
 
-    for name in ("backbone", "embed_files", "queries"):
+    for name in ("backbone", "queries"):  # the model, and the one way a query file is embedded
         monkeypatch.setattr(Index, name, refused)
     hits = _hits("--like", str(photos / "photo_002.jpg"), "--rerank", "--index", str(ix), "-k", "5")
     assert len(hits) == 5 and all("inliers" in h for h in hits)
