@@ -68,6 +68,18 @@ class Touch(NamedTuple):
     inode: int | None = None
 
 
+class Move(NamedTuple):
+    """A file found at a new path with the bytes a row holds: the row takes the path and the stat;
+    its id and descriptors stay (the vector index is unchanged)."""
+
+    id: int
+    path: str
+    nbytes: int
+    mtime_ns: int
+    ctime_ns: int | None = None
+    inode: int | None = None
+
+
 @dataclass(frozen=True)
 class Upsert:
     """A file's new state. descriptor is None for skipped files."""
@@ -251,9 +263,11 @@ class Store:
         return None if r is None else _file_row(r)
 
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
-              touches: Iterable[Touch | tuple[int, int, int]] = ()) -> None:
+              touches: Iterable[Touch | tuple[int, int, int]] = (), moves: Iterable[Move] = ()) -> None:
         """One transaction: insert/replace files by path, delete ids, update the stats of `touches`
-        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown)."""
+        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown), and give the
+        rows of `moves` their new path and stat. Moves and touches leave the data version alone:
+        the descriptors of every id are what they were, so whitening and vectors stay."""
         upserts, deletes = list(upserts), list(deletes)
         now = time.time_ns()  # the rows' indexed_ns (a touch keeps its row's)
         with self.transaction():
@@ -281,6 +295,9 @@ class Store:
             for t in (Touch(*x) for x in touches):
                 self.db.execute("UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
                                 [t.nbytes, *_stat(t.mtime_ns, t.ctime_ns, t.inode), int(t.id)])
+            self.db.conn.executemany(
+                "UPDATE images SET path = ?, size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
+                [(_path_in(m.path), m.nbytes, *_stat(m.mtime_ns, m.ctime_ns, m.inode), int(m.id)) for m in moves])
             self._bump()
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
