@@ -1,4 +1,5 @@
-"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it."""
+"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it
+(`retrieve list` is in listing.py)."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def _changed(s: engine.UpdateSummary) -> bool:
 
 
 def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+    refused = f", still refused {summary.still_refused} (`retrieve list --skipped` says why; --retry-skipped)" \
         if summary.still_refused else ""
     moved = f"moved {summary.moved}, " if summary.moved else ""
     return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
@@ -191,8 +192,12 @@ def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -
 @app.command()
 @boundary
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
-                                                      "are embedded together.", show_default=False)],
+    images: Annotated[list[Path] | None, typer.Argument(help="Query images (may live outside the indexed folders); "
+                                                             "several are embedded together.", show_default=False)] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Instead of IMAGES: more like this indexed file, its path "
+                                                           "or its id (N or id:N, as `retrieve list` shows), searched "
+                                                           "with its stored descriptor (no decode, no model); the file "
+                                                           "itself is left out of the results.")] = None,
     index: IndexDir = None,
     k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = SearchOptions.k,
     bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
@@ -213,9 +218,16 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like each IMAGE. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like each IMAGE (or like an indexed file: --like). Model, size, pooling
+    and whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if (like is None) == (not images):
+        raise UsageError("give query IMAGES, or --like an indexed file (its path or id), not both")
+    if like is not None and (bbox is not None or out is not None):
+        raise UsageError("--like searches with a stored descriptor, which has no box and draws no maps; for --bbox or "
+                         "--out give the file itself as the query")
+    images = images or []
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
@@ -223,25 +235,26 @@ def query(
     checks.device(device)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
-        results = idx.search_many(images, options, bbox=box)
+        results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
+        queries: list[Any] = [*images] or [like]
         if box is not None:
             _say_cut(images[0], box)
         for result in results:
             if result.gone:
                 _say_gone(result, k)
         if as_json:
-            data: Any = results[0].to_json() if len(images) == 1 else [
-                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            data: Any = results[0].to_json() if len(results) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(queries, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
             # several queries: each line says whose result it is, `QUERY<tab>PATH`, as grep names the file
-            lines = b"".join((os.fsencode(q) + b"\t" if len(images) > 1 else b"") + os.fsencode(h.path) + b"\n"
-                             for q, r in zip(images, results) for h in r.hits)
+            lines = b"".join((os.fsencode(q) + b"\t" if len(queries) > 1 else b"") + os.fsencode(h.path) + b"\n"
+                             for q, r in zip(queries, results) for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:
-            for q, result in zip(images, results):
-                _print_hits(result, title=literal(f"query {q}") if len(images) > 1 else None)
+            for q, result in zip(queries, results):
+                _print_hits(result, title=literal(f"query {q}") if len(queries) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
@@ -338,7 +351,7 @@ def remove(
         left = idx.count()
     if n == 0:
         raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 

@@ -49,7 +49,8 @@ def index_dir(index: Path | None) -> Path:
 METAVARS = {
     "--allow-host": "NAME", "--bbox": "X1,Y1,X2,Y2", "--config": "PRESET", "--data": "DIR", "--dba": "K",
     "--decode": "WHERE", "--device": "DEVICE", "--distractors": "DIR", "--dtype": "DTYPE", "--exclude": "GLOB",
-    "--host": "ADDRESS", "--index": "DIR", "--index-kind": "KIND", "--json-out": "FILE", "--max-upload": "SIZE",
+    "--host": "ADDRESS", "--index": "DIR", "--index-kind": "KIND", "--json-out": "FILE", "--like": "PHOTO",
+    "--max-upload": "SIZE",
     "--model": "NAME", "--out": "FILE", "--pooling": "POOLING", "--port": "PORT", "--ray": "ADDRESS",
     "--rescan-interval": "SECONDS", "--save-ranks": "FILE", "--token": "TOKEN", "--weights": "FILE",
     "--whiten-from": "SET",
