@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
 from retrieval.config import SearchOptions
+from retrieval.engine.serving import UploadReader
 from retrieval.images import load_image
 from retrieval.serve import create_app, parse_size
 from retrieval.serve.batching import Batcher, IndexThread, SearchJob
@@ -285,11 +286,12 @@ def test_cli_refuses_other_hosts_without_token(served):
 def test_batcher_embeds_concurrent_queries_together(served, tmp_path):
     thread = IndexThread(served["index"])
     try:
-        files = [(served["photos"] / f"p{i}.jpg").read_bytes() for i in range(5)]
+        reader = thread.run(UploadReader.of)
+        files = [reader.read((served["photos"] / f"p{i}.jpg").read_bytes()) for i in range(5)]
 
         async def go():
             b = Batcher(thread)
-            out = await asyncio.gather(*(b.search(SearchJob(data, SearchOptions(k=3))) for data in files))
+            out = await asyncio.gather(*(b.search(SearchJob(upload, SearchOptions(k=3))) for upload in files))
             return b.embedded, out
 
         embedded, out = asyncio.run(go())

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import SearchOptions
-from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes
+from ..engine.serving import (PICTURE_KINDS, Correspondences, UploadReader, correspondences, indexed_path,
+                              jpeg_bytes)
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import Box, parse_box, shown
 from .batching import Batcher, CensusThread, IndexThread, Searched, SearchJob
@@ -50,6 +52,7 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releases the GIL for most of it)
+UPLOAD_WORKERS = 2  # threads that decode and resize uploads for the model, beside its forward passes
 _ID = re.compile(r"[0-9]{1,19}")  # an image id in a path: ASCII digits, at most MAX_ID
 _BBOX = re.compile(BBOX)
 _REAL = re.compile(rf"{DECIMAL}(?:[eE][-+]?[0-9]{{1,4}})?")  # qe_alpha: as bbox's numbers, an exponent allowed
@@ -123,10 +126,12 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
     thread = IndexThread(index_path, weights=weights, device=device)
     try:
         census = CensusThread(thread.run(lambda idx: idx.store.path))
+        reader = thread.run(UploadReader.of)
     except BaseException:
         thread.close()
         raise
     pictures = ThreadPoolExecutor(max_workers=PICTURE_WORKERS, thread_name_prefix="retrieval-picture")
+    uploads = ThreadPoolExecutor(max_workers=UPLOAD_WORKERS, thread_name_prefix="retrieval-upload")
     batcher = Batcher(thread, window=window, max_batch=max_batch)
     cache = _QueryCache(cache_size, cache_bytes)
 
@@ -136,10 +141,12 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
             yield
         finally:
             pictures.shutdown(wait=False, cancel_futures=True)
+            uploads.shutdown(wait=False, cancel_futures=True)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, census.close)
             await loop.run_in_executor(None, thread.close)
             await loop.run_in_executor(None, pictures.shutdown)
+            await loop.run_in_executor(None, uploads.shutdown)
 
     async def health(request: Request) -> Response:
         """A liveness probe: never waits for the index thread, and says how long that thread has
@@ -157,13 +164,14 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         counted = Request(request.scope, receive=_counting(request.receive, max_upload, seconds=body_timeout))
         try:
             async with counted.form(max_files=1, max_fields=8) as form:
-                job = await _job(form)
+                data, options, bbox = await _fields(form)
         except _TooLarge:
             raise HTTPException(413, f"upload is over the limit of {max_upload} bytes (--max-upload)") from None
         except _TooSlow:
             raise HTTPException(408, f"the upload took longer than {body_timeout:g} s to arrive",
                                 headers={"Connection": "close"}) from None
-        searched = await batcher.search(job)
+        upload = await asyncio.get_running_loop().run_in_executor(uploads, partial(reader.read, data, box=bbox))
+        searched = await batcher.search(SearchJob(upload, options))
         qid = cache.put(searched)
         hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
                  **({"inliers": h.inliers} if h.inliers is not None else {})} for h in searched.result.hits]
@@ -233,9 +241,9 @@ def _png(c: Correspondences, kind: str) -> bytes:
     return buf.getvalue()
 
 
-async def _job(form: Any) -> SearchJob:
-    """A search job from the form: the upload's bytes (in memory: the form holds up to 1 MiB of a
-    part there, python-multipart spills larger ones to a temporary file), options checked."""
+async def _fields(form: Any) -> tuple[bytes, SearchOptions, Box | None]:
+    """The form's upload (its bytes in memory: the form holds up to 1 MiB of a part there,
+    python-multipart spills larger ones to a temporary file), options and box, checked."""
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
@@ -246,7 +254,7 @@ async def _job(form: Any) -> SearchJob:
                             qe_alpha=_alpha_field(form.get("qe_alpha"), default=d.qe_alpha),
                             rerank=_bool_field(form.get("rerank"), "rerank"))  # checked in this order
     bbox = _bbox_field(form.get("bbox"))
-    return SearchJob(await upload.read(), options=options, bbox=bbox)
+    return await upload.read(), options, bbox
 
 
 def _field(value: Any, name: str) -> str | None:

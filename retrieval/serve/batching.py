@@ -5,8 +5,9 @@ connections and the model belong to one thread; two forward passes never run at 
 `CensusThread` counts the indexed images through a read connection of its own, on a second
 thread, for the health probe.
 `Batcher` collects the searches that arrive while the thread is busy (plus an optional short
-window) and embeds them in one `embed_explained` call, i.e. batched forward passes; a query
-with a box is embedded alone, since a box crops one image.
+window) and embeds them in one `embed_explained` call, i.e. batched forward passes. Their uploads
+arrive decoded (engine.serving.UploadReader, in the requests' own tasks): the thread only runs
+the forward passes and the searches.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from ..config import SearchOptions
 from ..engine import Index
 from ..engine.search import SearchResult
-from ..engine.serving import Census, ExplainedQuery, embed_explained
-from ..errors import BadImageError, RetrievalError
-from ..types import Box
+from ..engine.serving import Census, ExplainedQuery, Upload, embed_explained
+from ..errors import RetrievalError
 
 T = TypeVar("T")
 
@@ -128,9 +129,8 @@ class CensusThread(_Owner[Census]):
 class SearchJob:
     """One search's upload and options; the defaults are POST /api/search's (serve/openapi.py)."""
 
-    image: bytes  # the upload, held in memory (no file is written)
+    upload: Upload  # decoded and resized for the model (its box applied), with its bytes
     options: SearchOptions = SearchOptions()  # `retrieve query`'s own defaults
-    bbox: Box | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ class Batcher:
                 take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 jobs = [j for j, _ in take]
                 try:
-                    outcomes = await self.thread.call(lambda idx, jobs=jobs: _run(idx, jobs, self.embedded))
+                    run = partial(_run, jobs=jobs, sizes=self.embedded)
+                    outcomes: list[Searched | BaseException] = await self.thread.call(run)
                 except BaseException as e:  # a bug: every waiter hears of it
                     outcomes = [e] * len(take)
                 for (_, fut), out in zip(take, outcomes):
@@ -191,20 +192,11 @@ class Batcher:
             self._draining = False
 
 
-def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched | BaseException]:
-    """On the index thread: embed the plain queries together and each boxed one alone, then search
-    each with its own options. One bad upload fails only its own request."""
-    embedded: dict[int, ExplainedQuery | BaseException] = {}
-    plain = [i for i, j in enumerate(jobs) if j.bbox is None]
-    if plain:
-        for i, q in zip(plain, _embed(idx, [jobs[i] for i in plain], sizes)):
-            embedded[i] = q
-    for i, j in enumerate(jobs):
-        if j.bbox is not None:
-            embedded[i] = _embed(idx, [j], sizes)[0]
+def _run(idx: Index, *, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched | BaseException]:
+    """On the index thread: embed the queries together, then search each with its own options.
+    One failing query fails only its own request."""
     out: list[Searched | BaseException] = []
-    for i, j in enumerate(jobs):
-        q = embedded[i]
+    for j, q in zip(jobs, _embed(idx, jobs, sizes)):
         if isinstance(q, BaseException):
             out.append(q)
             continue
@@ -216,11 +208,11 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched 
 
 
 def _embed(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[ExplainedQuery | BaseException]:
-    """Embed together; when an upload is refused, embed each alone so that only it fails."""
+    """Embed together; when that fails, embed each alone so that only the failing one fails."""
     try:
         sizes.add(len(jobs))
-        return list(embed_explained(idx, [j.image for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
-    except (BadImageError, RetrievalError) as e:
+        return list(embed_explained(idx, [j.upload for j in jobs]))
+    except RetrievalError as e:
         if len(jobs) == 1:
             return [e]
     out: list[ExplainedQuery | BaseException] = []
