@@ -61,9 +61,21 @@ def _cli_hits(served, path: Path, *args: str) -> list[dict[str, Any]]:
 
 
 def _same_hits(api: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
-    assert [(h["rank"], h["path"], h.get("inliers")) for h in api] == \
-           [(h["rank"], h["path"], h.get("inliers")) for h in ref]
+    """The same hits, written the same way (one serialisation: SearchResult.to_json)."""
+    assert [sorted(h) for h in api] == [sorted(h) for h in ref]
+    assert [(h["rank"], h["path"], h.get("id"), h.get("inliers")) for h in api] == \
+           [(h["rank"], h["path"], h.get("id"), h.get("inliers")) for h in ref]
     assert np.allclose([h["score"] for h in api], [h["score"] for h in ref], atol=1e-4)
+
+
+def test_handlers_are_module_level_functions(client):
+    """Starlette's layout: handlers read what they share from request.app.state, not closures made
+    by create_app for each app (they were)."""
+    from starlette.routing import Route
+
+    endpoints = [r.endpoint for r in client.app.routes if isinstance(r, Route)]
+    assert len(endpoints) >= 7
+    assert all("<locals>" not in e.__qualname__ for e in endpoints), [e.__qualname__ for e in endpoints]
 
 
 def test_health(client, served):
