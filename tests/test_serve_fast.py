@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -116,6 +117,24 @@ def test_a_refused_upload_among_concurrent_searches_fails_only_itself(served, aw
         else:
             assert r.status_code == 400 and "cannot be used" in r.json()["error"], r.text
             assert r.json() == alone[name].json()
+
+
+def test_concurrent_uploads_leave_pillows_settings_as_they_were(served):
+    """Pillow's pixel limit and the warnings hook are process-wide: decoding uploads on several
+    threads, each in its own scope, interleaved the scopes and left a wrapper of the warnings hook
+    behind each time (a chain that grew with uptime)."""
+    from PIL import Image
+
+    show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
+    data = served["query"].read_bytes()
+    with Server(create_app(served["index"])) as url:
+        def one(_: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(one, range(48))) == [200] * 48
+    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
 
 
 def test_read_bytes_is_read_file_without_the_file(served):

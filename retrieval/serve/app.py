@@ -9,7 +9,7 @@ the index's thread, the batcher, the query cache, the pools) on `request.app.sta
 opens the index and makes that Service, the lifespan closes it. Handlers parse the request
 (serve/forms.py), call the engine on the index's own thread (batching.IndexThread) and turn
 RetrievalError into `{"error": "one line"}` with a 4xx status. Only what needs the model or the
-index's connection runs on that thread: uploads are decoded in a pool of their own, the health
+index's connection runs on that thread: uploads are decoded on a thread of their own, the health
 probe counts on a thread of its own (batching.CensusThread), pictures are decoded, drawn and
 encoded by another small pool, and the event loop only parses and answers.
 """
@@ -52,7 +52,11 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releases the GIL for most of it)
-UPLOAD_WORKERS = 2  # threads that decode and resize uploads for the model, beside its forward passes
+# The thread that decodes and resizes uploads for the model, beside its forward passes. One: each
+# read enters images.pixel_limit, whose settings are process-wide, so reads on several threads would
+# interleave their scopes (the engine's own readers share one scope per burst instead); a decode
+# (about 2 ms for a 640x480 JPEG, docs/throughput.md) keeps well ahead of a forward pass (50 ms or more).
+UPLOAD_WORKERS = 1
 
 T = TypeVar("T")
 
