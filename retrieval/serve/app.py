@@ -102,7 +102,7 @@ class QueryCache:
 class Service:
     """What the handlers share, on `request.app.state.service`: the index's thread and the batcher
     that shares its forward passes, the image count's thread, the recent queries, how uploads are
-    read and the pool that reads them, the pool that draws pictures, the upload limits and the
+    read and the thread that reads them, the pool that draws pictures, the upload limits and the
     OpenAPI document."""
 
     index: IndexThread
@@ -157,27 +157,27 @@ async def search(request: Request) -> Response:
 
 
 async def image(request: Request) -> Response:
-    s, image = _service(request), image_id(request)
+    s, wanted = _service(request), image_id(request)
     max_side = int_param(request, "max", low=MIN_SIDE, high=MAX_SIDE)
-    path, max_pixels = await s.index.call(lambda idx: (indexed_path(idx, image), idx.config.image.max_pixels))
+    path, max_pixels = await s.index.call(lambda idx: (indexed_path(idx, wanted), idx.config.image.max_pixels))
     if path is None:
-        raise HTTPException(404, f"no indexed image with id {image}")
+        raise HTTPException(404, f"no indexed image with id {wanted}")
     data = await s.run(s.pictures, partial(jpeg_bytes, path, max_pixels=max_pixels, max_side=max_side))
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
 
 async def matches(request: Request) -> Response:
     s = _service(request)
-    searched, image = s.queries.get(request.path_params["qid"]), image_id(request)
+    searched, wanted = s.queries.get(request.path_params["qid"]), image_id(request)
     fmt = request.query_params.get("format", "json")
     kind = request.query_params.get("kind", "matches")
     if fmt not in ("json", "png"):
         raise HTTPException(400, f"format must be json or png, got {fmt!r}")
     if kind not in PICTURE_KINDS:
         raise HTTPException(400, f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
-    c = await s.index.call(lambda idx: correspondences(idx, searched.query, image))
+    c = await s.index.call(lambda idx: correspondences(idx, searched.query, wanted))
     if c is None:
-        raise HTTPException(404, f"no indexed image with id {image}")
+        raise HTTPException(404, f"no indexed image with id {wanted}")
     if fmt == "json":
         return _JSON(c.to_json())
     return Response(await s.run(s.pictures, partial(_png, c, kind)), media_type="image/png")
