@@ -17,9 +17,10 @@ from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
-from ..errors import RetrievalError
+from ..engine.watch import Batch, WatchOptions
+from ..errors import RetrievalError, UsageError
 from ..types import parse_box, shown
-from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
+from .app import (DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
 
 
@@ -31,35 +32,36 @@ def index(
     config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
                                                                    "(default: the index's, else "
-                                                                   "dinov2_vits14).")] = None,
+                                                                   f"{DEFAULTS.backbone.name}).")] = None,
     weights: Weights = None,
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
                                                             f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
-                                                              "(default: the index's, else 16).")] = None,
+                                                              f"(default: the index's, else {DEFAULTS.batch_size}).")] = None,
     workers: Workers = None,
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
                                                                 "model runs on one), cpu or gpu "
-                                                                "(default: the index's, else auto).")] = None,
+                                                                f"(default: the index's, else {DEFAULTS.decode}).")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, bf16 or fp16, or auto: bf16 where the "
                                                               "hardware computes it natively, else fp32; fixed when "
                                                               "the index is created (default: the index's, else "
-                                                              "auto).")] = None,
+                                                              f"{DEFAULTS.backbone.dtype}).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
                                                                   "created (default: the index's, else "
-                                                                  "cls+gem).")] = None,
+                                                                  f"{DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf, hnsw or ivfpq "
-                                                                  "(default: the index's, else auto).")] = None,
+                                                                  f"(default: the index's, else {DEFAULTS.index.kind}).")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
-                                                          "(default: the index's, else 0).")] = None,
+                                                          f"(default: the index's, else {DEFAULTS.index.dba}).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
                                                                           "dimension, 0: keep all (default: the "
-                                                                          "index's, else 0).")] = None,
+                                                                          f"index's, else {DEFAULTS.whitening.dim or 0}).")] = None,
     whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
                                                    help="PCA-whiten once there are enough images, or L2 only "
-                                                        "(default: the index's, else --whitening).")] = None,
+                                                        "(default: the index's, else "
+                                                        f"--{'' if DEFAULTS.whitening.enabled else 'no-'}whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read and hash every indexed file, not only those whose "
@@ -77,6 +79,12 @@ def index(
                                             help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then keep running: apply creations, changes, deletions "
+                                                        "and moves as they happen, in batches (Ctrl-C stops; "
+                                                        "docs/index.md).")] = False,
+    rescan_interval: Annotated[float, typer.Option("--rescan-interval", help="With --watch: a whole update at "
+                                                   "least every this many seconds, for events that were lost "
+                                                   "(0: never).")] = WatchOptions.rescan,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files.
 
@@ -86,7 +94,10 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
-    engine.index_roots(folders)  # a mistyped folder creates no index
+    roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
+    if watch and ray is not None:
+        raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
+    watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -106,27 +117,60 @@ def index(
                 hashing.append(bar.add_task("hashing", total=total))
             bar.update(hashing[0], completed=done, total=total)
 
-        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed)
-        if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
-            summary.whitened = idx.refresh(refit=True) is not None
+        summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
+                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening)
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
-        if summary.still_refused else ""
-    typer.echo(
-        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
-        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
-    )
+    typer.echo(_summary_line(where, images_now, summary))
     if verify:
         typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
                    f"(embedded again)")
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
+    if watching is not None:
+        _watch(where, roots, watching, retry_skipped=retry_skipped, weights=weights, device=device)
+
+
+def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_skipped: bool, weights: Path | None,
+           device: str | None) -> None:
+    """`--watch`: each batch of file events is the same update as the run before it, printed as
+    it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
+    from ..engine.watch import watch
+
+    Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots.real)), " (Ctrl-C stops)"))
+    cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
+    with engine.Index.open(where, weights=weights, device=device) as idx, _StopAfterBatch() as stop:
+        def batch(b: Batch) -> None:
+            cut.append(b.summary is not None and b.summary.interrupted)
+            if b.error is not None:
+                logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
+            elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
+                typer.echo(_summary_line(where, idx.count(), b.summary))
+                for path, reason in b.summary.skipped:
+                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+
+        watch(lambda: idx.update(roots, retry_skipped=retry_skipped, should_stop=stop), roots.real, ignore=[where],
+              options=options, should_stop=stop, on_batch=batch)
+    if cut and cut[-1]:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+    typer.echo("stopped watching")
+
+
+def _changed(s: engine.UpdateSummary) -> bool:
+    return bool(s.added or s.updated or s.removed or s.moved or s.skipped)
+
+
+def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
+    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+        if summary.still_refused else ""
+    moved = f"moved {summary.moved}, " if summary.moved else ""
+    return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+            f"removed {summary.removed}, {moved}unchanged {summary.unchanged}, skipped {len(summary.skipped)}"
+            f"{refused} | {summary.seconds:.1f} s" + (" | whitened" if summary.whitened else ""))
 
 
 @app.command()
@@ -192,7 +236,9 @@ def _print_hits(result: Any, *, title: Text | None) -> None:
     (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
     if result.reranked:
         columns = ["rank", "inliers", "similarity"]
-        caption = "ordered by verified patch matches (inliers; fewer than 6 count as none), then similarity"
+        from ..rerank import MIN_INLIERS
+
+        caption = f"ordered by verified patch matches (inliers; fewer than {MIN_INLIERS} count as none), then similarity"
     else:
         columns, caption = ["rank", "similarity"], None
     table = Table(*columns, Column("path", overflow="fold"), box=None, title=title, title_justify="left",
