@@ -59,8 +59,8 @@ def _option_help(p: Any) -> str:
     text, default = p.help or "", p.default
     if p.required:
         return f"{text}  [required]".strip()
-    if p.show_default is False or default is None or callable(default) or default in ([], ()):
-        return text
+    if p.show_default is False or default is None or callable(default) or default in ([], ()) or p.count:
+        return text  # a counted flag (-v, -vv) has no default worth a word
     if isinstance(default, bool):
         if not p.secondary_opts:
             return text
