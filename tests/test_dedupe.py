@@ -3,6 +3,9 @@ checked against an index. The tiny random backbone only: these check the mechani
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,12 +16,13 @@ from PIL import Image, ImageEnhance
 
 from retrieval import vectors
 from retrieval.engine import Index
+from retrieval.config import DedupeOptions
 from retrieval.engine import dedupe as dd
 from retrieval.local import LocalFeatures, grid_xy
 from retrieval.store import ImageFacts
 
 from .conftest import synth_photo
-from .helpers import index_tiny
+from .helpers import clean_exit, index_tiny, one_line_error, run
 
 COPIES = ("c_exact.jpg", "c_q50.jpg", "c_half.png", "c_crop.jpg", "c_bright.jpg")
 
@@ -72,7 +76,7 @@ def test_keeper_is_the_largest_then_the_oldest(planted):
 
 def test_exact_only_needs_no_vectors(planted):
     with Index.open(planted["index"]) as idx:
-        report = dd.duplicates(idx.store, None, None, lambda ids, pca: {}, dd.DedupeOptions(exact_only=True))
+        report = dd.duplicates(idx.store, None, None, lambda ids, pca: {}, DedupeOptions(exact_only=True))
     assert [(g.kind, sorted(_names(g))) for g in report.groups] == [
         ("exact", ["c_exact.jpg", "p0.jpg"]), ("exact", ["d_exact.jpg", "p1.jpg"])]
     assert report.batches == ()
@@ -89,7 +93,7 @@ def test_folder_against_index(planted, tmp_path):
     paths = sorted(str(p) for p in card.iterdir())
     with Index.open(planted["index"]) as idx:
         got = {Path(a.path).name: a for a in dd.folder_against_index(idx, paths)}
-        unchecked = dd.folder_against_index(idx, paths, dd.DedupeOptions(exact_only=True))
+        unchecked = dd.folder_against_index(idx, paths, DedupeOptions(exact_only=True))
     assert got["same.jpg"].kind == "exact" and Path(got["same.jpg"].match.path).name == "p3.jpg"
     assert got["recompressed.jpg"].kind == "near" and Path(got["recompressed.jpg"].match.path).name == "p2.jpg"
     assert got["new.jpg"].kind == "new" and got["new.jpg"].match is None
@@ -170,7 +174,7 @@ def test_coverage_separates_copies_from_other_shots():
     a = _feats(rng)
     copy, mirror = _moved(a, np.arange(60)), _moved(a, np.arange(60), mirror=True)
     shot = _moved(a, np.arange(12))  # a dozen patches agree: verified, but not a copy
-    options = dd.DedupeOptions()
+    options = DedupeOptions()
     n, cov, mirrored = dd.check_pair(a, copy)
     assert (dd.classify(n, cov, options), mirrored) == ("near", False) and cov >= 0.55
     n, cov, mirrored = dd.check_pair(a, mirror)
@@ -202,7 +206,7 @@ def test_similar_groups_are_reported_apart_only_when_asked():
         return {i: feats[i] for i in ids}
 
     plain = dd.duplicates(Store(), vec, object(), local_of)  # type: ignore[arg-type]
-    loose = dd.duplicates(Store(), vec, object(), local_of, dd.DedupeOptions(similar=True))  # type: ignore[arg-type]
+    loose = dd.duplicates(Store(), vec, object(), local_of, DedupeOptions(similar=True))  # type: ignore[arg-type]
     assert [(g.kind, [m.id for m in g.members]) for g in plain.groups] == [("near", [1, 2])]
     assert [(g.kind, [m.id for m in g.members]) for g in loose.groups] == [("near", [1, 2]), ("similar", [1, 2, 3])]
     assert plain.candidates == 6
@@ -227,3 +231,66 @@ def test_store_hash_queries(planted):
         assert idx.store.ids_by_hash([some, "0" * 64]) == {some: shared[some]}
         facts = idx.store.facts(shared[some])
     assert {f.sha256 for f in facts.values()} == {some} and all(f.width and f.height for f in facts.values())
+
+
+# --- retrieve dedupe ----------------------------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()}
+
+
+def test_cli_table_names_groups_keepers_and_touches_nothing(planted):
+    before = _files(planted["photos"])
+    r = run("dedupe", "--index", str(planted["index"]))
+    assert r.exit_code == 0, r.output
+    assert "group 1: near, 6 images" in r.stdout and "group 2: exact, 2 images" in r.stdout
+    keep_lines = [line for line in r.stdout.splitlines() if line.lstrip().startswith("keep")]
+    assert [Path(line.split()[-1]).name for line in keep_lines] == ["p0.jpg", "p1.jpg"]
+    assert "same bytes" in r.stdout and "Nothing was deleted or moved" in r.stderr
+    assert _files(planted["photos"]) == before
+
+
+def test_cli_json_and_csv(planted):
+    r = run("dedupe", "--index", str(planted["index"]), "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [(g["kind"], Path(g["keep"]).name, len(g["members"])) for g in data["groups"]] == [
+        ("near", "p0.jpg", 6), ("exact", "p1.jpg", 2)]
+    assert all(set(x) >= {"a", "b", "kind", "inliers", "coverage"} for g in data["groups"] for x in g["links"])
+    r = run("dedupe", "--index", str(planted["index"]), "--csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 8 and [row["role"] for row in rows].count("keep") == 2
+    assert {row["kind"] for row in rows} == {"near", "exact"} and all(row["sha256"] for row in rows)
+
+
+def test_cli_folder_against_the_index(planted, tmp_path):
+    card = tmp_path / "card"
+    card.mkdir()
+    shutil.copy(planted["photos"] / "p4.jpg", card / "a.jpg")
+    synth_photo(55, (320, 240)).save(card / "b.jpg", quality=90)
+    r = run("dedupe", str(card), "--index", str(planted["index"]), "--json")
+    assert r.exit_code == 0, r.output
+    got = {Path(a["path"]).name: (a["kind"], a["indexed"] and Path(a["indexed"]).name) for a in json.loads(r.stdout)}
+    assert got == {"a.jpg": ("exact", "p4.jpg"), "b.jpg": ("new", None)}
+    assert "1 of 2 files are already in the index" in r.stderr
+
+
+def test_cli_html_contact_sheet(planted, tmp_path):
+    out = tmp_path / "sheet"
+    r = run("dedupe", "--index", str(planted["index"]), "--html", str(out))
+    assert r.exit_code == 0, r.output
+    page = (out / "index.html").read_text()
+    assert "group 1: near, 6 images" in page and "random weights" in page
+    pictures = sorted(p.name for p in out.glob("g*_l*.png"))
+    assert pictures and all(f'src="{name}"' in page for name in pictures)  # one per non-exact link
+    assert len(list(out.glob("g*_m*.png"))) == 8  # one per member
+
+
+@pytest.mark.parametrize(("args", "named"), [(["--coverage", "0"], "--coverage"), (["--json", "--csv"], "--csv"),
+                                             (["--threshold", "2"], "--threshold")])
+def test_cli_refuses_bad_options_in_one_line(planted, args, named):
+    r = run("dedupe", "--index", str(planted["index"]), *args)
+    assert r.exit_code == 2 and clean_exit(r), r.output
+    one_line_error(r)
+    assert named in r.stderr

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import rerank as rr
 from .. import whitening as wh
+from ..config import DedupeOptions
 from ..errors import RetrievalError
 from ..local import LocalFeatures, LocalPCA
 from ..store import ImageFacts, Store
@@ -34,28 +35,6 @@ from ..vectors import VectorIndex
 
 KINDS = ("exact", "near", "similar")
 LocalOf = Callable[[Sequence[int], LocalPCA], dict[int, LocalFeatures]]
-
-
-@dataclass(frozen=True)
-class DedupeOptions:
-    """k: neighbours asked per image; threshold: global cosine (of the indexed vectors) for a pair
-    to be verified at all; coverage: share of the smaller image's stored patches that must be
-    verified inliers for a near copy; similar: also report the looser level; batch: images per
-    kNN search (the memory bound)."""
-
-    k: int = 8
-    threshold: float = 0.5
-    coverage: float = 0.35
-    similar: bool = False
-    batch: int = 1024
-    exact_only: bool = False  # same bytes only: no kNN graph, no model
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or self.batch < 1:
-            raise ValueError(f"k and batch must be >= 1, got {self.k} and {self.batch}")
-        if not -1.0 <= self.threshold <= 1.0 or not 0.0 < self.coverage <= 1.0:
-            raise ValueError(f"threshold must lie in [-1, 1] and coverage in (0, 1], got {self.threshold} "
-                             f"and {self.coverage}")
 
 
 @dataclass(frozen=True)
@@ -309,6 +288,8 @@ def _nearest(e: Any, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
         if i in feats:
             n, cov, _ = check_pair(e.features, feats[i])
             kind = classify(n, cov, options)
+            if kind == "similar" and not options.similar:  # the looser level only when asked, as in `duplicates`
+                kind = None
             if kind is not None and (best is None or (KINDS.index(kind), -n) < (best[0], -best[1])):
                 best = (KINDS.index(kind), n, i, s, cov)
     if best is None:
@@ -335,5 +316,5 @@ def folder_against_index(idx: Index, paths: Sequence[str], options: DedupeOption
                          embed=lambda p, pca: idx.embed_files(p, workers=0, pca=pca), options=options)
 
 
-__all__ = ["Arrival", "DedupeOptions", "DedupeReport", "Group", "Link", "against_index", "check_pair", "duplicates",
+__all__ = ["Arrival", "DedupeReport", "Group", "Link", "against_index", "check_pair", "duplicates",
            "folder_against_index", "index_duplicates", "keep_order", "knn_pairs"]
