@@ -209,7 +209,10 @@ def test_similar_groups_are_reported_apart_only_when_asked():
     loose = dd.duplicates(Store(), vec, object(), local_of, DedupeOptions(similar=True))  # type: ignore[arg-type]
     assert [(g.kind, [m.id for m in g.members]) for g in plain.groups] == [("near", [1, 2])]
     assert [(g.kind, [m.id for m in g.members]) for g in loose.groups] == [("near", [1, 2]), ("similar", [1, 2, 3])]
-    assert plain.candidates == 6
+    assert plain.candidates == 6 and plain.unverifiable == 0
+    without_4 = dd.duplicates(Store(), vec, object(),  # type: ignore[arg-type]
+                              lambda ids, pca: {i: feats[i] for i in ids if i != 4})
+    assert without_4.unverifiable == 3 and [len(g.members) for g in without_4.groups] == [2]  # its 3 pairs
 
 
 def test_group_checks_itself():

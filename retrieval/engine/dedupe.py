@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import local
 from .. import rerank as rr
 from .. import whitening as wh
 from ..config import DedupeOptions
@@ -299,21 +301,33 @@ def _nearest(e: Any, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
 
 
 def index_duplicates(idx: Index, options: DedupeOptions = DedupeOptions()) -> DedupeReport:
-    """`duplicates` of an open index (its vectors rebuilt first if stale)."""
+    """`duplicates` of an open index (its vectors rebuilt first if stale). Pairs whose rows hold
+    no stored patch descriptors are counted as unverifiable, not embedded again."""
     if idx.store.count("ok") == 0:
         raise RetrievalError(f"the index at {idx.path} holds no images; run `retrieve index DIR` first")
     vec = None if options.exact_only else idx.vectors()
-    return duplicates(idx.store, vec, idx.local_pca(), idx._candidate_local, options)
+    return duplicates(idx.store, vec, idx.local_pca(), partial(stored_features, idx.store), options)
 
 
 def folder_against_index(idx: Index, paths: Sequence[str], options: DedupeOptions = DedupeOptions()) -> list[Arrival]:
-    """`against_index` with an open index's vectors, whitening and model."""
+    """`against_index` with an open index's vectors, whitening and model (loaded only when a file
+    is not an exact copy)."""
+    from .descriptors import embed_files
+
     if idx.store.count("ok") == 0:
         raise RetrievalError(f"the index at {idx.path} holds no images; run `retrieve index DIR` first")
     vec = None if options.exact_only else idx.vectors()
+
+    def embed(todo: Sequence[str], pca: LocalPCA | None) -> Iterable[list[Any]]:
+        return embed_files(todo, backbone=idx.backbone(), config=idx.config, workers=0, pca=pca)
+
     return against_index(paths, store=idx.store, vec=vec, whitening=idx.whitening(), pca=idx.local_pca(),
-                         local_of=idx._candidate_local,
-                         embed=lambda p, pca: idx.embed_files(p, workers=0, pca=pca), options=options)
+                         local_of=partial(stored_features, idx.store), embed=embed, options=options)
+
+
+def stored_features(store: Store, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
+    """The stored patch descriptors of those `ids` that have them (`LocalOf`)."""
+    return {i: local.unpack(*blob, pca.dim) for i, blob in store.local(ids).items() if blob is not None}
 
 
 __all__ = ["Arrival", "DedupeReport", "Group", "Link", "against_index", "check_pair", "duplicates",
