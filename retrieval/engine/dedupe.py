@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import local
 from .. import rerank as rr
 from .. import whitening as wh
 from ..config import DedupeOptions
@@ -33,6 +32,7 @@ from ..local import LocalFeatures, LocalPCA
 from ..store import ImageFacts, Store
 from ..types import Skipped
 from .index import Index
+from .reranking import stored_local
 from ..vectors import VectorIndex
 
 KINDS = ("exact", "near", "similar")
@@ -326,8 +326,9 @@ def folder_against_index(idx: Index, paths: Sequence[str], options: DedupeOption
 
 
 def stored_features(store: Store, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
-    """The stored patch descriptors of those `ids` that have them (`LocalOf`)."""
-    return {i: local.unpack(*blob, pca.dim) for i, blob in store.local(ids).items() if blob is not None}
+    """The stored patch descriptors of those `ids` that have them (`LocalOf`): the re-ranking
+    stage's, without making the missing ones from the files."""
+    return stored_local(store, ids, pca)[0]
 
 
 __all__ = ["Arrival", "DedupeReport", "Group", "Link", "against_index", "check_pair", "duplicates",
