@@ -17,7 +17,8 @@ from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
-from ..errors import RetrievalError
+from ..engine.watch import Batch, WatchOptions
+from ..errors import RetrievalError, UsageError
 from ..types import parse_box, shown
 from .app import (DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
@@ -78,6 +79,12 @@ def index(
                                             help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then keep running: apply creations, changes, deletions "
+                                                        "and moves as they happen, in batches (Ctrl-C stops; "
+                                                        "docs/index.md).")] = False,
+    rescan_interval: Annotated[float, typer.Option("--rescan-interval", help="With --watch: a whole update at "
+                                                   "least every this many seconds, for events that were lost "
+                                                   "(0: never).")] = WatchOptions.rescan,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files.
 
@@ -88,6 +95,9 @@ def index(
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
     roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
+    if watch and ray is not None:
+        raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
+    watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -113,19 +123,54 @@ def index(
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
-        if summary.still_refused else ""
-    typer.echo(
-        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
-        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
-    )
+    typer.echo(_summary_line(where, images_now, summary))
     if verify:
         typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
                    f"(embedded again)")
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
+    if watching is not None:
+        _watch(where, roots, watching, retry_skipped=retry_skipped, weights=weights, device=device)
+
+
+def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_skipped: bool, weights: Path | None,
+           device: str | None) -> None:
+    """`--watch`: each batch of file events is the same update as the run before it, printed as
+    it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
+    from ..engine.watch import watch
+
+    Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots.real)), " (Ctrl-C stops)"))
+    cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
+    with engine.Index.open(where, weights=weights, device=device) as idx, _StopAfterBatch() as stop:
+        def batch(b: Batch) -> None:
+            cut.append(b.summary is not None and b.summary.interrupted)
+            if b.error is not None:
+                logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
+            elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
+                typer.echo(_summary_line(where, idx.count(), b.summary))
+                for path, reason in b.summary.skipped:
+                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+
+        watch(lambda: idx.update(roots, retry_skipped=retry_skipped, should_stop=stop), roots.real, ignore=[where],
+              options=options, should_stop=stop, on_batch=batch)
+    if cut and cut[-1]:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+    typer.echo("stopped watching")
+
+
+def _changed(s: engine.UpdateSummary) -> bool:
+    return bool(s.added or s.updated or s.removed or s.moved or s.skipped)
+
+
+def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
+    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+        if summary.still_refused else ""
+    moved = f"moved {summary.moved}, " if summary.moved else ""
+    return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+            f"removed {summary.removed}, {moved}unchanged {summary.unchanged}, skipped {len(summary.skipped)}"
+            f"{refused} | {summary.seconds:.1f} s" + (" | whitened" if summary.whitened else ""))
 
 
 @app.command()

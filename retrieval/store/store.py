@@ -71,6 +71,18 @@ class Touch(NamedTuple):
     inode: int | None = None
 
 
+class Move(NamedTuple):
+    """A file found at a new path with the bytes a row holds: the row takes the path and the stat;
+    its id and descriptors stay (the vector index is unchanged)."""
+
+    id: int
+    path: str
+    nbytes: int
+    mtime_ns: int
+    ctime_ns: int | None = None
+    inode: int | None = None
+
+
 @dataclass(frozen=True)
 class Upsert:
     """A file's new state. descriptor is None for skipped files."""
@@ -237,9 +249,11 @@ class Store:
                 yield row
 
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
-              touches: Iterable[Touch | tuple[int, int, int]] = ()) -> None:
+              touches: Iterable[Touch | tuple[int, int, int]] = (), moves: Iterable[Move] = ()) -> None:
         """One transaction: insert/replace files by path, delete ids, update the stats of `touches`
-        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown)."""
+        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown), and give the
+        rows of `moves` their new path and stat. Moves and touches leave the data version alone:
+        the descriptors of every id are what they were, so whitening and vectors stay."""
         upserts, deletes = list(upserts), list(deletes)
         with self.transaction():
             if upserts or deletes:
@@ -265,6 +279,9 @@ class Store:
             for t in (Touch(*x) for x in touches):
                 self.db.execute("UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
                                 [t.nbytes, *_stat(t.mtime_ns, t.ctime_ns, t.inode), int(t.id)])
+            self.db.conn.executemany(
+                "UPDATE images SET path = ?, size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
+                [(_path_in(m.path), m.nbytes, *_stat(m.mtime_ns, m.ctime_ns, m.inode), int(m.id)) for m in moves])
             self._bump()
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
