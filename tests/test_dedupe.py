@@ -297,3 +297,10 @@ def test_cli_refuses_bad_options_in_one_line(planted, args, named):
     assert r.exit_code == 2 and clean_exit(r), r.output
     one_line_error(r)
     assert named in r.stderr
+
+
+def test_cli_html_is_for_the_index_groups_only(planted, tmp_path):
+    r = run("dedupe", str(planted["photos"]), "--index", str(planted["index"]), "--html", str(tmp_path / "sheet"))
+    assert r.exit_code == 2 and clean_exit(r), r.output
+    one_line_error(r, "--html")
+    assert not (tmp_path / "sheet").exists()
