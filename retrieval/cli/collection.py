@@ -1,4 +1,5 @@
-"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it."""
+"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it
+(`retrieve list` is in listing.py)."""
 
 from __future__ import annotations
 
@@ -165,7 +166,7 @@ def _changed(s: engine.UpdateSummary) -> bool:
 
 
 def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
+    refused = f", still refused {summary.still_refused} (`retrieve list --skipped` says why; --retry-skipped)" \
         if summary.still_refused else ""
     moved = f"moved {summary.moved}, " if summary.moved else ""
     return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
@@ -176,8 +177,12 @@ def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -
 @app.command()
 @_errors
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
-                                                      "are embedded together.", show_default=False)],
+    images: Annotated[list[Path] | None, typer.Argument(help="Query images (may live outside the indexed folders); "
+                                                             "several are embedded together.", show_default=False)] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Instead of IMAGES: more like this indexed file, its path "
+                                                           "or its id (N or id:N, as `retrieve list` shows), searched "
+                                                           "with its stored descriptor (no decode, no model); the file "
+                                                           "itself is left out of the results.")] = None,
     index: IndexDir = None,
     k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = SearchOptions.k,
     bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
@@ -197,38 +202,49 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like IMAGES (or like an indexed file: --like). Model, size, pooling and
+    whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if (like is None) == (not images):
+        raise UsageError("give query IMAGES, or --like an indexed file (its path or id), not both")
+    if like is not None and (bbox is not None or out is not None):
+        raise UsageError("--like searches with a stored descriptor, which has no box and draws no maps; for --bbox or "
+                         "--out give the file itself as the query")
+    images = images or []
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
-        results = idx.search_many(images, options, bbox=box)
+        results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
+        queries: list[Any] = [*images] or [like]
         for result in results:
-            if result.gone:
-                more = "" if result.looked_at is None else \
-                    f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
-                logging.getLogger("retrieval").warning(
-                    "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no "
-                    "longer regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their "
-                    "folder, or `retrieve remove FOLDER` for a folder gone for good%s", len(result.gone),
-                    shown(result.gone[0]), more)
+            _warn_gone(result, k)
         if as_json:
-            data: Any = results[0].to_json() if len(images) == 1 else [
-                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            data: Any = results[0].to_json() if len(results) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(queries, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
             lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:
-            for q, result in zip(images, results):
-                _print_hits(result, title=_literal(f"query {q}") if len(images) > 1 else None)
+            for q, result in zip(queries, results):
+                _print_hits(result, title=_literal(f"query {q}") if len(queries) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
+
+
+def _warn_gone(result: Any, k: int) -> None:
+    if result.gone:
+        more = "" if result.looked_at is None else \
+            f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
+        logging.getLogger("retrieval").warning(
+            "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer "
+            "regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their folder, or "
+            "`retrieve remove FOLDER` for a folder gone for good%s", len(result.gone), shown(result.gone[0]), more)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:
@@ -296,7 +312,7 @@ def remove(
         left = idx.count()
     if n == 0:
         raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 
