@@ -304,3 +304,25 @@ def test_cli_html_is_for_the_index_groups_only(planted, tmp_path):
     assert r.exit_code == 2 and clean_exit(r), r.output
     one_line_error(r, "--html")
     assert not (tmp_path / "sheet").exists()
+
+
+# --- GET /api/duplicates -------------------------------------------------------------------------
+
+def test_api_duplicates_answers_the_groups_and_sends_big_indexes_to_the_command(planted, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from retrieval.serve import app as serve_app
+    from retrieval.serve import create_app
+
+    with TestClient(create_app(planted["index"]), base_url="http://127.0.0.1") as c:
+        r = c.get("/api/duplicates")
+        assert r.status_code == 200, r.text
+        data = r.json()
+        copies = [g for g in data["groups"] if g["kind"] != "similar"]
+        assert [(g["kind"], Path(g["keep"]).name, len(g["members"])) for g in copies] == [
+            ("near", "p0.jpg", 6), ("exact", "p1.jpg", 2)]
+        keeper = copies[0]["members"][0]
+        assert c.get(f"/api/images/{keeper['id']}").status_code == 200  # members' ids are the image route's
+        monkeypatch.setattr(serve_app, "MAX_DEDUPE_IMAGES", 5)
+        r = c.get("/api/duplicates")
+        assert r.status_code == 409 and "retrieve dedupe" in r.json()["error"] and "\n" not in r.json()["error"]

@@ -78,24 +78,9 @@ def _when(ns: int) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def _report_json(report: DedupeReport) -> dict[str, Any]:
-    def member(m: Any) -> dict[str, Any]:
-        return {"path": m.path, "width": m.width, "height": m.height, "mtime_ns": m.mtime_ns, "sha256": m.sha256}
-
-    groups = []
-    for g in report.groups:
-        where = {m.id: m.path for m in g.members}
-        links = [{"a": where[x.a], "b": where[x.b], "kind": x.kind, "score": x.score, "inliers": x.inliers,
-                  "coverage": round(x.coverage, 4), "mirrored": x.mirrored} for x in g.links]
-        groups.append({"kind": g.kind, "keep": g.keep.path, "members": [member(m) for m in g.members],
-                       "links": links})
-    return {"images": report.images, "candidates": report.candidates, "unverifiable": report.unverifiable,
-            "groups": groups}
-
-
 def _print_report(report: DedupeReport, *, as_json: bool, as_csv: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(_report_json(report), indent=2))
+        typer.echo(json.dumps(report.to_json(), indent=2))
     elif as_csv:
         rows = [[n, g.kind, "keep" if m is g.keep else "copy", m.path, m.width, m.height, m.mtime_ns, m.sha256]
                 for n, g in enumerate(report.groups, 1) for m in g.members]

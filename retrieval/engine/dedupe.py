@@ -92,6 +92,20 @@ class DedupeReport:
     unverifiable: int = 0
     batches: tuple[int, ...] = field(default=(), repr=False)
 
+    def to_json(self) -> dict[str, Any]:
+        """What `retrieve dedupe --json` prints and GET /api/duplicates answers: the counts, and
+        each group's kind, keeper and members (id, path, pixels, mtime, hash) and links by path."""
+        groups = []
+        for g in self.groups:
+            where = {m.id: m.path for m in g.members}
+            groups.append({"kind": g.kind, "keep": g.keep.path, "members": [
+                {"id": m.id, "path": m.path, "width": m.width, "height": m.height, "mtime_ns": m.mtime_ns,
+                 "sha256": m.sha256} for m in g.members], "links": [
+                {"a": where[x.a], "b": where[x.b], "kind": x.kind, "score": x.score, "inliers": x.inliers,
+                 "coverage": round(x.coverage, 4), "mirrored": x.mirrored} for x in g.links]})
+        return {"images": self.images, "candidates": self.candidates, "unverifiable": self.unverifiable,
+                "groups": groups}
+
 
 def keep_order(m: ImageFacts) -> tuple[int, int, str]:
     """Which copy to keep first: the largest pixel count, then the oldest file, then the path."""
