@@ -137,6 +137,30 @@ def test_concurrent_uploads_leave_pillows_settings_as_they_were(served):
     assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
 
 
+def test_concurrent_pictures_leave_pillows_settings_as_they_were(served):
+    """Pictures (GET /api/images/{id}, the PNG correspondence pictures) are decoded by a pool of
+    threads, each decode in its own pixel_limit scope: overlapping scopes must share Pillow's
+    process-wide settings and restore them when the last one closes, not leave a wrapper of the
+    warnings hook behind each overlap."""
+    from PIL import Image
+
+    show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
+    with Server(create_app(served["index"])) as url, httpx.Client(base_url=url, timeout=120) as c:
+        found = c.post("/api/search", files={"image": ("q.jpg", served["query"].read_bytes())}, data={"k": "4"})
+        assert found.status_code == 200, found.text
+        qid, ids = found.json()["query"], [h["id"] for h in found.json()["hits"]]
+        paths = [f"/api/images/{i}" for i in ids] + [f"/api/images/{i}?max=64" for i in ids]
+        paths += [f"/api/queries/{qid}/matches/{ids[0]}?format=png&kind={kind}" for kind in ("matches", "heatmap", "pca")]
+
+        def one(n: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as each:
+                return each.get(paths[n % len(paths)]).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(one, range(4 * len(paths)))) == [200] * (4 * len(paths))
+    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
+
+
 def test_read_bytes_is_read_file_without_the_file(served):
     path = served["query"]
     kw = {"sizes": (112, 56), "patch_size": 14}
