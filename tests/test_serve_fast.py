@@ -96,6 +96,35 @@ def test_uploads_are_decoded_off_the_index_thread(served, monkeypatch):
     assert not any(name.startswith("retrieval-index") for name in threads), threads
 
 
+def test_two_uploads_are_decoded_at_once(served, monkeypatch):
+    """Both cores decode uploads: two searches' uploads are read on two threads at the same time
+    (they were read one after another by a single thread while pixel_limit's scopes could not
+    overlap safely)."""
+    together = threading.Barrier(2)
+    met: list[tuple[str, bool]] = []
+    real = readers.decode
+
+    def decode(path, **kwargs):
+        try:
+            together.wait(timeout=10)  # only returns once the other upload is being decoded too
+            met.append((threading.current_thread().name, True))
+        except threading.BrokenBarrierError:
+            met.append((threading.current_thread().name, False))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(readers, "decode", decode)
+    data = served["query"].read_bytes()
+    with Server(create_app(served["index"])) as url:
+        def one(_: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(one, range(2))) == [200, 200]
+    assert [ok for _, ok in met] == [True, True], met
+    assert len({name for name, _ in met}) == 2 and all(n.startswith("retrieval-upload") for n, _ in met), met
+
+
 def test_a_refused_upload_among_concurrent_searches_fails_only_itself(served, awkward_dir):
     """Good and refused uploads searched at once: each refused one gets its own one-line 400 (the
     message it gets alone), every good one its hits."""
