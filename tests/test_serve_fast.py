@@ -113,14 +113,7 @@ def test_two_uploads_are_decoded_at_once(served, monkeypatch):
         return real(path, **kwargs)
 
     monkeypatch.setattr(readers, "decode", decode)
-    data = served["query"].read_bytes()
-    with Server(create_app(served["index"])) as url:
-        def one(_: int) -> int:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
-
-        with ThreadPoolExecutor(2) as pool:
-            assert list(pool.map(one, range(2))) == [200, 200]
+    assert _searches_at_once(served, clients=2, searches=2) == [200, 200]
     assert [ok for _, ok in met] == [True, True], met
     assert len({name for name, _ in met}) == 2 and all(n.startswith("retrieval-upload") for n, _ in met), met
 
@@ -155,14 +148,7 @@ def test_concurrent_uploads_leave_pillows_settings_as_they_were(served):
     from PIL import Image
 
     show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
-    data = served["query"].read_bytes()
-    with Server(create_app(served["index"])) as url:
-        def one(_: int) -> int:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
-
-        with ThreadPoolExecutor(16) as pool:
-            assert list(pool.map(one, range(48))) == [200] * 48
+    assert _searches_at_once(served, clients=16, searches=48) == [200] * 48
     assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
 
 
@@ -188,6 +174,19 @@ def test_concurrent_pictures_leave_pillows_settings_as_they_were(served):
         with ThreadPoolExecutor(16) as pool:
             assert list(pool.map(one, range(4 * len(paths)))) == [200] * (4 * len(paths))
     assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
+
+
+def _searches_at_once(served, *, clients: int, searches: int) -> list[int]:
+    """The status codes of `searches` searches of the query, sent by `clients` clients at once to a
+    server on a real socket."""
+    data = served["query"].read_bytes()
+    with Server(create_app(served["index"])) as url:
+        def one(_: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
+
+        with ThreadPoolExecutor(clients) as pool:
+            return list(pool.map(one, range(searches)))
 
 
 def test_read_bytes_is_read_file_without_the_file(served):
