@@ -6,7 +6,20 @@ from pathlib import Path
 
 
 class RetrievalError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose.
+
+    `str(e)` is one line that reads the same to a Python caller and at the command line: what is
+    wrong and, after `fix:`, what to do, in words that fit both (`fix` holds that part alone).
+    `command`, when set, is the fix's command-line form (`retrieve index DIR --index ix`): the CLI's
+    error boundary adds it to the line; a Python caller does the same through the API (docs/api.md).
+    Both are kept when the error is pickled (Ray workers' errors read the same)."""
+
+    def __init__(self, *args: object, fix: str | None = None, command: str | None = None) -> None:
+        self.fix = fix
+        self.command = command
+        if fix is not None and args:
+            args = (f"{args[0]}; fix: {fix}", *args[1:])
+        super().__init__(*args)
 
 
 UNREADABLE = "cannot read the file"  # a refusal for access (permissions, I/O), not content: retried each run
@@ -18,8 +31,7 @@ class BadImageError(RetrievalError):
     def __init__(self, path: str | Path, reason: str, *, fix: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
-        self.fix = fix or "re-save it as JPEG or PNG, or leave it out"
-        super().__init__(f"{self.path}: {reason}; fix: {self.fix}")
+        super().__init__(f"{self.path}: {reason}", fix=fix or "re-save it as JPEG or PNG, or leave it out")
 
     @classmethod
     def unreadable(cls, path: str | Path, e: OSError) -> BadImageError:
@@ -30,7 +42,7 @@ class BadImageError(RetrievalError):
         return (_bad_image, (self.path, self.reason, self.fix))
 
 
-def _bad_image(path: str, reason: str, fix: str) -> BadImageError:
+def _bad_image(path: str, reason: str, fix: str | None) -> BadImageError:
     return BadImageError(path, reason, fix=fix)
 
 

@@ -45,3 +45,22 @@ def test_verbose_shows_our_debug_lines_and_not_other_libraries(tmp_path):
     synth_photo(98, (160, 120)).save(photos / "newer.png")
     r = _index(photos, ix, "-vv")
     assert "STREAM" in r.stderr and "debug: vector index built" in r.stderr, r.stderr
+
+
+def test_a_settings_mismatch_names_only_what_differs(tmp_path):
+    """An index made at --size 112 asked for 224 and --multiscale: one line naming each difference as
+    "size 112 in the index, 224 asked", not two settings dicts to compare by eye; nothing changed."""
+    photos = tmp_path / "photos"
+    make_folder(photos, range(2))
+    ix = tmp_path / "ix"
+    _index(photos, ix)
+    before = (ix / "store.sqlite").read_bytes()
+    args = [a if a != "112" else "224" for a in TINY_ARGS]
+    r = run("index", str(photos), "--index", str(ix), *args, "--multiscale")
+    lines = error_lines(r)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert ("other settings: pooling.scales 1 in the index, 1,0.707107,1.41421 asked; size 112 in the index, 224 "
+            "asked; fix:") in lines[0], lines[0]
+    assert "{" not in lines[0] and "fix: keep the index's settings, or use another index folder" in lines[0]
+    assert lines[0].endswith("(`--index FOLDER`)"), lines[0]
+    assert (ix / "store.sqlite").read_bytes() == before

@@ -115,10 +115,10 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            _error_line(str(e))
+            _error_line(_said(e))
             raise typer.Exit(2) from None
         except RetrievalError as e:
-            _error_line(str(e))
+            _error_line(_said(e))
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
             raise
@@ -133,6 +133,12 @@ def _errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _said(e: RetrievalError) -> str:
+    """The error's line, with its fix's command-line form when it has one (errors.RetrievalError):
+    `...; fix: give the original weights file (`--weights FILE`)`."""
+    return f"{e} (`{e.command}`)" if e.command else str(e)
 
 
 def _print_version(value: bool) -> None:

@@ -34,6 +34,7 @@ from ..store import PathFilter, Store
 from ..types import Box, Skipped, shown
 from . import derived, settings
 from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
+from .info import IndexInfo, gather
 from .plan import Exclusions, emptied_roots, plan_update
 from .search import Query, SearchResult, search, stored_local
 
@@ -64,6 +65,15 @@ class UpdateSummary:
 
 
 class Index:
+    """One index folder, opened: its SQLite store (the truth), whitening and FAISS vectors (derived).
+
+    Open it with `Index.open(path)` (an existing index) or `Index.open_or_create(path, settings)`,
+    and use it as a context manager, or call `close()`. `update(folders)` indexes new and changed
+    files and forgets deleted ones; `search(image, SearchOptions(...))` returns a `SearchResult`;
+    `remove(paths)`, `count()` and `info()` need no model. Errors are `retrieval.RetrievalError`s
+    (docs/api.md). One writer at a time per folder: `update` and `remove` hold its lock file.
+    """
+
     def __init__(self, path: str | Path, store: Store, config: EngineConfig, *, weights: str | None = None,
                  device: str | None = None) -> None:
         """Use `open` or `open_or_create`. weights / device: this run's choice of where the
@@ -86,7 +96,8 @@ class Index:
         path = index_folder(path)
         db = path / STORE_FILE
         if not db.is_file():
-            raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
+            raise RetrievalError(f"no index at {path}", fix="index a folder of photos into it first, or give the folder "
+                                 "that holds one", command=f"retrieve index DIR --index {shlex.quote(str(path))}")
         store = Store(db)
         try:
             config = settings.stored_config(store, path)
@@ -117,6 +128,8 @@ class Index:
         return cls(path, store, config)
 
     def close(self) -> None:
+        """Close the store (the `with` block does it). The Index cannot be used afterwards; anything
+        `update` or `remove` did is already committed."""
         self.store.close()
 
     def __enter__(self) -> Index:
@@ -178,9 +191,8 @@ class Index:
         elif known != weights_id:
             raise ArtifactMismatchError(
                 f"weights {weights or cfg.weights or 'official ' + cfg.name} ({weights_id[:20]}...) differ "
-                f"from those the index at {self.path} was built with ({known[:20]}...); pass the original "
-                f"file with --weights"
-            )
+                f"from those the index at {self.path} was built with ({known[:20]}...)",
+                fix="give the original weights file", command="--weights FILE")
 
     def fingerprint(self, weights_id: str | None = None) -> str:
         return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
@@ -199,7 +211,7 @@ class Index:
         from .descriptors import embed_queries
 
         if bbox is not None and len(paths) != 1:
-            raise UsageError("a box crops one query image; pass one image with --bbox")
+            raise UsageError("a box crops one query image", fix="give a single query image with the box")
         return embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
 
     def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
@@ -246,8 +258,8 @@ class Index:
             rows = {row.path: row for row in self.store.rows(under=under) if row.path not in keep}
             for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
                 raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
-                                     f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
-                                     f"`retrieve remove {shlex.quote(shown(root))}`")
+                                     f"drive not mounted?); nothing was changed", fix="mount it, or remove the folder "
+                                     "from the index", command=f"retrieve remove {shlex.quote(shown(root))}")
             plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes, verify=verify,
                                on_hashed=on_hashed, should_stop=should_stop)
             if plan.deletes or plan.touches:
@@ -384,7 +396,8 @@ class Index:
         """`search` for several query files, embedded together in batched forward passes (a box
         applies to a single query only). Raises BadImageError for the first unusable query."""
         if self.store.count("ok") == 0:
-            raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
+            raise RetrievalError(f"the index at {self.path} holds no images", fix="index a folder of photos into it "
+                                 "first", command=f"retrieve index DIR --index {shlex.quote(str(self.path))}")
         return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -447,30 +460,11 @@ class Index:
         """How many images are indexed (refused files not counted)."""
         return self.store.count("ok")
 
-    def info(self) -> dict[str, Any]:
-        w = self.whitening()
-        files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
-        vec_meta: dict[str, Any] = {"fresh": False}
-        try:
-            head = derived.read_vectors(self.store, self.config, self.path, header_only=True)
-            vec_meta = {"fresh": True, "kind": head["kind"], "vectors": head["ntotal"], "dim": head["dim"]}
-        except ArtifactMismatchError:
-            pass
-        return {
-            "index": str(self.path.resolve()),
-            "images": self.store.count("ok"),
-            "skipped": [{"path": p, "reason": r} for p, r in self.store.skipped()],
-            "excluded": self.exclusions().to_meta(),
-            "config": self.config.to_dict(),
-            "weights_id": self.store.get_meta("weights_id"),
-            "fingerprint": self.fingerprint(),
-            "schema_version": self.store.schema_version,
-            "generation": self.store.generation,
-            "whitening": None if w is None else {"fitted_on": w.fitted_on, "dim_in": w.dim_in, "dim_out": w.dim_out},
-            "vector_index": vec_meta,
-            "bytes_on_disk": sum(files.values()),
-            "files": files,
-        }
+    def info(self) -> IndexInfo:
+        """The index's state: counts, refused and excluded files, settings, derived artefacts, files
+        on disk (engine/info.py; `.to_dict()` is what `retrieve info --json` prints). No model."""
+        return gather(self.path, self.store, self.config, whitening=self.whitening(), exclusions=self.exclusions(),
+                      fingerprint=self.fingerprint())
 
 
 def _same_bytes(path: str, sha256: str) -> bool:

@@ -147,7 +147,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         return _JSON({"status": "ok", "images": await census.count(), "busy_s": round(thread.busy_s, 3)})
 
     async def info(request: Request) -> Response:
-        return _JSON(await thread.call(lambda idx: idx.info()))
+        return _JSON(await thread.call(lambda idx: idx.info().to_dict()))
 
     async def search(request: Request) -> Response:
         length = request.headers.get("content-length")
