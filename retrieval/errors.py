@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 
@@ -80,9 +81,9 @@ class SchemaVersionError(RetrievalError):
 class StoreError(RetrievalError):
     """The index's SQLite store cannot be used as it is: damaged, locked, read-only, unopenable."""
 
-    def __init__(self, path: str | Path, message: str) -> None:
+    def __init__(self, path: str | Path, message: str, *, fix: str | None = None, command: str | None = None) -> None:
         self.path = str(path)
-        super().__init__(message)
+        super().__init__(message, fix=fix, command=command)
 
 
 class StoreCorruptError(StoreError):
@@ -92,9 +93,10 @@ class StoreCorruptError(StoreError):
         self.detail = detail
         folder = Path(path).parent
         super().__init__(
-            path,
-            f"{path} is damaged ({detail}); run `retrieve check --index {folder}` to see what is wrong, then restore "
-            f"a copy made with `retrieve backup` or index the folders again into a new --index",
+            path, f"{path} is damaged ({detail})",
+            fix="check the index to see what is wrong, then restore a backup of its store, or index the folders "
+                "again into a new index folder",
+            command=f"retrieve check --index {shlex.quote(str(folder))}",
         )
 
 

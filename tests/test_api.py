@@ -209,3 +209,24 @@ def test_the_quick_start_shows_a_cpu_only_install():
     assert steps[1] == ".venv/bin/pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
     assert steps[2] == ".venv/bin/pip install ."
     assert "GB" in quick.split(cpu[0], 1)[1].removeprefix("```\n").split("```", 1)[0]  # says what it saves
+
+
+def test_the_api_page_lists_every_settings_key_with_its_default():
+    """docs/api.md's settings table has one row per EngineConfig key, with the default config.py
+    gives it (defaults live in code: the page cannot drift from it)."""
+    from retrieval.config import EngineConfig
+
+    def flat(d: dict[str, typing.Any], prefix: str = "") -> dict[str, typing.Any]:
+        out: dict[str, typing.Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    table = API_DOC.read_text().split("\n## Settings keys\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| (.*?) \|", table, re.M))
+    defaults = flat(EngineConfig().to_dict())
+    assert set(rows) == set(defaults), sorted(set(rows) ^ set(defaults))
+    for key, default in defaults.items():
+        shown = rows[key].strip("`")
+        expected = str(list(default)) if isinstance(default, tuple) else str(default)
+        assert shown == expected, (key, shown, expected)
