@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval import Index, IndexInfo, RetrievalError
+from retrieval import Index, IndexInfo, RetrievalError, SearchOptions
 from retrieval.errors import ArtifactMismatchError, UsageError
 
 from .conftest import ROOT
@@ -168,6 +168,8 @@ def test_library_errors_advise_a_program_and_the_cli_adds_the_command(tmp_path):
         with pytest.raises(UsageError, match="a box crops one query image; fix:") as e:
             idx.search_many([tmp_path / "photos" / "img_000.png"] * 2, bbox=(0, 0, 10, 10))
         _no_command_line_in(str(e.value))
+    with pytest.raises(UsageError, match=r"^k \(-k\) and rerank_k \(--rerank-k\) must be at least 1"):
+        SearchOptions(k=0)  # the key a program sets, and the option a person types
     with pytest.raises(ArtifactMismatchError) as e:
         Index.open_or_create(tmp_path / "ix", {"image": {"size": 224}})
     _no_command_line_in(str(e.value))
