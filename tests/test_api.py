@@ -232,3 +232,14 @@ def test_the_api_page_lists_every_settings_key_with_its_default():
         shown = rows[key].strip("`")
         expected = str(list(default)) if isinstance(default, tuple) else str(default)
         assert shown == expected, (key, shown, expected)
+
+
+def test_an_image_refusal_names_the_setting_and_the_option(tmp_path):
+    """A picture over the pixel budget: the fix names the key a program sets (max_pixels) beside
+    the option a person types (--max-pixels)."""
+    from retrieval import BadImageError, load_image
+
+    make_folder(tmp_path, [1])
+    with pytest.raises(BadImageError) as e:
+        load_image(tmp_path / "img_001.png", max_pixels=100)
+    assert e.value.fix == "downscale it, or raise the budget (max_pixels, --max-pixels)"
