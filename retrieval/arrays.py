@@ -1,8 +1,20 @@
-"""The numeric helper every layer needs: rows scaled to unit length. numpy, row-major (n, d)."""
+"""The numeric helpers every layer needs: rows scaled to unit length, the one PCA, and the text
+form of a stored affine map (x -> (x - mean) @ matrix: a whitening, a patch PCA). numpy, row-major (n, d)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import zipfile
+from typing import Any
+
 import numpy as np
+
+from .errors import ArtifactMismatchError
+
+# what base64 and np.load raise over text that is not a base64 npz of plain arrays
+_UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error)
 
 
 def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -34,3 +46,31 @@ def principal_axes(x: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.
     eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(k)])
     return mean, eigvec * np.where(signs == 0, 1.0, signs), eigval
+
+
+def npz_text(**arrays: Any) -> str:
+    """Arrays as base64 npz text, for a JSON value (read back by `affine_from_text`)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def affine_from_text(text: Any, *, matrix: str, what: str, scalars: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays `npz_text` wrote for an affine map: "mean" (d,) and `matrix` (d, k), k >= 1, both
+    finite (returned float32), and the 0-d arrays named in `scalars`. ArtifactMismatchError "`what`
+    ..." saying what is wrong otherwise."""
+    if not isinstance(text, str):
+        raise ArtifactMismatchError(f"{what} is not one this program writes ({type(text).__name__})")
+    try:
+        with np.load(io.BytesIO(base64.b64decode(text, validate=True))) as f:
+            out = {name: f[name] for name in ("mean", matrix, *scalars)}
+        out["mean"], out[matrix] = out["mean"].astype(np.float32), out[matrix].astype(np.float32)
+    except _UNREADABLE as e:
+        raise ArtifactMismatchError(f"{what} cannot be read ({type(e).__name__}: {e})") from None
+    mean, m = out["mean"], out[matrix]
+    d, k = m.shape if m.ndim == 2 else (0, 0)
+    if (mean.shape != (d,) or k < 1 or not (np.isfinite(mean).all() and np.isfinite(m).all())
+            or any(out[name].shape != () for name in scalars)):
+        raise ArtifactMismatchError(f"{what}'s arrays are damaged (mean {mean.shape}, {matrix} {m.shape}, or values "
+                                    f"that are not finite)")
+    return out

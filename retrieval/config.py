@@ -132,7 +132,7 @@ class EngineConfig:
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     batch_size: int = 16
-    workers: int | None = None  # decoder processes; None: cores - 1
+    workers: int | None = None  # decoder processes; 0: threads between forward passes; None: engine.default_workers
     decode: str = "auto"  # where plain JPEGs are decoded: auto (the GPU when the model runs on one) | cpu | gpu
 
     def __post_init__(self) -> None:

@@ -6,17 +6,21 @@ grid). Patches are chosen by *distinctiveness*, their distance from the mean pat
 projection: uniform regions (sky, walls, backgrounds) sit near the mean and match everything,
 so they are the first to go. More patches or dimensions help small objects and cost linearly
 in storage and matching time.
+
+What an index stores, each with one writer and one reader here, used by the engine and by
+`retrieve check` alike: the patch PCA (`encode_pca` / `decode_pca`, a text meta entry) and each
+row's local descriptors (`pack` / `unpack`, two blobs whose sizes `blobs_fit` checks).
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .arrays import l2n, principal_axes
+from .arrays import affine_from_text, l2n, npz_text, principal_axes
+from .errors import ArtifactMismatchError
 
 DEFAULT_PATCHES = 224
 DEFAULT_DIM = 64
@@ -38,15 +42,22 @@ class LocalPCA:
         y = (np.asarray(patches, np.float32) - self.mean) @ self.components
         return l2n(y)
 
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, components=self.components)
-        return buf.getvalue()
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LocalPCA:
-        with np.load(io.BytesIO(data)) as f:
-            return cls(f["mean"].astype(np.float32), f["components"].astype(np.float32))
+def encode_pca(pca: LocalPCA) -> str:
+    """The patch PCA as an index stores it: its npz as base64 text."""
+    return npz_text(mean=pca.mean, components=pca.components)
+
+
+def decode_pca(text: Any, *, dim_in: int | None = None) -> LocalPCA:
+    """`encode_pca`'s text, checked: readable, finite, mean (d,) and components (d, k) with k >= 1,
+    and (when given) taking `dim_in`-d tokens. ArtifactMismatchError saying what is wrong otherwise
+    (a phrase: "the patch PCA ...")."""
+    a = affine_from_text(text, matrix="components", what="the patch PCA")
+    pca = LocalPCA(a["mean"], a["components"])
+    d = pca.components.shape[0]
+    if dim_in is not None and d != dim_in:
+        raise ArtifactMismatchError(f"the patch PCA takes {d}-d tokens but the model makes {dim_in}-d ones")
+    return pca
 
 
 MIN_FIT_PATCHES = 4 * DEFAULT_DIM  # fit the index's PCA only once this many patch tokens are in hand
@@ -121,7 +132,21 @@ def pack(f: LocalFeatures) -> tuple[bytes, bytes]:
     return np.ascontiguousarray(f.feats, np.float16).tobytes(), rc.tobytes()
 
 
+def blobs_fit(feats: int | None, coords: int | None, grid: tuple[int | None, int | None], dim: int) -> bool:
+    """Whether blobs of these sizes in bytes can be `pack`'s for a grid and a PCA of `dim`
+    dimensions: n patches, 1 <= n <= the grid's, feats n x dim fp16 and coords n x 2 uint16."""
+    h, w = grid
+    if feats is None or coords is None or h is None or w is None or h < 1 or w < 1:
+        return False
+    n, rest = divmod(coords, 4)
+    return rest == 0 and 0 < n <= h * w and feats == n * dim * 2
+
+
 def unpack(feats: bytes, coords: bytes, grid: tuple[int, int], dim: int) -> LocalFeatures:
+    """Inverse of `pack`; ArtifactMismatchError for blobs that do not fit (`blobs_fit`)."""
+    if not blobs_fit(len(feats), len(coords), grid, dim):
+        raise ArtifactMismatchError(f"local descriptors of {len(feats)} + {len(coords)} bytes do not fit a "
+                                    f"{grid[0]}x{grid[1]} grid and the patch PCA's {dim} dimensions")
     f = np.frombuffer(feats, np.float16).reshape(-1, dim)
     rc = np.frombuffer(coords, np.uint16).reshape(-1, 2).astype(np.float32)
     return LocalFeatures(f, np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1), grid)

@@ -41,12 +41,10 @@ log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048  # the most results FAISS's GPU k-selection returns; larger k search on the host
 AUTO_EXACT_MAX = 1_000_000  # exact search up to this many vectors (scripts/bench_query.py, docs/throughput.md)
-# ivfpq (docs/index.md, measured with scripts/bench_query.py: docs/throughput.md)
+# ivfpq (docs/index.md; chosen by scripts/bench_query.py --ivfpq-sweep, whose recall and latency
+# at each setting are in docs/throughput.md, "Compressed index", and the reasons in docs/decisions.md)
 PQ_DIMS, PQ_BYTES_MAX = 4, 256  # PQ: one 8-bit code per 4 dimensions (768-d: 192 bytes), at most 256 bytes
-# ivfpq search: nprobe 1024 of ~2 sqrt(n) lists, and a shortlist of max(40 k, 2000) re-scored exactly.
-# At 2M 768-d vectors, 4-dim codes keep 0.977 of the true top 10 (0.974 from 1,000, 0.978 from
-# 8,000; nprobe 768: 0.970, 512: 0.950), where 8-dim (96-byte) codes kept 0.88 from 2,000 and
-# 0.952 from 8,000 (scripts/bench_query.py --ivfpq-sweep, docs/throughput.md, docs/decisions.md)
+# ivfpq search: nprobe 1024 of ~2 sqrt(n) lists, and a shortlist of max(40 k, 2000) re-scored exactly
 IVFPQ_NPROBE = 1024
 RESCORE_FACTOR, RESCORE_MIN = 40, 2000
 NLIST_MAX = 65_536
@@ -55,8 +53,8 @@ EXACT_MAGIC = b"RETRIEVAL-EXACT1"
 EXACT_HEADER = 4096  # bytes before the first float row of an exact-vectors file
 # each EXACT_BLOCK bytes of its rows have a CRC32, kept in the saved index. Opening verifies every
 # block of a file of up to VERIFY_ALL_MAX bytes of rows, and VERIFY_SAMPLE blocks picked at random of a
-# larger one (crc32 reads 6.4 GB/s from the page cache on 2 cores: 0.5 s at 1M 768-d vectors, minutes
-# at 1B); `retrieve check` verifies every block (docs/index.md, "Damage and recovery")
+# larger one (what verifying all of them would cost: docs/index.md, "Checksums of vectors.f32");
+# `retrieve check` verifies every block (docs/index.md, "Damage and recovery")
 EXACT_BLOCK = 1 << 20
 VERIFY_ALL_MAX = 1 << 30
 VERIFY_SAMPLE = 32
@@ -205,7 +203,7 @@ class TorchExact:
     """Exact inner-product search as matrix products on a torch device: the GPU path.
 
     Exact search needs nothing beyond PyTorch, which is installed for the model and runs on every
-    GPU it supports (1.04 ms a query at 1M vectors on an H200, docs/throughput.md); FAISS's GPU
+    GPU it supports (its speed: docs/throughput.md, "Exact search on the GPU"); FAISS's GPU
     build (`retrieval[gpu]`, faiss_gpu.probe) is used for IVF indexes only.
     Scores are fp32 products (TF32 stays off, PyTorch's default), so results equal FAISS's up to
     float rounding and the order of exact ties.
@@ -320,14 +318,14 @@ def build_chunked(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndar
     elif chosen == "hnsw":
         inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = 80
-        inner.hnsw.efSearch = 512  # recall@10 0.46 at 128, 0.84 at 512 (scripts/bench_query.py, 100k)
+        inner.hnsw.efSearch = 512  # raised from 128 for recall (scripts/bench_query.py: docs/throughput.md, "Query")
     else:  # ivf
         nlist = _nlist("ivf", n)
         quantizer = faiss.IndexFlatIP(dim)
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         if n:
             inner.train(_as_vectors(sample, dim, "training"))
-        inner.nprobe = min(nlist, 64)  # recall@10 0.86 at 16, 0.985 at 64 (scripts/bench_query.py, 100k)
+        inner.nprobe = min(nlist, 64)  # raised from 16 for recall (scripts/bench_query.py: docs/throughput.md, "Query")
     index = faiss.IndexIDMap2(inner)
     added = 0
     for chunk_ids, xb in chunks:

@@ -78,7 +78,7 @@ def timed(q: Query, store: Store, vec: Counted, k: int, repeats: int) -> tuple[f
         for _ in range(repeats):
             vec.calls, looks[0] = 0, 0
             t0 = time.perf_counter()
-            search(q, store=store, vec=vec, whitening=None, candidates=lambda ids, pca: {}, options=SearchOptions(k=k))  # type: ignore[arg-type]
+            search(q, store=store, vec=vec, whitening=None, options=SearchOptions(k=k))  # type: ignore[arg-type]
             times.append(time.perf_counter() - t0)
     finally:
         os.path.isfile, os.path.exists = real

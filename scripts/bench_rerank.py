@@ -50,7 +50,7 @@ def main() -> None:
             embed, plain, reranked = [], [], []
             for q in files[: args.queries]:
                 t0 = time.perf_counter()
-                idx.query_tokens(q)
+                idx.queries([q])
                 embed.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 idx.search(q, SearchOptions(k=10))

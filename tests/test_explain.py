@@ -55,7 +55,8 @@ def test_rerank_reorders_only_by_its_score(tmp_path):
         assert reranked.reranked and all(h.inliers is not None for h in reranked.hits)
         by_id = {h.id: h for h in plain.hits}
         # inlier counts computed here, independently of search(): stored local features vs the query's
-        _, q_patches, q_grid = idx.query_tokens(files[4])
+        query = idx.queries([files[4]])[0]
+        q_patches, q_grid = query.patches, query.grid
         pca = idx.local_pca()
         stored = idx.store.local([h.id for h in plain.hits])
         inl = {}

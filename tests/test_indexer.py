@@ -104,7 +104,7 @@ def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
         # search == brute force over whitened stored descriptors
         ids, raw = idx.store.descriptors()
         q = photos / "img_005.png"
-        xq = w.apply(idx.embed_query(q))
+        xq = w.apply(idx.queries([q])[0].raw)
         order = np.argsort(-(w.apply(raw) @ xq[0]))[:5]
         hits = idx.search(q, SearchOptions(k=5)).hits
         assert [h.id for h in hits] == list(ids[order])
@@ -237,8 +237,8 @@ def test_bbox_query_equals_cropped_file(tmp_path):
     Image.open(files[1]).crop((20, 10, 150, 120)).save(crop)
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
-        a = idx.embed_query(files[1], bbox=(20, 10, 150, 120))
-        b = idx.embed_query(crop)
+        a = idx.queries([files[1]], bbox=(20, 10, 150, 120))[0].raw
+        b = idx.queries([crop])[0].raw
         np.testing.assert_allclose(a, b, atol=1e-6)
         assert ranking(idx, [crop]) == [[(h.path, h.score) for h in idx.search(files[1], bbox=(20, 10, 150, 120)).hits]]
 
@@ -438,7 +438,7 @@ def test_query_is_embedded_like_the_database(tmp_path):
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "image": {"size": 224}}) as idx:
         idx.update([photos])
         _, stored = idx.store.descriptors()
-        np.testing.assert_allclose(idx.embed_query(big), stored, atol=1e-5)
+        np.testing.assert_allclose(idx.queries([big])[0].raw, stored, atol=1e-5)
 
 
 def test_wrong_weights_path_is_refused_not_saved(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.config import SearchOptions
-from retrieval.engine import Index
+from retrieval.engine import Index, update
 from retrieval.errors import RetrievalError
 from retrieval.engine.commit import LOCAL_PCA_FILES
 
@@ -42,15 +42,15 @@ def watch_held(monkeypatch) -> list[int]:
     came out before are held in memory uncommitted (results given minus rows in the store)."""
     held: list[int] = []
     given = [0]
-    embedded = Index._embedded
+    embedded = update.embedded_here
 
-    def watched(self, paths, pca):
-        for group in embedded(self, paths, pca):
-            held.append(given[0] - self.store.count())
+    def watched(model, paths, pca):
+        for group in embedded(model, paths, pca):
+            held.append(given[0] - model.store.count())
             given[0] += len(group)
             yield group
 
-    monkeypatch.setattr(Index, "_embedded", watched)
+    monkeypatch.setattr(update, "embedded_here", watched)
     return held
 
 
@@ -86,15 +86,15 @@ def test_the_sample_held_when_embedding_fails_is_saved(tmp_path, monkeypatch):
     back, the patch-PCA sample held in memory included, as the error says."""
     photos = tmp_path / "photos"
     make_folder(photos, range(10), size=(64, 48))
-    embedded = Index._embedded
+    embedded = update.embedded_here
 
-    def fails(self, paths, pca):
-        for i, group in enumerate(embedded(self, paths, pca)):
+    def fails(model, paths, pca):
+        for i, group in enumerate(embedded(model, paths, pca)):
             if i == 2:
                 raise RetrievalError("2 files did not come back; what came back is saved")
             yield group
 
-    monkeypatch.setattr(Index, "_embedded", fails)
+    monkeypatch.setattr(update, "embedded_here", fails)
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         with pytest.raises(RetrievalError, match="did not come back"):
             idx.update([photos])
@@ -111,21 +111,21 @@ PAUSING_CHILD = """
 import sys, time
 from pathlib import Path
 from retrieval.cli import app
-from retrieval.engine import Index
+from retrieval.engine import update
 from retrieval.types import Skipped
 
 marker, after = Path(sys.argv[1]), int(sys.argv[2])
-embedded, seen = Index._embedded, [0]
+embedded, seen = update.embedded_here, [0]
 
-def paused(self, paths, pca):
-    for group in embedded(self, paths, pca):
+def paused(model, paths, pca):
+    for group in embedded(model, paths, pca):
         yield group
         seen[0] += sum(not isinstance(r, Skipped) for r in group)
         if seen[0] >= after:
             marker.write_text(str(seen[0]))
             time.sleep(600)
 
-Index._embedded = paused
+update.embedded_here = paused
 sys.argv = ["retrieve", *sys.argv[3:]]
 app()
 """

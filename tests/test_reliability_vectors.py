@@ -146,7 +146,7 @@ def test_mostly_gone_results_cost_a_few_rounds_and_one_look_per_file(tmp_path, m
     looks = []
     real = os.path.isfile
     monkeypatch.setattr(os.path, "isfile", lambda p: looks.append(p) or real(p))
-    r = s.search(q, store=store, vec=vec, whitening=None, candidates=lambda ids, pca: {}, options=SearchOptions(k=10))
+    r = s.search(q, store=store, vec=vec, whitening=None, options=SearchOptions(k=10))
     assert vec.calls == 5 and len(looks) == len(set(looks)) == 2000 and store.asked == 2000
     assert [h.id for h in r.hits] == [last] and len(r.gone) == 1999 and r.looked_at is None
 
@@ -156,7 +156,7 @@ def test_the_rounds_are_capped_and_the_result_says_how_far_it_looked(tmp_path, m
 
     monkeypatch.setattr(s, "GONE_ROUNDS", 3)
     vec, q, _ = _all_but_one_gone(tmp_path)
-    r = s.search(q, store=_Paths(tmp_path), vec=vec, whitening=None, candidates=lambda ids, pca: {}, options=SearchOptions(k=10))
+    r = s.search(q, store=_Paths(tmp_path), vec=vec, whitening=None, options=SearchOptions(k=10))
     assert r.hits == () and r.looked_at == 160 and len(r.gone) == 160 and vec.calls == 3
 
 

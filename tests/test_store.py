@@ -164,3 +164,35 @@ def test_lookups_by_id_past_sqlite_variable_limit(store):
     many = list(range(10**6, 10**6 + 40_000)) + ids  # unknown ids first, the real ones in a later part
     assert store.paths(many) == {i: f"/a/{n}.jpg" for n, i in enumerate(ids)}
     assert set(store.local(many)) == set(ids)
+
+
+def test_size_of_an_indexed_image_and_commits_by_others(store):
+    """What serve asks of the store without SQL of its own: an indexed image's size (None for a
+    refused file or an unknown id), and a counter that moves when another connection commits."""
+    store.apply([Upsert("/a.jpg", 10, 1, "h", "ok", width=640, height=480, descriptor=np.ones(4, np.float32)),
+                 Upsert("/b.jpg", 10, 1, None, "skipped", "not an image")])
+    ids = {p: i for i, p in store.paths(range(1, 10)).items()}
+    assert store.size_of(ids["/a.jpg"]) == (640, 480)
+    assert store.size_of(ids["/b.jpg"]) is None and store.size_of(10**6) is None
+    seen = store.commits()
+    store.set_meta(x=1)  # its own commit: unseen, as SQLite's data_version is
+    assert store.commits() == seen
+    with Store(store.path) as other:
+        other.set_meta(x=2)
+    assert store.commits() != seen
+
+
+def test_descriptors_of_another_size_are_refused_by_every_reader(store):
+    """The store's one descriptor reader: a row whose blob is not as long as the others' is a
+    StoreCorruptError naming its id, whichever way the descriptors are read."""
+    from retrieval.errors import StoreCorruptError
+
+    store.apply([Upsert(f"/{i}.jpg", 1, 1, str(i), "ok", descriptor=np.full(4, i, np.float32)) for i in range(5)])
+    ids, x = store.descriptors()
+    assert x.shape == (5, 4) and x[:, 0].tolist() == [0, 1, 2, 3, 4]
+    short = int(ids[3])
+    store.db.execute("UPDATE images SET descriptor = substr(descriptor, 1, 12) WHERE id = ?", [short])
+    for read in (store.descriptors, lambda: store.descriptors_of(ids), lambda: list(store.descriptors_chunks(2))):
+        with pytest.raises(StoreCorruptError, match=f"descriptors of ids {short} are not 16-byte"):
+            read()
+    np.testing.assert_array_equal(store.descriptors_of(ids[:3]), x[:3])

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from .. import engine  # engine: names load on first use (torch only for commands that embed)
-from ..config import BackboneConfig, default_index_dir
+from ..config import BackboneConfig, EngineConfig, default_index_dir
 from ..errors import RetrievalError, UsageError
 from ..types import shown
 
@@ -88,6 +88,7 @@ Weights = Annotated[
     typer.Option("--weights", help="Local checkpoint, official .pth key layout or safetensors "
                                    "(default: the official file, cached in the torch hub folder)."),
 ]
+DEFAULTS = EngineConfig()  # what help strings name as the defaults: config.py's values, never written here
 SIZE_HELP = ("Longer image side in pixels, a multiple of the patch size; others are rounded to the nearest one "
              "(500 -> 504), for DINOv3's patch 16 to 496")
 Size = Annotated[int, typer.Option("--size", help=f"{SIZE_HELP}.")]

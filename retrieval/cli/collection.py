@@ -19,7 +19,7 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..errors import RetrievalError
 from ..types import parse_box, shown
-from .app import (SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
+from .app import (DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
 
 
@@ -31,35 +31,36 @@ def index(
     config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone, fixed when the index is created "
                                                                    "(default: the index's, else "
-                                                                   "dinov2_vits14).")] = None,
+                                                                   f"{DEFAULTS.backbone.name}).")] = None,
     weights: Weights = None,
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
                                                             f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
-                                                              "(default: the index's, else 16).")] = None,
+                                                              f"(default: the index's, else {DEFAULTS.batch_size}).")] = None,
     workers: Workers = None,
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "
                                                                 "model runs on one), cpu or gpu "
-                                                                "(default: the index's, else auto).")] = None,
+                                                                f"(default: the index's, else {DEFAULTS.decode}).")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, bf16 or fp16, or auto: bf16 where the "
                                                               "hardware computes it natively, else fp32; fixed when "
                                                               "the index is created (default: the index's, else "
-                                                              "auto).")] = None,
+                                                              f"{DEFAULTS.backbone.dtype}).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem; fixed when the index is "
                                                                   "created (default: the index's, else "
-                                                                  "cls+gem).")] = None,
+                                                                  f"{DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
     kind: Annotated[str | None, typer.Option("--index-kind", help="auto, flat, ivf, hnsw or ivfpq "
-                                                                  "(default: the index's, else auto).")] = None,
+                                                                  f"(default: the index's, else {DEFAULTS.index.kind}).")] = None,
     dba: Annotated[int | None, typer.Option("--dba", help="Database-side augmentation with K neighbours, 0: off "
-                                                          "(default: the index's, else 0).")] = None,
+                                                          f"(default: the index's, else {DEFAULTS.index.dba}).")] = None,
     whiten_dim: Annotated[int | None, typer.Option("--whiten-dim", help="Reduce whitened descriptors to this "
                                                                           "dimension, 0: keep all (default: the "
-                                                                          "index's, else 0).")] = None,
+                                                                          f"index's, else {DEFAULTS.whitening.dim or 0}).")] = None,
     whitening: Annotated[bool | None, typer.Option("--whitening/--no-whitening",
                                                    help="PCA-whiten once there are enough images, or L2 only "
-                                                        "(default: the index's, else --whitening).")] = None,
+                                                        "(default: the index's, else "
+                                                        f"--{'' if DEFAULTS.whitening.enabled else 'no-'}whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read and hash every indexed file, not only those whose "
@@ -86,7 +87,7 @@ def index(
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
-    engine.index_roots(folders)  # a mistyped folder creates no index
+    roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -106,10 +107,8 @@ def index(
                 hashing.append(bar.add_task("hashing", total=total))
             bar.update(hashing[0], completed=done, total=total)
 
-        summary = idx.update(folders, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed)
-        if refit_whitening:  # the summary says whitened when a whitening was fitted in this run
-            summary.whitened = idx.refresh(refit=True) is not None
+        summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
+                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening)
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
@@ -192,7 +191,9 @@ def _print_hits(result: Any, *, title: Text | None) -> None:
     (at least rerank.MIN_INLIERS), then by global similarity: both shown, in that order."""
     if result.reranked:
         columns = ["rank", "inliers", "similarity"]
-        caption = "ordered by verified patch matches (inliers; fewer than 6 count as none), then similarity"
+        from ..rerank import MIN_INLIERS
+
+        caption = f"ordered by verified patch matches (inliers; fewer than {MIN_INLIERS} count as none), then similarity"
     else:
         columns, caption = ["rank", "similarity"], None
     table = Table(*columns, Column("path", overflow="fold"), box=None, title=title, title_justify="left",

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import benchmarks, engine
 from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
-from .app import SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
+from .app import DEFAULTS, SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
@@ -32,16 +32,16 @@ def eval_(
     index: Annotated[Path | None, typer.Option("--index", help="Index folder for the database (default: a cache per setup).")] = None,
     config: ConfigFile = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone short name, see `retrieve models` "
-                                                                    "(default: the config's, else dinov2_vits14).")] = None,
+                                                                    f"(default: the config's, else {DEFAULTS.backbone.name}).")] = None,
     weights: Weights = None,
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP} (default: the config's, else {DEFAULT_SIZE}).")] = None,
-    pooling: Annotated[str | None, typer.Option("--pooling", help="cls+gem, cls or gem (default: the config's, else cls+gem).")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help=f"cls+gem, cls or gem (default: the config's, else {DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass (default: the config's, else 16).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help=f"Images per forward pass (default: the config's, else {DEFAULTS.batch_size}).")] = None,
     workers: Workers = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, auto, or bf16 / fp16 autocast (default: the config's, "
-                                                              "else fp32).")] = None,
+                                                              f"else {eval_defaults()['backbone']['dtype']}).")] = None,
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use whole query images instead of their boxes.")] = False,
     whiten_from: Annotated[str | None, typer.Option("--whiten-from", help="Learn PCA-whitening on another set "
                                                     "(name under --data, or .json), or 'self' for the test set "

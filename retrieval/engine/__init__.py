@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "Index": "index", "UpdateSummary": "index",
+    "Index": "index", "UpdateSummary": "update", "Roots": "files",
     "IndexInfo": "info", "SkippedFile": "info", "VectorIndexInfo": "info", "WhiteningInfo": "info",
     "Hit": "search", "SearchResult": "search", "Query": "search",
     "Embedding": "descriptors",
@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features
-    from .files import atomic_write, expand_inputs, index_roots, output_file
-    from .index import Index, UpdateSummary
+    from .files import Roots, atomic_write, expand_inputs, index_roots, output_file
+    from .index import Index
     from .info import IndexInfo, SkippedFile, VectorIndexInfo, WhiteningInfo
+    from .update import UpdateSummary
     from .search import Hit, Query, SearchResult
 
 

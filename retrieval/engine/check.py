@@ -9,11 +9,8 @@ exceptions: a damaged file is what the command is for. See docs/index.md, "Damag
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import uuid
-import zipfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,21 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from .. import local
 from .. import vectors as vindex
 from .. import whitening as wh
 from ..backbone import registry
 from ..config import EngineConfig
 from ..errors import ArtifactMismatchError, RetrievalError, StoreCorruptError
 from ..local import LocalPCA
-from ..store import SCHEMA_VERSION, Store
-from .derived import vectors_fingerprint
+from ..store import SCHEMA_VERSION, Store, descriptor_bytes
+from .commit import LOCAL_PCA, stored_pca
+from .derived import WHITENING, descriptor_dim, fitted, vectors_fingerprint
 from .files import EXACT_FILE, STORE_FILE, VECTORS_FILE
 
 OK, NOTE, ERROR = "ok", "note", "error"
 NAMED = 5  # rows named per finding; the count says how many there are
 SQLITE_LINES = 20  # lines of SQLite's integrity report shown
-# what np.load, base64 and json raise over bytes that are not what they should be
-_UNREADABLE = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error)
 
 
 @dataclass(frozen=True)
@@ -147,14 +144,12 @@ def _check_store(path: Path, store: Store, found: _Findings, counts: dict[str, i
         config = _config(store, found)
         if config is None:
             return True
-        desc_dim = _descriptor_dim(config)
-        pca = _local_pca(store, config, found)
-        ids = _check_rows(store, config, desc_dim, pca, found, counts)
-        before = len(found)
-        w = _whitening(store, desc_dim, found)
-        whitening_ok = all(f.level != ERROR for f in found[before:])
-        dim = (w.dim_out if w is not None else desc_dim) if whitening_ok else None
-        _check_vectors(path, store, config, ids, dim, found)
+        desc_dim = descriptor_dim(config)
+        pca_usable, pca = _local_pca(store, config, found)
+        ids = _check_rows(store, config, desc_dim, pca, found, counts, pca_usable=pca_usable)
+        usable, w = _whitening(store, desc_dim, found)
+        if usable:  # else the vectors are not compared with it: they are rebuilt once it is refitted
+            _check_vectors(path, store, config, ids, w.dim_out if w is not None else desc_dim, found)
     return True
 
 
@@ -185,31 +180,21 @@ def _config(store: Store, found: _Findings) -> EngineConfig | None:
     return config
 
 
-def _descriptor_dim(config: EngineConfig) -> int | None:
-    """Length of a global descriptor under `config`, when its backbone is a known one."""
+def _local_pca(store: Store, config: EngineConfig, found: _Findings) -> tuple[bool, LocalPCA | None]:
+    """(usable, the patch PCA or None when there is none yet), read by the engine's own reader
+    (commit.stored_pca) for the tokens of the index's backbone, when this program knows it."""
+    readable, _ = _meta(store, LOCAL_PCA, found)
+    if not readable:
+        return False, None
     arch = registry().get(config.backbone.name)
-    if arch is None:
-        return None
-    return arch.dim * (2 if config.pooling.pooling == "cls+gem" else 1)
-
-
-def _local_pca(store: Store, config: EngineConfig, found: _Findings) -> LocalPCA | None:
-    readable, stored = _meta(store, "local_pca", found)
-    if not readable or stored is None:
-        return None
     try:
-        pca = LocalPCA.from_bytes(base64.b64decode(stored))
-    except _UNREADABLE as e:
-        found.error(f"{store.path}: the patch PCA cannot be read ({e}); restore a backup or index the folders again "
-                    f"into a new --index")
-        return None
-    arch = registry().get(config.backbone.name)
-    if arch is not None and pca.components.shape[0] != arch.dim:
-        found.error(f"{store.path}: the patch PCA takes {pca.components.shape[0]}-d tokens but {arch.name} makes "
-                    f"{arch.dim}-d ones; restore a backup or index the folders again into a new --index")
-        return None
-    found.ok(f"patch PCA: {pca.components.shape[0]} -> {pca.dim} dimensions")
-    return pca
+        pca = stored_pca(store, dim_in=None if arch is None else arch.dim)
+    except ArtifactMismatchError as e:
+        found.error(str(e))
+        return False, None
+    if pca is not None:
+        found.ok(f"patch PCA: {pca.components.shape[0]} -> {pca.dim} dimensions")
+    return True, pca
 
 
 def _named(store: Store, ids: list[int]) -> str:
@@ -219,8 +204,9 @@ def _named(store: Store, ids: list[int]) -> str:
 
 
 def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: LocalPCA | None,
-                found: _Findings, counts: dict[str, int]) -> np.ndarray:
-    """Every row's status and blob sizes; returns the ids of the indexed (ok) rows."""
+                found: _Findings, counts: dict[str, int], *, pca_usable: bool = True) -> np.ndarray:
+    """Every row's status and blob sizes (local descriptors only against a usable patch PCA);
+    returns the ids of the indexed (ok) rows."""
     ok_ids: list[int] = []
     skipped = 0
     bad_status: list[int] = []
@@ -245,8 +231,8 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
             continue  # made later, on demand (rows embedded before the patch PCA existed)
         local_rows += 1
         if pca is None:
-            local_orphans.append(r.id)
-        elif not _local_ok(r.local_feats, r.local_coords, r.grid_h, r.grid_w, pca.dim):
+            local_orphans += [r.id] if pca_usable else []  # a damaged PCA is reported once, not per row
+        elif not local.blobs_fit(r.local_feats, r.local_coords, (r.grid_h, r.grid_w), pca.dim):
             local_bad.append(r.id)
     counts.update(images=len(ok_ids), skipped=skipped)
     if bad_status:
@@ -255,7 +241,7 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
     if no_desc:
         found.error(f"{_rows(len(no_desc), 'indexed ')} no descriptor: {_named(store, no_desc)}; remove them with "
                     f"`retrieve remove PATH` and run `retrieve index` again")
-    want = None if desc_dim is None else 4 * desc_dim
+    want = None if desc_dim is None else descriptor_bytes(desc_dim)
     if want is None and by_size:  # a backbone this program does not know: the rows agree with each other
         want = Counter({size: len(i) for size, i in by_size.items()}).most_common(1)[0][0]
     wrong = sorted(i for size, rows in by_size.items() if size != want for i in rows)
@@ -277,7 +263,7 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
         found.error(f"{_rows(len(local_bad))} local descriptors that do not fit their grid or the patch PCA's "
                     f"{pca.dim if pca else '?'} dimensions: {_named(store, local_bad)}; remove them with "
                     f"`retrieve remove PATH` and run `retrieve index` again")
-    if local_rows and not local_orphans and not local_bad:
+    if local_rows and pca is not None and not local_bad:
         found.ok(f"{_rows(local_rows)} local descriptors consistent with their grids")
     return np.array(sorted(ok_ids), np.int64)
 
@@ -286,38 +272,25 @@ def _rows(n: int, kind: str = "") -> str:
     return f"{n} {kind}row has" if n == 1 else f"{n} {kind}rows have"
 
 
-def _local_ok(feats: int | None, coords: int | None, grid_h: int | None, grid_w: int | None, dim: int) -> bool:
-    """Local descriptor blobs of n patches: feats n x dim fp16, coords n x 2 uint16, n <= grid size."""
-    if feats is None or coords is None or grid_h is None or grid_w is None or grid_h < 1 or grid_w < 1:
-        return False
-    n, rest = divmod(coords, 4)
-    return rest == 0 and 0 < n <= grid_h * grid_w and feats == n * dim * 2
-
-
-def _whitening(store: Store, desc_dim: int | None, found: _Findings) -> wh.Whitening | None:
-    readable, state = _meta(store, "whitening", found)
-    if not readable or not state or state.get("data") is None:
-        if readable:
-            found.ok("whitening: none (descriptors are only L2-normalised)")
-        return None
-    fix = f"run `retrieve index DIR --index {store.path.parent} --refit-whitening` (refits from the stored descriptors)"
+def _whitening(store: Store, desc_dim: int | None, found: _Findings) -> tuple[bool, wh.Whitening | None]:
+    """(usable, the whitening in force): read by the engine's own reader, derived.fitted, so what
+    the engine refuses is an error here and nothing else is."""
+    readable, _ = _meta(store, WHITENING, found)
+    if not readable:
+        return False, None
     try:
-        w = wh.Whitening.from_bytes(base64.b64decode(state["data"]))
-    except _UNREADABLE as e:
-        found.error(f"{store.path}: the whitening cannot be read ({e}); {fix}")
-        return None
-    if desc_dim is not None and w.dim_in != desc_dim:
-        found.error(f"{store.path}: the whitening takes {w.dim_in}-d descriptors but the rows hold {desc_dim}-d ones; "
-                    f"{fix}")
-        return None
-    if state.get("digest") != w.digest():
-        found.error(f"{store.path}: the whitening does not match its recorded digest; {fix}")
-        return None
-    if state.get("for_data_version") != store.data_version:
+        state = fitted(store, dim_in=desc_dim)
+    except ArtifactMismatchError as e:
+        found.error(str(e))
+        return False, None
+    w = None if state is None else state.whitening
+    if state is None or w is None:
+        found.ok("whitening: none (descriptors are only L2-normalised)")
+    elif state.data_version != store.data_version:
         found.note("whitening was fitted before the rows last changed; the next `retrieve index` refits it")
     else:
         found.ok(f"whitening: PCA {w.dim_in} -> {w.dim_out}, fitted on {w.fitted_on} descriptors")
-    return w
+    return True, w
 
 
 def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarray, dim: int | None,

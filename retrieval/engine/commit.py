@@ -5,9 +5,8 @@ results become `Embedded` records, and `upserts` turns a group of them into one 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from .. import local
 from ..local import LocalPCA
 from ..store import Store, Upsert
 from ..types import ImageRef, Skipped
+from .derived import read_meta
 
 if TYPE_CHECKING:
     from .descriptors import Embedding
@@ -53,6 +53,11 @@ class Embedded:
     local_feats: bytes | None = None
     local_coords: bytes | None = None
     patches: np.ndarray | None = None
+
+
+# embed(paths, pca): the results grouped per forward batch, as the store takes them (this
+# process's embedding, engine/update.py, or Ray workers', engine/distributed.py)
+Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
 
 
 def stored(item: Embedding | Skipped) -> Embedded | Skipped:
@@ -100,9 +105,13 @@ def upserts(group: Sequence[Embedded | Skipped], refs: dict[str, ImageRef], know
     return out
 
 
-def stored_pca(store: Store) -> LocalPCA | None:
-    stored = store.get_meta("local_pca")
-    return None if stored is None else LocalPCA.from_bytes(base64.b64decode(stored))
+LOCAL_PCA = "local_pca"  # the store's meta entry of the patch PCA (local.encode_pca / decode_pca)
+
+
+def stored_pca(store: Store, *, dim_in: int | None = None) -> LocalPCA | None:
+    """The index's patch PCA, decoded and checked by local.decode_pca (None: not fitted yet)."""
+    return read_meta(store, LOCAL_PCA, lambda text: local.decode_pca(text, dim_in=dim_in),
+                     "restore a backup (`retrieve backup`) or index the folders again into a new --index")
 
 
 def fit_local_pca(store: Store, sample: Sequence[np.ndarray]) -> LocalPCA | None:
@@ -117,7 +126,7 @@ def fit_local_pca(store: Store, sample: Sequence[np.ndarray]) -> LocalPCA | None
     if len(allp) > LOCAL_PCA_SAMPLE:
         allp = allp[np.random.default_rng(0).choice(len(allp), LOCAL_PCA_SAMPLE, replace=False)]
     pca = local.fit_pca(allp, dim=local.DEFAULT_DIM)
-    store.set_meta(local_pca=base64.b64encode(pca.to_bytes()).decode())
+    store.set_meta(**{LOCAL_PCA: local.encode_pca(pca)})
     return pca
 
 
@@ -173,7 +182,7 @@ class PatchSample:
 def query_pca(store: Store, patches: np.ndarray) -> LocalPCA:
     """The index's patch PCA, or for an index without one a throw-away PCA of the query's own
     patches (the identity when there are too few to fit)."""
-    pca = stored_pca(store)
+    pca = stored_pca(store, dim_in=patches.shape[1])
     if pca is not None:
         return pca
     if len(patches) < 2:

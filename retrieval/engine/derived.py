@@ -3,12 +3,12 @@ stored descriptors (or the settings they depend on) change. numpy and FAISS; no 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import errno
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from .. import rerank as rr
 from .. import vectors as vecs
 from .. import whitening as wh
 from ..arrays import l2n
+from ..backbone import registry
 from ..config import EngineConfig
 from ..errors import ArtifactMismatchError, DiskFullError, RetrievalError
 from ..store import Store
@@ -23,17 +24,48 @@ from .files import EXACT_FILE, VECTORS_FILE, atomic_write
 from .settings import digest, fingerprint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WHITEN_SAMPLE_MAX = 200_000  # whitening is fitted on at most this many stored descriptors (seeded sample)
 STREAM_CHUNK = 50_000  # rows read from the store at once while an ivfpq index is built
 
 
-def whitening(store: Store) -> wh.Whitening | None:
-    """The whitening in force (None: descriptors are only L2-normalised)."""
-    state = store.get_meta("whitening")
-    if not state or state.get("data") is None:
+WHITENING = "whitening"  # the store's meta entry of the whitening record (whitening.encode / decode)
+
+
+def read_meta(store: Store, key: str, decode: Callable[[Any], T], fix: str) -> T | None:
+    """The meta entry `key` read by its artefact's one decoder (None when there is none), for the
+    engine and `retrieve check` alike: what `decode` refuses is an ArtifactMismatchError naming the
+    store and the `fix`."""
+    value = store.get_meta(key)
+    if value is None:
         return None
-    return wh.Whitening.from_bytes(base64.b64decode(state["data"]))
+    try:
+        return decode(value)
+    except ArtifactMismatchError as e:
+        raise ArtifactMismatchError(f"{store.path}: {e}; {fix}") from None
+
+
+def fitted(store: Store, *, dim_in: int | None = None) -> wh.Fitted | None:
+    """The whitening record of the store, decoded and checked by whitening.decode (None: never
+    fitted)."""
+    return read_meta(store, WHITENING, lambda record: wh.decode(record, dim_in=dim_in),
+                     f"run `retrieve index DIR --index {store.path.parent} --refit-whitening` (refits it from the "
+                     f"stored descriptors)")
+
+
+def whitening(store: Store, *, dim_in: int | None = None) -> wh.Whitening | None:
+    """The whitening in force (None: descriptors are only L2-normalised), checked as `fitted` does."""
+    state = fitted(store, dim_in=dim_in)
+    return None if state is None else state.whitening
+
+
+def descriptor_dim(config: EngineConfig) -> int | None:
+    """Length of a global descriptor under `config`, when its backbone is a known one."""
+    arch = registry().get(config.backbone.name)
+    if arch is None:
+        return None
+    return arch.dim * (2 if config.pooling.pooling == "cls+gem" else 1)
 
 
 class Refit(NamedTuple):
@@ -44,14 +76,23 @@ class Refit(NamedTuple):
     data: tuple[np.ndarray, np.ndarray] | None
 
 
+def _stale(store: Store, config: EngineConfig) -> bool:
+    """Whether the whitening must be refitted: never fitted, fitted for other rows or settings,
+    or damaged."""
+    try:
+        state = fitted(store)
+    except ArtifactMismatchError as e:
+        log.warning("refitting the whitening: %s", e)
+        return True
+    return (state is None or state.data_version != store.data_version
+            or state.settings != dataclasses.asdict(config.whitening))
+
+
 def refit(store: Store, config: EngineConfig, *, force: bool = False) -> Refit:
-    """Refit the whitening if the data or its settings changed since it was fitted (or when
-    forced): on every stored descriptor, or on a sample of WHITEN_SAMPLE_MAX of them when the
-    store holds more."""
-    state = store.get_meta("whitening")
-    stale = (state is None or state.get("for_data_version") != store.data_version
-             or state.get("config") != dataclasses.asdict(config.whitening))
-    if not (force or stale):
+    """Refit the whitening if the data or its settings changed since it was fitted, or it is
+    damaged (or when forced): on every stored descriptor, or on a sample of WHITEN_SAMPLE_MAX of
+    them when the store holds more."""
+    if not (force or _stale(store, config)):
         return Refit(False, None)
     n = store.count("ok")
     stored: tuple[np.ndarray, np.ndarray] | None
@@ -64,21 +105,16 @@ def refit(store: Store, config: EngineConfig, *, force: bool = False) -> Refit:
         w = _fit(stored[1], config)
     log.debug("whitening %s", "not fitted (too few images, or disabled)" if w is None
               else f"fitted on {w.fitted_on} descriptors: {w.dim_in} -> {w.dim_out} dimensions")
-    blob = None if w is None else base64.b64encode(w.to_bytes()).decode()
-    store.set_meta(whitening={"for_data_version": store.data_version, "data": blob,
-                              "digest": None if w is None else w.digest(),
-                              "config": dataclasses.asdict(config.whitening)})
+    set_whitening(store, config, w)
     return Refit(True, stored)
 
 
-def set_whitening(store: Store, config: EngineConfig, w: wh.Whitening | None, source: str) -> None:
-    """Put a whitening learned elsewhere (another benchmark, or an evaluation's explicit choice) in
-    force for the store's current data; `refit` keeps it until the rows or the whitening settings
-    change. `source` says where it came from."""
-    store.set_meta(whitening={"for_data_version": store.data_version,
-                              "data": None if w is None else base64.b64encode(w.to_bytes()).decode(),
-                              "digest": None if w is None else w.digest(),
-                              "config": dataclasses.asdict(config.whitening), "source": source})
+def set_whitening(store: Store, config: EngineConfig, w: wh.Whitening | None, source: str | None = None) -> None:
+    """Put a whitening in force for the store's current data: fitted here (`refit`), or learned
+    elsewhere (another benchmark, or an evaluation's explicit choice; `source` says where it came
+    from), which `refit` keeps until the rows or the whitening settings change."""
+    record = wh.encode(wh.Fitted(w, store.data_version, dataclasses.asdict(config.whitening), source))
+    store.set_meta(**{WHITENING: record})
 
 
 def _fit(x: np.ndarray, config: EngineConfig) -> wh.Whitening | None:
@@ -91,10 +127,10 @@ def _fit(x: np.ndarray, config: EngineConfig) -> wh.Whitening | None:
 
 
 def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
-    state = store.get_meta("whitening") or {}
+    state = fitted(store)
     icfg = config.index
     return digest({"store": fingerprint(config, store.get_meta("weights_id")), "store_id": store.get_meta("store_id"),
-                   "whitening": state.get("digest"), "kind": icfg.kind,
+                   "whitening": None if state is None else state.digest, "kind": icfg.kind,
                    "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
 
@@ -113,7 +149,7 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
     except ArtifactMismatchError as e:
         if file.exists():  # stale after every change of the rows: routine, so debug detail (-v)
             log.debug("rebuilding the vector index from the store: %s", e)
-    w = whitening(store)
+    w = whitening(store, dim_in=descriptor_dim(config))
     n = store.count("ok") if data is None else len(data[0])
     kind = vecs.choose_kind(config.index.kind, n)
     if kind == "ivfpq" and config.index.dba > 0:  # auto past AUTO_EXACT_MAX (config refuses ivfpq + dba)

@@ -1,7 +1,7 @@
 """Indexing on Ray (issue 13): the same update, its files embedded by a Ray cluster.
 
-The driver (this process) discovers, plans and commits exactly as without Ray (Index.update ->
-plan_update -> Index._embed_and_commit -> commit.upserts, the patch-PCA sample included). Ray
+The driver (this process) discovers, plans and commits exactly as without Ray (update.update ->
+plan_update -> update.embed_and_commit -> commit.upserts, the patch-PCA sample included). Ray
 Data does the embedding in between:
 
     paths (a dataset) -> decode_batch: read, hash, decode, resize (CPU tasks, near the files)
@@ -42,10 +42,10 @@ from ..errors import ArtifactMismatchError, BadImageError, RetrievalError, Usage
 from ..local import LocalPCA
 from ..types import Skipped, shown
 from . import ray_reaper
-from .commit import Embedded
+from .commit import Embed, Embedded
 
 if TYPE_CHECKING:
-    from .index import Embed, Index
+    from .weights_identity import Weights
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def ray_cluster(address: str) -> Cluster:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Where Index.update embeds when given one (see the module docstring).
+    """Where an update embeds when given one (see the module docstring).
 
     address: local (a Ray runtime on this machine, for this run) or anything ray.init(address=)
     takes. A process that already holds a Ray runtime (ray.init called before: a notebook, the
@@ -93,13 +93,14 @@ class Cluster:
     init: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
-    def session(self, index: Index) -> Iterator[Embed]:
+    def session(self, config: EngineConfig, weights: Weights, *, device: str | None = None) -> Iterator[Embed]:
         """Connected to Ray for one update: `embed(paths, pca)` gives the results grouped per
-        forward batch. The index's weights are checked here first (as Index.backbone checks them)."""
+        forward batch, by workers that load the model of `config` from `weights` (checked by the
+        driver against the index's: weights_identity.checked) on `device` (None: the index's)."""
         import ray
 
-        spec = WorkerSpec(config=index.config, weights=index.weights_file(), weights_id=index.checked_weights_id(),
-                          hashes=index.weights_hashes(), device=index.device)
+        spec = WorkerSpec(config=config, weights=weights.file, weights_id=weights.id, hashes=weights.hashes,
+                          device=device)
         started = connect(self.address, **self.init)
         # a runtime started here ends with this process, even killed; its agents too (ray_reaper.py)
         watcher = ray_reaper.start(os.getpid()) if started and self.address == "local" else None

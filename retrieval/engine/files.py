@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,16 +63,32 @@ def expand_inputs(items: Iterable[str | Path]) -> list[str]:
     return out
 
 
-def index_roots(roots: Iterable[str | Path]) -> list[str]:
-    """The real paths (symlinks resolved) of the folders (or files) `retrieve index` is given, so a
-    folder reached through a link and by its own name is one set of rows; RetrievalError naming
-    the first that does not exist (checked before an index folder is created for them)."""
-    out = []
-    for r in map(os.path.abspath, roots):
+@dataclass(frozen=True)
+class Roots:
+    """The folders (or files) `retrieve index` is given, resolved once: `real` their real paths
+    (symlinks resolved, so a folder reached through a link and by its own name is one set of rows),
+    `given` their absolute paths as given (rows stored under a link's own name before roots were
+    resolved are found by these)."""
+
+    real: tuple[str, ...]
+    given: tuple[str, ...]
+
+    @property
+    def under(self) -> list[str]:
+        """Every folder whose rows the update looks at: the real paths, then the given ones."""
+        return list(dict.fromkeys([*self.real, *self.given]))
+
+
+def index_roots(roots: Iterable[str | Path] | Roots) -> Roots:
+    """`roots` resolved (see Roots; already resolved ones as they are); RetrievalError naming the
+    first that does not exist (checked before an index folder is created for them)."""
+    if isinstance(roots, Roots):
+        return roots
+    given = [os.path.abspath(r) for r in roots]
+    for r in given:
         if not os.path.exists(r):
             raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
-        out.append(os.path.realpath(r))
-    return out
+    return Roots(tuple(os.path.realpath(r) for r in given), tuple(given))
 
 
 STORE_FILE = "store.sqlite"

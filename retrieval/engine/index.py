@@ -4,64 +4,40 @@
     summary = idx.update(["photos/"])             # only new/changed files reach the model
     hits = idx.search("query.jpg", SearchOptions(k=10), bbox=None)
 
-A thin facade: each stage lives in a module named after it (settings, plan, embed, commit,
-derived, search). Opening an index, `info`, `remove` and `count` never import torch; the model
-is loaded only when something must be embedded.
+A thin facade: each stage lives in a module named after it (settings; update: plan, embed,
+commit; weights_identity; derived and derived_cache; search and reranking), and `Index` only
+wires them to its store, settings and model (docs/decisions.md, "Engine layout"). Opening an
+index, `info`, `remove` and `count` never import torch; the model is loaded only when something
+must be embedded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import shlex
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .. import images
 from .. import vectors as vecs
 from .. import whitening as wh
 from ..config import EngineConfig, SearchOptions
-from ..discover import discover
-from ..errors import ArtifactMismatchError, RetrievalError, UsageError
+from ..errors import RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
-from ..store import PathFilter, Store
-from ..types import Box, Skipped, shown
-from . import derived, settings
-from .files import STORE_FILE, index_folder, index_roots, require_writable, writer_lock
+from ..store import Store
+from ..types import Box
+from . import settings
+from .derived_cache import DerivedCache
+from .files import STORE_FILE, Roots, index_folder, require_writable
 from .info import IndexInfo, gather
-from .plan import Exclusions, emptied_roots, plan_update
-from .search import Query, SearchResult, search, stored_local
+from .plan import Exclusions
+from .reranking import Reranking, made_local
+from .search import Query, SearchResult, search
+from .update import UpdateOptions, UpdateSummary, remove, update
+from .weights_identity import IndexModel
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
-    from .commit import Embedded
-    from .descriptors import Embedding
     from .distributed import Cluster
-
-    # embed(paths, pca): results grouped per forward batch, as the store takes them
-    Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
-
-log = logging.getLogger(__name__)
-
-@dataclass
-class UpdateSummary:
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "reason; fix: ...") refused in this run
-    still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
-    interrupted: bool = False
-    hashed: int = 0  # indexed files read to compare with their stored hash (all of them with verify)
-    changed: int = 0  # indexed files whose bytes changed (embedded again)
-    seconds: float = 0.0
-    whitened: bool = False  # a whitening was fitted in this run (not just one in force from before)
 
 
 class Index:
@@ -81,13 +57,8 @@ class Index:
         self.path = Path(path)
         self.store = store
         self.config = config
-        self._weights, self._device = weights, device
-        self._backbone: Backbone | None = None
-        self._vectors: vecs.VectorIndex | None = None
-        self._vectors_for: tuple[int, EngineConfig] | None = None  # (store generation, config) it was checked at
-        self._whitening: tuple[int, wh.Whitening | None] | None = None
-        self._searcher: vecs.VectorIndex | None = None
-        self._faiss_gpu: tuple[int, str] | None = None
+        self._model = IndexModel(store, config, self.path, weights=weights, device=device)
+        self._derived = DerivedCache(store, self.path, device=device)
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -138,95 +109,32 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- backbone ---------------------------------------------------------------------------
-    def backbone(self, *, weights: str | None = None, device: str | None = None) -> Backbone:
+    # --- model -----------------------------------------------------------------------------
+    def backbone(self) -> Backbone:
         """The index's backbone, loaded on first use; its weights must hash to what the index was
-        built with. weights / device override those given to `open` (first use only)."""
-        if self._backbone is None:
-            from ..backbone import load_backbone
-
-            cfg = self.config.backbone
-            weights = weights or self._weights
-            hashes = self.weights_hashes()
-            bb = load_backbone(cfg.name, weights=weights or cfg.weights, device=device or self._device or cfg.device,
-                               dtype=cfg.dtype, hash_cache=hashes)
-            self._adopt_weights(bb.weights_id, weights, hashes)
-            self._backbone = bb
-        return self._backbone
+        built with (engine/weights_identity.py)."""
+        return self._model.backbone()
 
     @property
     def device(self) -> str | None:
         """This run's choice of device (`open`'s), or None: the index's setting, else cuda when present."""
-        return self._device
-
-    def weights_file(self) -> str | None:
-        """Where this run finds the index's weights: `open`'s weights, else the stored path, else
-        None (the official checkpoint in the weights cache)."""
-        return self._weights or self.config.backbone.weights
-
-    def weights_hashes(self) -> dict[str, str]:
-        """Weights-file hashes remembered by (path, size, mtime) (backbone.weights.file_id)."""
-        return dict(self.store.get_meta("weights_hashes") or {})
-
-    def checked_weights_id(self) -> str:
-        """The weights id of `weights_file()` (hashed, or taken from the remembered hashes), checked
-        against the index's exactly as `backbone()` checks it, without building the model: what a
-        driver does before its workers load the model themselves (engine/distributed.py)."""
-        from ..backbone import weights_id
-
-        hashes = self.weights_hashes()
-        wid = weights_id(self.config.backbone.name, weights=self.weights_file(), hash_cache=hashes)
-        self._adopt_weights(wid, self._weights, hashes)
-        return wid
-
-    def _adopt_weights(self, weights_id: str, weights: str | None, hashes: dict[str, str]) -> None:
-        """Record the hashes learned (not in a read-only store: they only save time) and, for a new
-        index, its weights id; refuse other weights."""
-        if hashes != self.weights_hashes() and not self.store.readonly:
-            self.store.set_meta(weights_hashes=dict(list(hashes.items())[-8:]))
-        cfg = self.config.backbone
-        known = self.store.get_meta("weights_id")
-        if known is None:
-            self.store.set_meta(weights_id=weights_id, fingerprint=self.fingerprint(weights_id))
-        elif known != weights_id:
-            raise ArtifactMismatchError(
-                f"weights {weights or cfg.weights or 'official ' + cfg.name} ({weights_id[:20]}...) differ "
-                f"from those the index at {self.path} was built with ({known[:20]}...)",
-                fix="give the original weights file", command="--weights FILE")
+        return self._model.device
 
     def fingerprint(self, weights_id: str | None = None) -> str:
         return settings.fingerprint(self.config, weights_id or self.store.get_meta("weights_id"))
 
-    # --- embedding --------------------------------------------------------------------------
-    def embed_files(self, paths: Sequence[str], *, workers: int | None = None, pca: LocalPCA | None = None,
-                    box: Box | None = None) -> Any:
-        """engine.descriptors.embed_files with this index's backbone and settings."""
-        from .descriptors import embed_files
-
-        return embed_files(paths, backbone=self.backbone(), config=self.config, workers=workers, pca=pca, box=box)
-
-    def embed_queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Embedding]:
-        """Query files embedded exactly like the database, each with its first-scale patch tokens
-        and model input (a box crops the single query given)."""
+    # --- queries ---------------------------------------------------------------------------
+    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
+        """Query files embedded exactly like the database, together in batched forward passes, each
+        with its first-scale patch tokens (a box crops the single query given): what `search`,
+        `search_many`, `search_embedded` and eval search with. BadImageError for the first
+        unusable query. (Uploads' bytes: engine.serving.embed_explained.)"""
         from .descriptors import embed_queries
 
         if bbox is not None and len(paths) != 1:
             raise UsageError("a box crops one query image", fix="give a single query image with the box")
-        return embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
-
-    def queries(self, paths: Sequence[str | Path], *, bbox: Box | None = None) -> list[Query]:
-        """What `search_embedded` takes: see `embed_queries`."""
-        return [Query(e.descriptor[None], e.tokens(), e.grid) for e in self.embed_queries(paths, bbox=bbox)]
-
-    def query_tokens(self, path: str | Path, *, bbox: Box | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """One query: raw descriptor (1, D), first-scale patch tokens (h*w, d), grid (h, w)."""
-        q = self.queries([path], bbox=bbox)[0]
-        return q.raw, q.patches, q.grid
-
-    def embed_query(self, path: str | Path, *, bbox: Box | None = None) -> np.ndarray:
-        """(1, D) raw descriptor of a query file, embedded exactly like the database."""
-        return self.queries([path], bbox=bbox)[0].raw
+        embedded = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
+        return [Query.of(e) for e in embedded]
 
     def local_pca(self) -> LocalPCA | None:
         """The index's patch PCA (None until enough patches were indexed to fit it)."""
@@ -234,151 +142,35 @@ class Index:
 
         return stored_pca(self.store)
 
-    # --- update -----------------------------------------------------------------------------
-    def update(self, roots: Sequence[str | Path], *, retry_skipped: bool = False,
+    # --- update ----------------------------------------------------------------------------
+    def update(self, roots: Sequence[str | Path] | Roots, *, retry_skipped: bool = False,
                should_stop: Callable[[], bool] = lambda: False,
                on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
-               verify: bool = False, on_hashed: Callable[[int, int], None] | None = None) -> UpdateSummary:
-        """Bring the index in line with the files under `roots` (see docs/index.md); `verify`
-        re-hashes every indexed file (plan.plan_update), `on_hashed(done, total)` follows that. With a
-        `cluster` (engine.distributed.Cluster) the files are embedded by Ray workers; planning and
-        committing stay here, the same as without (docs/scale.md)."""
-        start = time.monotonic()
-        summary = UpdateSummary()
-        with writer_lock(self.path):
-            roots_abs = index_roots(roots)
-            # rows stored under a link's own name (before roots were resolved) are replaced by real paths
-            under = list(dict.fromkeys([*roots_abs, *map(os.path.abspath, roots)]))
-            excluded = self._lift_exclusions(roots_abs)
-            unreadable: list[str] = []
-            listed = list(discover(roots_abs, extensions=images.IMAGE_EXTENSIONS,
-                                   exclude=[self.path, *excluded.paths], unreadable=unreadable))
-            found = excluded.keeps(listed)
-            keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
-            rows = {row.path: row for row in self.store.rows(under=under) if row.path not in keep}
-            for root, n in emptied_roots(roots_abs, listed, rows):  # gone is not the same as not mounted
-                raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
-                                     f"drive not mounted?); nothing was changed", fix="mount it, or remove the folder "
-                                     "from the index", command=f"retrieve remove {shlex.quote(shown(root))}")
-            plan = plan_update(found, rows, retry_skipped=retry_skipped, same_bytes=_same_bytes, verify=verify,
-                               on_hashed=on_hashed, should_stop=should_stop)
-            if plan.deletes or plan.touches:
-                self.store.apply(deletes=plan.deletes, touches=plan.touches)
-            summary.removed, summary.unchanged, summary.still_refused = \
-                len(plan.deletes), plan.unchanged, plan.still_refused
-            summary.hashed, summary.changed, summary.interrupted = plan.hashed, plan.changed, plan.stopped
-            if plan.embed and not plan.stopped:
-                refs = {r.path: r for r in found}
-                if cluster is None:
-                    summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary, should_stop,
-                                                                 on_progress, self._embedded)
-                else:
-                    with cluster.session(self) as embed:
-                        summary.interrupted = self._embed_and_commit(plan.embed, refs, plan.known, summary,
-                                                                     should_stop, on_progress, embed)
-            fitted, w = self._refresh()
-            summary.whitened = fitted and w is not None
-        summary.seconds = time.monotonic() - start
-        return summary
-
-    def _embedded(self, paths: Sequence[str], pca: LocalPCA | None) -> Iterator[list[Embedded | Skipped]]:
-        """This process's embedding of `paths`, as the light records the store takes."""
-        from .commit import stored
-
-        for group in self.embed_files(paths, pca=pca):
-            yield [stored(e) for e in group]
-
-    def _embed_and_commit(self, todo: list[str], refs: dict[str, Any], known: set[str], summary: UpdateSummary,
-                          should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None,
-                          embed: Embed) -> bool:
-        """Embed `todo` through `embed(paths, pca)` (groups of results, one per forward batch: this
-        process's, or Ray workers') and commit each group in one transaction; True if stopped early.
-
-        The patch PCA of the local descriptors is a derived artefact like the whitening: an index
-        without one embeds with patch tokens, in windows of commit.LOCAL_PCA_FILES files doubling
-        each time, until commit.PatchSample has fitted it from a bounded sample (refused files
-        and what it lets go are committed as they come), then streams the rest with it fixed;
-        every local descriptor that reaches the store comes from that one PCA."""
-        from .commit import LOCAL_PCA_FILES, Counts, PatchSample, upserts
-
-        counts = Counts()
-        sample = PatchSample(self.store)
-        done, start, window = 0, 0, LOCAL_PCA_FILES
-
-        def commit(groups: list[list[Embedded | Skipped]]) -> None:
-            for rows in groups:  # one transaction each
-                if rows:
-                    self.store.apply(upserts(rows, refs, known, counts))
-
-        try:
-            while start < len(todo):
-                part = todo[start:] if sample.pca is not None else todo[start:start + window]
-                start, window = start + len(part), 2 * window
-                for group in embed(part, sample.pca):
-                    commit(sample.take(group))
-                    done += len(group)
-                    if on_progress is not None:
-                        on_progress(done, len(todo))
-                    if should_stop():
-                        commit(sample.abandon())  # without local descriptors: no PCA was fitted
-                        return True
-            commit(sample.release())
-            return False
-        except RetrievalError:  # the embedding failed (a Ray run): what came back is saved, as it says
-            with contextlib.suppress(RetrievalError):  # unless the store is what failed (a full disk)
-                commit(sample.abandon())
-            raise
-        finally:
-            summary.added, summary.updated = counts.added, counts.updated
-            summary.skipped = list(counts.skipped or [])
+               verify: bool = False, on_hashed: Callable[[int, int], None] | None = None,
+               refit: bool = False) -> UpdateSummary:
+        """Bring the index in line with the files under `roots` (engine/update.py, docs/index.md);
+        `verify` re-hashes every indexed file, `on_hashed(done, total)` follows that; `refit`
+        refits the whitening even when nothing changed. With a `cluster`
+        (engine.distributed.Cluster) the files are embedded by Ray workers (docs/scale.md)."""
+        options = UpdateOptions(retry_skipped=retry_skipped, verify=verify, refit=refit, cluster=cluster,
+                                should_stop=should_stop, on_progress=on_progress, on_hashed=on_hashed)
+        return update(self.store, self.config, self.path, roots, model=self._model, derived=self._derived,
+                      options=options)
 
     # --- derived artefacts ------------------------------------------------------------------
     def whitening(self) -> wh.Whitening | None:
-        """The whitening in force, decoded once per store generation (every search asks for it,
-        and a ViT-B whitening is megabytes of JSON in the store's meta table)."""
-        gen = self.store.generation
-        if self._whitening is None or self._whitening[0] != gen:
-            self._whitening = (gen, derived.whitening(self.store))
-        return self._whitening[1]
+        """The whitening in force (engine/derived_cache.py)."""
+        return self._derived.whitening()
 
     def refresh(self, *, refit: bool = False) -> wh.Whitening | None:
         """Refit whitening if the data changed since it was fitted (or when asked), then make
         sure the FAISS index matches the store's data version; returns the whitening in force."""
-        return self._refresh(refit=refit)[1]
+        return self._derived.refresh(self.config, refit=refit)[1]
 
-    def _refresh(self, *, refit: bool = False) -> tuple[bool, wh.Whitening | None]:
-        """`refresh`, and whether it refitted the whitening."""
-        done = derived.refit(self.store, self.config, force=refit)
-        self.vectors(data=done.data)
-        return done.fitted, self.whitening()
-
-    def vectors(self, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+    def vectors(self) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
-        and saved. data: the store's (ids, raw descriptors) when the caller has just read them."""
-        key = (self.store.generation, self.config)
-        if data is None and self._vectors is not None and self._vectors_for == key:
-            return self._vectors  # nothing was committed or set since it was checked
-        self._vectors = derived.vectors(self.store, self.config, self.path, cached=self._vectors, data=data)
-        self._vectors_for = key
-        return self._vectors
-
-    def _searcher_for(self, vec: vecs.VectorIndex) -> vecs.VectorIndex:
-        """`vec`, searched on the GPU when there is one (exact indexes; IndexConfig.gpu)."""
-        if self._searcher is None or self._searcher.faiss_index is not vec.faiss_index:
-            device = self._device or self.config.backbone.device
-            where = device if device is not None and device.startswith("cuda") else "cuda"
-            self._searcher = vecs.place(vec, use_gpu=self.config.index.gpu, device=where, faiss_gpus=self._faiss_gpus)
-        return self._searcher
-
-    def _faiss_gpus(self) -> tuple[int, str]:
-        """How many GPUs FAISS's GPU code may use here, and why none: asked once per Index, in a
-        child process (retrieval/faiss_gpu.py), and only when an IVF index meets a CUDA device."""
-        if self._faiss_gpu is None:
-            from .. import faiss_gpu
-
-            p = faiss_gpu.probe()
-            self._faiss_gpu = (p.gpus, p.reason)
-        return self._faiss_gpu
+        and saved."""
+        return self._derived.vectors(self.config)
 
     # --- query ------------------------------------------------------------------------------
     def search(self, path: str | Path, options: SearchOptions = SearchOptions(), *,
@@ -401,39 +193,22 @@ class Index:
         return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
-        """`search` for a query already embedded by `queries`."""
-        return search(q, store=self.store, vec=self._searcher_for(self.vectors()), whitening=self.whitening(),
-                      candidates=self._candidate_local, options=options)
+        """`search` for a query already embedded (by `queries`, or serve's embed_explained): the
+        search stage (engine/search.py) over this index's vectors, re-ranking through the
+        re-ranking stage (engine/reranking.py) with this index's model for candidates stored
+        without local descriptors."""
+        return search(q, store=self.store, vec=self._derived.searcher(self.config), whitening=self.whitening(),
+                      options=options, rerank=Reranking(self.store, self._local_of))
 
-    def _candidate_local(self, ids: Sequence[int], pca: LocalPCA) -> dict[int, LocalFeatures]:
-        """Stored local descriptors of the candidates; recomputed from the files where missing."""
-        from .descriptors import Embedding
-
-        out, missing = stored_local(self.store, ids, pca)
-        if missing:
-            paths = self.store.paths(missing)
-            by_path = {p: i for i, p in paths.items()}
-            for group in self.embed_files([paths[i] for i in missing], workers=0, pca=pca):
-                for item in group:
-                    if isinstance(item, Embedding) and item.features is not None:
-                        out[by_path[item.decoded.path]] = item.features
-        return out
+    def _local_of(self, paths: Sequence[str], pca: LocalPCA) -> dict[str, LocalFeatures]:
+        """Re-ranking's local descriptors of candidates stored without them (reranking.LocalOf)."""
+        return made_local(paths, pca, backbone=self.backbone(), config=self.config)
 
     # --- maintenance ------------------------------------------------------------------------
     def remove(self, paths: Sequence[str | Path]) -> int:
         """Forget files (or everything under folders) and keep them out of later updates of their
-        folders (see `exclusions`); returns how many rows went. Paths that match no row are not
-        excluded."""
-        with writer_lock(self.path):
-            # a path through a link names the rows stored under its real path (and any under its own)
-            targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
-            rows = list(self.store.rows(under=targets))
-            if rows:
-                hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
-                self.store.set_meta(exclude=self.exclusions().with_paths(hit).to_meta())
-                self.store.apply(deletes=[r.id for r in rows])
-            self.refresh()
-            return len(rows)
+        folders (see `exclusions`); returns how many rows went (engine/update.py)."""
+        return remove(self.store, self.config, self.path, paths, derived=self._derived)
 
     def exclusions(self) -> Exclusions:
         """What `update` leaves out of the folders it scans (plan.Exclusions)."""
@@ -447,15 +222,6 @@ class Index:
             self.store.set_meta(exclude=new.to_meta())
         return new
 
-    def _lift_exclusions(self, roots: Sequence[str]) -> Exclusions:
-        current = self.exclusions()
-        kept = current.lifted_by(roots)
-        if kept != current:
-            lifted = sorted(set(current.paths) - set(kept.paths))
-            log.info("indexing again what `retrieve remove` had excluded: %s", ", ".join(map(shown, lifted)))
-            self.store.set_meta(exclude=kept.to_meta())
-        return kept
-
     def count(self) -> int:
         """How many images are indexed (refused files not counted)."""
         return self.store.count("ok")
@@ -466,15 +232,6 @@ class Index:
         return gather(self.path, self.store, self.config, whitening=self.whitening(), exclusions=self.exclusions(),
                       fingerprint=self.fingerprint())
 
-
-def _same_bytes(path: str, sha256: str) -> bool:
-    """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
-    from ..backbone.weights import file_sha256
-
-    try:
-        return file_sha256(path) == sha256
-    except OSError:  # unreadable now: embedding it again records the reader's refusal and its fix
-        return False
 
 
 __all__ = ["Index", "UpdateSummary"]

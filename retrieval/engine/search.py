@@ -5,20 +5,20 @@ numpy and FAISS; queries arrive embedded (engine/descriptors.py)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import local
 from .. import rerank as rr
 from .. import whitening as wh
 from ..config import SearchOptions
-from ..local import LocalFeatures, LocalPCA
 from ..store import Store
 from ..vectors import VectorIndex
-from .commit import query_pca
+from .reranking import Reranking
+
+if TYPE_CHECKING:
+    from .descriptors import Embedding
 
 # Results whose files are gone are replaced from further down the ranking: each round asks for
 # GONE_GROWTH times as many, at most GONE_ROUNDS rounds (k 4^7 results in the last: 163,840 for k = 10)
@@ -61,9 +61,6 @@ class SearchResult:
                  **({"inliers": h.inliers} if h.inliers is not None else {})} for h in self.hits]
 
 
-CandidateLocal = Callable[[Sequence[int], LocalPCA], dict[int, LocalFeatures]]
-
-
 @dataclass(frozen=True)
 class Query:
     """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid."""
@@ -72,10 +69,16 @@ class Query:
     patches: np.ndarray
     grid: tuple[int, int]
 
+    @classmethod
+    def of(cls, e: Embedding) -> Query:
+        """The query a file embedded with its patch tokens makes (the one place a Query is built)."""
+        return cls(e.descriptor[None], e.tokens(), e.grid)
 
-def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, candidates: CandidateLocal,
-           options: SearchOptions) -> SearchResult:
-    """The top options.k (see Index.search). `candidates` gives the local descriptors of database ids."""
+
+def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, options: SearchOptions,
+           rerank: Reranking | None = None) -> SearchResult:
+    """The top options.k (see Index.search): `store` gives the results' paths, `rerank` re-ranks
+    them when options.rerank asks (engine/reranking.py; not needed otherwise)."""
     k = options.k
     xq = whitening.apply(q.raw) if whitening is not None else q.raw
     if options.qe > 0:
@@ -88,8 +91,7 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
     for round_ in range(GONE_ROUNDS):  # the list is refilled from further down while results are gone
         if round_:  # geometric: files gone by thousands (a drive not mounted) cost a few rounds, not n / k
             want = min(total, want * GONE_GROWTH)
-        ranked = _ranked(xq, q, vec=vec, store=store, candidates=candidates, k=want, rerank=options.rerank,
-                         rerank_k=options.rerank_k)
+        ranked = _ranked(xq, q, vec=vec, rerank=rerank, k=want, options=options)
         new = [i for _, i, _ in ranked if i not in usable]
         where.update(store.paths(new))  # the store asks SQLite in parts
         usable.update((i, os.path.isfile(where[i])) for i in new)
@@ -103,35 +105,19 @@ def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
     return SearchResult(hits, reranked=options.rerank, gone=gone, looked_at=len(ranked) if more else None)
 
 
-def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, store: Store, candidates: CandidateLocal, k: int,
-            rerank: bool, rerank_k: int) -> list[tuple[float, int, int | None]]:
-    """(score, id, inliers) of the top k, re-ranked over the top rerank_k when asked."""
-    shortlist = max(k, rerank_k) if rerank else k
+def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, rerank: Reranking | None, k: int, options: SearchOptions
+            ) -> list[tuple[float, int, int | None]]:
+    """(score, id, inliers) of the top k, re-ranked over the top options.rerank_k when asked."""
+    shortlist = max(k, options.rerank_k) if options.rerank else k
     scores, ids = vec.search(xq, shortlist)
     valid = ids[0] >= 0
     ids_v, scores_v = ids[0][valid], scores[0][valid]
     inliers: list[int | None] = [None] * len(ids_v)
-    if rerank and len(ids_v):
-        pca = query_pca(store, q.patches)
-        qf, qxy = pca.project(q.patches), local.grid_xy(q.grid)
-        head = min(rerank_k, len(ids_v))  # only the top rerank_k are verified; the rest keep their order
-        cands = candidates([int(i) for i in ids_v[:head]], pca)
-        counts = []
-        for i in ids_v[:head]:
-            c = cands.get(int(i))
-            counts.append(0 if c is None else rr.verify(qf, qxy, c.feats.astype(np.float32), c.xy).n_inliers)
-        order = np.concatenate([rr.rerank_order(scores_v[:head], counts), np.arange(head, len(ids_v))])
-        ids_v, scores_v = ids_v[order], scores_v[order]
-        inliers = [counts[j] if j < head else None for j in order]
+    if options.rerank and len(ids_v):
+        if rerank is None:
+            raise ValueError("options.rerank needs the re-ranking stage (engine.reranking.Reranking)")
+        ids_v, scores_v, inliers = rerank.rerank(q.patches, q.grid, ids_v, scores_v, top=options.rerank_k)
     return [(float(s), int(i), n) for s, i, n in zip(scores_v[:k], ids_v[:k], inliers[:k])]
-
-
-def stored_local(store: Store, ids: Sequence[int], pca: LocalPCA) -> tuple[dict[int, LocalFeatures], list[int]]:
-    """Stored local descriptors of `ids`, and the ids that have none (rows from before the patch
-    PCA existed: the caller recomputes those from the files)."""
-    stored = store.local(ids)
-    out = {i: local.unpack(blob[0], blob[1], blob[2], pca.dim) for i, blob in stored.items() if blob is not None}
-    return out, [i for i in ids if stored.get(i) is None]
 
 
 def vectors_of(vec: VectorIndex, ids: np.ndarray) -> np.ndarray:

@@ -71,8 +71,8 @@ def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = 
     for e, data in zip(_embedded(idx, uploads, bbox=bbox, name=name), uploads):
         if bbox is not None:
             box_inside(bbox, e.decoded.original_wh)
-        out.append(ExplainedQuery(Query(e.descriptor[None], e.tokens(), e.grid), e.picture(), e.decoded.original_wh,
-                                  data, name, idx.config.image, bbox))
+        out.append(ExplainedQuery(Query.of(e), e.picture(), e.decoded.original_wh, data, name, idx.config.image,
+                                  bbox))
     return out
 
 
@@ -99,14 +99,7 @@ def _embedded(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None, name: s
 
 def indexed_path(idx: Index, image_id: int) -> str | None:
     """The file of an indexed image (status ok), or None when no such image is indexed."""
-    return None if _indexed_size(idx, image_id) is None else idx.store.paths([image_id]).get(image_id)
-
-
-def _indexed_size(idx: Index, image_id: int) -> tuple[int, int] | None:
-    """Upright (w, h) of an indexed image as it was indexed; None when no such image is indexed."""
-    row = idx.store.db.execute("SELECT width, height FROM images WHERE id = ? AND status = 'ok'",
-                               [image_id]).fetchone()
-    return None if row is None else (int(row[0] or 0), int(row[1] or 0))
+    return None if idx.store.size_of(image_id) is None else idx.store.paths([image_id]).get(image_id)
 
 
 def jpeg_bytes(path: str | Path, *, max_pixels: int, max_side: int | None = None) -> bytes:
@@ -131,7 +124,7 @@ class Census:
         self._counted: tuple[int, int] | None = None  # (data_version, images)
 
     def count(self) -> int:
-        version = int(self.store.db.execute("PRAGMA data_version").fetchone()[0])
+        version = self.store.commits()
         if self._counted is None or self._counted[0] != version:
             self._counted = (version, self.store.count("ok"))
         return self._counted[1]
@@ -185,7 +178,7 @@ class Correspondences:
 def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Correspondences | None:
     """The verified patch matches between a query and an indexed image (None: no such image),
     made as `retrieve match` makes them."""
-    size, path = _indexed_size(idx, image_id), indexed_path(idx, image_id)
+    size, path = idx.store.size_of(image_id), indexed_path(idx, image_id)
     if size is None or path is None:
         return None
     bb = idx.backbone()

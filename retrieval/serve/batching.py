@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -177,7 +178,7 @@ class Batcher:
                 take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 jobs = [j for j, _ in take]
                 try:
-                    outcomes = await self.thread.call(lambda idx, jobs=jobs: _run(idx, jobs, self.embedded))
+                    outcomes = await self.thread.call(partial(_run, jobs=jobs, sizes=self.embedded))
                 except BaseException as e:  # a bug: every waiter hears of it
                     outcomes = [e] * len(take)
                 for (_, fut), out in zip(take, outcomes):

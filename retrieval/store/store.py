@@ -20,6 +20,7 @@ full", "damaged" and similar failures leave this module as one-line `StoreError`
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import sqlite_utils
 
-from ..errors import SchemaVersionError, StoreError
+from ..errors import SchemaVersionError, StoreCorruptError, StoreError
 from ..types import int64_id, int64_time, shown
 from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
+DESCRIPTOR_DTYPE = np.dtype(np.float32)  # a raw global descriptor is stored as D of these (Store._stacked reads them)
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
 
 
@@ -235,7 +237,7 @@ class Store:
             if upserts or deletes:
                 self._set_meta("data_version", self.data_version + 1)
             for u in upserts:
-                blob = None if u.descriptor is None else np.ascontiguousarray(u.descriptor, np.float32).tobytes()
+                blob = None if u.descriptor is None else np.ascontiguousarray(u.descriptor, DESCRIPTOR_DTYPE).tobytes()
                 gh, gw = u.grid if u.grid is not None else (None, None)
                 self.db.execute(
                     "INSERT INTO images(path, size, mtime_ns, ctime_ns, inode, sha256, width, height, status, error, "
@@ -259,12 +261,8 @@ class Store:
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n,) int64, raw descriptors (n, d) float32) of every indexed file, by id."""
-        rows = self.db.execute("SELECT id, descriptor FROM images WHERE status = 'ok' ORDER BY id").fetchall()
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        ids = np.array([r[0] for r in rows], np.int64)
-        x = np.stack([np.frombuffer(r[1], np.float32) for r in rows])
-        return ids, x
+        return self._stacked(self.db.execute("SELECT id, descriptor FROM images WHERE status = 'ok' ORDER BY id")
+                             .fetchall())
 
     def descriptor_ids(self) -> np.ndarray:
         """(n,) int64: the ids of every indexed file, ascending (8 bytes a row; no descriptor is read)."""
@@ -278,29 +276,47 @@ class Store:
         if size < 1:
             raise ValueError(f"chunk size must be >= 1, got {size}")
         with self.snapshot():  # one committed state across the chunks
-            last = -(1 << 62)
+            last, nbytes = -(1 << 62), None  # type: tuple[int, int | None]
             while True:
                 rows = self.db.execute("SELECT id, descriptor FROM images WHERE status = 'ok' AND id > ? "
                                        "ORDER BY id LIMIT ?", [last, size]).fetchall()
                 if not rows:
                     return
                 last = rows[-1][0]
-                yield (np.array([r[0] for r in rows], np.int64),
-                       np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+                chunk = self._stacked(rows, nbytes)
+                nbytes = chunk[1].shape[1] * DESCRIPTOR_DTYPE.itemsize  # every chunk's rows as long as the first's
+                yield chunk
 
     def descriptors_of(self, ids: Iterable[int]) -> np.ndarray:
         """(len(ids), d) float32: the raw descriptors of these indexed ids, in the order given."""
         ids = [int(i) for i in ids]
-        got: dict[int, np.ndarray] = {}
+        got: dict[int, bytes] = {}
         for s in range(0, len(ids), 500):  # under SQLite's bound-variable limit
             part = ids[s:s + 500]
             rows = self.db.execute(f"SELECT id, descriptor FROM images WHERE status = 'ok' AND id IN "
                                    f"({','.join('?' * len(part))})", part).fetchall()
-            got.update((r[0], np.frombuffer(r[1], np.float32)) for r in rows)
+            got.update((r[0], r[1]) for r in rows)
         missing = [i for i in ids if i not in got]
         if missing:
             raise KeyError(f"no indexed descriptor for ids {missing[:5]}")
-        return np.stack([got[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
+        return self._stacked([(i, got[i]) for i in ids])[1]
+
+    def _stacked(self, rows: Sequence[tuple[int, bytes | None]], size: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,) int64, raw descriptors (n, d) float32) of (id, blob) rows: the one reader of
+        the blobs `apply` writes (d float32 values each, `descriptor_bytes`). Rows whose blob is
+        missing or not `size` bytes (default: most rows' size) are a StoreCorruptError naming them."""
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        if size is None:
+            size = Counter(len(blob or b"") for _, blob in rows).most_common(1)[0][0]
+        bad = [i for i, blob in rows if blob is None or len(blob) != size or not blob]
+        if bad or size % DESCRIPTOR_DTYPE.itemsize:
+            bad = bad or [rows[0][0]]
+            raise StoreCorruptError(self.path, f"the descriptors of ids {', '.join(map(str, bad[:5]))} are not "
+                                               f"{size}-byte float32 vectors as the others are")
+        return (np.array([r[0] for r in rows], np.int64),
+                np.stack([np.frombuffer(blob, DESCRIPTOR_DTYPE) for _, blob in rows]))  # type: ignore[arg-type]  # None refused above
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         return {i: _path_out(p) for i, p in self._where_id_in("id, path", ids)}
@@ -321,6 +337,18 @@ class Store:
                                     part).fetchall()
         return rows
 
+    def size_of(self, image_id: int) -> tuple[int, int] | None:
+        """Upright (width, height) of an indexed image (status ok) as it was indexed; None when
+        no such image is indexed."""
+        row = self.db.execute("SELECT width, height FROM images WHERE id = ? AND status = 'ok'",
+                              [int(image_id)]).fetchone()
+        return None if row is None else (int(row[0] or 0), int(row[1] or 0))
+
+    def commits(self) -> int:
+        """SQLite's PRAGMA data_version: a number that changes when another connection commits to
+        the file (this connection's own commits leave it alone). Cheap; reads no table."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def count(self, status: str | None = None) -> int:
         if status is None:
             return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
@@ -329,6 +357,11 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return [(_path_out(p), e) for p, e in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+def descriptor_bytes(dim: int) -> int:
+    """Size in bytes of a stored global descriptor of `dim` values."""
+    return dim * DESCRIPTOR_DTYPE.itemsize
 
 
 def _stat(mtime_ns: int, ctime_ns: int | None, inode: int | None) -> tuple[int, int | None, int | None]:
