@@ -38,8 +38,17 @@ def _no_children(started: list[str]) -> Iterator[None]:
             raise RuntimeError(UNMARKED.format(what))
         return refused
 
+    real_child = subprocess.Popen._execute_child
+
+    def child(self, args, *rest, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        # ctypes.util.find_library asks `ldconfig -p` (torch's first import does, through CUDA's
+        # library finder): a library lookup, whichever test happens to import torch first.
+        if isinstance(args, (list, tuple)) and args and os.path.basename(str(args[0])) == "ldconfig":
+            return real_child(self, args, *rest, **kwargs)
+        return refuse("subprocess")()
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(subprocess.Popen, "_execute_child", refuse("subprocess"))
+        mp.setattr(subprocess.Popen, "_execute_child", child)
         mp.setattr(_posixsubprocess, "fork_exec", refuse("multiprocessing"))
         for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
             if hasattr(os, name):

@@ -285,7 +285,8 @@ def test_keyboard_focus_ring_differs_from_hover(page, site):
     second.hover()
     hovered = second.evaluate(style)
     page.locator("#results .card").first.focus()
-    page.keyboard.press("Tab")  # keyboard focus on the second card
+    page.keyboard.press("Tab")  # the first card's "more like this", then the second card
+    page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement === document.querySelectorAll('#results .card')[1]")
     page.mouse.move(0, 0)
     focused = second.evaluate(style)
@@ -307,6 +308,33 @@ def test_region_typed_from_the_keyboard(page, site):
     page.fill("#x2", "10")  # inverted: refused on the page, said by the upload
     page.press("#x2", "Enter")
     assert "region" in (page.locator("#upload-error").text_content() or "")
+
+
+def test_more_like_this_from_the_keyboard(page, site):
+    """Each result's "more like this" is the next stop after its card; it searches GET
+    /api/similar/{id} (the image itself left out), focus goes to the new results' summary, and a
+    result of it opens its correspondences like any other."""
+    _results(page, site["photos"] / "p1.jpg")
+    page.locator("#results .card").first.focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "like"
+    first = page.evaluate("state.result.hits[0]")
+    assert first["path"].endswith("p1.jpg")
+    with page.expect_response("**/api/similar/**"):
+        page.keyboard.press("Enter")
+    page.wait_for_function("state.like && state.result && document.querySelectorAll('#results li').length === 4")
+    assert first["id"] not in page.evaluate("state.result.hits.map(h => h.id)")  # 5 indexed, itself left out
+    assert page.evaluate("document.activeElement.id") == "summary"
+    assert "more like p1.jpg" in (page.locator("#summary").text_content() or "")
+    assert _serious(page) == []
+    assert page.evaluate("document.getElementById('region').disabled")  # no region of a stored descriptor
+    page.locator("#results .card").first.click()
+    page.wait_for_function("state.detail && state.detail.drawn")
+    assert "inliers" in (page.get_attribute("#pair", "aria-label") or "")
+    assert _serious(page) == []
+    page.keyboard.press("Escape")
+    _results(page, site["photos"] / "p2.jpg", 5)  # a new upload ends the "more like" search
+    assert page.evaluate("state.like") is None
 
 
 def _serious(page) -> list[str]:

@@ -1,4 +1,5 @@
-"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it."""
+"""`retrieve index`, `query`, `info`, `remove`, `check`, `backup`: an index folder and searching it
+(`retrieve list` is in listing.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from rich.text import Text
 
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
-from ..errors import RetrievalError
+from ..engine.watch import Batch, WatchOptions
+from ..errors import RetrievalError, UsageError
 from ..types import parse_box, shown
 from .app import (DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
                   _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
@@ -78,6 +80,12 @@ def index(
                                             help="Embed on a Ray cluster: local (start Ray on this machine), auto, "
                                                  "or a head's ray://HOST:PORT; needs pip install "
                                                  "\"retrieval[ray]\" (docs/scale.md).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then keep running: apply creations, changes, deletions "
+                                                        "and moves as they happen, in batches (Ctrl-C stops; "
+                                                        "docs/index.md).")] = False,
+    rescan_interval: Annotated[float, typer.Option("--rescan-interval", help="With --watch: a whole update at "
+                                                   "least every this many seconds, for events that were lost "
+                                                   "(0: never).")] = WatchOptions.rescan,
 ) -> None:
     """Index the images under FOLDERS; re-running only embeds new or changed files.
 
@@ -88,6 +96,9 @@ def index(
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
     where = _index_dir(index)
     roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
+    if watch and ray is not None:
+        raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
+    watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
     cluster = engine.ray_cluster(ray) if ray is not None else None  # before anything is created
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
@@ -113,26 +124,65 @@ def index(
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
-    refused = f", still refused {summary.still_refused} (`retrieve info` says why; --retry-skipped)" \
-        if summary.still_refused else ""
-    typer.echo(
-        f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
-        f"removed {summary.removed}, unchanged {summary.unchanged}, skipped {len(summary.skipped)}{refused} | "
-        f"{summary.seconds:.1f} s" + (" | whitened" if summary.whitened else "")
-    )
+    typer.echo(_summary_line(where, images_now, summary))
     if verify:
         typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
                    f"(embedded again)")
     if summary.interrupted:
         typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
         raise typer.Exit(130)
+    if watching is not None:
+        _watch(where, roots, watching, retry_skipped=retry_skipped, weights=weights, device=device)
+
+
+def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_skipped: bool, weights: Path | None,
+           device: str | None) -> None:
+    """`--watch`: each batch of file events is the same update as the run before it, printed as
+    it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
+    from ..engine.watch import watch
+
+    Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots.real)), " (Ctrl-C stops)"))
+    cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
+    with engine.Index.open(where, weights=weights, device=device) as idx, _StopAfterBatch() as stop:
+        def batch(b: Batch) -> None:
+            cut.append(b.summary is not None and b.summary.interrupted)
+            if b.error is not None:
+                logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
+            elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
+                typer.echo(_summary_line(where, idx.count(), b.summary))
+                for path, reason in b.summary.skipped:
+                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+
+        watch(lambda: idx.update(roots, retry_skipped=retry_skipped, should_stop=stop), roots.real, ignore=[where],
+              options=options, should_stop=stop, on_batch=batch)
+    if cut and cut[-1]:
+        typer.echo("interrupted: what was embedded is saved; run the same command again to continue")
+        raise typer.Exit(130)
+    typer.echo("stopped watching")
+
+
+def _changed(s: engine.UpdateSummary) -> bool:
+    return bool(s.added or s.updated or s.removed or s.moved or s.skipped)
+
+
+def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -> str:
+    refused = f", still refused {summary.still_refused} (`retrieve list --skipped` says why; --retry-skipped)" \
+        if summary.still_refused else ""
+    moved = f"moved {summary.moved}, " if summary.moved else ""
+    return (f"{shown(str(where))}: {images_now} images indexed | added {summary.added}, updated {summary.updated}, "
+            f"removed {summary.removed}, {moved}unchanged {summary.unchanged}, skipped {len(summary.skipped)}"
+            f"{refused} | {summary.seconds:.1f} s" + (" | whitened" if summary.whitened else ""))
 
 
 @app.command()
 @_errors
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images (may live outside the indexed folders); several "
-                                                      "are embedded together.", show_default=False)],
+    images: Annotated[list[Path] | None, typer.Argument(help="Query images (may live outside the indexed folders); "
+                                                             "several are embedded together.", show_default=False)] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Instead of IMAGES: more like this indexed file, its path "
+                                                           "or its id (N or id:N, as `retrieve list` shows), searched "
+                                                           "with its stored descriptor (no decode, no model); the file "
+                                                           "itself is left out of the results.")] = None,
     index: IndexDir = None,
     k: Annotated[int, typer.Option("-k", "--top", help="How many results per query.")] = SearchOptions.k,
     bbox: Annotated[str | None, typer.Option("--bbox", help="x1,y1,x2,y2: query only this box (one image).")] = None,
@@ -152,38 +202,49 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like IMAGES. Model, size, pooling and whitening come from the index."""
+    """Find the indexed images most like IMAGES (or like an indexed file: --like). Model, size, pooling and
+    whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
+    if (like is None) == (not images):
+        raise UsageError("give query IMAGES, or --like an indexed file (its path or id), not both")
+    if like is not None and (bbox is not None or out is not None):
+        raise UsageError("--like searches with a stored descriptor, which has no box and draws no maps; for --bbox or "
+                         "--out give the file itself as the query")
+    images = images or []
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
     with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
-        results = idx.search_many(images, options, bbox=box)
+        results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
+        queries: list[Any] = [*images] or [like]
         for result in results:
-            if result.gone:
-                more = "" if result.looked_at is None else \
-                    f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
-                logging.getLogger("retrieval").warning(
-                    "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no "
-                    "longer regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their "
-                    "folder, or `retrieve remove FOLDER` for a folder gone for good%s", len(result.gone),
-                    shown(result.gone[0]), more)
+            _warn_gone(result, k)
         if as_json:
-            data: Any = results[0].to_json() if len(images) == 1 else [
-                {"query": str(q), "hits": r.to_json()} for q, r in zip(images, results)]
+            data: Any = results[0].to_json() if len(results) == 1 else [
+                {"query": str(q), "hits": r.to_json()} for q, r in zip(queries, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
             lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:
-            for q, result in zip(images, results):
-                _print_hits(result, title=_literal(f"query {q}") if len(images) > 1 else None)
+            for q, result in zip(queries, results):
+                _print_hits(result, title=_literal(f"query {q}") if len(queries) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
+
+
+def _warn_gone(result: Any, k: int) -> None:
+    if result.gone:
+        more = "" if result.looked_at is None else \
+            f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
+        logging.getLogger("retrieval").warning(
+            "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer "
+            "regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their folder, or "
+            "`retrieve remove FOLDER` for a folder gone for good%s", len(result.gone), shown(result.gone[0]), more)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:
@@ -251,7 +312,7 @@ def remove(
         left = idx.count()
     if n == 0:
         raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve info` shows what is indexed")
+                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 

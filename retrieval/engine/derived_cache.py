@@ -56,9 +56,13 @@ class DerivedCache:
         self._vectors_for = key
         return self._vectors
 
-    def searcher(self, config: EngineConfig) -> vecs.VectorIndex:
-        """`vectors`, searched on the GPU when there is one (exact indexes; IndexConfig.gpu)."""
+    def searcher(self, config: EngineConfig, *, placed: bool = True) -> vecs.VectorIndex:
+        """`vectors`, searched on the GPU when there is one (exact indexes; IndexConfig.gpu).
+        placed=False: the host's vectors unless they were placed already or the config asks for a
+        GPU (one query from a process without a model: placing imports torch and copies them)."""
         vec = self.vectors(config)
+        if not placed and self._searcher is None and not config.index.gpu:
+            return vec
         if self._searcher is None or self._searcher.faiss_index is not vec.faiss_index:
             device = self.device or config.backbone.device
             where = device if device is not None and device.startswith("cuda") else "cuda"

@@ -14,7 +14,7 @@ must be embedded.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from .. import whitening as wh
 from ..config import EngineConfig, SearchOptions
 from ..errors import RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
-from ..store import Store
+from ..store import FileRow, Store
 from ..types import Box
 from . import settings
 from .derived_cache import DerivedCache
@@ -199,6 +199,29 @@ class Index:
         without local descriptors."""
         return search(q, store=self.store, vec=self._derived.searcher(self.config), whitening=self.whitening(),
                       options=options, rerank=Reranking(self.store, self._local_of))
+
+    def similar(self, ref: str | int, options: SearchOptions = SearchOptions()) -> SearchResult:
+        """More like an indexed file (a path, or an id: N or `id:N`), searched with the descriptor the
+        store holds for it: no decode, no model; re-ranked with its stored local descriptors (read
+        from its file only where the row has none). The file is left out of its own results; copies
+        of it under other names are not. Searched on the host's vectors unless a search here placed
+        them on a GPU already or the index asks for one (DerivedCache.searcher, placed=False)."""
+        from .lookup import like_query, resolve
+
+        row = resolve(self.store, ref, index=self.path)
+        q = like_query(self.store, row, rerank=options.rerank)
+        if q is None:  # re-ranking a row stored without local descriptors: its file is read
+            tokens = self.queries([row.path])[0]
+            q = Query(self.store.descriptors_of([row.id]), tokens.patches, tokens.grid, indexed_id=row.id)
+        return search(q, store=self.store, vec=self._derived.searcher(self.config, placed=False),
+                      whitening=self.whitening(), options=options, rerank=Reranking(self.store, self._local_of))
+
+    def files(self, paths: Sequence[str | Path] | None = None, *, skipped: bool = False) -> Iterator[FileRow]:
+        """Indexed files (skipped: refused ones) by path, at or under `paths` or all, streamed
+        (engine/lookup.listing)."""
+        from .lookup import listing
+
+        return listing(self.store, paths, skipped=skipped)
 
     def _local_of(self, paths: Sequence[str], pca: LocalPCA) -> dict[str, LocalFeatures]:
         """Re-ranking's local descriptors of candidates stored without them (reranking.LocalOf)."""

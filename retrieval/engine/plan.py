@@ -5,12 +5,13 @@ Also the exclusions (`retrieve remove`, `--exclude GLOB`) that decide which foun
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from ..errors import UNREADABLE, UsageError
-from ..store import FileRow, PathFilter, Touch
+from ..store import FileRow, Move, PathFilter, Touch
 from ..types import ImageRef
 
 
@@ -20,9 +21,10 @@ class Plan:
     known: set[str] = field(default_factory=set)  # found paths that have a row (an embed there is an update)
     deletes: list[int] = field(default_factory=list)  # rows whose files are gone (or now excluded)
     touches: list[Touch] = field(default_factory=list)  # same bytes, new stat (or a stat not recorded before)
+    moves: list[Move] = field(default_factory=list)  # a gone row's bytes found at a new path: the row follows them
     unchanged: int = 0
     still_refused: int = 0  # refused before and unchanged since
-    hashed: int = 0  # indexed files read to compare their bytes with the stored hash
+    hashed: int = 0  # files read to compare their bytes with a stored hash (indexed ones, and possible moves)
     changed: int = 0  # indexed files whose bytes differ from the stored ones (other size or hash): embedded again
     stopped: bool = False  # should_stop() while hashing: files not hashed yet are left as they are
 
@@ -30,7 +32,9 @@ class Plan:
 def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_skipped: bool,
                 same_bytes: Callable[[str, str], bool], verify: bool = False,
                 on_hashed: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> Plan:
+                should_stop: Callable[[], bool] = lambda: False,
+                sha256_of: Callable[[str], str | None] | None = None, elsewhere: Iterable[FileRow] = (),
+                gone: Callable[[str], bool] = lambda path: False) -> Plan:
     """found: the files under the roots now; rows: the stored rows under the same roots, by path
     (rows in folders that could not be listed left out: unknown is not gone).
 
@@ -40,14 +44,24 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
     update the stored stat, other bytes are embedded; so are files of another size, and files
     refused because they could not be read (permissions come back without a new mtime). With
     `verify` every indexed file is hashed. `on_hashed(done, total)` follows the hashing, which
-    stops when `should_stop()` says so. Rows not found are deleted."""
+    stops when `should_stop()` says so. Rows not found are deleted, unless they moved:
+
+    A new file whose size is that of an indexed file that is gone (a row under the roots not
+    found, or a row of `elsewhere`, the index's other rows, whose path `gone(path)` says no longer
+    exists) is hashed, `sha256_of(path)` (None: unreadable); the same hash makes it a move: the
+    gone row takes the new path and stat, its id and descriptors stay, nothing is embedded. A copy
+    whose original is still there is a new file; of two gone rows with the same bytes each moved
+    file takes one (the one with its file name first); a moved file whose bytes changed too is a
+    delete and an add. Without `sha256_of` nothing is a move. A stop while hashing deletes none of
+    the rows that a file not hashed yet may have moved from."""
     plan = Plan()
     left = dict(rows)
     suspects: list[tuple[ImageRef, FileRow]] = []  # to hash
+    new: list[ImageRef] = []
     for ref in found:
         row = left.pop(ref.path, None)
         if row is None:
-            plan.embed.append(ref.path)
+            new.append(ref)
             continue
         plan.known.add(ref.path)
         if row.status == "skipped" and (retry_skipped or (row.error or "").startswith(UNREADABLE)):
@@ -63,9 +77,57 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
         else:
             plan.changed += row.sha256 is not None
             plan.embed.append(ref.path)
-    plan.deletes = [r.id for r in left.values()]
-    _hash(plan, suspects, same_bytes, on_hashed, should_stop)
+    sources = _move_sources(new, left.values(), elsewhere, gone) if sha256_of is not None else {}
+    moving = [ref for ref in new if ref.nbytes in sources]
+    plan.embed += [ref.path for ref in new if ref.nbytes not in sources]
+    total = len(suspects) + len(moving)
+    progress = None if on_hashed is None else (lambda done: on_hashed(done, total))
+    _hash(plan, suspects, same_bytes, progress, should_stop)
+    if moving and not plan.stopped:
+        assert sha256_of is not None
+        _hash_moves(plan, moving, sources, sha256_of, progress, should_stop)
+    kept = {r.id for by in sources.values() for rs in by.values() for r in rs} if plan.stopped else set()  # may be one
+    moved = {m.id for m in plan.moves}
+    plan.deletes = [r.id for r in left.values() if r.id not in moved and r.id not in kept]
     return plan
+
+
+def _move_sources(new: Sequence[ImageRef], left: Iterable[FileRow], elsewhere: Iterable[FileRow],
+                  gone: Callable[[str], bool]) -> dict[int, dict[str, list[FileRow]]]:
+    """The indexed rows a new file may have moved from, by size and hash: gone under the roots
+    (`left`), or elsewhere with a size some new file has and a path that is gone."""
+    sizes = {ref.nbytes for ref in new}
+
+    def movable(row: FileRow) -> bool:
+        return row.nbytes in sizes and row.status == "ok" and row.sha256 is not None
+
+    out: dict[int, dict[str, list[FileRow]]] = {}
+    for row in [*filter(movable, left), *(r for r in elsewhere if movable(r) and gone(r.path))]:
+        assert row.sha256 is not None
+        out.setdefault(row.nbytes, {}).setdefault(row.sha256, []).append(row)
+    return out
+
+
+def _hash_moves(plan: Plan, moving: Sequence[ImageRef], sources: dict[int, dict[str, list[FileRow]]],
+                sha256_of: Callable[[str], str | None], progress: Callable[[int], None] | None,
+                should_stop: Callable[[], bool]) -> None:
+    """Hash each new file of a gone row's size; the same bytes move that row (each row once)."""
+    for ref in moving:
+        if should_stop():
+            plan.stopped = True
+            return
+        plan.hashed += 1
+        digest = sha256_of(ref.path)
+        same = sources[ref.nbytes].get(digest or "", [])
+        if same:
+            name = os.path.basename(ref.path)
+            row = next((r for r in same if os.path.basename(r.path) == name), same[0]) if len(same) > 1 else same[0]
+            same.remove(row)
+            plan.moves.append(Move(row.id, ref.path, ref.nbytes, ref.mtime_ns, ref.ctime_ns, ref.inode))
+        else:
+            plan.embed.append(ref.path)
+        if progress is not None:
+            progress(plan.hashed)
 
 
 def _same_stat(row: FileRow, ref: ImageRef) -> bool:
@@ -85,8 +147,8 @@ def _touch(plan: Plan, row: FileRow, ref: ImageRef) -> None:
 
 
 def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], same_bytes: Callable[[str, str], bool],
-          on_hashed: Callable[[int, int], None] | None, should_stop: Callable[[], bool]) -> None:
-    for done, (ref, row) in enumerate(suspects, 1):
+          progress: Callable[[int], None] | None, should_stop: Callable[[], bool]) -> None:
+    for ref, row in suspects:
         if should_stop():
             plan.stopped = True
             return
@@ -98,8 +160,8 @@ def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], same_bytes: 
         else:
             plan.changed += 1
             plan.embed.append(ref.path)
-        if on_hashed is not None:
-            on_hashed(done, len(suspects))
+        if progress is not None:
+            progress(plan.hashed)
 
 
 def emptied_roots(roots: Sequence[str], found: Iterable[ImageRef], rows: Iterable[str]) -> list[tuple[str, int]]:

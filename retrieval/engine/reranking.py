@@ -38,12 +38,16 @@ class Reranking:
     local_of: LocalOf
 
     def rerank(self, patches: np.ndarray, grid: tuple[int, int], ids: np.ndarray, scores: np.ndarray, *,
-               top: int) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+               top: int, features: LocalFeatures | None = None) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
         """(ids, scores, inliers) of a ranking, its first `top` verified against the query's patch
         tokens (h*w, d) on its grid (h, w) and put in rerank.rerank_order; the rest keep their
-        order, with inliers None."""
+        order, with inliers None. features: the query's local descriptors already projected by the
+        index's patch PCA (an indexed file's stored ones), used in place of the tokens (then (0, d))."""
         pca = query_pca(self.store, patches)
-        qf, qxy = pca.project(patches), local.grid_xy(grid)
+        if features is not None:
+            qf, qxy = features.feats.astype(np.float32), features.xy
+        else:
+            qf, qxy = pca.project(patches), local.grid_xy(grid)
         head = min(top, len(ids))
         cands = self.candidates([int(i) for i in ids[:head]], pca)
         counts = []

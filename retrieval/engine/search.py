@@ -13,6 +13,7 @@ import numpy as np
 from .. import rerank as rr
 from .. import whitening as wh
 from ..config import SearchOptions
+from ..local import LocalFeatures
 from ..store import Store
 from ..vectors import VectorIndex
 from .reranking import Reranking
@@ -63,11 +64,16 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Query:
-    """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid."""
+    """One embedded query: raw descriptor (1, D), first-scale patch tokens (h*w, d) and grid.
+    An indexed file as the query ("more like this", engine/lookup.py): `indexed_id` is left out of
+    its own results, and `features`, its stored local descriptors (already projected by the index's
+    patch PCA), re-rank in place of the patch tokens (then (0, d))."""
 
     raw: np.ndarray
     patches: np.ndarray
     grid: tuple[int, int]
+    features: LocalFeatures | None = None
+    indexed_id: int | None = None
 
     @classmethod
     def of(cls, e: Embedding) -> Query:
@@ -109,14 +115,16 @@ def _ranked(xq: np.ndarray, q: Query, *, vec: VectorIndex, rerank: Reranking | N
             ) -> list[tuple[float, int, int | None]]:
     """(score, id, inliers) of the top k, re-ranked over the top options.rerank_k when asked."""
     shortlist = max(k, options.rerank_k) if options.rerank else k
-    scores, ids = vec.search(xq, shortlist)
-    valid = ids[0] >= 0
-    ids_v, scores_v = ids[0][valid], scores[0][valid]
+    itself = q.indexed_id is not None  # an indexed query: one more asked for, itself left out
+    scores, ids = vec.search(xq, shortlist + itself)
+    valid = (ids[0] >= 0) & (ids[0] != (q.indexed_id if itself else -1))
+    ids_v, scores_v = ids[0][valid][:shortlist], scores[0][valid][:shortlist]
     inliers: list[int | None] = [None] * len(ids_v)
     if options.rerank and len(ids_v):
         if rerank is None:
             raise ValueError("options.rerank needs the re-ranking stage (engine.reranking.Reranking)")
-        ids_v, scores_v, inliers = rerank.rerank(q.patches, q.grid, ids_v, scores_v, top=options.rerank_k)
+        ids_v, scores_v, inliers = rerank.rerank(q.patches, q.grid, ids_v, scores_v, top=options.rerank_k,
+                                                 features=q.features)
     return [(float(s), int(i), n) for s, i, n in zip(scores_v[:k], ids_v[:k], inliers[:k])]
 
 

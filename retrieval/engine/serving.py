@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .. import images
-from ..config import ImageConfig
+from ..config import ImageConfig, SearchOptions
 from ..errors import BadImageError, UsageError
 from ..rerank import MIN_INLIERS
 from ..store import Store
@@ -30,7 +30,7 @@ from .descriptors import Embedding, embed_stream
 from .embedding import Decoded, from_prepared
 from .index import Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
-from .search import Query
+from .search import Query, SearchResult
 
 PICTURE_KINDS = ("matches", "heatmap", "pca")
 
@@ -57,6 +57,28 @@ class ExplainedQuery:
 
     def view(self) -> View:
         return View(self.picture, self.query.patches, self.query.grid, self.display)
+
+
+@dataclass(frozen=True)
+class IndexedQuery:
+    """An indexed image as the query ("more like this", `similar`): searched with its stored
+    descriptor, no upload held (source is empty); its correspondences are drawn from its file,
+    read and embedded again for each result opened (the store keeps no full patch tokens)."""
+
+    image_id: int
+    path: str
+    size: tuple[int, int]  # upright (w, h) as indexed
+    source: bytes = b""
+    box: Box | None = None
+
+
+def similar(idx: Index, image_id: int, options: SearchOptions) -> tuple[IndexedQuery, SearchResult] | None:
+    """More like the indexed image `image_id` (Index.similar: its stored descriptor, itself left
+    out), with the query to explain its results by; None when no such image is indexed."""
+    size, path = idx.store.size_of(image_id), indexed_path(idx, image_id)
+    if size is None or path is None:
+        return None
+    return IndexedQuery(image_id, path, size), idx.similar(image_id, options)
 
 
 def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = None,
@@ -175,15 +197,16 @@ class Correspondences:
         return render(self.pair, patch_size=self.patch_size, text=text)[kind]
 
 
-def correspondences(idx: Index, q: ExplainedQuery, image_id: int) -> Correspondences | None:
-    """The verified patch matches between a query and an indexed image (None: no such image),
-    made as `retrieve match` makes them."""
+def correspondences(idx: Index, q: ExplainedQuery | IndexedQuery, image_id: int) -> Correspondences | None:
+    """The verified patch matches between a query (an upload, or an indexed image) and an indexed
+    image (None: no such image), made as `retrieve match` makes them."""
     size, path = idx.store.size_of(image_id), indexed_path(idx, image_id)
     if size is None or path is None:
         return None
     bb = idx.backbone()
     other = view(path, backbone=bb, image=idx.config.image)
-    return Correspondences(pair(q.view(), other), bb.patch_size, q.size, q.box, size, model_label(bb))
+    mine = q.view() if isinstance(q, ExplainedQuery) else view(q.path, backbone=bb, image=idx.config.image)
+    return Correspondences(pair(mine, other), bb.patch_size, q.size, q.box, size, model_label(bb))
 
 
 def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
@@ -197,5 +220,5 @@ def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int]
     return out
 
 
-__all__ = ["Census", "Correspondences", "ExplainedQuery", "PICTURE_KINDS", "correspondences", "embed_explained",
-           "indexed_path", "jpeg_bytes", "BadImageError"]
+__all__ = ["Census", "Correspondences", "ExplainedQuery", "IndexedQuery", "PICTURE_KINDS", "correspondences",
+           "embed_explained", "indexed_path", "jpeg_bytes", "similar", "BadImageError"]

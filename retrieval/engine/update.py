@@ -5,9 +5,9 @@
 
 One run, under the index folder's writer lock: the folders are listed (the exclusions lifted
 for folders given again), `plan.plan_update` compares what is found with the stored rows (the
-call site below, `_plan`), deletions and touches are applied, the files to embed go through
-this process's model or a Ray cluster (engine/distributed.py) and are committed per forward
-batch (engine/commit.py, the patch-PCA sample included), and the whitening and vectors are
+call site below, `_plan`, moves included), deletions, touches and moves are applied in one
+transaction, the files to embed go through this process's model or a Ray cluster
+(engine/distributed.py) and are committed per forward batch (engine/commit.py, the patch-PCA sample included), and the whitening and vectors are
 refreshed (engine/derived_cache.py), refitted once when asked.
 """
 
@@ -51,6 +51,7 @@ class UpdateSummary:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    moved: int = 0  # indexed files found at a new path (same bytes): the row follows, nothing is embedded
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, "reason; fix: ...") refused in this run
     still_refused: int = 0  # refused before, unchanged since (not tried again without retry_skipped)
@@ -82,10 +83,10 @@ def update(store: Store, config: EngineConfig, folder: Path, roots: Sequence[str
     with writer_lock(folder):
         roots = index_roots(roots)
         found, plan = _plan(store, folder, roots, options)
-        if plan.deletes or plan.touches:
-            store.apply(deletes=plan.deletes, touches=plan.touches)
-        summary.removed, summary.unchanged, summary.still_refused = \
-            len(plan.deletes), plan.unchanged, plan.still_refused
+        if plan.deletes or plan.touches or plan.moves:
+            store.apply(deletes=plan.deletes, touches=plan.touches, moves=plan.moves)
+        summary.removed, summary.unchanged, summary.still_refused, summary.moved = \
+            len(plan.deletes), plan.unchanged, plan.still_refused, len(plan.moves)
         summary.hashed, summary.changed, summary.interrupted = plan.hashed, plan.changed, plan.stopped
         if plan.embed and not plan.stopped:
             refs = {r.path: r for r in found}
@@ -106,14 +107,16 @@ def _plan(store: Store, folder: Path, roots: Roots, options: UpdateOptions) -> t
     listed = list(discover(roots.real, extensions=images.IMAGE_EXTENSIONS, exclude=[folder, *excluded.paths],
                            unreadable=unreadable))
     found = excluded.keeps(listed)
-    keep = PathFilter(unreadable)  # rows under folders we could not list are not "deleted"
-    rows = {row.path: row for row in store.rows(under=roots.under) if row.path not in keep}
+    keep, inside = PathFilter(unreadable), PathFilter(roots.under)  # rows under folders not listed: not "deleted"
+    stored = [row for row in store.rows() if row.path not in keep]
+    rows = {row.path: row for row in stored if row.path in inside}
     for root, n in emptied_roots(roots.real, listed, rows):  # gone is not the same as not mounted
         raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                              f"drive not mounted?); nothing was changed", fix="mount it, or remove the folder "
                              "from the index", command=f"retrieve remove {shlex.quote(shown(root))}")
     plan = plan_update(found, rows, retry_skipped=options.retry_skipped, same_bytes=_same_bytes,
-                       verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop)
+                       verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop,
+                       sha256_of=_sha256_of, gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
     return found, plan
 
 
@@ -206,12 +209,29 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
 
 def _same_bytes(path: str, sha256: str) -> bool:
     """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
+    return _sha256_of(path) == sha256
+
+
+def _sha256_of(path: str) -> str | None:
+    """The file's sha256 as the store holds it; None when it cannot be read now (embedding it
+    records the reader's refusal and its fix)."""
     from ..backbone.weights import file_sha256
 
     try:
-        return file_sha256(path) == sha256
-    except OSError:  # unreadable now: embedding it again records the reader's refusal and its fix
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _gone(path: str) -> bool:
+    """Whether nothing is at `path` now (a folder that cannot be searched is not "gone")."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
         return False
+    return False
 
 
 __all__ = ["UpdateOptions", "UpdateSummary", "embed_and_commit", "embedded_here", "remove", "update"]

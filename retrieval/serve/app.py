@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import SearchOptions
-from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes
+from ..engine.serving import PICTURE_KINDS, Correspondences, correspondences, indexed_path, jpeg_bytes, similar
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import Box, parse_box, shown
 from .batching import Batcher, CensusThread, IndexThread, Searched, SearchJob
@@ -164,11 +164,17 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
             raise HTTPException(408, f"the upload took longer than {body_timeout:g} s to arrive",
                                 headers={"Connection": "close"}) from None
         searched = await batcher.search(job)
-        qid = cache.put(searched)
-        hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
-                 **({"inliers": h.inliers} if h.inliers is not None else {})} for h in searched.result.hits]
-        return _JSON({"query": qid, "hits": hits, "reranked": searched.result.reranked,
-                      "size": list(searched.query.size)})
+        return _JSON(_found(cache.put(searched), searched))
+
+    async def similar_to(request: Request) -> Response:
+        """More like an indexed image: its stored descriptor searched on the index thread (no
+        decode, no forward pass), itself left out; the answer as a search's."""
+        image_id, options = _image_id(request), _options(request.query_params)
+        found = await thread.call(lambda idx: similar(idx, image_id, options))
+        if found is None:
+            raise HTTPException(404, f"no indexed image with id {image_id}")
+        searched = Searched(*found)
+        return _JSON(_found(cache.put(searched), searched))
 
     async def image(request: Request) -> Response:
         image_id = _image_id(request)
@@ -209,6 +215,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
         Route("/api/info", info),
         Route("/api/openapi.json", openapi),
         Route("/api/search", search, methods=["POST"]),
+        Route("/api/similar/{id}", similar_to),
         Route("/api/images/{id}", image),
         Route("/api/queries/{qid}/matches/{id}", matches),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -233,20 +240,33 @@ def _png(c: Correspondences, kind: str) -> bytes:
     return buf.getvalue()
 
 
+def _found(qid: str, searched: Searched) -> dict[str, Any]:
+    """A search's answer (POST /api/search, GET /api/similar/{id})."""
+    hits = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
+             **({"inliers": h.inliers} if h.inliers is not None else {})} for h in searched.result.hits]
+    return {"query": qid, "hits": hits, "reranked": searched.result.reranked, "size": list(searched.query.size)}
+
+
 async def _job(form: Any) -> SearchJob:
     """A search job from the form: the upload's bytes (in memory: the form holds up to 1 MiB of a
     part there, python-multipart spills larger ones to a temporary file), options checked."""
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise HTTPException(400, "no query image: send the file as multipart form field 'image'")
-    d = SearchOptions()  # the form's defaults; MAX_K and MAX_ALPHA are the server's bounds on top
-    options = SearchOptions(k=_int_field(form.get("k"), "k", default=d.k, low=1, high=MAX_K),
-                            rerank_k=_int_field(form.get("rerank_k"), "rerank_k", default=d.rerank_k, low=1, high=MAX_K),
-                            qe=_int_field(form.get("qe"), "qe", default=d.qe, low=0, high=MAX_K),
-                            qe_alpha=_alpha_field(form.get("qe_alpha"), default=d.qe_alpha),
-                            rerank=_bool_field(form.get("rerank"), "rerank"))  # checked in this order
+    options = _options(form)
     bbox = _bbox_field(form.get("bbox"))
     return SearchJob(await upload.read(), options=options, bbox=bbox)
+
+
+def _options(fields: Any) -> SearchOptions:
+    """Search options from a form's fields or a query string, checked in this order; the defaults
+    are SearchOptions', MAX_K and MAX_ALPHA the server's bounds on top."""
+    d = SearchOptions()
+    return SearchOptions(k=_int_field(fields.get("k"), "k", default=d.k, low=1, high=MAX_K),
+                         rerank_k=_int_field(fields.get("rerank_k"), "rerank_k", default=d.rerank_k, low=1, high=MAX_K),
+                         qe=_int_field(fields.get("qe"), "qe", default=d.qe, low=0, high=MAX_K),
+                         qe_alpha=_alpha_field(fields.get("qe_alpha"), default=d.qe_alpha),
+                         rerank=_bool_field(fields.get("rerank"), "rerank"))
 
 
 def _field(value: Any, name: str) -> str | None:

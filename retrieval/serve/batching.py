@@ -23,7 +23,7 @@ from typing import Generic, Protocol, TypeVar
 from ..config import SearchOptions
 from ..engine import Index
 from ..engine.search import SearchResult
-from ..engine.serving import Census, ExplainedQuery, embed_explained
+from ..engine.serving import Census, ExplainedQuery, IndexedQuery, embed_explained
 from ..errors import BadImageError, RetrievalError
 from ..types import Box
 
@@ -136,7 +136,7 @@ class SearchJob:
 
 @dataclass(frozen=True)
 class Searched:
-    query: ExplainedQuery
+    query: ExplainedQuery | IndexedQuery  # an upload, or an indexed image (GET /api/similar)
     result: SearchResult
 
 

@@ -111,6 +111,13 @@ def _hits() -> Schema:
         "hits": {"type": "array", "items": hit}, "reranked": {"type": "boolean"}, "size": _pair("integer")}}
 
 
+def _search_parameters() -> list[Schema]:
+    """The search form's options (all but the image and its box) as query parameters."""
+    fields = search_form()["properties"]
+    return [_query(name, {k: v for k, v in fields[name].items() if k != "description"}, fields[name]["description"])
+            for name in ("k", "rerank", "rerank_k", "qe", "qe_alpha")]
+
+
 def _pair(kind: str) -> Schema:
     return {"type": "array", "items": {"type": kind, "minimum": 0}, "minItems": 2, "maxItems": 2}
 
@@ -141,8 +148,9 @@ def _paths(token: bool, max_upload: int) -> Schema:
         "schema": search_form(), "encoding": {"image": {"contentType": "image/*"}}}}}
     picture = {"type": "string", "format": "binary"}
     hits = _json("hits, as `retrieve query --json`", _hits())
-    hits["links"] = {  # what a client does next with a search's answer (the page does both)
+    hits["links"] = {  # what a client does next with a search's answer (the page does all three)
         "image": {"operationId": "image", "parameters": {"id": "$response.body#/hits/0/id"}},
+        "similar": {"operationId": "similar", "parameters": {"id": "$response.body#/hits/0/id"}},
         "matches": {"operationId": "matches",
                     "parameters": {"qid": "$response.body#/query", "id": "$response.body#/hits/0/id"}}}
     return {
@@ -159,6 +167,9 @@ def _paths(token: bool, max_upload: int) -> Schema:
         "/api/search": {"post": _operation(
             "search", "the indexed images most like an uploaded one", hits,
             {**INDEX_ERROR, 413: f"an upload over --max-upload ({max_upload} bytes)"}, token=token, body=form)},
+        "/api/similar/{id}": {"get": _operation(
+            "similar", "the indexed images most like an indexed one (itself left out), from its stored descriptor",
+            hits, {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, *_search_parameters()])},
         "/api/images/{id}": {"get": _operation(
             "image", "an indexed image, upright", _answer("the image as JPEG", {"image/jpeg": picture}),
             {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, _query(

@@ -35,6 +35,10 @@ class PathFilter:
                 kept.append(p)
         self._roots = kept
 
+    def roots(self) -> list[str]:
+        """The roots kept (none inside another), as absolute paths without a trailing '/' ('' for '/')."""
+        return ["/" + "/".join(p) if p else "" for p in self._roots]
+
     def __contains__(self, path: object) -> bool:
         p = _parts(str(path))
         i = bisect.bisect_right(self._roots, p) - 1

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -38,5 +38,13 @@ def _v3(db: sqlite_utils.Database) -> None:
             images.add_column(column, int)
 
 
+def _v4(db: sqlite_utils.Database) -> None:
+    """When a row was last indexed (embedded, or refused), for `retrieve list`. Rows from v3 get
+    NULL: not known (shown as such), set the next time their file is embedded again."""
+    images = db.table("images")
+    if "indexed_ns" not in images.columns_dict:
+        images.add_column("indexed_ns", int)
+
+
 # version reached -> step from the version before it; add a step per schema change
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}

@@ -1,7 +1,8 @@
 """SQLite store (sqlite-utils): the source of truth of an index.
 
 One row per file: path, size, mtime_ns, ctime_ns, inode, sha256, width, height, status ('ok' |
-'skipped'), error, and the raw (pre-whitening) global descriptor as a float32 blob. Times and
+'skipped'), error, indexed_ns (when it was last embedded or refused), and the raw (pre-whitening)
+global descriptor as a float32 blob. Times and
 inodes are stored as int64 whatever the file system says (types.int64_time, int64_id): a file
 dated past 2262 never fails the batch it is in. Paths are stored
 losslessly: as TEXT when they are valid UTF-8, else as the file system's bytes in a BLOB (Linux
@@ -20,6 +21,8 @@ full", "damaged" and similar failures leave this module as one-line `StoreError`
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ from .schema import MIGRATIONS, SCHEMA_VERSION
 
 DESCRIPTOR_DTYPE = np.dtype(np.float32)  # a raw global descriptor is stored as D of these (Store._stacked reads them)
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
+ROWS_AT_ONCE = 1000  # rows a listing takes from its cursor at a time
+_ROW = "id, path, size, mtime_ns, sha256, status, error, ctime_ns, inode, indexed_ns"  # FileRow's columns
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,25 @@ class FileRow:
     error: str | None
     ctime_ns: int | None = None  # None: not known (a row from schema 2, filled in by the next update)
     inode: int | None = None
+    indexed_ns: int | None = None  # when it was last embedded or refused; None: before schema 4
 
 
 class Touch(NamedTuple):
     """A file's new size and times (and inode) where its bytes are what the row holds."""
 
     id: int
+    nbytes: int
+    mtime_ns: int
+    ctime_ns: int | None = None
+    inode: int | None = None
+
+
+class Move(NamedTuple):
+    """A file found at a new path with the bytes a row holds: the row takes the path and the stat;
+    its id and descriptors stay (the vector index is unchanged)."""
+
+    id: int
+    path: str
     nbytes: int
     mtime_ns: int
     ctime_ns: int | None = None
@@ -221,18 +239,38 @@ class Store:
     # --- rows ---------------------------------------------------------------------------------
     def rows(self, *, under: Sequence[str] | None = None) -> Iterator[FileRow]:
         """Every file row, or those whose path is under one of `under` (absolute folders or files)."""
-        sql = "SELECT id, path, size, mtime_ns, sha256, status, error, ctime_ns, inode FROM images"
         inside = None if under is None else PathFilter(under)
-        for r in self.db.execute(sql + " ORDER BY path").fetchall():
-            row = FileRow(r[0], _path_out(r[1]), *r[2:])
+        for r in self.db.execute(f"SELECT {_ROW} FROM images ORDER BY path").fetchall():
+            row = _file_row(r)
             if inside is None or row.path in inside:
                 yield row
 
+    def listing(self, *, under: Sequence[str] | None = None, status: str | None = None) -> Iterator[FileRow]:
+        """`rows`, streamed: read from cursors as the caller iterates (a million rows are never all in
+        memory, and the first comes at once), those under `under` (absolute folders or files; root by
+        root, each by path) or all by path, with `status` ('ok', 'skipped') if given. Every statement
+        walks the path index in order: SQLite never sorts (`+status` keeps it off the status index)."""
+        also = "" if status is None else " AND +status = ?"
+        for where, args in _ranges(under):
+            sql = f"SELECT {_ROW} FROM images WHERE {where}{also} ORDER BY path"
+            cursor = self.db.execute(sql, [*args] if status is None else [*args, status])
+            while rows := cursor.fetchmany(ROWS_AT_ONCE):
+                yield from map(_file_row, rows)
+
+    def row(self, ref: int | str) -> FileRow | None:
+        """The row with this id (an int) or this exact stored path (a str), or None."""
+        where, arg = ("id = ?", int(ref)) if isinstance(ref, int) else ("path = ?", _path_in(ref))
+        r = self.db.execute(f"SELECT {_ROW} FROM images WHERE {where}", [arg]).fetchone()
+        return None if r is None else _file_row(r)
+
     def apply(self, upserts: Iterable[Upsert] = (), deletes: Iterable[int] = (),
-              touches: Iterable[Touch | tuple[int, int, int]] = ()) -> None:
+              touches: Iterable[Touch | tuple[int, int, int]] = (), moves: Iterable[Move] = ()) -> None:
         """One transaction: insert/replace files by path, delete ids, update the stats of `touches`
-        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown)."""
+        (Touch, or (id, nbytes, mtime_ns), which leaves the ctime and inode unknown), and give the
+        rows of `moves` their new path and stat. Moves and touches leave the data version alone:
+        the descriptors of every id are what they were, so whitening and vectors stay."""
         upserts, deletes = list(upserts), list(deletes)
+        now = time.time_ns()  # the rows' indexed_ns (a touch keeps its row's)
         with self.transaction():
             if upserts or deletes:
                 self._set_meta("data_version", self.data_version + 1)
@@ -241,22 +279,26 @@ class Store:
                 gh, gw = u.grid if u.grid is not None else (None, None)
                 self.db.execute(
                     "INSERT INTO images(path, size, mtime_ns, ctime_ns, inode, sha256, width, height, status, error, "
-                    "descriptor, local_feats, local_coords, grid_h, grid_w) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "descriptor, local_feats, local_coords, grid_h, grid_w, indexed_ns) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
                     "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
                     "inode=excluded.inode, sha256=excluded.sha256, width=excluded.width, "
                     "height=excluded.height, status=excluded.status, error=excluded.error, "
                     "descriptor=excluded.descriptor, local_feats=excluded.local_feats, "
-                    "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w",
+                    "local_coords=excluded.local_coords, grid_h=excluded.grid_h, grid_w=excluded.grid_w, "
+                    "indexed_ns=excluded.indexed_ns",
                     [_path_in(u.path), u.nbytes, *_stat(u.mtime_ns, u.ctime_ns, u.inode), u.sha256, u.width,
                      u.height, u.status, None if u.error is None else shown(u.error), blob, u.local_feats,
-                     u.local_coords, gh, gw],
+                     u.local_coords, gh, gw, now],
                 )
             for i in deletes:
                 self.db.execute("DELETE FROM images WHERE id = ?", [int(i)])
             for t in (Touch(*x) for x in touches):
                 self.db.execute("UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
                                 [t.nbytes, *_stat(t.mtime_ns, t.ctime_ns, t.inode), int(t.id)])
+            self.db.conn.executemany(
+                "UPDATE images SET path = ?, size = ?, mtime_ns = ?, ctime_ns = ?, inode = ? WHERE id = ?",
+                [(_path_in(m.path), m.nbytes, *_stat(m.mtime_ns, m.ctime_ns, m.inode), int(m.id)) for m in moves])
             self._bump()
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -357,6 +399,28 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return [(_path_out(p), e) for p, e in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
+
+
+def _file_row(r: Sequence[Any]) -> FileRow:
+    return FileRow(r[0], _path_out(r[1]), *r[2:])
+
+
+def _ranges(roots: Sequence[str] | None) -> list[tuple[str, list[Any]]]:
+    """WHERE clauses (with their arguments) that together select the paths equal to or inside one of
+    `roots`, each one range of the path index: per root the path itself, then `root/` up to `root0`
+    ('0' is the byte after '/'), once as TEXT and once as the file system's bytes (SQLite orders all
+    TEXT before any BLOB, so each range holds only its own kind). Roots inside others are dropped."""
+    kept = None if roots is None else PathFilter(roots).roots()
+    if kept is None or "" in kept:  # everything (the file system's root holds every path)
+        return [("1", [])]
+    out: list[tuple[str, list[Any]]] = []
+    for root in kept:
+        for kind in (root, os.fsencode(root)):
+            if isinstance(kind, str) and _path_in(kind) != kind:  # not UTF-8: no TEXT path lies under it
+                continue
+            slash, zero = ("/", "0") if isinstance(kind, str) else (b"/", b"0")
+            out += [("path = ?", [kind]), ("path >= ? AND path < ?", [kind + slash, kind + zero])]  # type: ignore[operator]
+    return out
 
 
 def descriptor_bytes(dim: int) -> int:

@@ -63,7 +63,7 @@ $("token-form").addEventListener("submit", (e) => {
   $("token").value = "";
   $("token-form").hidden = true;
   health();
-  if (state.file) search();
+  if (state.file || state.like) search();
 });
 
 function status(text, isError = false) {
@@ -123,14 +123,16 @@ function closeDetail() {
   if (opener && opener.isConnected) opener.focus();
 }
 
-const state = { file: null, queryURL: null, box: null, natural: null, result: null, detail: null };
+// like: the indexed image a "more like this" search is about ({id, path}; null for an upload)
+const state = { file: null, like: null, queryURL: null, box: null, natural: null, result: null, detail: null };
 
 // --- choosing a query: file input, drop, paste ---
 function choose(file) {
   if (!file) return;
   state.file = file;
   state.box = null;
-  if (state.queryURL) URL.revokeObjectURL(state.queryURL);
+  if (state.queryURL && !state.like) URL.revokeObjectURL(state.queryURL); // a like's picture is imageURL's
+  state.like = null;
   state.queryURL = URL.createObjectURL(file);
   const img = $("query-img");
   img.onload = () => {
@@ -241,24 +243,32 @@ function drawBox() {
 $("options").addEventListener("submit", (e) => { e.preventDefault(); search(); });
 $("rerank").addEventListener("change", () => search());
 let searchSeq = 0;
-async function search() {
-  if (!state.file) return;
-  const seq = ++searchSeq;
+function searchRequest(box) {
+  const k = $("k").value || "20", rerank = $("rerank").checked ? "true" : "false";
+  if (state.like) return api("/api/similar/" + state.like.id + "?" + new URLSearchParams({ k, rerank }));
   const form = new FormData();
   form.append("image", state.file, state.file.name || "pasted.png");
-  form.append("k", $("k").value || "20");
-  form.append("rerank", $("rerank").checked ? "true" : "false");
-  const box = state.box ? state.box.slice() : null;
+  form.append("k", k);
+  form.append("rerank", rerank);
   if (box) form.append("bbox", box.map((v) => v.toFixed(1)).join(","));
+  return api("/api/search", { method: "POST", body: form });
+}
+
+async function search() {
+  if (!state.file && !state.like) return;
+  const seq = ++searchSeq;
+  const like = state.like;
+  const box = state.box && !like ? state.box.slice() : null;
   status("searching...");
   try {
-    const r = await api("/api/search", { method: "POST", body: form });
+    const r = await searchRequest(box);
     const data = await r.json();
     if (seq !== searchSeq) return; // a newer search was started meanwhile
     state.result = { ...data, box };
     status("");
     uploadError("");
-    renderResults(data);
+    renderResults(data, like);
+    if (like) $("summary").focus(); // the button that asked is gone with the old results
   } catch (err) {
     if (seq !== searchSeq) return;
     // refused: the old results belong to another query; the reason goes by the upload
@@ -270,11 +280,12 @@ async function search() {
   }
 }
 
-function renderResults(data) {
+function renderResults(data, like) {
   const list = $("results");
   list.replaceChildren();
   const n = data.hits.length;
   $("summary").textContent = n + " result" + (n === 1 ? "" : "s") +
+    (like ? " more like " + shown(baseName(like.path)) : "") +
     (data.reranked ? ", re-ranked by verified patch matches (inliers), then similarity" : ", by similarity");
   for (const hit of data.hits) {
     const img = el("img", { class: "thumb", alt: shown(baseName(hit.path)) });
@@ -285,9 +296,37 @@ function renderResults(data) {
     meta.append(el("span", { class: "name", title: shown(hit.path), text: shown(baseName(hit.path)) }));
     const card = el("button", { type: "button", class: "card" }, img, meta);
     card.addEventListener("click", () => openDetail(hit, card));
-    list.append(el("li", {}, card));
+    const more = el("button", { type: "button", class: "like", text: "more like this",
+                                "aria-label": "more like this: " + shown(baseName(hit.path)) });
+    more.addEventListener("click", () => moreLike(hit));
+    list.append(el("li", {}, card, more));
     imageURL("/api/images/" + hit.id + "?max=320").then((u) => { img.src = u; }).catch(() => { img.alt = "(unavailable)"; });
   }
+}
+
+// "More like this": the indexed image becomes the query, searched from its stored descriptor
+// (GET /api/similar/{id}); no region (the server has no picture of it to crop), itself left out.
+async function moreLike(hit) {
+  if (state.queryURL && !state.like) URL.revokeObjectURL(state.queryURL);
+  Object.assign(state, { file: null, like: { id: hit.id, path: hit.path }, box: null, natural: null, queryURL: null });
+  const img = $("query-img");
+  img.onload = null;
+  img.onerror = null;
+  img.removeAttribute("src");
+  img.alt = "query: " + shown(baseName(hit.path)) + " (indexed)";
+  $("query-box").hidden = false;
+  $("drop-hint").textContent = "more like " + shown(baseName(hit.path)) + " (choose, drop or paste an image for a new query)";
+  $("box-hint").hidden = true;
+  $("region").disabled = true;
+  $("go").disabled = false;
+  drawBox();
+  const like = state.like;
+  imageURL("/api/images/" + hit.id + "?max=1024").then((u) => {
+    if (state.like !== like) return;
+    state.queryURL = u;
+    img.src = u;
+  }).catch(() => { img.alt = "(unavailable)"; });
+  await search();
 }
 
 // A hit's count is the re-ranking's (compact stored patch descriptors); the detail's own counts
