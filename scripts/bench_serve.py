@@ -11,7 +11,7 @@ The index holds synthetic JPEGs embedded with a random checkpoint in the officia
 (bench_index.random_checkpoint; speed does not depend on the values). Each client posts query
 files (not indexed, 640x480 JPEGs) one after another; latency is per request as the client sees
 it (upload, embed, search, JSON), throughput is requests over wall time, and the queries per
-forward pass are the server's own count (Batcher.embedded, read before and after each level). The server runs in its
+forward pass are the server's own count (create_app's on_embed, read before and after each level). The server runs in its
 own process (uvicorn), as `retrieve serve` would, and nothing else runs meanwhile.
 """
 
@@ -42,11 +42,14 @@ from retrieval import Index, SearchOptions  # noqa: E402
 SERVER = """
 import sys, threading, uvicorn
 from retrieval.serve import bind, create_app, server_config
-app = create_app(sys.argv[1], weights=sys.argv[2] or None, window=float(sys.argv[4]))
-def census():  # a line in: the batcher's two counters out (embedding calls, queries in them)
+embedded = [0, 0]  # embedding calls, queries in them (create_app's on_embed, on the index thread)
+def count(n):
+    embedded[0] += 1
+    embedded[1] += n
+app = create_app(sys.argv[1], weights=sys.argv[2] or None, window=float(sys.argv[4]), on_embed=count)
+def census():  # a line in: the two counters out
     for _ in sys.stdin:
-        e = app.state.batcher.embedded
-        print(e.calls, e.queries, flush=True)
+        print(*embedded, flush=True)
 threading.Thread(target=census, daemon=True).start()
 uvicorn.Server(server_config(app)).run(sockets=bind("127.0.0.1", int(sys.argv[3])))  # as `retrieve serve` runs it
 """
@@ -135,7 +138,7 @@ def mixed(url: str, queries: list[bytes], clients: int, total: int, *, drawers: 
 
 
 def embedded(server: subprocess.Popen[str]) -> tuple[int, int]:
-    """The server's embedding calls and the queries they held so far (Batcher.embedded)."""
+    """The server's embedding calls and the queries they held so far (create_app's on_embed)."""
     assert server.stdin is not None and server.stdout is not None
     server.stdin.write("\n")
     server.stdin.flush()

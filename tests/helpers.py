@@ -172,6 +172,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Embeds:
+    """create_app(on_embed=...)'s count, called on the index thread: the server's embedding calls
+    and the queries in them (what a test asks of "was anything searched")."""
+
+    def __init__(self) -> None:
+        self.calls = self.queries = 0
+
+    def __call__(self, n: int) -> None:
+        self.calls += 1
+        self.queries += n
+
+
 class Server:
     """A real uvicorn server on a free loopback port, in a thread."""
 

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.serve import create_app
 
-from .helpers import Server
+from .helpers import Embeds, Server
 
 pytestmark = pytest.mark.browser
 
@@ -219,7 +219,8 @@ def attacked(served):
 
     other = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
     threading.Thread(target=other.serve_forever, daemon=True).start()
-    app = create_app(served["index"])
+    searched = Embeds()
+    app = create_app(served["index"], on_embed=searched)
     p = sync_playwright().start()
     try:
         with Server(app) as url:
@@ -230,7 +231,7 @@ def attacked(served):
                                                  "MAP evil.example 127.0.0.1",
                 "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"])
             try:
-                yield {"browser": browser, "url": url, "port": int(url.rsplit(":", 1)[1]), "app": app,
+                yield {"browser": browser, "url": url, "port": int(url.rsplit(":", 1)[1]), "searched": searched,
                        "other": other.server_address[1]}
             finally:
                 browser.close()
@@ -250,7 +251,7 @@ def test_a_rebound_name_gets_nothing(attacked, caplog):
     """DNS rebinding: a page at rebind.example:PORT, its name re-pointed at 127.0.0.1, is the
     server's origin to the browser, so only the Host check stands between it and the index.
     Before: it read /api/info (200), showed photos and searched with k=1000000."""
-    port, app = attacked["port"], attacked["app"]
+    port, searched = attacked["port"], attacked["searched"]
     context = attacked["browser"].new_context()
     try:
         page = context.new_page()
@@ -260,12 +261,12 @@ def test_a_rebound_name_gets_nothing(attacked, caplog):
                       lambda route: route.fulfill(body='<!doctype html><link rel="icon" href="data:,"><p>hello',
                                                     content_type="text/html"))
         page.goto(f"http://rebind.example:{port}/attack.html")
-        before = len(app.state.cache)
+        before = searched.queries
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="retrieval.serve"):
             got = page.evaluate(ATTACK, "")
         assert got == {"info": 400, "img": "error", "post": 400}
-        assert len(app.state.cache) == before
+        assert searched.queries == before
         refused = _refusals(caplog)
         assert len(refused) == 3 and all("rebind.example" in x for x in refused), refused
     finally:
@@ -276,17 +277,17 @@ def test_a_rebound_name_gets_nothing(attacked, caplog):
 def test_another_origin_can_neither_show_nor_search(attacked, caplog, site):
     """Before: another site's <img src=http://127.0.0.1:PORT/api/images/1> loaded (so it could
     show and count the photos), and its blind POST searched, evicting the user's cached queries."""
-    url, app = attacked["url"], attacked["app"]
+    url, searched = attacked["url"], attacked["searched"]
     context = attacked["browser"].new_context()
     try:
         page = context.new_page()
         page.goto(f"http://{site}:{attacked['other']}/")
-        before = len(app.state.cache)
+        before = searched.queries
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="retrieval.serve"):
             got = page.evaluate(ATTACK, url)
         assert got == {"info": "blocked", "img": "error", "post": "blocked"}  # before: "opaque", sent and run
-        assert len(app.state.cache) == before  # the POST did not search
+        assert searched.queries == before  # the POST did not search
         refused = _refusals(caplog)
         assert len(refused) == 3 and all("Sec-Fetch-Site" in x for x in refused), refused
         assert {x.split()[2].split(":")[0] for x in refused} == {"/api/info", "/api/images/1", "/api/search"}
@@ -297,7 +298,7 @@ def test_another_origin_can_neither_show_nor_search(attacked, caplog, site):
 @pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
 def test_the_page_itself_still_reads_shows_and_searches(attacked, name):
     """The same requests from the server's own origin work, under its real CSP (no bypass)."""
-    app = attacked["app"]
+    searched = attacked["searched"]
     context = attacked["browser"].new_context()
     errors: list[str] = []
     try:
@@ -305,10 +306,10 @@ def test_the_page_itself_still_reads_shows_and_searches(attacked, name):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         assert page.goto(f"http://{name}:{attacked['port']}/").status == 200
         page.wait_for_selector("#status:has-text('9 images')")
-        before = len(app.state.cache)
+        before = searched.queries
         got = page.evaluate(ATTACK, "")
         assert got["info"] == 200 and got["post"] == 200 and isinstance(got["img"], int) and got["img"] > 0, got
-        assert len(app.state.cache) == before + 1
+        assert searched.queries == before + 1
     finally:
         context.close()
     assert errors == []

@@ -1,5 +1,6 @@
 """A search's upload goes from the request's bytes in memory to the decoder (issue 28): no file is
-written, and each query is decoded once."""
+written, each query is decoded once, and off the index thread (which only runs forward passes and
+searches), so that decoding overlaps with the model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 import numpy as np
 import pytest
@@ -18,6 +24,7 @@ from retrieval.images import decoding, readers
 from retrieval.serve import create_app
 
 from .conftest import ROOT
+from .helpers import Server
 
 LOCAL = "http://127.0.0.1"
 
@@ -66,6 +73,68 @@ def test_each_query_is_decoded_once(served, monkeypatch):
                    data={"k": "3"})
         assert r.status_code == 200, r.text
         assert len(calls) == 1
+
+
+def test_uploads_are_decoded_off_the_index_thread(served, monkeypatch):
+    """The index thread only runs forward passes and searches: each upload is decoded and resized
+    on another thread (it used to be decoded on the index thread, one after another, while the
+    model waited)."""
+    threads: list[str] = []
+    real = readers.decode
+
+    def decode(path, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(readers, "decode", decode)
+    with TestClient(create_app(served["index"]), base_url=LOCAL) as c:
+        for fields in ({"k": "3"}, {"k": "3", "bbox": "10,10,200,150"}):
+            r = c.post("/api/search", files={"image": ("q.jpg", served["query"].read_bytes(), "image/jpeg")},
+                       data=fields)
+            assert r.status_code == 200, r.text
+    assert len(threads) == 2
+    assert not any(name.startswith("retrieval-index") for name in threads), threads
+
+
+def test_a_refused_upload_among_concurrent_searches_fails_only_itself(served, awkward_dir):
+    """Good and refused uploads searched at once: each refused one gets its own one-line 400 (the
+    message it gets alone), every good one its hits."""
+    good = served["query"].read_bytes()
+    bad = {"text": b"this is not an image", "truncated": (awkward_dir / "png_truncated.png").read_bytes()}
+    uploads = [("good", good)] * 5 + [("text", bad["text"])] + [("good", good)] * 5 + [("truncated", bad["truncated"])]
+    with Server(create_app(served["index"])) as url:
+        def one(item: tuple[str, bytes]) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post("/api/search", files={"image": ("q.jpg", item[1])}, data={"k": "3"})
+
+        with ThreadPoolExecutor(len(uploads)) as pool:
+            answers = dict(enumerate(pool.map(one, uploads)))
+        alone = {name: one((name, data)) for name, data in bad.items()}
+    for i, (name, _) in enumerate(uploads):
+        r = answers[i]
+        if name == "good":
+            assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
+        else:
+            assert r.status_code == 400 and "cannot be used" in r.json()["error"], r.text
+            assert r.json() == alone[name].json()
+
+
+def test_concurrent_uploads_leave_pillows_settings_as_they_were(served):
+    """Pillow's pixel limit and the warnings hook are process-wide: decoding uploads on several
+    threads, each in its own scope, interleaved the scopes and left a wrapper of the warnings hook
+    behind each time (a chain that grew with uptime)."""
+    from PIL import Image
+
+    show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
+    data = served["query"].read_bytes()
+    with Server(create_app(served["index"])) as url:
+        def one(_: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(one, range(48))) == [200] * 48
+    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
 
 
 def test_read_bytes_is_read_file_without_the_file(served):

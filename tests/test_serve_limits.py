@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from retrieval.serve import Limits, bind, create_app, server_config
 
 from .conftest import ROOT
-from .helpers import Server, free_port
+from .helpers import Embeds, Server, free_port
 
 MULTIPART_HEAD = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
                   b"Content-Type: image/jpeg\r\n\r\n")
@@ -102,13 +102,14 @@ def test_a_long_query_id_is_not_echoed_whole(client):
 def test_batcher_state_does_not_grow_with_searches(served):
     """Before: Batcher.batches gained an entry per embedding call for the life of the server."""
     n = 24
-    with TestClient(create_app(served["index"]), base_url="http://127.0.0.1") as c:
+    embedded = Embeds()
+    with TestClient(create_app(served["index"], on_embed=embedded), base_url="http://127.0.0.1") as c:
         for _ in range(n):
             assert _search(c, served["query"], k="1").status_code == 200
-        batcher = c.app.state.batcher
+        batcher = c.app.state.service.batcher
         sizes = {name: len(v) for name, v in vars(batcher).items() if hasattr(v, "__len__")}
         assert all(size < n for size in sizes.values()), sizes
-        assert (batcher.embedded.calls, batcher.embedded.queries) == (n, n)
+        assert (embedded.calls, embedded.queries) == (n, n)
 
 
 # --- 8: slow and surplus connections, against a live server -------------------------------------------

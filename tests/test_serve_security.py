@@ -18,17 +18,18 @@ from retrieval.errors import UsageError
 from retrieval.serve import create_app
 from retrieval.serve.guard import Hosts, parse_host
 
-from .helpers import Server
+from .helpers import Embeds, Server
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def server(served):
-    """(base URL, port, app) of a server on 127.0.0.1 that also answers to photos.lan."""
-    app = create_app(served["index"], allow_hosts=["photos.lan"])
+    """(base URL, port, its searches counted) of a server on 127.0.0.1 that also answers to photos.lan."""
+    searched = Embeds()
+    app = create_app(served["index"], allow_hosts=["photos.lan"], on_embed=searched)
     with Server(app) as url:
-        yield url, int(url.rsplit(":", 1)[1]), app
+        yield url, int(url.rsplit(":", 1)[1]), searched
 
 
 def _post(url: str, path: Path, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -47,16 +48,16 @@ def _refused(r: httpx.Response, status: int) -> None:
 def test_a_foreign_host_is_refused_on_every_route_with_one_log_line(server, served, caplog):
     """Before: any Host was answered, so a page at rebind.example:PORT (re-pointed at 127.0.0.1)
     read /api/info, searched with k=1000000 and downloaded every photo."""
-    url, port, app = server
+    url, port, searched = server
     for host in [f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}", "localhost.evil.example",
                  f"photos.lan.evil.example:{port}", "evil.example:80"]:
         for path in ["/api/info", "/api/health", "/api/images/1", "/api/queries/x/matches/1", "/", "/static/app.js"]:
             _refused(httpx.get(url + path, headers={"Host": host}), 400)
         caplog.clear()
-        before = len(app.state.cache)
+        before = searched.queries
         with caplog.at_level(logging.WARNING, logger="retrieval.serve"):
             _refused(_post(url, served["query"], {"Host": host}), 400)
-        assert len(app.state.cache) == before  # nothing searched
+        assert searched.queries == before  # nothing searched
         lines = [r.getMessage() for r in caplog.records if r.name.startswith("retrieval.serve")]
         assert len(lines) == 1 and host in lines[0] and "\n" not in lines[0], lines
 
@@ -145,22 +146,22 @@ def test_cli_passes_the_host_and_allowed_names(served, monkeypatch):
 def test_cross_origin_requests_are_refused(server, served):
     """Before: <img src=http://127.0.0.1:PORT/api/images/5> loaded on any site, and a POST with
     Origin: http://evil.example searched (200), evicting the user's cached queries."""
-    url, port, app = server
+    url, port, searched = server
     foreign = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Origin": f"http://127.0.0.1:{port + 1}"},
                {"Origin": f"http://localhost:{port}"}, {"Origin": f"https://127.0.0.1:{port}x"},
                {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
                {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}]
-    before = len(app.state.cache)
+    before = searched.queries
     for headers in foreign:
         for path in ["/api/info", "/api/images/1", "/api/images/1?max=64", "/static/app.js"]:
             _refused(httpx.get(url + path, headers=headers), 403)
         _refused(_post(url, served["query"], headers), 403)
-    assert len(app.state.cache) == before  # none of them searched
+    assert searched.queries == before  # none of them searched
 
 
 def test_the_pages_own_requests_and_programs_pass(server, served):
-    url, port, app = server
+    url, port, searched = server
     own = [{}, {"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
            {"Sec-Fetch-Site": "same-origin", "Origin": f"http://127.0.0.1:{port}"},
            {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
@@ -169,9 +170,9 @@ def test_the_pages_own_requests_and_programs_pass(server, served):
         r = httpx.get(url + "/api/images/1?max=32", headers=headers)
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", headers
         assert r.headers["cross-origin-resource-policy"] == "same-origin"
-        before = len(app.state.cache)
+        before = searched.queries
         assert _post(url, served["query"], headers).status_code == 200, headers
-        assert len(app.state.cache) == before + 1
+        assert searched.queries == before + 1
 
 
 def test_a_link_from_another_site_opens_the_page_but_not_the_api(server):

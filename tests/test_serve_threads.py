@@ -56,7 +56,7 @@ def _blocked(client: TestClient) -> tuple[threading.Event, threading.Thread]:
         started.set()
         release.wait(120)
 
-    holder = threading.Thread(target=client.app.state.thread.run, args=(hold,))  # type: ignore[attr-defined]
+    holder = threading.Thread(target=client.app.state.service.index.run, args=(hold,))  # type: ignore[attr-defined]
     holder.start()
     assert started.wait(60)
     return release, holder

@@ -58,7 +58,9 @@ class SearchResult:
             raise ValueError("ranks must be 1..n")
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"rank": h.rank, "score": h.score, "path": h.path,
+        """The hits as `retrieve query --json` prints them and POST /api/search answers them:
+        {"rank", "score", "path", "id", "inliers" (only when re-ranked)}."""
+        return [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id,
                  **({"inliers": h.inliers} if h.inliers is not None else {})} for h in self.hits]
 
 

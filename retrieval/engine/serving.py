@@ -10,7 +10,7 @@ What takes the `Index` runs on the one thread that owns it (its SQLite connectio
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +27,7 @@ from ..store import Store
 from ..types import Box, box_inside
 from ..visualize import MAX_LINES, line_colours
 from .descriptors import Embedding, embed_stream
-from .embedding import Decoded, from_prepared
+from .embedding import from_prepared
 from .index import Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
 from .search import Query, SearchResult
@@ -81,42 +81,63 @@ def similar(idx: Index, image_id: int, options: SearchOptions) -> tuple[IndexedQ
     return IndexedQuery(image_id, path, size), idx.similar(image_id, options)
 
 
-def embed_explained(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None = None,
-                    name: str = "upload") -> list[ExplainedQuery]:
-    """Query files' bytes (uploads, kept in memory) embedded together exactly as `Index.queries`
-    embeds files, each decoded once, keeping its picture, size and bytes; `name` stands for them in
-    errors. A box (one image only) must lie inside the upright image: UsageError otherwise.
-    BadImageError for the first unusable upload."""
-    if bbox is not None and len(uploads) != 1:
-        raise UsageError("a box crops one query image; pass one image with --bbox")
-    out = []
-    for e, data in zip(_embedded(idx, uploads, bbox=bbox, name=name), uploads):
-        if bbox is not None:
-            box_inside(bbox, e.decoded.original_wh)
-        out.append(ExplainedQuery(Query.of(e), e.picture(), e.decoded.original_wh, data, name, idx.config.image,
-                                  bbox))
-    return out
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded query read for the model (UploadReader.read): its pixels at each scale, its
+    original upright size, its box (the pixels are the crop's), and its bytes, kept for the
+    readable-size picture drawn from them later."""
+
+    data: bytes
+    prepared: images.PreparedFile
+    box: Box | None = None
 
 
-def _embedded(idx: Index, uploads: Sequence[bytes], *, bbox: Box | None, name: str) -> list[Embedding]:
-    """descriptors.embed_queries for bytes: each decoded here (images.read_bytes, under the index's
-    pixel limit), then batched forward passes; in input order."""
+@dataclass(frozen=True)
+class UploadReader:
+    """How an upload is read for an index's model, exactly as `Index.queries` reads a file: decoded
+    once, under the index's pixel limit, resized to each scale. Made from the Index (on its thread:
+    `of`), then used on any thread with no Index, so that the thread that owns the model only runs
+    forward passes. `name` stands for the upload in errors."""
+
+    image: ImageConfig
+    sizes: tuple[int, ...]
+    patch_size: int
+    name: str = "upload"
+
+    @classmethod
+    def of(cls, idx: Index) -> UploadReader:
+        bb, config = idx.backbone(), idx.config
+        sizes = tuple(images.scaled_size(config.image.size, s, bb.patch_size) for s in config.pooling.scales)
+        return cls(config.image, sizes, bb.patch_size)
+
+    def read(self, data: bytes, *, box: Box | None = None) -> Upload:
+        """BadImageError for an upload that cannot be used; UsageError for a box that does not lie
+        inside the upright image."""
+        with images.pixel_limit(self.image.max_pixels):
+            pf = images.read_bytes(self.name, data, sizes=self.sizes, patch_size=self.patch_size,
+                                   max_pixels=self.image.max_pixels, box=box)
+        if box is not None:
+            box_inside(box, pf.original_wh)
+        return Upload(data, pf, box)
+
+
+def embed_explained(idx: Index, uploads: Sequence[Upload], *, name: str = "upload") -> list[ExplainedQuery]:
+    """Uploads read by this index's UploadReader, embedded together in batched forward passes
+    (boxed ones too: their pixels are already the crop's), in input order, each keeping its
+    picture, size and bytes; `name` stands for them in messages."""
     bb, config = idx.backbone(), idx.config
-    sizes = tuple(images.scaled_size(config.image.size, s, bb.patch_size) for s in config.pooling.scales)
-
-    def decoded() -> Iterator[Decoded]:
-        for i, data in enumerate(uploads):
-            with images.pixel_limit(config.image.max_pixels):
-                pf = images.read_bytes(name, data, sizes=sizes, patch_size=bb.patch_size,
-                                       max_pixels=config.image.max_pixels, box=bbox)
-            yield from_prepared(i, name, pf)
-
     done: dict[int, Embedding] = {}
-    for group in embed_stream(decoded(), backbone=bb, config=config):
+    stream = (from_prepared(i, name, u.prepared) for i, u in enumerate(uploads))
+    for group in embed_stream(stream, backbone=bb, config=config):
         for item in group:
-            assert isinstance(item, Embedding)  # decoded() raises BadImageError rather than skipping
+            assert isinstance(item, Embedding)  # the uploads are decoded: nothing is skipped
             done[item.decoded.index] = item
-    return [done[i] for i in range(len(uploads))]
+    out = []
+    for i, u in enumerate(uploads):
+        e = done[i]
+        out.append(ExplainedQuery(Query.of(e), e.picture(), e.decoded.original_wh, u.data, name, config.image, u.box))
+    return out
 
 
 def indexed_path(idx: Index, image_id: int) -> str | None:
@@ -220,5 +241,6 @@ def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int]
     return out
 
 
-__all__ = ["Census", "Correspondences", "ExplainedQuery", "IndexedQuery", "PICTURE_KINDS", "correspondences",
-           "embed_explained", "indexed_path", "jpeg_bytes", "similar", "BadImageError"]
+__all__ = ["Census", "Correspondences", "ExplainedQuery", "IndexedQuery", "PICTURE_KINDS", "Upload",
+           "UploadReader", "correspondences", "embed_explained", "indexed_path", "jpeg_bytes", "similar",
+           "BadImageError"]

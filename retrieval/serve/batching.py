@@ -5,8 +5,9 @@ connections and the model belong to one thread; two forward passes never run at 
 `CensusThread` counts the indexed images through a read connection of its own, on a second
 thread, for the health probe.
 `Batcher` collects the searches that arrive while the thread is busy (plus an optional short
-window) and embeds them in one `embed_explained` call, i.e. batched forward passes; a query
-with a box is embedded alone, since a box crops one image.
+window) and embeds them in one `embed_explained` call, i.e. batched forward passes. Their uploads
+arrive decoded (engine.serving.UploadReader, in the requests' own tasks): the thread only runs
+the forward passes and the searches.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from typing import Generic, Protocol, TypeVar
 from ..config import SearchOptions
 from ..engine import Index
 from ..engine.search import SearchResult
-from ..engine.serving import Census, ExplainedQuery, IndexedQuery, embed_explained
-from ..errors import BadImageError, RetrievalError
-from ..types import Box
+from ..engine.serving import Census, ExplainedQuery, IndexedQuery, Upload, embed_explained
+from ..errors import RetrievalError
 
 T = TypeVar("T")
 
@@ -90,24 +90,17 @@ class _Owner(Generic[R]):
 class IndexThread(_Owner[Index]):
     """An Index opened, used and closed on one dedicated thread, the only one that runs the model."""
 
-    def __init__(self, path: str | Path, *, weights: str | None = None, device: str | None = None,
-                 warm: bool = True) -> None:
-        super().__init__(lambda: _open(path, weights, device, warm), name="retrieval-index")
-
-    @property
-    def index(self) -> Index:
-        """The Index; use it only from functions passed to `call` / `run`."""
-        assert self._obj is not None
-        return self._obj
+    def __init__(self, path: str | Path, *, weights: str | None = None, device: str | None = None) -> None:
+        super().__init__(lambda: _open(path, weights, device), name="retrieval-index")
 
 
-def _open(path: str | Path, weights: str | None, device: str | None, warm: bool) -> Index:
+def _open(path: str | Path, weights: str | None, device: str | None) -> Index:
+    """The Index with its model and vectors loaded now, not on the first request."""
     idx = Index.open(path, weights=weights, device=device)
     try:
-        if warm:  # load the model and the vectors now, not on the first request
-            idx.backbone()
-            if idx.count() > 0:
-                idx.vectors()
+        idx.backbone()
+        if idx.count() > 0:
+            idx.vectors()
     except BaseException:
         idx.close()
         raise
@@ -129,9 +122,8 @@ class CensusThread(_Owner[Census]):
 class SearchJob:
     """One search's upload and options; the defaults are POST /api/search's (serve/openapi.py)."""
 
-    image: bytes  # the upload, held in memory (no file is written)
+    upload: Upload  # decoded and resized for the model (its box applied), with its bytes
     options: SearchOptions = SearchOptions()  # `retrieve query`'s own defaults
-    bbox: Box | None = None
 
 
 @dataclass(frozen=True)
@@ -140,28 +132,24 @@ class Searched:
     result: SearchResult
 
 
-@dataclass
-class EmbedCalls:
-    """The embedding calls a Batcher made and the queries they held (for tests and the benchmark):
-    two counters, the same size however long the server runs."""
+OnEmbed = Callable[[int], None]  # told the number of queries of each embedding call, on the index thread
 
-    calls: int = 0
-    queries: int = 0
 
-    def add(self, n: int) -> None:
-        self.calls += 1
-        self.queries += n
+def _uncounted(n: int) -> None:
+    pass
 
 
 class Batcher:
     """Searches from many requests, their queries embedded together. window: seconds to wait for
-    more queries before a batch starts (0: only those that queued while the previous batch ran)."""
+    more queries before a batch starts (0: only those that queued while the previous batch ran);
+    on_embed(n): called with the number of queries of each embedding call (a metric)."""
 
-    def __init__(self, thread: IndexThread, *, window: float = 0.0, max_batch: int = 16) -> None:
+    def __init__(self, thread: IndexThread, *, window: float = 0.0, max_batch: int = 16,
+                 on_embed: OnEmbed | None = None) -> None:
         self.thread, self.window, self.max_batch = thread, window, max_batch
+        self.on_embed = on_embed or _uncounted
         self._pending: list[tuple[SearchJob, asyncio.Future[Searched]]] = []
         self._draining = False
-        self.embedded = EmbedCalls()
 
     async def search(self, job: SearchJob) -> Searched:
         fut: asyncio.Future[Searched] = asyncio.get_running_loop().create_future()
@@ -178,7 +166,8 @@ class Batcher:
                 take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 jobs = [j for j, _ in take]
                 try:
-                    outcomes = await self.thread.call(partial(_run, jobs=jobs, sizes=self.embedded))
+                    run = partial(_run, jobs=jobs, on_embed=self.on_embed)
+                    outcomes: list[Searched | BaseException] = await self.thread.call(run)
                 except BaseException as e:  # a bug: every waiter hears of it
                     outcomes = [e] * len(take)
                 for (_, fut), out in zip(take, outcomes):
@@ -192,20 +181,11 @@ class Batcher:
             self._draining = False
 
 
-def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched | BaseException]:
-    """On the index thread: embed the plain queries together and each boxed one alone, then search
-    each with its own options. One bad upload fails only its own request."""
-    embedded: dict[int, ExplainedQuery | BaseException] = {}
-    plain = [i for i, j in enumerate(jobs) if j.bbox is None]
-    if plain:
-        for i, q in zip(plain, _embed(idx, [jobs[i] for i in plain], sizes)):
-            embedded[i] = q
-    for i, j in enumerate(jobs):
-        if j.bbox is not None:
-            embedded[i] = _embed(idx, [j], sizes)[0]
+def _run(idx: Index, *, jobs: list[SearchJob], on_embed: OnEmbed) -> list[Searched | BaseException]:
+    """On the index thread: embed the queries together, then search each with its own options.
+    One failing query fails only its own request."""
     out: list[Searched | BaseException] = []
-    for i, j in enumerate(jobs):
-        q = embedded[i]
+    for j, q in zip(jobs, _embed(idx, jobs, on_embed)):
         if isinstance(q, BaseException):
             out.append(q)
             continue
@@ -216,18 +196,18 @@ def _run(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[Searched 
     return out
 
 
-def _embed(idx: Index, jobs: list[SearchJob], sizes: EmbedCalls) -> list[ExplainedQuery | BaseException]:
-    """Embed together; when an upload is refused, embed each alone so that only it fails."""
+def _embed(idx: Index, jobs: list[SearchJob], on_embed: OnEmbed) -> list[ExplainedQuery | BaseException]:
+    """Embed together; when that fails, embed each alone so that only the failing one fails."""
     try:
-        sizes.add(len(jobs))
-        return list(embed_explained(idx, [j.image for j in jobs], bbox=jobs[0].bbox if len(jobs) == 1 else None))
-    except (BadImageError, RetrievalError) as e:
+        on_embed(len(jobs))
+        return list(embed_explained(idx, [j.upload for j in jobs]))
+    except RetrievalError as e:
         if len(jobs) == 1:
             return [e]
     out: list[ExplainedQuery | BaseException] = []
     for j in jobs:
-        out.extend(_embed(idx, [j], sizes))
+        out.extend(_embed(idx, [j], on_embed))
     return out
 
 
-__all__ = ["Batcher", "CensusThread", "EmbedCalls", "IndexThread", "SearchJob", "Searched"]
+__all__ = ["Batcher", "CensusThread", "IndexThread", "OnEmbed", "SearchJob", "Searched"]
