@@ -9,7 +9,7 @@ the index's thread, the batcher, the query cache, the pools) on `request.app.sta
 opens the index and makes that Service, the lifespan closes it. Handlers parse the request
 (serve/forms.py), call the engine on the index's own thread (batching.IndexThread) and turn
 RetrievalError into `{"error": "one line"}` with a 4xx status. Only what needs the model or the
-index's connection runs on that thread: uploads are decoded on a thread of their own, the health
+index's connection runs on that thread: uploads are decoded by a pool of two threads, the health
 probe counts on a thread of its own (batching.CensusThread), pictures are decoded, drawn and
 encoded by another small pool, and the event loop only parses and answers.
 """
@@ -53,11 +53,9 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releases the GIL for most of it)
-# The thread that decodes and resizes uploads for the model, beside its forward passes. One: each
-# read enters images.pixel_limit, whose settings are process-wide, so reads on several threads would
-# interleave their scopes (the engine's own readers share one scope per burst instead); a decode
-# (about 2 ms for a 640x480 JPEG, docs/throughput.md) keeps well ahead of a forward pass (50 ms or more).
-UPLOAD_WORKERS = 1
+# Threads that decode and resize uploads for the model, beside its forward passes: both cores can
+# decode (images.pixel_limit's scopes are shared and counted, so concurrent reads are safe).
+UPLOAD_WORKERS = 2
 
 T = TypeVar("T")
 
@@ -103,7 +101,7 @@ class QueryCache:
 class Service:
     """What the handlers share, on `request.app.state.service`: the index's thread and the batcher
     that shares its forward passes, the image count's thread, the recent queries, how uploads are
-    read and the thread that reads them, the pool that draws pictures, the upload limits and the
+    read and the pool that reads them, the pool that draws pictures, the upload limits and the
     OpenAPI document."""
 
     index: IndexThread
