@@ -23,6 +23,8 @@ _EXPORTS = {
     "Pair": "maps", "explain": "maps", "match_files": "maps",
     "atomic_write": "files", "expand_inputs": "files", "index_roots": "files", "output_file": "files",
     "Cluster": "distributed", "ray_cluster": "distributed",
+    "DedupeReport": "dedupe", "folder_against_index": "dedupe",
+    "index_duplicates": "dedupe",
     "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
 }
 
@@ -31,6 +33,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .descriptors import Embedding
     from .distributed import Cluster, ray_cluster
+    from .dedupe import DedupeReport, folder_against_index, index_duplicates
     from .check import CheckReport, Finding, backup_store, check_index
     from .embedding import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report

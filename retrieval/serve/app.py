@@ -37,6 +37,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..config import DedupeOptions
+from ..engine.dedupe import index_duplicates
 from ..engine.serving import (PICTURE_KINDS, Correspondences, UploadReader, correspondences, indexed_path,
                               jpeg_bytes, similar)
 from ..errors import BadImageError, RetrievalError, UsageError
@@ -56,6 +58,7 @@ PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releas
 # Threads that decode and resize uploads for the model, beside its forward passes: both cores can
 # decode (images.pixel_limit's scopes are shared and counted, so concurrent reads are safe).
 UPLOAD_WORKERS = 2
+MAX_DEDUPE_IMAGES = 20_000  # GET /api/duplicates: its kNN graph runs on the index thread (docs/dedupe.md)
 
 T = TypeVar("T")
 
@@ -171,6 +174,19 @@ async def similar_to(request: Request) -> Response:
     return _JSON(_found(s, Searched(*found)))
 
 
+async def duplicates(request: Request) -> Response:
+    """Copy groups of the index with `retrieve dedupe`'s defaults, similar groups included (each
+    group says its kind); on the index thread, so an index past MAX_DEDUPE_IMAGES is sent to the
+    command instead of holding every search up."""
+    def groups(idx: Any) -> dict[str, Any]:
+        if idx.count() > MAX_DEDUPE_IMAGES:
+            raise RetrievalError(f"the index holds {idx.count()} images, more than this server groups "
+                                 f"({MAX_DEDUPE_IMAGES}); run `retrieve dedupe --json` instead")
+        return index_duplicates(idx, DedupeOptions(similar=True)).to_json()
+
+    return _JSON(await _service(request).index.call(groups))
+
+
 async def image(request: Request) -> Response:
     s, wanted = _service(request), image_id(request)
     max_side = int_param(request, "max", low=MIN_SIDE, high=MAX_SIDE)
@@ -213,6 +229,7 @@ ROUTES = (
     Route("/api/openapi.json", openapi),
     Route("/api/search", search, methods=["POST"]),
     Route("/api/similar/{id}", similar_to),
+    Route("/api/duplicates", duplicates),
     Route("/api/images/{id}", image),
     Route("/api/queries/{qid}/matches/{id}", matches),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -9,7 +9,7 @@
 from .connection import store_error, writable
 from .paths import PathFilter
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .store import BlobSizes, FileRow, Move, Store, Touch, Upsert, descriptor_bytes
+from .store import BlobSizes, FileRow, ImageFacts, Move, Store, Touch, Upsert, descriptor_bytes
 
-__all__ = ["BlobSizes", "FileRow", "MIGRATIONS", "Move", "PathFilter", "SCHEMA_VERSION", "Store", "Touch", "Upsert",
-           "descriptor_bytes", "store_error", "writable"]
+__all__ = ["BlobSizes", "FileRow", "ImageFacts", "MIGRATIONS", "Move", "PathFilter", "SCHEMA_VERSION", "Store",
+           "Touch", "Upsert", "descriptor_bytes", "store_error", "writable"]
