@@ -187,9 +187,7 @@ class Index:
                     bbox: Box | None = None) -> list[SearchResult]:
         """`search` for several query files, embedded together in batched forward passes (a box
         applies to a single query only). Raises BadImageError for the first unusable query."""
-        if self.store.count("ok") == 0:
-            raise RetrievalError(f"the index at {self.path} holds no images", fix="index a folder of photos into it "
-                                 "first", command=f"retrieve index DIR --index {shlex.quote(str(self.path))}")
+        self.require_images()
         return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -244,6 +242,12 @@ class Index:
         if new != current:
             self.store.set_meta(exclude=new.to_meta())
         return new
+
+    def require_images(self) -> None:
+        """RetrievalError naming the fix when the index holds no images (nothing to search or compare)."""
+        if self.store.count("ok") == 0:
+            raise RetrievalError(f"the index at {self.path} holds no images", fix="index a folder of photos into it "
+                                 "first", command=f"retrieve index DIR --index {shlex.quote(str(self.path))}")
 
     def count(self) -> int:
         """How many images are indexed (refused files not counted)."""
