@@ -132,10 +132,10 @@ def test_index_naming_a_file_is_told_apart_by_command(folder, tmp_path):
     a_file.write_bytes((folder / "p0.jpg").read_bytes())
     for args in (["query", str(folder / "p0.jpg")], ["info"], ["remove", str(folder)]):
         r = runner.invoke(app, [*args, "--index", str(a_file)])
-        one_line_error(r, f"--index {a_file} is a file, not a folder; pass the folder `retrieve index --index DIR` made")
+        one_line_error(r, f"index folder {a_file} is a file; fix: give the folder that indexing made")
         assert "created if missing" not in r.output, args
     r = runner.invoke(app, ["index", str(folder), "--index", str(a_file), "--model", "test_tiny"])
-    one_line_error(r, "is a file, not a folder; pass a folder (created if missing)")
+    one_line_error(r, "is a file; fix: give a folder (created if missing)")
 
 
 def test_the_gone_files_warning_and_the_emptied_folder_refusal_name_one_way_out(folder, tmp_path):

@@ -71,7 +71,7 @@ def test_help_names_values_plainly_and_fits_80_columns(name):
     for p in command.params:
         if p.param_type_name == "argument":
             assert re.fullmatch(r"[A-Z][A-Z0-9_]*(\.\.\.)?", p.metavar) and p.metavar in usage, (name, p.name)
-        elif not getattr(p, "is_flag", False):
+        elif not (getattr(p, "is_flag", False) or getattr(p, "count", False)):  # -v, -vv take no value
             assert re.fullmatch(r"[A-Z][A-Z0-9_,]*", p.metavar), (name, p.opts, p.metavar)
             long = max(p.opts, key=len)
             assert f"{long} {p.metavar}" in text, (name, p.opts)
