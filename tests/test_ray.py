@@ -108,6 +108,7 @@ def test_ray_gives_the_same_index_as_one_process(ray_runtime, folder, tmp_path):
     assert _rows(spread) == b
 
 
+@pytest.mark.ray
 def test_ray_resizes_to_the_backbones_patch_like_one_process(ray_runtime, tmp_path):
     """DINOv3 (patch 16) through --ray: the decode tasks resize to multiples of 16 before any model
     exists (at 14, a 160 x 120 photo would be 112 x 84 and its descriptor another)."""
