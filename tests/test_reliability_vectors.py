@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from retrieval import vectors as vindex
+from retrieval.vectors import exact_file
 from retrieval.config import SearchOptions
 from retrieval.errors import ArtifactMismatchError
 
@@ -67,18 +68,18 @@ def test_damaged_exact_file_fails_check_and_is_rebuilt_at_open(built, pq, tmp_pa
 def test_open_verifies_a_sample_of_a_large_file(tmp_path, monkeypatch):
     """Past VERIFY_ALL_MAX bytes of rows, opening checks VERIFY_SAMPLE blocks picked at random;
     `damaged_blocks` with no count (what check runs) checks them all."""
-    monkeypatch.setattr(vindex, "EXACT_BLOCK", 4096)
+    monkeypatch.setattr(exact_file, "EXACT_BLOCK", 4096)
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((3000, 32)).astype(np.float32)  # 384,000 bytes: 94 blocks
     path = tmp_path / "v.f32"
     idx = vindex.build(xb, np.arange(3000), kind="ivfpq", fingerprint="f", generation=0, exact_path=path)
     blob = vindex.to_bytes(idx)
     assert len(idx.exact_crc) == 94 and vindex.damaged_blocks(idx) == []
-    monkeypatch.setattr(vindex, "VERIFY_ALL_MAX", 0)
-    monkeypatch.setattr(vindex, "VERIFY_SAMPLE", 5)
+    monkeypatch.setattr(exact_file, "VERIFY_ALL_MAX", 0)
+    monkeypatch.setattr(exact_file, "VERIFY_SAMPLE", 5)
     seen = []
     real = vindex.damaged_blocks
-    monkeypatch.setattr(vindex, "damaged_blocks", lambda i, n=None: seen.append(n) or real(i, n))
+    monkeypatch.setattr(exact_file, "damaged_blocks", lambda i, n=None: seen.append(n) or real(i, n))
     vindex.from_bytes(blob, fingerprint="f", generation=0, exact_path=path)
     assert seen == [5]  # a sample, not all 94
     _reverse_rows(path, 32)  # every block changes: any sample finds it

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval import vectors as vindex
+from retrieval.vectors import building
 from retrieval.errors import ArtifactMismatchError
 
 
@@ -122,7 +123,7 @@ def test_an_index_with_codes_of_another_size_is_stale(data, tmp_path, monkeypatc
     engine then rebuilds it): its shortlist length is chosen for today's codes."""
     xb, _, ids, _, _ = data
     path = tmp_path / "vectors.f32"
-    monkeypatch.setattr(vindex, "PQ_DIMS", 8)  # 8 dimensions a byte, as the first ivfpq builds had
+    monkeypatch.setattr(building, "PQ_DIMS", 8)  # 8 dimensions a byte, as the first ivfpq builds had
     old = vindex.build(xb[:2000], ids[:2000], kind="ivfpq", fingerprint="f", generation=3, exact_path=path)
     blob = vindex.to_bytes(old)
     assert vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path).faiss_index.pq.M == 4
