@@ -255,6 +255,13 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
                  f"{skipped} skipped rows")
     elif not ok_ids:
         found.ok(f"no indexed rows; {skipped} skipped rows")
+    _report_local(store, found, pca, local_rows, local_bad, local_orphans)
+    return np.array(sorted(ok_ids), np.int64)
+
+
+def _report_local(store: Store, found: _Findings, pca: LocalPCA | None, local_rows: int, local_bad: list[int],
+                  local_orphans: list[int]) -> None:
+    """What `_check_rows` found of the rows' local descriptors (`local_rows` of them have some)."""
     if local_orphans:
         found.error(f"{_rows(len(local_orphans))} local descriptors but the store has no patch PCA to read them "
                     f"with: {_named(store, local_orphans)}; restore a backup or index the folders again into a new "
@@ -265,7 +272,6 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
                     f"`retrieve remove PATH` and run `retrieve index` again")
     if local_rows and pca is not None and not local_bad:
         found.ok(f"{_rows(local_rows)} local descriptors consistent with their grids")
-    return np.array(sorted(ok_ids), np.int64)
 
 
 def _rows(n: int, kind: str = "") -> str:
