@@ -34,7 +34,7 @@ from bench_query import vectors  # noqa: E402
 from retrieval import vectors as vindex  # noqa: E402
 from retrieval import load_backbone, pooling  # noqa: E402
 from retrieval.config import ImageConfig  # noqa: E402
-from retrieval.engine.embedding import Batch, Decoded, decoded_stream, forward_batches, normalize  # noqa: E402
+from retrieval.engine.forward import ForwardBatch, Decoded, decoded_stream, forward_batches, normalize  # noqa: E402
 
 def test_photos(folder: Path) -> list[Path]:
     out = [make_photo(i, folder) for i in range(4)]  # 12 MP, 2 MP, 12 MP, 2 MP
@@ -86,7 +86,7 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
         if "corrupt" not in p:
             worst_mad, worst_cos = max(worst_mad, mad), min(worst_cos, cos)
     ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch_size=16)
-              if isinstance(b, Batch))
+              if isinstance(b, ForwardBatch))
     print(f"forward passes over GPU- and Pillow-decoded files together: {ran} inputs")
     print(f"decoded on the GPU: {on_gpu} of {sum(isinstance(r, Decoded) for r in gpu.values())}; "
           f"worst pixel MAD {worst_mad:.2f}, worst descriptor cosine {worst_cos:.5f} (corrupt files aside)")

@@ -158,7 +158,7 @@ def timed_stages(device: str) -> dict[str, float]:
     import torch
 
     from retrieval import jpeg_gpu
-    from retrieval.engine import descriptors, embedding
+    from retrieval.engine import descriptors, forward
     from retrieval.store import Store
 
     spent: dict[str, float] = {}
@@ -178,10 +178,10 @@ def timed_stages(device: str) -> dict[str, float]:
 
         setattr(owner, name, timed)
 
-    wrap(embedding, "wait", "waiting for decoder threads")
+    wrap(forward, "wait", "waiting for decoder threads")
     wrap(jpeg_gpu, "decode", "nvJPEG decode")
     wrap(jpeg_gpu, "resize", "GPU orient + resize")
-    wrap(embedding, "_run", "stack + copy + forward pass")
+    wrap(forward, "_run", "stack + copy + forward pass")
     wrap(descriptors, "complete", "pooling + local descriptors")
     wrap(Store, "apply", "SQLite commits")
     return spent

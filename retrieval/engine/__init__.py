@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .descriptors import Embedding
     from .distributed import Cluster, ray_cluster
     from .check import CheckReport, Finding, backup_store, check_index
-    from .embedding import Decoded, Skipped, default_workers
+    from .forward import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features

@@ -20,7 +20,7 @@ from ..backbone import Backbone
 from ..config import EngineConfig
 from ..errors import BadImageError
 from ..local import LocalPCA
-from .embedding import Batch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
+from .forward import ForwardBatch, Decoded, Skipped, decoded_stream, forward_batches, jpeg_device
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Embedding:
         return Image.fromarray(self.decoded.pixels[0].permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
-def complete(batch: Batch, partial: dict[int, dict[str, Any]], config: EngineConfig,
+def complete(batch: ForwardBatch, partial: dict[int, dict[str, Any]], config: EngineConfig,
              pca: LocalPCA | None) -> list[Embedding]:
     """Pool one forward pass; return the files whose every scale is now done (see Embedding).
     `partial` holds the scales of files seen so far. Local descriptors are selected where the model

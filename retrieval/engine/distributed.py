@@ -320,7 +320,7 @@ class Embedder:
 
 def _decoded(batch: dict[str, np.ndarray], scales: int) -> Iterator[Any]:
     """decode_batch's columns back into the Decoded files (and Skipped ones) embed_stream takes."""
-    from .embedding import from_prepared
+    from .forward import from_prepared
 
     for j, name in enumerate(batch["path"]):
         i, path, reason = int(batch["index"][j]), os.fsdecode(name), os.fsdecode(batch["reason"][j])

@@ -13,7 +13,7 @@ from .. import images, pca_maps
 from ..backbone import Backbone, load_backbone
 from ..config import BackboneConfig, ImageConfig
 from ..errors import RetrievalError
-from .embedding import Batch, Skipped, decoded_stream, forward_batches, jpeg_device
+from .forward import ForwardBatch, Skipped, decoded_stream, forward_batches, jpeg_device
 from .files import atomic_write
 
 
@@ -120,4 +120,4 @@ def save_png(picture: Image.Image, out: str | Path) -> Path:
     return atomic_write(out, lambda f: picture.save(f, format="PNG"))
 
 
-__all__ = ["Batch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "register_key", "save_png", "write_features"]
+__all__ = ["ForwardBatch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "register_key", "save_png", "write_features"]

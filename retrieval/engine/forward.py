@@ -1,4 +1,5 @@
-"""Files -> decoded pixels (worker processes, or the GPU for plain JPEGs) -> batched forward passes -> tokens."""
+"""Files -> decoded pixels (worker processes, or the GPU for plain JPEGs) -> batched forward passes -> tokens:
+Decoded (one file's pixels at each scale), ForwardBatch (one forward pass over equal shapes)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Decoded:
 
 
 @dataclass(frozen=True)
-class Batch:
+class ForwardBatch:
     """A forward pass over equal-shaped inputs: items[j] = (decoded, scale index) <-> tokens row j."""
 
     items: tuple[tuple[Decoded, int], ...]
@@ -232,7 +233,7 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
 
 
 def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, batch_size: int,
-                    max_buffered: int | None = None) -> Iterator[Batch | Skipped]:
+                    max_buffered: int | None = None) -> Iterator[ForwardBatch | Skipped]:
     """Group equal shapes into batches and run the model; skipped files pass straight through.
 
     A bucket runs when it holds `batch_size` inputs; when all buckets together hold
@@ -275,7 +276,7 @@ def normalize(x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -
     return (x.to(torch.float32) / 255.0 - m) / s
 
 
-def _run(backbone: Backbone, items: list[tuple[Decoded, int]]) -> Batch:
+def _run(backbone: Backbone, items: list[tuple[Decoded, int]]) -> ForwardBatch:
     xs = [d.pixels[s] for d, s in items]
     if all(t.device.type == "cpu" for t in xs):
         x = torch.stack(xs)
@@ -284,4 +285,4 @@ def _run(backbone: Backbone, items: list[tuple[Decoded, int]]) -> Batch:
         x = x.to(backbone.device, non_blocking=True)
     else:  # some were decoded on the GPU, others (PNGs, files it refused) by Pillow
         x = torch.stack([t.to(backbone.device) for t in xs])
-    return Batch(tuple(items), backbone.encode(normalize(x, mean=backbone.mean, std=backbone.std)))
+    return ForwardBatch(tuple(items), backbone.encode(normalize(x, mean=backbone.mean, std=backbone.std)))
