@@ -28,7 +28,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .descriptors import Embedding
+    from .embedding import Embedding
     from .distributed import Cluster, ray_cluster
     from .check import CheckReport, Finding, backup_store, check_index
     from .forward import Decoded, Skipped, default_workers

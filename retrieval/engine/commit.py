@@ -19,7 +19,7 @@ from ..types import ImageRef, Skipped
 from .derived import read_meta
 
 if TYPE_CHECKING:
-    from .descriptors import Embedding
+    from .embedding import Embedding
 
 LOCAL_PCA_FILES = 16  # a new index learns its patch PCA from the tokens of the first images it embeds
 LOCAL_PCA_SAMPLE = 50_000  # at most this many of their patch tokens

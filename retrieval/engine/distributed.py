@@ -286,7 +286,7 @@ def _cores() -> int:
 
 class Embedder:
     """Ray Data actor: the index's model, loaded once; each call embeds a batch of decoded files
-    exactly as the single-process path does (descriptors.embed_stream: forward passes over equal
+    exactly as the single-process path does (embedding.embed_stream: forward passes over equal
     shapes, pooling, local descriptors with `pca`, else the patch tokens of the PCA sample) and
     returns the light records (commit.stored) as columns."""
 
@@ -309,7 +309,7 @@ class Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .commit import stored
-        from .descriptors import embed_stream
+        from .embedding import embed_stream
 
         rows: list[tuple[int, Embedded | Skipped]] = []
         for g, group in enumerate(embed_stream(iter(_decoded(batch, len(self.config.pooling.scales))),

@@ -115,7 +115,7 @@ class Index:
         with its first-scale patch tokens (a box crops the single query given): what `search`,
         `search_many`, `search_embedded` and eval search with. BadImageError for the first
         unusable query. (Uploads' bytes: engine.serving.embed_explained.)"""
-        from .descriptors import embed_queries
+        from .embedding import embed_queries
 
         if bbox is not None and len(paths) != 1:
             raise UsageError("a box crops one query image; pass one image with --bbox")

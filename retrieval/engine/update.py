@@ -141,7 +141,7 @@ def _embedding(model: IndexModel, cluster: Cluster | None) -> AbstractContextMan
 
 def embedded_here(model: IndexModel, paths: Sequence[str], pca: LocalPCA | None) -> Iterator[list[Embedded | Skipped]]:
     """This process's embedding of `paths`, as the light records the store takes."""
-    from .descriptors import embed_files
+    from .embedding import embed_files
 
     for group in embed_files(paths, backbone=model.backbone(), config=model.config, pca=pca):
         yield [stored(e) for e in group]
