@@ -112,9 +112,9 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
     for n in sizes:
         xb = vectors(n, dim, 0)
         t0 = time.perf_counter()
-        gpu = vindex.place(vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0), use_gpu=True)
+        gpu = vindex.place(vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", data_version=0), use_gpu=True)
         build = time.perf_counter() - t0
-        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0)
+        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", data_version=0)
         placed = f"torch on {gpu.exact_on.vectors.device}" if gpu.exact_on else "faiss CPU"
         gs, gi = gpu.search(xq, 10)
         t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
               f"max score diff {score_err:.1e}; 1 query {1000 * statistics.median(single):.2f} ms, batched "
               f"{1000 * batch:.3f} ms/query (CPU exact batched {1000 * cpu_batch:.3f} ms/query)")
     blob = vindex.to_bytes(gpu)
-    back = vindex.place(vindex.from_bytes(blob, fingerprint="b", generation=0), use_gpu=True)
+    back = vindex.place(vindex.from_bytes(blob, fingerprint="b", data_version=0), use_gpu=True)
     print(f"  round trip: saved {len(blob) / 1e6:.0f} MB from the GPU index, reloaded on the GPU {back.exact_on is not None}, "
           f"ids equal {np.array_equal(back.search(xq, 10)[1], gi)}")
 

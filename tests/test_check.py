@@ -139,7 +139,7 @@ def test_vectors_file_that_lies_about_its_version_is_an_error(index):
         meta = json.loads(str(z["meta"]))
     xb = np.eye(meta["ntotal"], meta["dim"], dtype=np.float32)
     lying = vindex.build(xb, np.arange(meta["ntotal"]) + 1000, kind="flat", fingerprint=meta["fingerprint"],
-                         generation=meta["generation"])
+                         data_version=meta["generation"])
     vectors.write_bytes(vindex.to_bytes(lying))
     r = run("check", "--index", str(index))
     assert r.exit_code == 1

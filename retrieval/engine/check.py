@@ -308,7 +308,7 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
     fingerprint = vectors_fingerprint(store, config)
     try:
         with open(file, "rb") as f:  # ivfpq's exact file: its checksums are verified below, all of them
-            vec = vindex.from_file(f, fingerprint=fingerprint, generation=store.data_version, source=str(file),
+            vec = vindex.from_file(f, fingerprint=fingerprint, data_version=store.data_version, source=str(file),
                                    exact_path=path / EXACT_FILE, verify=False)
     except ArtifactMismatchError as e:  # stale, from another setup, or unreadable: the engine rebuilds it
         found.note(f"{e}; it is rebuilt from the store on next use")

@@ -1,8 +1,8 @@
 """FAISS inner-product index over L2-normalised vectors: build, search, save, load.
 
-Always derived from the store; it carries the fingerprint and store generation it was built
-from, and `from_bytes` refuses data whose fingerprint or generation does not match (the caller
-then rebuilds it). The engine opens the files; this package reads and writes their contents.
+Always derived from the store; it carries the fingerprint and the store's data version
+(`Store.data_version`; the files keep the key "generation") it was built from, and `from_bytes`
+refuses data whose fingerprint or data version does not match (the caller then rebuilds it). The engine opens the files; this package reads and writes their contents.
 Arrays: xb (n, d) / xq (m, d) float32 C-contiguous, ids int64; search returns (scores, ids), each
 (m, min(k, n)), best first: `k` is clamped to what exists, never used to size an allocation (a
 user's `-k 1000000000` must not exhaust memory). An approximate index may still find fewer than
@@ -11,7 +11,7 @@ that for some query: those slots hold id -1 and score -inf.
 Kind `ivfpq` (10M-1B vectors) keeps only compressed codes in memory: FAISS IVF over PQ codes
 gives a shortlist, which is re-scored exactly against the float vectors in a separate file that
 is memory-mapped, never read whole (`exact_path`; its header carries the fingerprint, the
-generation and a build token that the saved index must match; the saved index carries a CRC32 of
+data version and a build token that the saved index must match; the saved index carries a CRC32 of
 each EXACT_BLOCK bytes of its rows, checked when it is opened: see `attach_exact`). `build_chunked` builds any kind
 from a training sample plus an iterator of (ids, vectors) chunks, so the caller never holds every
 vector at once.

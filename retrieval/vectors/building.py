@@ -59,7 +59,7 @@ def train_rows(kind: str, n: int) -> np.ndarray:
     return np.random.default_rng(0).choice(n, t, replace=False)
 
 
-def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, generation: int,
+def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: str, data_version: int,
           exact_path: str | Path | None = None) -> VectorIndex:
     """Inner-product index over xb (n, d) with external int64 ids, in host memory (see `place`).
     ivfpq writes the exact vectors to `exact_path` (required for that kind)."""
@@ -72,11 +72,11 @@ def build(xb: np.ndarray, ids: np.ndarray, *, kind: str = "auto", fingerprint: s
         raise ValueError(f"{len(xb)} vectors but {len(ids)} ids")
     n = len(xb)
     return build_chunked(xb[train_rows(kind, n)], [(ids, xb)], n=n, dim=d, kind=kind, fingerprint=fingerprint,
-                         generation=generation, exact_path=exact_path)
+                         data_version=data_version, exact_path=exact_path)
 
 
 def build_chunked(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, n: int, dim: int,
-                  kind: str = "auto", fingerprint: str, generation: int,
+                  kind: str = "auto", fingerprint: str, data_version: int,
                   exact_path: str | Path | None = None) -> VectorIndex:
     """The index over n vectors arriving as (ids (c,), xb (c, dim)) chunks, trained on `sample`
     (s, dim) (rows `train_rows(kind, n)` of the data, for a result equal to `build`'s). Holds one
@@ -89,7 +89,7 @@ def build_chunked(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndar
     if chosen == "ivfpq":
         if exact_path is None:
             raise ValueError("an ivfpq index needs exact_path, the file that holds its exact vectors")
-        return _build_ivfpq(sample, chunks, n=n, dim=dim, fingerprint=fingerprint, generation=generation,
+        return _build_ivfpq(sample, chunks, n=n, dim=dim, fingerprint=fingerprint, data_version=data_version,
                             exact_path=Path(exact_path))
     if chosen == "flat":
         inner = faiss.IndexFlatIP(dim)
@@ -114,7 +114,7 @@ def build_chunked(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndar
     _check_added(added, n, faiss.vector_to_array(index.id_map))
     if chosen == "ivf":
         inner.make_direct_map()  # so vectors can be read back by id (query expansion)
-    return VectorIndex(index, chosen, dim, fingerprint, generation)
+    return VectorIndex(index, chosen, dim, fingerprint, data_version)
 
 
 def _chunk(ids: np.ndarray, xb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +133,10 @@ def _check_added(added: int, n: int, ids: np.ndarray) -> None:
 
 
 def _build_ivfpq(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, n: int, dim: int,
-                 fingerprint: str, generation: int, exact_path: Path) -> VectorIndex:
+                 fingerprint: str, data_version: int, exact_path: Path) -> VectorIndex:
     index = _ivfpq_index(dim, n, _as_vectors(sample, dim, "training") if n else np.zeros((0, dim), np.float32))
     token = secrets.token_hex(8)
-    meta = {"fingerprint": fingerprint, "generation": generation, "token": token, "ntotal": n, "dim": dim}
+    meta = {"fingerprint": fingerprint, "generation": data_version, "token": token, "ntotal": n, "dim": dim}
     row_ids = np.zeros(n, np.int64)  # 8 bytes a vector: the one array besides the codes
     tmp = exact_path.with_name(f".{exact_path.name}.{token}.tmp")
     added = 0
@@ -163,7 +163,7 @@ def _build_ivfpq(sample: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarr
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    out = VectorIndex(index, "ivfpq", dim, fingerprint, generation, row_ids=row_ids, token=token,
+    out = VectorIndex(index, "ivfpq", dim, fingerprint, data_version, row_ids=row_ids, token=token,
                       exact_crc=crc.blocks())
     return attach_exact(out, exact_path, verify=False)  # just written: its checksums were taken from memory
 

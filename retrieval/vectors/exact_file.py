@@ -72,8 +72,8 @@ def attach_exact(index: VectorIndex, exact_path: str | Path, *, verify: bool | N
         meta = json.loads(head[len(EXACT_MAGIC):].rstrip(b"\0"))
     except ValueError as e:
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
-    if meta.get("fingerprint") != index.fingerprint or meta.get("generation") != index.generation:
-        raise ArtifactMismatchError(f"{source} is stale (another configuration or store generation)")
+    if meta.get("fingerprint") != index.fingerprint or meta.get("generation") != index.data_version:
+        raise ArtifactMismatchError(f"{source} is stale (another configuration or store data version)")
     if meta.get("token") != index.token:
         raise ArtifactMismatchError(f"{source} belongs to another build of the vector index")
     n, d = index.ntotal, index.dim

@@ -1,5 +1,5 @@
 """A VectorIndex as bytes and back (vectors.npz): the FAISS index with its kind, fingerprint and
-generation; `header` reads only those, `from_file` refuses a stale or damaged one."""
+data version; `header` reads only those, `from_file` refuses a stale or damaged one."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from .vector_index import VectorIndex
 
 
 def to_bytes(index: VectorIndex) -> bytes:
-    """The FAISS index plus its kind, fingerprint and generation, as one blob (write it atomically)."""
+    """The FAISS index plus its kind, fingerprint and data version (key "generation"), as one blob
+    (write it atomically)."""
     import faiss
 
     cpu = index.faiss_index
     meta = json.dumps({"kind": index.kind, "dim": index.dim, "fingerprint": index.fingerprint,
-                       "generation": index.generation, "ntotal": index.ntotal, "token": index.token})
+                       "generation": index.data_version, "ntotal": index.ntotal, "token": index.token})
     buf = io.BytesIO()
     arrays: dict[str, Any] = {"faiss": faiss.serialize_index(cpu), "meta": np.array(meta)}
     if index.row_ids is not None:
@@ -34,7 +35,7 @@ def to_bytes(index: VectorIndex) -> bytes:
     return buf.getvalue()
 
 
-def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index") -> dict[str, Any]:
+def header(f: BinaryIO, *, fingerprint: str, data_version: int, source: str = "vector index") -> dict[str, Any]:
     """Kind, dim, size of a saved index, reading only its small header member (not the vectors);
     ArtifactMismatchError if unreadable, stale or from another configuration."""
     try:
@@ -44,21 +45,21 @@ def header(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vec
         raise ArtifactMismatchError(f"{source} is unreadable ({e})") from e
     if meta["fingerprint"] != fingerprint:
         raise ArtifactMismatchError(f"{source} was built with another configuration")
-    if meta["generation"] != generation:
+    if meta["generation"] != data_version:
         raise ArtifactMismatchError(
-            f"{source} reflects store generation {meta['generation']}, the store is at {generation}"
+            f"{source} reflects store data version {meta['generation']}, the store is at {data_version}"
         )
     return meta
 
 
-def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "vector index",
+def from_file(f: BinaryIO, *, fingerprint: str, data_version: int, source: str = "vector index",
               exact_path: str | Path | None = None, verify: bool | None = None) -> VectorIndex:
     """Inverse of to_bytes over a seekable file; the header is checked before the vectors are read.
     An ivfpq index also maps its exact vectors from `exact_path` (checked: see `attach_exact`,
     which takes `verify`)."""
     import faiss
 
-    meta = header(f, fingerprint=fingerprint, generation=generation, source=source)
+    meta = header(f, fingerprint=fingerprint, data_version=data_version, source=source)
     if meta["kind"] == "ivfpq" and exact_path is None:
         raise ValueError("an ivfpq index needs exact_path, the file that holds its exact vectors")
     f.seek(0)
@@ -85,8 +86,8 @@ def from_file(f: BinaryIO, *, fingerprint: str, generation: int, source: str = "
     return out if row_ids is None else attach_exact(out, exact_path, verify=verify)  # type: ignore[arg-type]
 
 
-def from_bytes(data: bytes, *, fingerprint: str, generation: int, source: str = "vector index",
+def from_bytes(data: bytes, *, fingerprint: str, data_version: int, source: str = "vector index",
                exact_path: str | Path | None = None, verify: bool | None = None) -> VectorIndex:
     """Inverse of to_bytes; ArtifactMismatchError if unreadable, stale or from another configuration."""
-    return from_file(io.BytesIO(data), fingerprint=fingerprint, generation=generation, source=source,
+    return from_file(io.BytesIO(data), fingerprint=fingerprint, data_version=data_version, source=source,
                      exact_path=exact_path, verify=verify)

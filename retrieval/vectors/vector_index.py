@@ -29,7 +29,7 @@ class VectorIndex:
     kind: str
     dim: int
     fingerprint: str
-    generation: int
+    data_version: int
     exact_on: TorchExact | None = None
     on_gpu: Any = None  # ivf / ivfpq: FAISS's GPU copy of faiss_index (`on_faiss_gpu`), used for searches it can take
     # ivfpq only: FAISS holds row numbers; row_ids maps them to external ids, and `exact` is the
