@@ -152,6 +152,8 @@ class Store:
 
     @property
     def generation(self) -> int:
+        """Changes with every committed change, rows or meta (a touched timestamp, a new whitening):
+        what in-memory caches are keyed on. Files derived from the rows key on `data_version`."""
         return int(self.get_meta("generation", 0))
 
     def _bump(self) -> None:
