@@ -147,7 +147,7 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
         assert idx.info()["vector_index"]["fresh"] is False
         got = ranking(idx, [photos / "img_002.png"])
         assert_same_ranking(got, want_after)
-        assert idx.vectors().ntotal == 6
+        assert idx.ensure_vectors().ntotal == 6
         assert idx.info()["vector_index"]["fresh"] is True  # rebuilt and saved
 
 
@@ -548,12 +548,12 @@ def test_an_open_index_sees_a_whitening_set_by_another_connection(index):
 
     with Index.open(index) as idx:
         assert idx.whitening() is None
-        before = idx.vectors()
-        assert idx.vectors() is before  # nothing changed: not re-checked
+        before = idx.ensure_vectors()
+        assert idx.ensure_vectors() is before  # nothing changed: not re-checked
         ids, x = idx.store.descriptors()
         w = wh.fit(np.concatenate([x, -x, x * 0.5 + 0.1]), dim=None)
         with Store(index / "store.sqlite") as other:
             derived.set_whitening(other, idx.config, w, "test")
         got = idx.whitening()
         assert got is not None and got.digest() == w.digest()
-        assert idx.vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening
+        assert idx.ensure_vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening

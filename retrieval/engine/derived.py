@@ -132,8 +132,8 @@ def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
                    "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
 
-def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
-            data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+def ensure_vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
+                   data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
     """The FAISS index (in host memory) for the store's current data version: `cached` if it is
     that, else the saved file if it is, else rebuilt from the store and saved atomically (kept in
     memory only when the store is read-only: nothing beside it is rewritten).

@@ -238,7 +238,7 @@ def _rank(idx: Index, queries: Sequence[Query], position: dict[int, int], opts: 
     `opts` exactly as `retrieve query` searches, and the seconds the searches took."""
     idx.config = dataclasses.replace(idx.config, index=dataclasses.replace(idx.config.index, dba=opts.dba))
     n = len(position)
-    idx.vectors()  # built (DBA is a property of the database vectors) before the clock starts
+    idx.ensure_vectors()  # built (DBA is a property of the database vectors) before the clock starts
     columns, seconds = [], 0.0
     every = dataclasses.replace(opts.search, k=n)
     for q in queries:

@@ -153,10 +153,10 @@ class Index:
         sure the FAISS index matches the store's data version; returns the whitening in force."""
         return self._derived.refresh(self.config, refit=refit)[1]
 
-    def vectors(self) -> vecs.VectorIndex:
+    def ensure_vectors(self) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
         and saved."""
-        return self._derived.vectors(self.config)
+        return self._derived.ensure_vectors(self.config)
 
     # --- query ------------------------------------------------------------------------------
     def search(self, path: str | Path, options: SearchOptions = SearchOptions(), *,

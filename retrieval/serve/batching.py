@@ -100,7 +100,7 @@ def _open(path: str | Path, weights: str | None, device: str | None) -> Index:
     try:
         idx.backbone()
         if idx.count() > 0:
-            idx.vectors()
+            idx.ensure_vectors()
     except BaseException:
         idx.close()
         raise
