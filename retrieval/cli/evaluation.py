@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import benchmarks, engine
+from .. import engine, ground_truth
 from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
 from .app import DEFAULTS, SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
@@ -17,10 +17,10 @@ from .app import DEFAULTS, SIZE_HELP, ConfigFile, Device, Multiscale, Weights, W
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
     if spec.endswith(".json"):
-        return benchmarks.load_json(spec, crop=crop)
+        return ground_truth.load_json(spec, crop=crop)
     if data is None:
         raise UsageError(f"--data DIR is needed for {spec} (DIR/{spec}/gnd_{spec}.pkl and DIR/{spec}/jpg/)")
-    return benchmarks.load_revisited(data, spec, crop=crop)
+    return ground_truth.load_revisited(data, spec, crop=crop)
 
 
 @app.command("eval")

@@ -17,12 +17,12 @@ import numpy as np
 
 from .. import __version__
 from .. import whitening as wh
-from ..benchmarks import Benchmark
+from ..ground_truth import Benchmark
 from ..config import EngineConfig, SearchOptions, deep_merge, default_index_dir
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..store import PathFilter
 from ..types import shown
-from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
+from ..metrics import KAPPAS, QueryTruth, compute_map, protocol_truth
 from . import derived
 from .files import atomic_write
 from .index import Index
