@@ -57,7 +57,7 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
     image = ImageConfig(size=224)
 
     def run(on: torch.device | None) -> dict:
-        return {r.path: r for r in decoded_stream(paths, backbone=bb, image=image, workers=4, jpegs_on=on, jpeg_batch=8)}
+        return {r.path: r for r in decoded_stream(paths, backbone=bb, image=image, workers=4, jpegs_on=on, jpegs_per_decode=8)}
 
     t0 = time.perf_counter()
     pil = run(None)
@@ -85,7 +85,7 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
         print(f"  {Path(p).name:40s} {a.original_wh[0]:5d}x{a.original_wh[1]:<5d} pixel MAD {mad:5.2f}  descriptor cos {cos:.5f}{note}")
         if "corrupt" not in p:
             worst_mad, worst_cos = max(worst_mad, mad), min(worst_cos, cos)
-    ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch_size=16)
+    ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch=16)
               if isinstance(b, ForwardBatch))
     print(f"forward passes over GPU- and Pillow-decoded files together: {ran} inputs")
     print(f"decoded on the GPU: {on_gpu} of {sum(isinstance(r, Decoded) for r in gpu.values())}; "

@@ -201,7 +201,7 @@ def part_index(files: list[Path], weights: str, model: str, size: int, dtype: st
                                            threads=readers == "threads")
 
     cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype, "device": device},
-           "image": {"size": size}, "batch_size": batch, "workers": workers, "decode": decode,
+           "image": {"size": size}, "batch": batch, "workers": workers, "decode": decode,
            "whitening": {"enabled": False}}
     with Index.open_or_create(out, cfg) as idx:
         idx.backbone()  # load outside the timed region, as (a) and (b) do

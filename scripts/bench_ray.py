@@ -46,7 +46,7 @@ def part_index(folder: Path, out: Path, *, model: str, weights: str | None, size
     from retrieval.engine import Cluster
     from retrieval.engine.commit import LOCAL_PCA_FILES
 
-    overrides = {"backbone": {"name": model, "weights": weights}, "image": {"size": size}, "batch_size": batch}
+    overrides = {"backbone": {"name": model, "weights": weights}, "image": {"size": size}, "batch": batch}
     stamps: list[tuple[float, int]] = []
     with Index.open_or_create(out, overrides) as idx:
         start = time.perf_counter()

@@ -315,7 +315,7 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
         assert len(rows) == 60 and len({r.path for r in rows}) == 60
         assert idx.store.count("ok") == 60
         resumed = ranking(idx, [photos / "img_010.png"])
-    with Index.open_or_create(tmp_path / "fresh", {**TINY_CONFIG, "batch_size": 2}) as fresh:
+    with Index.open_or_create(tmp_path / "fresh", {**TINY_CONFIG, "batch": 2}) as fresh:
         fresh.update([photos])
         assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
 
@@ -517,7 +517,7 @@ def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_pat
     # 64 patches per image at 112 px: the patch PCA is fitted after the second batch of 2, so the
     # later batches get local descriptors during the run (on a GPU from local.select_many, whose
     # equality with select is tested in test_local; here on the CPU from select per image)
-    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "batch_size": 2}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "batch": 2}) as idx:
         idx.update([photos])
         pca = idx.local_pca()
         assert pca is not None

@@ -75,7 +75,7 @@ def test_read_file_keeps_only_plain_complete_jpegs(tmp_path: Path, awkward_dir: 
 
 
 def _stream(paths: list[str], tiny, jpegs_on: torch.device | None) -> dict[str, Decoded | Skipped]:
-    out = decoded_stream(paths, backbone=tiny, image=ImageConfig(size=224), workers=0, jpegs_on=jpegs_on, jpeg_batch=5)
+    out = decoded_stream(paths, backbone=tiny, image=ImageConfig(size=224), workers=0, jpegs_on=jpegs_on, jpegs_per_decode=5)
     return {r.path: r for r in out}
 
 
@@ -156,7 +156,7 @@ def test_a_jpeg_and_a_png_of_one_shape_share_a_batch(tiny, tmp_path: Path) -> No
     synth_photo(1).save(b)
     stream = list(_stream([str(a), str(b)], tiny, CPU).values())
     assert {type(r) for r in stream} == {Decoded}
-    (batch,) = forward_batches(iter(stream), backbone=tiny, batch_size=2)
+    (batch,) = forward_batches(iter(stream), backbone=tiny, batch=2)
     assert len(batch.items) == 2 and batch.tokens.cls.shape[0] == 2
 
 

@@ -145,7 +145,7 @@ class DiesOnce(Embedder):
 def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(10))
-    with engine.Index.open_or_create(tmp_path / "index", {**TINY_CONFIG, "batch_size": 1}) as idx:
+    with engine.Index.open_or_create(tmp_path / "index", {**TINY_CONFIG, "batch": 1}) as idx:
         summary = idx.update([photos], cluster=Cluster("local", embedder=DiesOnce))
         assert (tmp_path / "died-once").exists()  # the worker did die
         assert (summary.added, summary.updated, summary.skipped, summary.interrupted) == (10, 0, [], False)

@@ -37,7 +37,7 @@ def eval_(
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP} (default: the config's, else {DEFAULT_SIZE}).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help=f"cls+gem, cls or gem (default: the config's, else {DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
-    batch: Annotated[int | None, typer.Option("--batch", help=f"Images per forward pass (default: the config's, else {DEFAULTS.batch_size}).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help=f"Images per forward pass (default: the config's, else {DEFAULTS.batch}).")] = None,
     workers: Workers = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, auto, or bf16 / fp16 autocast (default: the config's, "

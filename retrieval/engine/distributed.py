@@ -165,20 +165,20 @@ def embed_on_ray(paths: Sequence[str], pca: LocalPCA | None, *, spec: WorkerSpec
     import pyarrow as pa  # Ray Data's own dependency
     import ray
 
-    per_call = CALLS_PER_BATCH * spec.config.batch_size  # paths go as bytes: names need not be UTF-8
+    files_per_call = CALLS_PER_BATCH * spec.config.batch  # paths go as bytes: names need not be UTF-8
     embed_args, decode_args, actors = pool(ray)
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # the caller shows progress; datasets keep a copy of the context
     try:
-        # blocks of exactly per_call files, one per worker call (Ray Data would merge smaller ones
+        # blocks of exactly files_per_call files, one per worker call (Ray Data would merge smaller ones
         # into one call, whose results then reach the driver only when all of it is done)
         ds: Any = ray.data.from_arrow([pa.table({"index": pa.array(range(i, i + len(chunk)), pa.int64()),
                                                  "path": pa.array([os.fsencode(p) for p in chunk], pa.binary())})
-                                       for i in range(0, len(paths), per_call) for chunk in [paths[i:i + per_call]]])
-        ds = ds.map_batches(decode_batch, batch_size=per_call, batch_format="numpy",
+                                       for i in range(0, len(paths), files_per_call) for chunk in [paths[i:i + files_per_call]]])
+        ds = ds.map_batches(decode_batch, batch_size=files_per_call, batch_format="numpy",
                             fn_kwargs={"config": spec.config}, **decode_args)
-        ds = ds.map_batches(embedder, batch_size=per_call, batch_format="numpy",
+        ds = ds.map_batches(embedder, batch_size=files_per_call, batch_format="numpy",
                             fn_constructor_kwargs={"spec": spec, "pca": pca},
                             compute=ray.data.ActorPoolStrategy(size=actors), **embed_args)
     finally:

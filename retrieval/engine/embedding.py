@@ -85,7 +85,7 @@ def embed_files(paths: Sequence[str], *, backbone: Backbone, config: EngineConfi
     query's box)."""
     stream = decoded_stream(paths, backbone=backbone, image=config.image, scales=config.pooling.scales,
                             workers=config.workers if workers is None else workers,
-                            jpegs_on=jpeg_device(config.decode, backbone.device), jpeg_batch=config.batch_size,
+                            jpegs_on=jpeg_device(config.decode, backbone.device), jpegs_per_decode=config.batch,
                             box=box)
     yield from embed_stream(stream, backbone=backbone, config=config, pca=pca)
 
@@ -96,10 +96,10 @@ def embed_stream(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, con
     batched forward passes, pooled, grouped per forward pass."""
     partial: dict[int, dict[str, Any]] = {}
     group: list[Embedding | Skipped] = []
-    for out in forward_batches(stream, backbone=backbone, batch_size=config.batch_size):
+    for out in forward_batches(stream, backbone=backbone, batch=config.batch):
         if isinstance(out, Skipped):
             group.append(out)
-            if len(group) < config.batch_size:
+            if len(group) < config.batch:
                 continue
         else:
             group.extend(complete(out, partial, config, pca))

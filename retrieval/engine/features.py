@@ -35,7 +35,7 @@ class FileTokens:
     registers: np.ndarray
 
 
-def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
+def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch: int = 16,
           workers: int | None = None, decode: str = "cpu", draft: bool = True) -> Iterator[FileTokens | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
@@ -45,8 +45,8 @@ def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig
     tokens are those of the official transform (`retrieve extract`'s default; docs/features.md).
     """
     stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers,
-                            jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size, draft=draft)
-    for out in forward_batches(stream, backbone=backbone, batch_size=batch_size):
+                            jpegs_on=jpeg_device(decode, backbone.device), jpegs_per_decode=batch, draft=draft)
+    for out in forward_batches(stream, backbone=backbone, batch=batch):
         if isinstance(out, Skipped):
             yield out
             continue

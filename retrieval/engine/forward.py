@@ -147,7 +147,7 @@ def _bursts(paths: Sequence[str], read: Callable[[str], images.PreparedFile | im
 
 def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConfig, scales: Sequence[float] = (1.0,),
                    workers: int | None = None, window: int = 64, jpegs_on: torch.device | None = None,
-                   jpeg_batch: int = 32, threads: bool | None = None, draft: bool = True,
+                   jpegs_per_decode: int = 32, threads: bool | None = None, draft: bool = True,
                    box: images.Box | None = None) -> Iterator[Decoded | Skipped]:
     """Read and decode `paths`: by `workers` processes ahead of the caller, or (workers 0) by a
     thread per core in bursts between forward passes.
@@ -156,7 +156,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
     caller instead of in bursts: the cores are free while the GPU works. One pixel_limit scope
     then spans the stream.
 
-    With `jpegs_on`, plain JPEGs are decoded there in batches of `jpeg_batch` (see jpeg_device);
+    With `jpegs_on`, plain JPEGs are decoded there in batches of `jpegs_per_decode` (see jpeg_device);
     everything else, and any file that device refuses, is decoded by Pillow. Results come in
     input order except that such JPEGs come when their batch is decoded. The readers are then
     threads (`workers` of them, or a thread per core): they mostly read and hash, which release
@@ -191,7 +191,7 @@ def decoded_stream(paths: Sequence[str], *, backbone: Backbone, image: ImageConf
                 yield from_prepared(i, p, got)
                 continue
             held.append((i, p, got))
-            if len(held) >= jpeg_batch:
+            if len(held) >= jpegs_per_decode:
                 yield from flush(held)
                 held = []
     yield from flush(held)
@@ -232,17 +232,17 @@ def _decode_jpegs(held: list[tuple[int, str, images.EncodedJpeg]], *, device: to
     yield from out
 
 
-def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, batch_size: int,
+def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, batch: int,
                     max_buffered: int | None = None) -> Iterator[ForwardBatch | Skipped]:
     """Group equal shapes into batches and run the model; skipped files pass straight through.
 
-    A bucket runs when it holds `batch_size` inputs; when all buckets together hold
-    `max_buffered` (default 4 x batch_size) the fullest one runs early, so rare shapes
+    A bucket runs when it holds `batch` inputs; when all buckets together hold
+    `max_buffered` (default 4 x batch) the fullest one runs early, so rare shapes
     never pile up in memory.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    limit = max_buffered or 4 * batch_size
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    limit = max_buffered or 4 * batch
     buckets: dict[tuple[int, ...], list[tuple[Decoded, int]]] = {}
     buffered = 0
     try:
@@ -254,7 +254,7 @@ def forward_batches(stream: Iterator[Decoded | Skipped], *, backbone: Backbone, 
                 key = tuple(x.shape)
                 buckets.setdefault(key, []).append((item, s))
                 buffered += 1
-                if len(buckets[key]) >= batch_size:
+                if len(buckets[key]) >= batch:
                     buffered -= len(buckets[key])
                     yield _run(backbone, buckets.pop(key))
                 elif buffered >= limit:
