@@ -74,6 +74,7 @@ class CheckReport:
                 + (f" ({notes} note{'s' * (notes > 1)})" if notes else ""))
 
     def to_json(self) -> dict[str, Any]:
+        """`retrieve check --json`'s object (a JSON-ready value, as every to_json here returns)."""
         return {"index": str(self.index), "store": str(self.store), "healthy": not self.damaged,
                 "images": self.images, "skipped": self.skipped,
                 "findings": [{"level": f.level, "message": f.message} for f in self.findings]}
