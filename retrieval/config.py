@@ -125,6 +125,28 @@ class SearchOptions:
 
 
 @dataclass(frozen=True)
+class DedupeOptions:
+    """k: neighbours asked per image; threshold: global cosine (of the indexed vectors) for a pair
+    to be verified at all; coverage: share of the smaller image's stored patches that must be
+    verified inliers for a near copy; similar: also report the looser level; batch: images per
+    kNN search (the memory bound)."""
+
+    k: int = 8
+    threshold: float = 0.5
+    coverage: float = 0.35
+    similar: bool = False
+    batch: int = 256
+    exact_only: bool = False  # same bytes only: no kNN graph, no model
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.batch < 1:
+            raise UsageError(f"-k and the batch must be at least 1, got {self.k} and {self.batch}")
+        if not -1.0 <= self.threshold <= 1.0 or not 0.0 < self.coverage <= 1.0:
+            raise UsageError(f"--threshold must lie in [-1, 1] and --coverage in (0, 1], got {self.threshold:g} "
+                             f"and {self.coverage:g}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageConfig = field(default_factory=ImageConfig)

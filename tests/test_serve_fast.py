@@ -96,6 +96,28 @@ def test_uploads_are_decoded_off_the_index_thread(served, monkeypatch):
     assert not any(name.startswith("retrieval-index") for name in threads), threads
 
 
+def test_two_uploads_are_decoded_at_once(served, monkeypatch):
+    """Both cores decode uploads: two searches' uploads are read on two threads at the same time
+    (they were read one after another by a single thread while pixel_limit's scopes could not
+    overlap safely)."""
+    together = threading.Barrier(2)
+    met: list[tuple[str, bool]] = []
+    real = readers.decode
+
+    def decode(path, **kwargs):
+        try:
+            together.wait(timeout=10)  # only returns once the other upload is being decoded too
+            met.append((threading.current_thread().name, True))
+        except threading.BrokenBarrierError:
+            met.append((threading.current_thread().name, False))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(readers, "decode", decode)
+    assert _searches_at_once(served, clients=2, searches=2) == [200, 200]
+    assert [ok for _, ok in met] == [True, True], met
+    assert len({name for name, _ in met}) == 2 and all(n.startswith("retrieval-upload") for n, _ in met), met
+
+
 def test_a_refused_upload_among_concurrent_searches_fails_only_itself(served, awkward_dir):
     """Good and refused uploads searched at once: each refused one gets its own one-line 400 (the
     message it gets alone), every good one its hits."""
@@ -126,15 +148,45 @@ def test_concurrent_uploads_leave_pillows_settings_as_they_were(served):
     from PIL import Image
 
     show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
+    assert _searches_at_once(served, clients=16, searches=48) == [200] * 48
+    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_concurrent_pictures_leave_pillows_settings_as_they_were(served):
+    """Pictures (GET /api/images/{id}, the PNG correspondence pictures) are decoded by a pool of
+    threads, each decode in its own pixel_limit scope: overlapping scopes must share Pillow's
+    process-wide settings and restore them when the last one closes, not leave a wrapper of the
+    warnings hook behind each overlap."""
+    from PIL import Image
+
+    show, limit = warnings.showwarning, Image.MAX_IMAGE_PIXELS
+    with Server(create_app(served["index"])) as url, httpx.Client(base_url=url, timeout=120) as c:
+        found = c.post("/api/search", files={"image": ("q.jpg", served["query"].read_bytes())}, data={"k": "4"})
+        assert found.status_code == 200, found.text
+        qid, ids = found.json()["query"], [h["id"] for h in found.json()["hits"]]
+        paths = [f"/api/images/{i}" for i in ids] + [f"/api/images/{i}?max=64" for i in ids]
+        paths += [f"/api/queries/{qid}/matches/{ids[0]}?format=png&kind={kind}" for kind in ("matches", "heatmap", "pca")]
+
+        def one(n: int) -> int:
+            with httpx.Client(base_url=url, timeout=120) as each:
+                return each.get(paths[n % len(paths)]).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(one, range(4 * len(paths)))) == [200] * (4 * len(paths))
+    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
+
+
+def _searches_at_once(served, *, clients: int, searches: int) -> list[int]:
+    """The status codes of `searches` searches of the query, sent by `clients` clients at once to a
+    server on a real socket."""
     data = served["query"].read_bytes()
     with Server(create_app(served["index"])) as url:
         def one(_: int) -> int:
             with httpx.Client(base_url=url, timeout=120) as c:
                 return c.post("/api/search", files={"image": ("q.jpg", data)}, data={"k": "1"}).status_code
 
-        with ThreadPoolExecutor(16) as pool:
-            assert list(pool.map(one, range(48))) == [200] * 48
-    assert warnings.showwarning is show and Image.MAX_IMAGE_PIXELS == limit
+        with ThreadPoolExecutor(clients) as pool:
+            return list(pool.map(one, range(searches)))
 
 
 def test_read_bytes_is_read_file_without_the_file(served):

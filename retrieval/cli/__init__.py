@@ -2,13 +2,14 @@
 its group and the one error boundary; the commands live in modules by what they work on.
 
     collection  index, query, info, remove, check, backup
+    dedupe      dedupe
     listing     list
     evaluation  eval
     research    extract, pca, match, models
     serving     serve
 """
 
-from . import collection, evaluation, listing, research, serving  # noqa: F401 (registers the commands)
+from . import collection, dedupe, evaluation, listing, research, serving  # noqa: F401 (registers the commands)
 from .app import _rate, _verbose_first, app
 
 __all__ = ["_rate", "_verbose_first", "app"]

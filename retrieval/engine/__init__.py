@@ -22,6 +22,8 @@ _EXPORTS = {
     "Pair": "maps", "explain": "maps", "match_files": "maps",
     "atomic_write": "files", "expand_inputs": "files", "index_roots": "files", "output_file": "files",
     "Cluster": "distributed", "ray_cluster": "distributed",
+    "DedupeReport": "dedupe", "folder_against_index": "dedupe",
+    "index_duplicates": "dedupe",
     "CheckReport": "check", "Finding": "check", "backup_store": "check", "check_index": "check",
 }
 
@@ -30,6 +32,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .embedding import Embedding
     from .distributed import Cluster, ray_cluster
+    from .dedupe import DedupeReport, folder_against_index, index_duplicates
     from .check import CheckReport, Finding, backup_store, check_index
     from .forward import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report

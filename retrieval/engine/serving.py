@@ -97,8 +97,8 @@ class Upload:
 class UploadReader:
     """How an upload is read for an index's model, exactly as `Index.queries` reads a file: decoded
     once, under the index's pixel limit, resized to each scale. Made from the Index (on its thread:
-    `of`), then used on any thread with no Index, so that the thread that owns the model only runs
-    forward passes. `name` stands for the upload in errors."""
+    `of`), then used on any threads at once with no Index (pixel_limit's scopes are shared), so that
+    the thread that owns the model only runs forward passes. `name` stands for the upload in errors."""
 
     image: ImageConfig
     sizes: tuple[int, ...]

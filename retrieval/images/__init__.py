@@ -2,7 +2,8 @@
 
     decoding   formats allowed and refused, upright 8-bit RGB, BadImageError with the fix
     geometry   patch-multiple sizes, crops, resizing and normalising for the model
-    scope      Pillow's process-wide bomb limit and warnings hook, held around decoding
+    scope      Pillow's process-wide bomb limit and warnings hook, held around decoding (one
+               counted scope shared by all threads)
     readers    files read once (hashed, decoded, prepared) by decoder threads or processes
 
 Every failure becomes a `BadImageError` that names the file, the reason and the fix. Nothing

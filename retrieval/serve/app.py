@@ -9,7 +9,7 @@ the index's thread, the batcher, the query cache, the pools) on `request.app.sta
 opens the index and makes that Service, the lifespan closes it. Handlers parse the request
 (serve/forms.py), call the engine on the index's own thread (batching.IndexThread) and turn
 RetrievalError into `{"error": "one line"}` with a 4xx status. Only what needs the model or the
-index's connection runs on that thread: uploads are decoded on a thread of their own, the health
+index's connection runs on that thread: uploads are decoded by a pool of two threads, the health
 probe counts on a thread of its own (batching.CensusThread), pictures are decoded, drawn and
 encoded by another small pool, and the event loop only parses and answers.
 """
@@ -37,6 +37,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..config import DedupeOptions
+from ..engine.dedupe import index_duplicates
 from ..engine.serving import (PICTURE_KINDS, Correspondences, UploadReader, correspondences, indexed_path,
                               jpeg_bytes, similar)
 from ..errors import BadImageError, RetrievalError, UsageError
@@ -53,11 +55,10 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 50 * 1000 * 1000
 DEFAULT_CACHE_BYTES = 256 * 1000 * 1000  # uploads kept for drawing their correspondences later
 PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releases the GIL for most of it)
-# The thread that decodes and resizes uploads for the model, beside its forward passes. One: each
-# read enters images.pixel_limit, whose settings are process-wide, so reads on several threads would
-# interleave their scopes (the engine's own readers share one scope per burst instead); a decode
-# (about 2 ms for a 640x480 JPEG, docs/throughput.md) keeps well ahead of a forward pass (50 ms or more).
-UPLOAD_WORKERS = 1
+# Threads that decode and resize uploads for the model, beside its forward passes: both cores can
+# decode (images.pixel_limit's scopes are shared and counted, so concurrent reads are safe).
+UPLOAD_WORKERS = 2
+MAX_DEDUPE_IMAGES = 20_000  # GET /api/duplicates: its kNN graph runs on the index thread (docs/dedupe.md)
 
 T = TypeVar("T")
 
@@ -103,7 +104,7 @@ class QueryCache:
 class Service:
     """What the handlers share, on `request.app.state.service`: the index's thread and the batcher
     that shares its forward passes, the image count's thread, the recent queries, how uploads are
-    read and the thread that reads them, the pool that draws pictures, the upload limits and the
+    read and the pool that reads them, the pool that draws pictures, the upload limits and the
     OpenAPI document."""
 
     index: IndexThread
@@ -173,6 +174,19 @@ async def similar_to(request: Request) -> Response:
     return _JSON(_found(s, Searched(*found)))
 
 
+async def duplicates(request: Request) -> Response:
+    """Copy groups of the index with `retrieve dedupe`'s defaults, similar groups included (each
+    group says its kind); on the index thread, so an index past MAX_DEDUPE_IMAGES is sent to the
+    command instead of holding every search up."""
+    def groups(idx: Any) -> dict[str, Any]:
+        if idx.count() > MAX_DEDUPE_IMAGES:
+            raise RetrievalError(f"the index holds {idx.count()} images, more than this server groups "
+                                 f"({MAX_DEDUPE_IMAGES}); run `retrieve dedupe --json` instead")
+        return index_duplicates(idx, DedupeOptions(similar=True)).to_json()
+
+    return _JSON(await _service(request).index.call(groups))
+
+
 async def image(request: Request) -> Response:
     s, wanted = _service(request), image_id(request)
     max_side = int_param(request, "max", low=MIN_SIDE, high=MAX_SIDE)
@@ -215,6 +229,7 @@ ROUTES = (
     Route("/api/openapi.json", openapi),
     Route("/api/search", search, methods=["POST"]),
     Route("/api/similar/{id}", similar_to),
+    Route("/api/duplicates", duplicates),
     Route("/api/images/{id}", image),
     Route("/api/queries/{qid}/matches/{id}", matches),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),

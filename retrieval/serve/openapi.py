@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import SearchOptions
+from ..engine.dedupe import KINDS
 from ..engine.serving import PICTURE_KINDS
 from .limits import BBOX, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits
 
@@ -57,6 +58,23 @@ def search_form() -> Schema:
         "qe_alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_ALPHA, "default": d["qe_alpha"],
                      "description": "weight exponent of query expansion"},
     }}
+
+
+def _groups() -> Schema:
+    """GET /api/duplicates' answer (engine.dedupe.DedupeReport.to_json)."""
+    count = {"type": "integer", "minimum": 0}
+    member = {"type": "object", "required": ["id", "path", "width", "height", "mtime_ns", "sha256"], "properties": {
+        "id": {"type": "integer"}, "path": {"type": "string"}, "width": {"type": ["integer", "null"]},
+        "height": {"type": ["integer", "null"]}, "mtime_ns": {"type": "integer"}, "sha256": {"type": ["string", "null"]}}}
+    link = {"type": "object", "required": ["a", "b", "kind", "inliers", "coverage", "mirrored"], "properties": {
+        "a": {"type": "string"}, "b": {"type": "string"}, "kind": {"enum": list(KINDS)},
+        "score": {"type": ["number", "null"]}, "inliers": count, "coverage": {"type": "number"},
+        "mirrored": {"type": "boolean"}}}
+    group = {"type": "object", "required": ["kind", "keep", "members", "links"], "properties": {
+        "kind": {"enum": list(KINDS)}, "keep": {"type": "string"},
+        "members": {"type": "array", "minItems": 2, "items": member}, "links": {"type": "array", "items": link}}}
+    return {"type": "object", "required": ["images", "candidates", "unverifiable", "groups"], "properties": {
+        "images": count, "candidates": count, "unverifiable": count, "groups": {"type": "array", "items": group}}}
 
 
 def _error() -> Schema:
@@ -170,6 +188,11 @@ def _paths(token: bool, max_upload: int) -> Schema:
         "/api/similar/{id}": {"get": _operation(
             "similar", "the indexed images most like an indexed one (itself left out), from its stored descriptor",
             hits, {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, *_search_parameters()])},
+        "/api/duplicates": {"get": _operation(
+            "duplicates", "groups of copies in the index (exact, near) and of similar shots (similar), as `retrieve "
+            "dedupe --similar --json`", _json("the groups, keeper first", _groups()),
+            {409: "the index cannot answer (for instance damaged), or holds more images than the server groups: "
+                  "the message says to run `retrieve dedupe`"}, token=token)},
         "/api/images/{id}": {"get": _operation(
             "image", "an indexed image, upright", _answer("the image as JPEG", {"image/jpeg": picture}),
             {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, _query(

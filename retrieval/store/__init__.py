@@ -10,8 +10,8 @@
 from .connection import store_error, writable
 from .paths import PathFilter
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .rows import BlobSizes, FileRow, Move, Touch, Upsert, descriptor_bytes
+from .rows import BlobSizes, FileRow, ImageFacts, Move, Touch, Upsert, descriptor_bytes
 from .store import Store
 
-__all__ = ["BlobSizes", "FileRow", "MIGRATIONS", "Move", "PathFilter", "SCHEMA_VERSION", "Store", "Touch", "Upsert",
-           "descriptor_bytes", "store_error", "writable"]
+__all__ = ["BlobSizes", "FileRow", "ImageFacts", "MIGRATIONS", "Move", "PathFilter", "SCHEMA_VERSION", "Store",
+           "Touch", "Upsert", "descriptor_bytes", "store_error", "writable"]

@@ -1,6 +1,6 @@
-"""The store's row types: what a row holds (FileRow), the changes a transaction applies (Upsert,
-Touch, Move) and what `retrieve check` reads of its blobs (BlobSizes), with the conversions
-between them and SQLite's columns."""
+"""The store's row types: what a row holds (FileRow; ImageFacts, the part dedupe needs), the
+changes a transaction applies (Upsert, Touch, Move) and what `retrieve check` reads of its blobs
+(BlobSizes), with the conversions between them and SQLite's columns."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ class FileRow:
     ctime_ns: int | None = None  # None: not known (a row from schema 2, filled in by the next update)
     inode: int | None = None
     indexed_ns: int | None = None  # when it was last embedded or refused; None: before schema 4
+
+
+class ImageFacts(NamedTuple):
+    """What choosing among copies needs of a row (dedupe): path, pixels, mtime, hash."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    mtime_ns: int
+    sha256: str | None
 
 
 class Touch(NamedTuple):

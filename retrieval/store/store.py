@@ -34,7 +34,7 @@ from ..errors import SchemaVersionError, StoreCorruptError, StoreError
 from ..types import shown
 from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out, _ranges
-from .rows import _ROW, DESCRIPTOR_DTYPE, BlobSizes, FileRow, Move, Touch, Upsert, _file_row, _stat
+from .rows import _ROW, DESCRIPTOR_DTYPE, BlobSizes, FileRow, ImageFacts, Move, Touch, Upsert, _file_row, _stat
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
@@ -307,6 +307,29 @@ class Store:
             rows += self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(part))})",
                                     part).fetchall()
         return rows
+
+    def facts(self, ids: Iterable[int]) -> dict[int, ImageFacts]:
+        """What choosing among copies needs of these rows (dedupe): path, pixels, mtime, hash."""
+        rows = self._where_id_in("id, path, width, height, mtime_ns, sha256", ids)
+        return {r[0]: ImageFacts(r[0], _path_out(r[1]), *r[2:]) for r in rows}
+
+    def ids_by_hash(self, hashes: Iterable[str] | None = None) -> dict[str, list[int]]:
+        """sha256 -> ids (ascending) of indexed files with that content: for `hashes`, those found
+        among them; for None, every hash that more than one indexed file has (exact copies)."""
+        if hashes is None:
+            rows = self.db.execute("SELECT sha256, id FROM images WHERE status = 'ok' AND sha256 IN (SELECT sha256 "
+                                   "FROM images WHERE status = 'ok' GROUP BY sha256 HAVING count(*) > 1) "
+                                   "ORDER BY sha256, id").fetchall()
+        else:
+            wanted, rows = list(dict.fromkeys(hashes)), []
+            for start in range(0, len(wanted), IDS_AT_ONCE):
+                part = wanted[start: start + IDS_AT_ONCE]
+                rows += self.db.execute(f"SELECT sha256, id FROM images WHERE status = 'ok' AND sha256 IN "
+                                        f"({','.join('?' * len(part))}) ORDER BY id", part).fetchall()
+        out: dict[str, list[int]] = {}
+        for sha, i in rows:
+            out.setdefault(sha, []).append(int(i))
+        return out
 
     def size_of(self, image_id: int) -> tuple[int, int] | None:
         """Upright (width, height) of an indexed image (status ok) as it was indexed; None when

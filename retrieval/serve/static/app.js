@@ -529,6 +529,37 @@ async function loadIndex() {
   }
 }
 
+// --- duplicates (GET /api/duplicates), in the index view ---
+async function loadDuplicates() {
+  $("find-dups").disabled = true;
+  $("dups-summary").textContent = "grouping...";
+  try {
+    const d = await (await api("/api/duplicates")).json();
+    const box = $("dups");
+    box.replaceChildren();
+    const copies = d.groups.filter((g) => g.kind !== "similar").length;
+    $("dups-summary").textContent = d.images + " images: " + copies + " groups of copies, " +
+      (d.groups.length - copies) + " of similar shots";
+    for (const g of d.groups) {
+      const row = el("div", { class: "dup-group" });
+      row.append(el("h4", { text: g.kind + ", " + g.members.length + " images" }));
+      for (const [i, m] of g.members.entries()) {
+        const img = el("img", { alt: baseName(m.path) });
+        imageURL("/api/images/" + m.id + "?max=160").then((u) => { img.src = u; }).catch(() => {});
+        row.append(el("figure", {}, img, el("figcaption", {
+          text: (i === 0 ? "keep: " : "") + m.width + "x" + m.height + " " + baseName(shown(m.path)),
+        })));
+      }
+      box.append(row);
+    }
+  } catch (err) {
+    $("dups-summary").textContent = err.message;
+  } finally {
+    $("find-dups").disabled = false;
+  }
+}
+$("find-dups").addEventListener("click", loadDuplicates);
+
 function health() {
   api("/api/health").then((r) => r.json()).then((h) => status(h.images + " images indexed"))
     .catch((err) => status(err.message, true));
