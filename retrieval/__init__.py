@@ -24,7 +24,11 @@ _EXPORTS = {
     "ArtifactMismatchError": "retrieval.errors",
     "SchemaVersionError": "retrieval.errors",
     "ConfigError": "retrieval.errors",
+    "UsageError": "retrieval.errors",
+    "StoreError": "retrieval.errors",
     "Index": "retrieval.engine",
+    "IndexInfo": "retrieval.engine",
+    "UpdateSummary": "retrieval.engine",
     "SearchResult": "retrieval.engine",
     "Hit": "retrieval.engine",
     "EngineConfig": "retrieval.config",
@@ -37,9 +41,9 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .backbone import Backbone, backbone_names, load_backbone
     from .config import EngineConfig, SearchOptions, load_config
-    from .engine import Hit, Index, SearchResult
+    from .engine import Hit, Index, IndexInfo, SearchResult, UpdateSummary
     from .errors import (ArtifactMismatchError, BadImageError, ConfigError, RetrievalError, SchemaVersionError,
-                         UnknownBackboneError, WeightsError)
+                         StoreError, UnknownBackboneError, UsageError, WeightsError)
     from .images import load_image
     from .types import TokenBatch
 
@@ -48,3 +52,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy names too: dir() and tab completion show them
+    return sorted({*globals(), *__all__})

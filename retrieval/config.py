@@ -118,10 +118,10 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.rerank_k < 1 or self.qe < 0:
-            raise UsageError(f"-k and --rerank-k must be at least 1 and --qe at least 0, "
+            raise UsageError(f"k (-k) and rerank_k (--rerank-k) must be at least 1 and qe (--qe) at least 0, "
                              f"got {self.k}, {self.rerank_k}, {self.qe}")
         if not (math.isfinite(self.qe_alpha) and self.qe_alpha > 0):
-            raise UsageError(f"--qe-alpha must be a finite number above 0, got {self.qe_alpha:g}")
+            raise UsageError(f"qe_alpha (--qe-alpha) must be a finite number above 0, got {self.qe_alpha:g}")
 
 
 @dataclass(frozen=True)

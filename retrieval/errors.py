@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 
 class RetrievalError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose.
+
+    `str(e)` is one line that reads the same to a Python caller and at the command line: what is
+    wrong and, after `fix:`, what to do, in words that fit both (`fix` holds that part alone).
+    `command`, when set, is the fix's command-line form (`retrieve index DIR --index ix`): the CLI's
+    error boundary adds it to the line; a Python caller does the same through the API (docs/api.md).
+    Both are kept when the error is pickled (Ray workers' errors read the same)."""
+
+    def __init__(self, *args: object, fix: str | None = None, command: str | None = None) -> None:
+        self.fix = fix
+        self.command = command
+        if fix is not None and args:
+            args = (f"{args[0]}; fix: {fix}", *args[1:])
+        super().__init__(*args)
 
 
 UNREADABLE = "cannot read the file"  # a refusal for access (permissions, I/O), not content: retried each run
@@ -18,8 +32,7 @@ class BadImageError(RetrievalError):
     def __init__(self, path: str | Path, reason: str, *, fix: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
-        self.fix = fix or "re-save it as JPEG or PNG, or leave it out"
-        super().__init__(f"{self.path}: {reason}; fix: {self.fix}")
+        super().__init__(f"{self.path}: {reason}", fix=fix or "re-save it as JPEG or PNG, or leave it out")
 
     @classmethod
     def unreadable(cls, path: str | Path, e: OSError) -> BadImageError:
@@ -30,7 +43,7 @@ class BadImageError(RetrievalError):
         return (_bad_image, (self.path, self.reason, self.fix))
 
 
-def _bad_image(path: str, reason: str, fix: str) -> BadImageError:
+def _bad_image(path: str, reason: str, fix: str | None) -> BadImageError:
     return BadImageError(path, reason, fix=fix)
 
 
@@ -68,9 +81,9 @@ class SchemaVersionError(RetrievalError):
 class StoreError(RetrievalError):
     """The index's SQLite store cannot be used as it is: damaged, locked, read-only, unopenable."""
 
-    def __init__(self, path: str | Path, message: str) -> None:
+    def __init__(self, path: str | Path, message: str, *, fix: str | None = None, command: str | None = None) -> None:
         self.path = str(path)
-        super().__init__(message)
+        super().__init__(message, fix=fix, command=command)
 
 
 class StoreCorruptError(StoreError):
@@ -80,9 +93,10 @@ class StoreCorruptError(StoreError):
         self.detail = detail
         folder = Path(path).parent
         super().__init__(
-            path,
-            f"{path} is damaged ({detail}); run `retrieve check --index {folder}` to see what is wrong, then restore "
-            f"a copy made with `retrieve backup` or index the folders again into a new --index",
+            path, f"{path} is damaged ({detail})",
+            fix="check the index to see what is wrong, then restore a backup of its store, or index the folders "
+                "again into a new index folder",
+            command=f"retrieve check --index {shlex.quote(str(folder))}",
         )
 
 

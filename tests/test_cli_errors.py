@@ -75,10 +75,10 @@ def test_bad_values_exit_2_and_bugs_are_not_dressed_as_bad_input(folder, tmp_pat
     ix = tmp_path / "ix"
     index_tiny(folder, ix)
     r = query_index(ix, str(folder / "p0.jpg"), "-k", "0")
-    assert r.exit_code == 2 and "-k and --rerank-k must be at least 1" in r.stderr
+    assert r.exit_code == 2 and "k (-k) and rerank_k (--rerank-k) must be at least 1" in r.stderr
     for alpha in ("nan", "-1", "0", "inf"):  # nan printed [] and a negative alpha was taken (issue 26)
         r = query_index(ix, str(folder / "p0.jpg"), "--qe", "2", "--qe-alpha", alpha)
-        assert r.exit_code == 2 and "--qe-alpha must be a finite number above 0" in r.stderr, (alpha, r.output)
+        assert r.exit_code == 2 and "qe_alpha (--qe-alpha) must be a finite number above 0" in r.stderr, (alpha, r.output)
     r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "i2"), "--model", "test_tiny",
                             "--pooling", "max"])
     assert r.exit_code == 2 and "unknown pooling 'max'" in r.stderr

@@ -153,7 +153,7 @@ def test_another_family_into_an_index_is_refused_in_one_line(v3):
     lines = error_lines(r)
     assert len(lines) == 1, r.output
     assert "test_tiny_v3 (DINOv3, patch 16)" in lines[0] and "test_tiny (DINOv2, patch 14)" in lines[0]
-    assert "another --index" in lines[0]
+    assert "fix: use another index folder for it (`--index FOLDER`)" in lines[0]
     with Index.open(v3["index"]) as idx:
         assert idx.config.backbone.name == "test_tiny_v3" and idx.count() == 7
 

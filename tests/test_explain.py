@@ -87,7 +87,7 @@ def test_query_expansion_and_dba(tmp_path):
         assert qe.hits[0].path == str(files[0]) and [h.score for h in qe.hits] != [h.score for h in plain.hits]
         v1 = idx.ensure_vectors().faiss_index.reconstruct(plain.hits[0].id)
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"dba": 2}}) as idx:
-        assert idx.info()["vector_index"]["fresh"] is False  # a DBA change is a different vector index
+        assert idx.info().vector_index.fresh is False  # a DBA change is a different vector index
         v2 = idx.ensure_vectors().faiss_index.reconstruct(plain.hits[0].id)
         assert not np.allclose(v1, v2) and abs(np.linalg.norm(v2) - 1) < 1e-5
 

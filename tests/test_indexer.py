@@ -18,7 +18,7 @@ from PIL import Image
 
 from retrieval import BadImageError, RetrievalError
 from retrieval.config import SearchOptions
-from retrieval.engine import Index
+from retrieval.engine import Index, VectorIndexInfo
 from retrieval.backbone import model as backbone_model
 from retrieval.engine.files import writer_lock
 from retrieval.images import load_image
@@ -89,7 +89,7 @@ def test_unchanged_folder_does_no_model_work(tmp_path, monkeypatch):
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
         assert idx.store.generation == gen + 1  # only the touched timestamp was written
-        assert idx.info()["vector_index"]["fresh"] is True  # and nothing derived was rebuilt
+        assert idx.info().vector_index.fresh is True  # and nothing derived was rebuilt
 
 
 def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_whitening_fitted_refit_and_used(tmp_path, monkeypatch):
     with Index.open_or_create(tmp_path / "ix", {**cfg, "whitening": {"min_images": 10, "dim": 8}}) as idx:
         idx.refresh(refit=True)
         assert idx.whitening().dim_out == 8
-        assert idx.info()["vector_index"] == {"fresh": True, "kind": "flat", "vectors": 70, "dim": 8}
+        assert idx.info().vector_index == VectorIndexInfo(fresh=True, kind="flat", vectors=70, dim=8)
 
 
 def test_below_threshold_no_whitening(tmp_path):
@@ -123,7 +123,7 @@ def test_below_threshold_no_whitening(tmp_path):
     make_folder(photos, range(3))
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         assert idx.update([photos]).whitened is False
-        assert idx.info()["whitening"] is None
+        assert idx.info().whitening is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "old_generation", "missing"])
@@ -144,11 +144,11 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
     else:
         (ix / "vectors.npz").unlink()
     with Index.open(ix) as idx:
-        assert idx.info()["vector_index"]["fresh"] is False
+        assert idx.info().vector_index.fresh is False
         got = ranking(idx, [photos / "img_002.png"])
         assert_same_ranking(got, want_after)
         assert idx.ensure_vectors().ntotal == 6
-        assert idx.info()["vector_index"]["fresh"] is True  # rebuilt and saved
+        assert idx.info().vector_index.fresh is True  # rebuilt and saved
 
 
 @pytest.mark.subprocess
@@ -159,8 +159,8 @@ def test_awkward_images_end_to_end(tmp_path, awkward_dir):
     to_index = {r["file"] for r in ROWS if expected(r) == "index"}
     to_reject = {r["file"] for r in ROWS if expected(r) == "reject"}
     assert (len(to_index), len(to_reject)) == (60 + len(CHOSEN), 20 - len(CHOSEN))
-    assert info["images"] == len(to_index)
-    skipped = {Path(x["path"]).name: x["reason"] for x in info["skipped"]}
+    assert info.images == len(to_index)
+    skipped = {Path(x.path).name: x.reason for x in info.skipped}
     assert set(skipped) == to_reject and all(skipped.values())
     assert len(s.skipped) == len(to_reject)
 
@@ -221,12 +221,13 @@ def test_config_and_weights_mismatch(tmp_path):
     make_folder(photos, range(2))
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         idx.update([photos])
-    with pytest.raises(ArtifactMismatchError, match="another --index"):
+    with pytest.raises(ArtifactMismatchError, match="size 112 in the index, 224 asked"):
         Index.open_or_create(tmp_path / "ix", {"image": {"size": 224}})
     with Index.open(tmp_path / "ix") as idx:
         idx.store.set_meta(weights_id="sha256:other")
-        with pytest.raises(ArtifactMismatchError, match="--weights"):
+        with pytest.raises(ArtifactMismatchError, match="give the original weights file") as e:
             idx.backbone()
+        assert e.value.command == "--weights FILE" and "--" not in str(e.value)
 
 
 def test_bbox_query_equals_cropped_file(tmp_path):
@@ -249,7 +250,7 @@ def test_stop_after_batch_then_resume(tmp_path):
         s = idx.update([photos], should_stop=lambda: True)
         done = idx.store.count("ok")
         assert s.interrupted and s.added == done and 0 < done < 12
-        assert idx.info()["vector_index"]["fresh"] is True  # what was done is queryable
+        assert idx.info().vector_index.fresh is True  # what was done is queryable
         s2 = idx.update([photos])
         assert not s2.interrupted and (s2.added, s2.unchanged) == (12 - done, done)
         assert idx.store.count("ok") == 12
@@ -263,7 +264,7 @@ def test_remove_and_lock(tmp_path):
         idx.update([photos])
         assert idx.remove([photos / "sub"]) == 1
         assert idx.remove([photos / "img_000.png"]) == 1
-        assert idx.store.count("ok") == 3 and idx.info()["vector_index"]["vectors"] == 3
+        assert idx.store.count("ok") == 3 and idx.info().vector_index.vectors == 3
         with writer_lock(tmp_path / "ix"):
             with pytest.raises(RetrievalError, match="another"):
                 idx.update([photos])
@@ -453,7 +454,7 @@ def test_wrong_weights_path_is_refused_not_saved(tmp_path):
     cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(a)}, "image": {"size": 112}, "workers": 0}
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         idx.update([photos])
-    with pytest.raises(ArtifactMismatchError, match="original file"):
+    with pytest.raises(ArtifactMismatchError, match="original weights file"):
         Index.open_or_create(tmp_path / "ix", {"backbone": {"weights": str(b)}})
     with Index.open(tmp_path / "ix") as idx:
         assert idx.config.backbone.weights == str(a)

@@ -81,7 +81,8 @@ def test_unknown_like_is_one_line_pointing_at_list(index, like, needle):
     r = run("query", "--like", like, "--index", str(index))
     assert r.exit_code == 2 and r.stdout == ""
     (line,) = r.stderr.splitlines()
-    assert needle in line and f"`retrieve list --index {index}` shows what is indexed" in line
+    assert needle in line and line.endswith(f"fix: look up what the index holds (Index.files lists it; an update adds "
+                                           f"a folder) (`retrieve list --index {index}`)"), line
 
 
 def test_like_of_a_refused_file_says_so(tmp_path):
@@ -94,7 +95,7 @@ def test_like_of_a_refused_file_says_so(tmp_path):
     r = run("query", "--like", str(photos / "notes.jpg"), "--index", str(tmp_path / "ix"))
     assert r.exit_code == 2
     (line,) = r.stderr.splitlines()
-    assert "was refused when indexed" in line and "`retrieve list --skipped`" in line
+    assert "was refused when indexed" in line and "(`retrieve list --skipped --index" in line
 
 
 @pytest.mark.parametrize("args", [[], ["a.jpg", "--like", "1"], ["--like", "1", "--bbox", "0,0,5,5"],

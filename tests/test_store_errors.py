@@ -52,7 +52,7 @@ def test_corrupt_store_is_one_line_for_every_command(built, index):
         lines = error_lines(r)
         assert len(lines) == 1, (args, r.stderr)
         assert lines[0].startswith("error: ") and str(store) in lines[0] and "is damaged" in lines[0]
-        assert "retrieve check" in lines[0] and "retrieve backup" in lines[0]
+        assert "restore a backup" in lines[0] and lines[0].endswith(f"(`retrieve check --index {index}`)")
 
 
 def test_error_line_keeps_brackets_in_paths(built, tmp_path):

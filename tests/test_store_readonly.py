@@ -153,7 +153,7 @@ def test_writing_commands_on_a_read_only_index_are_one_line(built, index, tmp_pa
         assert "copy the folder to writable media" in line
     line, = _errors(info_old)
     assert info_old["code"] == 1 and "schema version 1 and must be migrated" in line, info_old
-    assert f"open it once where it is writable (`retrieve info --index {old}`)" in line
+    assert f"fix: open it once where it is writable, or use a copy (`retrieve info --index {old}`)" in line
     assert check_old["code"] == 0 and "uses schema version 1; it is migrated" in check_old["stdout"], check_old
     assert [_state(f) for f in (index, old, empty)] == before
     assert count_rows(index / "store.sqlite") == 12

@@ -25,7 +25,7 @@ from ..errors import RetrievalError, UsageError
 from ..types import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
-VERBOSE = ("-v", "--verbose")
+VERBOSE = ("-v", "-vv", "--verbose")
 PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
@@ -116,10 +116,10 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            _error_line(str(e))
+            _error_line(_said(e))
             raise typer.Exit(2) from None
         except RetrievalError as e:
-            _error_line(str(e))
+            _error_line(_said(e))
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
             raise
@@ -134,6 +134,12 @@ def _errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _said(e: RetrievalError) -> str:
+    """The error's line, with its fix's command-line form when it has one (errors.RetrievalError):
+    `...; fix: give the original weights file (`--weights FILE`)`."""
+    return f"{e} (`{e.command}`)" if e.command else str(e)
 
 
 def _print_version(value: bool) -> None:
@@ -158,20 +164,22 @@ def _literal(text: str) -> Text:
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                          help="Debug logging (also accepted after the command).")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="Debug logging of retrieval's own steps; twice (-vv) also other "
+                                              "libraries' (also accepted after the command).")] = 0,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    # third-party chatter (faiss loader) stays quiet; on a terminal rich formats the messages, and
-    # elsewhere each is one plain line (never wrapped: `grep` must get whole messages)
+    # -v: our own debug lines; other libraries (Pillow's chunk tags, the faiss loader) stay at warnings
+    # unless asked twice (-vv). On a terminal rich formats the messages, and elsewhere each is one
+    # plain line (never wrapped: `grep` must get whole messages)
     handler: logging.Handler = (
         RichHandler(console=Console(stderr=True), show_time=False, show_path=False) if sys.stderr.isatty()
         else logging.StreamHandler(sys.stderr))
     # the message alone for rich (which shows the level itself); basicConfig would otherwise give
     # the handler its default "LEVEL:logger:message" format and the level would show twice
     handler.setFormatter(logging.Formatter("%(message)s") if sys.stderr.isatty() else _PlainFormatter())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("retrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

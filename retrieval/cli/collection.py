@@ -273,7 +273,7 @@ def info(
 ) -> None:
     """What an index holds: configuration, counts, skipped files, size on disk."""
     with engine.Index.open(_index_dir(index)) as idx:
-        data = idx.info()
+        data = idx.info().to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return

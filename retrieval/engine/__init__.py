@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Index": "index", "UpdateSummary": "update", "Roots": "files",
+    "IndexInfo": "info", "SkippedFile": "info", "VectorIndexInfo": "info", "WhiteningInfo": "info",
     "Hit": "search", "SearchResult": "search", "Query": "search",
-    "Embedding": "descriptors",
-    "Decoded": "embedding", "Skipped": "embedding", "default_workers": "embedding",
+    "Embedding": "embedding",
+    "Decoded": "forward", "Skipped": "forward", "default_workers": "forward",
     "FileTokens": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
     "pca_picture": "features", "save_png": "features", "write_features": "features",
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features
     from .files import Roots, atomic_write, expand_inputs, index_roots, output_file
     from .index import Index
+    from .info import IndexInfo, SkippedFile, VectorIndexInfo, WhiteningInfo
     from .update import UpdateSummary
     from .search import Hit, Query, SearchResult
 
@@ -48,3 +50,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy names too: dir() and tab completion show them
+    return sorted({*globals(), *__all__})

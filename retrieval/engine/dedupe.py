@@ -317,8 +317,7 @@ def _nearest(e: Any, *, store: Store, vec: VectorIndex, whitening: wh.Whitening 
 def index_duplicates(idx: Index, options: DedupeOptions = DedupeOptions()) -> DedupeReport:
     """`duplicates` of an open index (its vectors rebuilt first if stale). Pairs whose rows hold
     no stored patch descriptors are counted as unverifiable, not embedded again."""
-    if idx.store.count("ok") == 0:
-        raise RetrievalError(f"the index at {idx.path} holds no images; run `retrieve index DIR` first")
+    idx.require_images()
     vec = None if options.exact_only else idx.ensure_vectors()
     return duplicates(idx.store, vec, idx.local_pca(), partial(stored_features, idx.store), options)
 
@@ -328,8 +327,7 @@ def folder_against_index(idx: Index, paths: Sequence[str], options: DedupeOption
     is not an exact copy)."""
     from .embedding import embed_files
 
-    if idx.store.count("ok") == 0:
-        raise RetrievalError(f"the index at {idx.path} holds no images; run `retrieve index DIR` first")
+    idx.require_images()
     vec = None if options.exact_only else idx.ensure_vectors()
 
     def embed(todo: Sequence[str], pca: LocalPCA | None) -> Iterable[list[Any]]:

@@ -103,6 +103,8 @@ def refit(store: Store, config: EngineConfig, *, force: bool = False) -> Refit:
     else:
         stored = store.descriptors()
         w = _fit(stored[1], config)
+    log.debug("whitening %s", "not fitted (too few images, or disabled)" if w is None
+              else f"fitted on {w.fitted_on} descriptors: {w.dim_in} -> {w.dim_out} dimensions")
     set_whitening(store, config, w)
     return Refit(True, stored)
 
@@ -145,8 +147,8 @@ def ensure_vectors(store: Store, config: EngineConfig, folder: Path, *, cached: 
     try:
         return read_vectors(store, config, folder)
     except ArtifactMismatchError as e:
-        if file.exists():
-            log.info("rebuilding the vector index from the store: %s", e)
+        if file.exists():  # stale after every change of the rows: routine, so debug detail (-v)
+            log.debug("rebuilding the vector index from the store: %s", e)
     w = whitening(store, dim_in=descriptor_dim(config))
     n = store.count("ok") if data is None else len(data[0])
     kind = vecs.choose_kind(config.index.kind, n)
@@ -167,6 +169,7 @@ def ensure_vectors(store: Store, config: EngineConfig, folder: Path, *, cached: 
             sims, nbrs = exact.search(xb, config.index.dba + 1)
             xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
         built = vecs.build(xb, ids, kind="flat" if kind == "ivfpq" else kind, fingerprint=fp, data_version=gen)
+    log.debug("vector index built: %s, %d vectors of dimension %d", built.kind, built.ntotal, built.dim)
     if store.readonly:
         log.warning("%s is read-only: the vector index was rebuilt in memory for this run only; open the index once "
                     "where it is writable (any `retrieve query`) to save it", folder)

@@ -101,7 +101,8 @@ def index_folder(path: str | Path) -> Path:
     """An index folder path; RetrievalError when it names an existing file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RetrievalError(f"--index {shown(str(path))} is a file, not a folder; pass a folder (created if missing)")
+        raise RetrievalError(f"index folder {shown(str(path))} is a file", fix="give a folder (created if missing)",
+                             command="--index FOLDER")
     return path
 
 
@@ -110,8 +111,9 @@ def require_writable(folder: Path) -> None:
     (permissions, a read-only mount): refused before anything is written, not half-way."""
     if folder.exists() and not writable(folder / STORE_FILE):
         raise RetrievalError(f"the index at {shown(str(folder))} is read-only here (no write permission on the folder "
-                             f"or its {STORE_FILE}, or a read-only mount) and this command changes it; make them "
-                             f"writable, or copy the folder to writable media and pass the copy with --index")
+                             f"or its {STORE_FILE}, or a read-only mount) and this would change it",
+                             fix="make them writable, or copy the folder to writable media and use the copy",
+                             command="--index COPY")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ must be embedded.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 from .. import vectors as vecs
 from .. import whitening as wh
 from ..config import EngineConfig, SearchOptions
-from ..errors import ArtifactMismatchError, RetrievalError, UsageError
+from ..errors import RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import FileRow, Store
 from ..types import Box
-from . import derived, settings
+from . import settings
 from .derived_cache import DerivedCache
 from .files import STORE_FILE, Roots, index_folder, require_writable
+from .info import IndexInfo, gather
 from .plan import Exclusions
 from .reranking import Reranking, made_local
 from .search import Query, SearchResult, search
@@ -39,6 +41,15 @@ if TYPE_CHECKING:
 
 
 class Index:
+    """One index folder, opened: its SQLite store (the truth), whitening and FAISS vectors (derived).
+
+    Open it with `Index.open(path)` (an existing index) or `Index.open_or_create(path, settings)`,
+    and use it as a context manager, or call `close()`. `update(folders)` indexes new and changed
+    files and forgets deleted ones; `search(image, SearchOptions(...))` returns a `SearchResult`;
+    `remove(paths)`, `count()` and `info()` need no model. Errors are `retrieval.RetrievalError`s
+    (docs/api.md). One writer at a time per folder: `update` and `remove` hold its lock file.
+    """
+
     def __init__(self, path: str | Path, store: Store, config: EngineConfig, *, weights: str | None = None,
                  device: str | None = None) -> None:
         """Use `open` or `open_or_create`. weights / device: this run's choice of where the
@@ -56,7 +67,8 @@ class Index:
         path = index_folder(path)
         db = path / STORE_FILE
         if not db.is_file():
-            raise RetrievalError(f"no index at {path}; create one with `retrieve index DIR` (or pass --index)")
+            raise RetrievalError(f"no index at {path}", fix="index a folder of photos into it first, or give the folder "
+                                 "that holds one", command=f"retrieve index DIR --index {shlex.quote(str(path))}")
         store = Store(db)
         try:
             config = settings.stored_config(store, path)
@@ -87,6 +99,8 @@ class Index:
         return cls(path, store, config)
 
     def close(self) -> None:
+        """Close the store (the `with` block does it). The Index cannot be used afterwards; anything
+        `update` or `remove` did is already committed."""
         self.store.close()
 
     def __enter__(self) -> Index:
@@ -118,7 +132,7 @@ class Index:
         from .embedding import embed_queries
 
         if bbox is not None and len(paths) != 1:
-            raise UsageError("a box crops one query image; pass one image with --bbox")
+            raise UsageError("a box crops one query image", fix="give a single query image with the box")
         embedded = embed_queries([str(p) for p in paths], backbone=self.backbone(), config=self.config, box=bbox)
         return [Query.of(e) for e in embedded]
 
@@ -173,8 +187,7 @@ class Index:
                     bbox: Box | None = None) -> list[SearchResult]:
         """`search` for several query files, embedded together in batched forward passes (a box
         applies to a single query only). Raises BadImageError for the first unusable query."""
-        if self.store.count("ok") == 0:
-            raise RetrievalError(f"the index at {self.path} holds no images; run `retrieve index DIR` first")
+        self.require_images()
         return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
@@ -230,34 +243,21 @@ class Index:
             self.store.set_meta(exclude=new.to_meta())
         return new
 
+    def require_images(self) -> None:
+        """RetrievalError naming the fix when the index holds no images (nothing to search or compare)."""
+        if self.store.count("ok") == 0:
+            raise RetrievalError(f"the index at {self.path} holds no images", fix="index a folder of photos into it "
+                                 "first", command=f"retrieve index DIR --index {shlex.quote(str(self.path))}")
+
     def count(self) -> int:
         """How many images are indexed (refused files not counted)."""
         return self.store.count("ok")
 
-    def info(self) -> dict[str, Any]:
-        w = self.whitening()
-        files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
-        vec_meta: dict[str, Any] = {"fresh": False}
-        try:
-            head = derived.read_vectors(self.store, self.config, self.path, header_only=True)
-            vec_meta = {"fresh": True, "kind": head["kind"], "vectors": head["ntotal"], "dim": head["dim"]}
-        except ArtifactMismatchError:
-            pass
-        return {
-            "index": str(self.path.resolve()),
-            "images": self.store.count("ok"),
-            "skipped": [{"path": p, "reason": r} for p, r in self.store.skipped()],
-            "excluded": self.exclusions().to_meta(),
-            "config": self.config.to_dict(),
-            "weights_id": self.store.get_meta("weights_id"),
-            "fingerprint": self.fingerprint(),
-            "schema_version": self.store.schema_version,
-            "generation": self.store.generation,
-            "whitening": None if w is None else {"fitted_on": w.fitted_on, "dim_in": w.dim_in, "dim_out": w.dim_out},
-            "vector_index": vec_meta,
-            "bytes_on_disk": sum(files.values()),
-            "files": files,
-        }
+    def info(self) -> IndexInfo:
+        """The index's state: counts, refused and excluded files, settings, derived artefacts, files
+        on disk (engine/info.py; `.to_dict()` is what `retrieve info --json` prints). No model."""
+        return gather(self.path, self.store, self.config, whitening=self.whitening(), exclusions=self.exclusions(),
+                      fingerprint=self.fingerprint())
 
 
 

@@ -48,11 +48,12 @@ def resolve(store: Store, ref: str | int, *, index: Path) -> FileRow:
         row, what = next((r for r in map(store.row, names) if r is not None), None), shown(ref)
     where = shlex.quote(shown(str(index)))
     if row is None:
-        raise UsageError(f"--like {what}: no such file in the index at {where}; fix: `retrieve list --index {where}` "
-                         f"shows what is indexed (`retrieve index FOLDER` adds a folder)")
+        raise UsageError(f"{what}: no such file in the index at {where}", fix="look up what the index holds (Index.files "
+                         "lists it; an update adds a folder)", command=f"retrieve list --index {where}")
     if row.status != "ok":
-        raise UsageError(f"--like {what}: {shown(row.path)} was refused when indexed ({row.error}), so there is no "
-                         f"descriptor to search with; fix: `retrieve list --skipped` lists refused files and why")
+        raise UsageError(f"{what}: {shown(row.path)} was refused when indexed ({row.error}), so there is no "
+                         f"descriptor to search with", fix="look up the refused files and why (Index.files with "
+                         "skipped=True)", command=f"retrieve list --skipped --index {where}")
     return row
 
 

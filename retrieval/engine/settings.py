@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ def fingerprint_fields(config: EngineConfig) -> dict[str, Any]:
             "pooling": dataclasses.asdict(config.pooling)}
 
 
+def differences(stored: EngineConfig, asked: EngineConfig) -> str:
+    """The fingerprint fields that differ, one phrase each: "size 448 in the index, 500 asked"."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(fingerprint_fields(stored)), flat(fingerprint_fields(asked))
+    return "; ".join(f"{k} {_value(a.get(k))} in the index, {_value(b.get(k))} asked"
+                     for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return ",".join(map(_value, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -33,7 +53,8 @@ def stored_config(store: Store, path: Path) -> EngineConfig:
     """The configuration an existing index was made with."""
     stored = store.get_meta("config")
     if stored is None:
-        raise RetrievalError(f"index at {path} was never configured; run `retrieve index DIR --index {path}`")
+        raise RetrievalError(f"index at {path} was never configured", fix="index a folder of photos into it",
+                             command=f"retrieve index DIR --index {shlex.quote(str(path))}")
     return EngineConfig.from_dict(stored)
 
 
@@ -66,14 +87,13 @@ def configure(store: Store, path: Path, overrides: dict[str, Any]) -> EngineConf
         store.set_meta(store_id=uuid.uuid4().hex)
     if stored is not None and store.count() > 0 and config.backbone.name != base.backbone.name:
         raise ArtifactMismatchError(
-            f"index at {path} holds descriptors of {_model(base.backbone.name)}; --model {_model(config.backbone.name)} "
-            f"makes other ones that cannot be searched together; use another --index folder for it"
-        )
+            f"index at {path} holds descriptors of {_model(base.backbone.name)}; {_model(config.backbone.name)} "
+            f"makes other ones that cannot be searched together", fix="use another index folder for it",
+            command="--index FOLDER")
     if stored is not None and store.count() > 0 and fingerprint_fields(config) != fingerprint_fields(base):
         raise ArtifactMismatchError(
-            f"index at {path} holds descriptors made with {fingerprint_fields(base)}; the options ask for "
-            f"{fingerprint_fields(config)}; use another --index folder for a different setup"
-        )
+            f"index at {path} holds descriptors made with other settings: {differences(base, config)}",
+            fix="keep the index's settings, or use another index folder for these", command="--index FOLDER")
     known = store.get_meta("weights_id")
     new_weights = config.backbone.weights
     if known is not None and new_weights and new_weights != base.backbone.weights:
@@ -102,6 +122,5 @@ def _check_weights_file(weights: str, known: str, path: Path) -> None:
     except OSError as e:
         raise RetrievalError(f"weights file {weights} cannot be read ({e.strerror or e})") from e
     if got != known:
-        raise ArtifactMismatchError(
-            f"weights {weights} differ from those the index at {path} was built with; pass the original file"
-        )
+        raise ArtifactMismatchError(f"weights {weights} differ from those the index at {path} was built with",
+                                    fix="give the original weights file", command="--weights FILE")

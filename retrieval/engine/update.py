@@ -112,8 +112,8 @@ def _plan(store: Store, folder: Path, roots: Roots, options: UpdateOptions) -> t
     rows = {row.path: row for row in stored if row.path in inside}
     for root, n in emptied_roots(roots.real, listed, rows):  # gone is not the same as not mounted
         raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
-                             f"drive not mounted?); nothing was changed; fix: mount it, or forget them with "
-                             f"`retrieve remove {shlex.quote(shown(root))}`")
+                             f"drive not mounted?); nothing was changed", fix="mount it, or remove the folder "
+                             "from the index", command=f"retrieve remove {shlex.quote(shown(root))}")
     plan = plan_update(found, rows, retry_skipped=options.retry_skipped, same_bytes=_same_bytes,
                        verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop,
                        sha256_of=_sha256_of, gone=_gone, elsewhere=(row for row in stored if row.path not in inside))

@@ -108,9 +108,8 @@ def _adopt(store: Store, config: EngineConfig, folder: Path, weights_id: str, we
     elif known != weights_id:
         raise ArtifactMismatchError(
             f"weights {weights or cfg.weights or 'official ' + cfg.name} ({weights_id[:20]}...) differ "
-            f"from those the index at {folder} was built with ({known[:20]}...); pass the original "
-            f"file with --weights"
-        )
+            f"from those the index at {folder} was built with ({known[:20]}...)",
+            fix="give the original weights file", command="--weights FILE")
 
 
 __all__ = ["IndexModel", "Weights", "checked", "load_checked", "remembered", "weights_file"]

@@ -119,7 +119,8 @@ def decode(
         raise
     except Image.DecompressionBombError as e:
         raise BadImageError(path, f"decompression bomb ({e})",
-                            fix="leave it out, or raise --max-pixels if it is genuine") from e
+                            fix="leave it out, or raise the pixel limit (max_pixels, --max-pixels) if it is "
+                                "genuine") from e
     except UnidentifiedImageError as e:
         raise BadImageError(path, "not a recognised image (unknown format, corrupt header or not an image at all)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
@@ -164,7 +165,7 @@ def _check_header(path: Path, im: Image.Image, max_pixels: int) -> None:
         raise BadImageError(
             path,
             f"image is {w}x{h} = {w * h / 1e6:.0f} MP, above the pixel budget of {max_pixels / 1e6:.0f} MP",
-            fix="downscale it, or raise the budget (--max-pixels)",
+            fix="downscale it, or raise the budget (max_pixels, --max-pixels)",
         )
 
 

@@ -107,7 +107,7 @@ def prepare_bytes(path: str, data: bytes, *, sizes: tuple[int, ...], patch_size:
         try:
             im, like = crop_box(im, box), None
         except ValueError as e:
-            raise BadImageError(path, str(e), fix="pass a --bbox inside the image") from e
+            raise BadImageError(path, str(e), fix="give a box inside the image (bbox, --bbox)") from e
     pixels = tuple(model_pixels(im, size=s, patch_size=patch_size, like=like) for s in sizes)
     return PreparedFile(pixels, original, digest, len(data))
 

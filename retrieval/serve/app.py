@@ -146,7 +146,7 @@ async def health(request: Request) -> Response:
 
 
 async def info(request: Request) -> Response:
-    return _JSON(await _service(request).index.call(lambda idx: idx.info()))
+    return _JSON(await _service(request).index.call(lambda idx: idx.info().to_dict()))
 
 
 async def search(request: Request) -> Response:

@@ -84,8 +84,9 @@ class Store:
             )
         if version < SCHEMA_VERSION and self.readonly:
             raise StoreError(self.path, f"{self.path} uses schema version {version} and must be migrated to "
-                                        f"{SCHEMA_VERSION}, which needs write access; open it once where it is "
-                                        f"writable (`retrieve info --index {self.path.parent}`), or use a copy")
+                                        f"{SCHEMA_VERSION}, which needs write access",
+                             fix="open it once where it is writable, or use a copy",
+                             command=f"retrieve info --index {self.path.parent}")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
                 MIGRATIONS[target](self.db)
