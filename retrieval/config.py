@@ -1,6 +1,7 @@
 """Frozen configuration dataclasses: the single source of defaults.
 
-`configs/*.toml` files only override these. `load_config` merges such a file over the
+TOML files only override these: the presets installed with the package (`retrieval/presets/*.toml`,
+named by `--config fast-cpu`) or a user's own. `load_config` merges such a file over the
 defaults and rejects unknown keys, so a typo never silently falls back to a default.
 Command-line options go over both (`cli_overrides`): defaults, then the file, then flags.
 """
@@ -244,14 +245,39 @@ def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
     return dataclasses.replace(base, **updates)
 
 
+def preset_folder() -> Path:
+    """Where the presets are installed: package data beside this module."""
+    return Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The presets' names (`fast-cpu` for presets/fast-cpu.toml), sorted."""
+    return sorted(p.stem for p in preset_folder().glob("*.toml"))
+
+
+def config_path(config: str | Path) -> Path:
+    """A `--config` value as a file: a file at that path, else the preset of that name (`fast-cpu`,
+    or `fast-cpu.toml`); ConfigError listing the presets when it is neither."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".toml")
+    preset = preset_folder() / f"{name}.toml"
+    if str(config).removesuffix(".toml") == name and preset.is_file():
+        return preset
+    hint = f" (the preset: --config {name})" if preset.is_file() else ""
+    raise ConfigError(f"--config {config}: no such file{hint}; pass a preset's name ({', '.join(preset_names())}: "
+                      f"the files in {preset_folder()}) or the path of a TOML file")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The overrides in a TOML config file, checked against EngineConfig.
+    """The overrides in a TOML config file, or a preset named (config_path), checked against EngineConfig.
 
     Returns only what the file sets (nested dicts), so that it can go over an existing index's
     stored config as well as over the defaults. A relative `backbone.weights` is taken relative
     to the file. Every problem is a one-line ConfigError naming the file.
     """
-    path = Path(path)
+    path = config_path(path)
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as e:

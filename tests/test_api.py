@@ -154,6 +154,7 @@ def test_library_errors_advise_a_program_and_the_cli_adds_the_command(tmp_path):
     copy = pickle.loads(pickle.dumps(e.value))  # as a Ray worker's error comes back
     assert (str(copy), copy.fix, copy.command) == (str(e.value), e.value.fix, e.value.command)
 
+    (tmp_path / "q.jpg").write_bytes(b"")  # a query file that exists (a missing one is refused first, before torch)
     r = run("query", str(tmp_path / "q.jpg"), "--index", str(missing))
     assert r.exit_code == 1 and r.stderr.strip() == f"error: {e.value} (`retrieve index DIR --index {missing}`)"
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import retrieval
 from retrieval import config, rerank
 
-WIDE = {"COLUMNS": "100000"}  # one option a line
+WIDE = {"COLUMNS": "100000"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +32,17 @@ class _Other(config.EngineConfig):
 
 
 def _help(app: Any, command: str) -> dict[str, str]:
-    """Option -> its help line, as `retrieve COMMAND --help` prints it."""
+    """Option -> its row, as `retrieve COMMAND --help` prints it (its wrapped lines joined)."""
     r = CliRunner().invoke(app, [command, "--help"], env=WIDE)
     assert r.exit_code == 0, r.output
-    lines = [x.strip("│ ") for x in r.output.splitlines() if x.startswith("│ --")]
-    return {x.split()[0]: x for x in lines}
+    rows: dict[str, str] = {}
+    option = ""
+    for line in r.output.split("\nOptions:\n")[1].splitlines():
+        if line.startswith("  -"):  # `  -m, --model NAME  help...`; a row's further lines are indented deeper
+            option = next(w for w in line.split() if w.startswith("--"))
+            rows[option] = ""
+        rows[option] = " ".join([*rows[option].split(), *line.split()])
+    return rows
 
 
 def _fresh_cli(monkeypatch: Any) -> Any:

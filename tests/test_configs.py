@@ -1,4 +1,4 @@
-"""The presets in configs/: they parse, default.toml is the code's defaults, and each one indexes
+"""The presets installed with the package (retrieval/presets/): they parse, default.toml is the code's defaults, and each one indexes
 a folder through `retrieve index --config` with flags winning over the file."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from retrieval.config import MULTISCALE, EngineConfig, deep_merge, load_config, 
 
 from .conftest import ROOT, synth_photo
 
-CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+PRESETS = ROOT / "retrieval" / "presets"
+CONFIGS = sorted(PRESETS.glob("*.toml"))
 runner = CliRunner()
 
 
@@ -34,7 +35,7 @@ def test_every_preset_is_a_valid_config(path: Path):
 
 
 def test_default_toml_is_exactly_the_code_defaults():
-    assert load_config(ROOT / "configs" / "default.toml").to_dict() == EngineConfig().to_dict()
+    assert load_config(PRESETS / "default.toml").to_dict() == EngineConfig().to_dict()
 
 
 def _keys_in_file(text: str) -> dict[str, set[str]]:
@@ -52,7 +53,7 @@ def _keys_in_file(text: str) -> dict[str, set[str]]:
 
 
 def test_default_toml_names_every_field_of_every_config_dataclass():
-    text = (ROOT / "configs" / "default.toml").read_text()
+    text = (PRESETS / "default.toml").read_text()
     found = _keys_in_file(text)
     defaults = EngineConfig()
     expected: dict[str, set[str]] = {"": set()}
@@ -110,7 +111,7 @@ def test_every_preset_indexes_a_folder(path: Path, folder: Path, tmp_path: Path)
 
 def test_flags_win_over_the_file_and_the_rest_is_kept(folder: Path, tmp_path: Path):
     ix = tmp_path / "index"
-    r = runner.invoke(app, ["index", str(folder), "--index", str(ix), "--config", str(ROOT / "configs" / "gpu-large.toml"),
+    r = runner.invoke(app, ["index", str(folder), "--index", str(ix), "--config", "gpu-large",
                             "--model", "test_tiny", "--size", "112", "--single-scale", "--batch", "2", "--dtype", "fp32",
                             "--workers", "0"])
     assert r.exit_code == 0, r.output
@@ -120,7 +121,7 @@ def test_flags_win_over_the_file_and_the_rest_is_kept(folder: Path, tmp_path: Pa
     assert cfg["decode"] == "auto" and cfg["pooling"]["pooling"] == "cls+gem"  # not in file nor flags: defaults
 
     ix2 = tmp_path / "index2"
-    r = runner.invoke(app, ["index", str(folder), "--index", str(ix2), "--config", str(ROOT / "configs" / "fast-cpu.toml"),
+    r = runner.invoke(app, ["index", str(folder), "--index", str(ix2), "--config", str(PRESETS / "fast-cpu.toml"),
                             "--model", "test_tiny", "--multiscale", "--workers", "0"])
     assert r.exit_code == 0, r.output
     cfg = _info(ix2)["config"]
@@ -178,4 +179,4 @@ def test_missing_file_is_one_line(folder: Path, tmp_path: Path):
     r = runner.invoke(app, ["index", str(folder), "--index", str(tmp_path / "ix"),
                             "--config", str(tmp_path / "nope.toml")])
     assert r.exit_code == 2
-    assert "cannot read config file" in r.output and "nope.toml" in r.output
+    assert "no such file" in r.output and "nope.toml" in r.output

@@ -109,7 +109,7 @@ def test_whitening_on_test_set_only_when_explicit(data, tmp_path):
 ])
 def test_config_presets(data, tmp_path, preset, flags, want):
     out = tmp_path / "m.json"
-    r = _eval(["synthetic", "--data", str(data), "--config", str(ROOT / "configs" / preset), "--model", "test_tiny",
+    r = _eval(["synthetic", "--data", str(data), "--config", preset.removesuffix(".toml"), "--model", "test_tiny",
                "--workers", "0", *flags, "--json-out", str(out)], tmp_path)
     assert r.exit_code == 0, r.output
     cfg = json.loads(out.read_text())["config"]

@@ -107,11 +107,11 @@ def fetch_official(
         f"download {official or url} on a machine with internet access and either put it at {dest} "
         f"or pass --weights PATH (Python: weights=PATH)"
     )
-    log.info("downloading %s weights from %s", arch.name, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            log.info("downloading %s weights from %s", arch.name, url)  # once it answers: offline is one line
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
         os.replace(tmp, dest)

@@ -1,6 +1,8 @@
 """`retrieve`: thin typer adapters. Each parses, calls the engine, prints; `app.py` holds the app,
 its group and the one error boundary; the commands live in modules by what they work on.
 
+    options     the options several commands share, and the plain metavars of help
+    output      one-line errors, literal text, tables and progress
     collection  index, query, info, remove, check, backup
     dedupe      dedupe
     listing     list
@@ -10,6 +12,7 @@ its group and the one error boundary; the commands live in modules by what they 
 """
 
 from . import collection, dedupe, evaluation, listing, research, serving  # noqa: F401 (registers the commands)
-from .app import _rate, _verbose_first, app
+from .app import app, verbose_first
+from .output import rate
 
-__all__ = ["_rate", "_verbose_first", "app"]
+__all__ = ["app", "rate", "verbose_first"]

@@ -1,4 +1,5 @@
-"""The `retrieve` typer app: its group, the one error boundary, logging, progress, shared options."""
+"""The `retrieve` typer app: its group, the one error boundary, logging, and help in plain text
+(`retrieve index [OPTIONS] FOLDER...`, `--index DIR`), as git, rg and sqlite-utils print theirs."""
 
 from __future__ import annotations
 
@@ -7,29 +8,26 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
-from rich.text import Text
 
-from .. import engine  # engine: names load on first use (torch only for commands that embed)
-from ..config import BackboneConfig, EngineConfig, default_index_dir
-from ..errors import RetrievalError, UsageError
-from ..types import shown
+from ..errors import RetrievalError, UnknownBackboneError, UsageError
+from .options import plain_metavars
+from .output import error_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 VERBOSE = ("-v", "-vv", "--verbose")
-PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+SIGPIPE_STATUS = 141  # what a shell reports for a process a closed pipe stopped (128 + SIGPIPE)
 
 
-def _verbose_first(args: list[str], commands: dict[str, Any]) -> list[str]:
+def verbose_first(args: list[str], commands: dict[str, Any]) -> list[str]:
     """Move -v/--verbose written after the command name in front of it, where the group parses
     it: `retrieve index DIR -v` means `retrieve -v index DIR`. Stops at a literal `--`, and
     leaves the tokens alone if the command has a -v/--verbose of its own. The group's own
@@ -46,91 +44,158 @@ def _verbose_first(args: list[str], commands: dict[str, Any]) -> list[str]:
     return [*args[:at], *moved, args[at], *rest, *args[end:]]
 
 
-def _no_value_placeholder(params: list[Any]) -> list[Any]:
-    """Flags take no value, so help shows no `<bool>` after them (typer shows the type of every
-    option unless it has a metavar; an empty one shows nothing)."""
-    for p in params:
-        if getattr(p, "is_flag", False) and p.metavar is None:
-            p.metavar = ""
-    return params
+def _names(p: Any) -> str:
+    """`-m, --model NAME`, `--multiscale / --single-scale`: short forms first, then the value."""
+    def joined(opts: list[str]) -> str:
+        return ", ".join(sorted(opts, key=lambda o: o.startswith("--")))
+
+    names = joined(p.opts) + (f" / {joined(p.secondary_opts)}" if p.secondary_opts else "")
+    return f"{names} {p.metavar}" if p.metavar else names
+
+
+def _option_help(p: Any) -> str:
+    """The option's help, then `[default: X]` for a literal default (a computed one is said in the
+    help: "(default: ...)") or `[required]`. Ranges are the error message's to say."""
+    text, default = p.help or "", p.default
+    if p.required:
+        return f"{text}  [required]".strip()
+    if p.show_default is False or default is None or callable(default) or default in ([], ()) or p.count:
+        return text  # a counted flag (-v, -vv) has no default worth a word
+    if isinstance(default, bool):
+        if not p.secondary_opts:
+            return text
+        default = (p.opts if default else p.secondary_opts)[-1]
+    return f"{text}  [default: {default}]".strip()
+
+
+def _records(ctx: Any, params: list[Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(arguments, options) as (name, help) rows for the help's two lists."""
+    arguments = [(p.metavar, p.help or "") for p in params if p.param_type_name == "argument"]
+    options = [(_names(p), _option_help(p)) for p in params
+               if p.param_type_name == "option" and not getattr(p, "hidden", False)]
+    return arguments, options
+
+
+def _write_rows(formatter: Any, title: str, rows: list[tuple[str, str]]) -> None:
+    """A titled two-column list, as click's write_dl but never breaking a word at a hyphen: a value
+    to type (`fast-cpu`, `--rerank-k`) stays whole on one line."""
+    if not rows:
+        return
+    column = min(max(len(first) for first, _ in rows), 30) + 2
+    with formatter.section(title):
+        indent = " " * formatter.current_indent
+        width = max(formatter.width - formatter.current_indent - column, 30)
+        for first, second in rows:
+            lines = textwrap.wrap(second, width, break_on_hyphens=False, break_long_words=False) or [""]
+            if len(first) > column - 2:
+                formatter.write(f"{indent}{first}\n")
+                first = ""
+            formatter.write(f"{indent}{first:<{column}}{lines[0]}".rstrip() + "\n")
+            formatter.write("".join(f"{indent}{'':<{column}}{line}\n" for line in lines[1:]))
+
+
+def _write_records(ctx: Any, params: list[Any], formatter: Any) -> None:
+    arguments, options = _records(ctx, params)
+    _write_rows(formatter, "Arguments", arguments)
+    _write_rows(formatter, "Options", options)
+
+
+class Command(typer.core.TyperCommand):
+    """Every command: plain metavars (options.plain_metavars) in help, usage lines and errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_metavars(self.params)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [str(p.metavar) if p.required else f"[{p.metavar}]"
+                         for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _write_records(ctx, self.get_params(ctx), formatter)
+
+
+@contextmanager
+def _closed_pipe_ends_quietly() -> Iterator[None]:
+    """The reader went away (`retrieve query ... | head`, `retrieve models | true`): stop quietly
+    with the status shell tools give (141), no error line and no flush error at exit."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file behind stdout (a test's capture)
+            pass
+        raise typer.Exit(SIGPIPE_STATUS) from None
 
 
 class _Group(typer.core.TyperGroup):
-    """The app's group: -v/--verbose also after the command, and plain flags in every command's
-    help without a value placeholder. One place for both, instead of a change to each command."""
+    """The app's group: -v/--verbose also after the command, help in plain text (its commands by
+    their first sentence, whole), and a closed pipe ending quietly for every command and --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_metavars(self.params)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, _verbose_first(args, dict(self.commands)))
+        return super().parse_args(ctx, verbose_first(args, dict(self.commands)))
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _no_value_placeholder(list(super().get_params(ctx)))
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _closed_pipe_ends_quietly():
+            return super().make_context(*args, **kwargs)
 
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        cmd = super().get_command(ctx, cmd_name)
-        if cmd is not None:
-            _no_value_placeholder(cmd.get_params(ctx))  # the list holds the command's own objects
-        return cmd
+    def invoke(self, ctx: Any) -> Any:
+        with _closed_pipe_ends_quietly():
+            return super().invoke(ctx)
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _write_records(ctx, self.get_params(ctx), formatter)
+        rows = [(name, cmd.get_short_help_str(limit=1_000)) for name, cmd in self.commands.items() if not cmd.hidden]
+        _write_rows(formatter, "Commands", rows)
 
 
-app = typer.Typer(
+class _Typer(typer.Typer):
+    """A Typer whose commands are `Command`s unless one says otherwise."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = _Typer(
     name="retrieve",
     cls=_Group,
     help="Image instance retrieval on DINOv2 features: `retrieve index DIR`, then `retrieve query IMG`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: a bracket in it is a bracket, never markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-Model = Annotated[str, typer.Option("--model", "-m", help="Backbone short name (see `retrieve models`).")]
-Weights = Annotated[
-    Path | None,
-    typer.Option("--weights", help="Local checkpoint, official .pth key layout or safetensors "
-                                   "(default: the official file, cached in the torch hub folder)."),
-]
-DEFAULTS = EngineConfig()  # what help strings name as the defaults: config.py's values, never written here
-SIZE_HELP = ("Longer image side in pixels, a multiple of the patch size; others are rounded to the nearest one "
-             "(500 -> 504), for DINOv3's patch 16 to 496")
-Size = Annotated[int, typer.Option("--size", help=f"{SIZE_HELP}.")]
-Batch = Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")]
-Workers = Annotated[int | None, typer.Option("--workers", min=0, help="Decoder processes (default: cores - 1 up to 8; on 2 "
-                                                               "cores or fewer 0: threads decode between forward passes).")]
-Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")]
-Dtype = Annotated[str, typer.Option("--dtype", help="fp32, or bf16 / fp16 autocast.")]
-MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
-Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML preset (configs/*.toml): its settings "
-                                                                  "replace the defaults; options given here win.")]
-Multiscale = Annotated[bool | None, typer.Option("--multiscale/--single-scale",
-                                                 help="Average over scales 1, 1/sqrt2, sqrt2, or use 1 only "
-                                                      "(default: the index's or the config's, else one scale).")]
-
-
-def _errors(fn: F) -> F:
-    """The one error boundary: a value the user gave that cannot be used (UsageError) is one line
-    and exit 2; any other RetrievalError one line and exit 1. Anything else is a bug, not bad
-    input: one line that says so and exit 1, or with -v the whole traceback."""
+def boundary(fn: F) -> F:
+    """The one error boundary: a value the user gave that cannot be used (UsageError, an unknown
+    backbone) is one line and exit 2; any other RetrievalError one line and exit 1. Anything else is
+    a bug, not bad input: one line that says so and exit 1, or with -v the whole traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UsageError as e:
-            _error_line(_said(e))
+        except (UsageError, UnknownBackboneError) as e:
+            error_line(_said(e))
             raise typer.Exit(2) from None
         except RetrievalError as e:
-            _error_line(_said(e))
+            error_line(_said(e))
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
-            raise
-        except BrokenPipeError:  # the reader went away (`retrieve query ... | head`): stop quietly, as
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # shell tools do; no flush error at exit
-            raise typer.Exit(141) from None
+        except (typer.Exit, typer.Abort, click.ClickException, typer.TyperException, KeyboardInterrupt,
+                BrokenPipeError):
+            raise  # click's usage errors (exit 2) and a closed pipe (_closed_pipe_ends_quietly) are the group's
         except Exception as e:
             if logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
                 raise
-            _error_line(f"unexpected {type(e).__name__}: {e}. This is a bug, not your input: run the command again "
-                        f"with -v for the traceback and report it")
+            error_line(f"unexpected {type(e).__name__}: {e}. This is a bug, not your input: run the command again "
+                       f"with -v for the traceback and report it")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -148,18 +213,6 @@ def _print_version(value: bool) -> None:
 
         typer.echo(f"retrieve {__version__}")
         raise typer.Exit()
-
-
-def _error_line(message: str) -> None:
-    """`error: message` on stderr, one line; the paths in it are text (see _literal)."""
-    Console(stderr=True).print(Text.assemble(("error:", "red"), " ", _literal(message)), soft_wrap=True)
-
-
-def _literal(text: str) -> Text:
-    """What rich prints exactly as written: never markup (`a[/b]c.jpg`) nor emoji codes
-    (`:smile:.jpg`), with odd bytes and control characters escaped (types.shown). Every path or
-    file name the CLI prints through rich goes through here."""
-    return Text(shown(text))
 
 
 @app.callback()
@@ -190,124 +243,14 @@ class _PlainFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}".replace("\n", " ")
 
 
-def _stdout() -> Console:
-    """Tables on stdout: folded to the terminal, never cut; one line per row when piped."""
-    import sys
-
-    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
-
-
-class _Progress(Progress):
-    """Rich's bar on a terminal. Elsewhere (a log file, cron, nohup) Rich draws nothing, so every
-    `every` seconds, and once when a task ends, one plain line `progress: indexing 1200/300000
-    (0.4%), 35.2 img/s, ETA 2:21:31` goes to stderr instead."""
-
-    def __init__(self, *columns: Any, every: float, **kwargs: Any) -> None:
-        super().__init__(*columns, **kwargs)
-        self._every = every
-        self._said: dict[TaskID, float] = {}
-        self._ended: set[TaskID] = set()
-
-    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
-        super().update(task_id, **kwargs)
-        self._say(task_id)
-
-    def advance(self, task_id: TaskID, advance: float = 1) -> None:
-        super().advance(task_id, advance)
-        self._say(task_id)
-
-    def _say(self, task_id: TaskID) -> None:
-        if self.console.is_terminal or task_id in self._ended:
-            return
-        task, now = self._tasks[task_id], time.monotonic()
-        last = self._said.setdefault(task_id, now)  # the first report starts the clock
-        if not task.total or not task.completed or (now - last < self._every and not task.finished):
-            return
-        self._said[task_id] = now
-        if task.finished:
-            self._ended.add(task_id)
-        parts = [f"progress: {task.description} {task.completed:.0f}/{task.total:.0f} "
-                 f"({100 * task.completed / task.total:.1f}%)", _rate(task), _eta(task)]
-        self.console.print(", ".join(p for p in parts if p), markup=False, highlight=False, soft_wrap=True)
-
-
-class _Column(ProgressColumn):
-    def __init__(self, text: Callable[[Task], str]) -> None:
-        super().__init__()
-        self._text = text
-
-    def render(self, task: Task) -> Text:
-        return Text(self._text(task))
-
-
-def _progress() -> Progress:
-    stderr = Console(stderr=True)
-    return _Progress(  # no live display off a terminal: it would only leave a blank line behind
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Column(_rate), _Column(_eta),
-        console=stderr, transient=True, every=PROGRESS_EVERY, disable=not stderr.is_terminal,
-    )
-
-
-def _rate(task: Task) -> str:
-    """Images per second since the task began: the average, not the last burst's (a batch that
-    lands at once would read as tens of thousands per second); blank for the first second."""
-    elapsed = task.elapsed or 0.0
-    return f"{task.completed / elapsed:.1f} img/s" if elapsed >= 1.0 and task.completed else ""
-
-
-def _eta(task: Task) -> str:
-    """Time left at the average rate so far (Rich's own estimate follows the last bursts, which
-    read far too short while the first batches land together); blank until there is a rate."""
-    elapsed = task.elapsed or 0.0
-    if elapsed < 1.0 or not task.completed or task.total is None:
-        return ""
-    left = max(task.total - task.completed, 0) * elapsed / task.completed
-    return f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
-
-
-def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
-    with _progress() as bar:
-        task = bar.add_task("embedding", total=len(paths))
-
-        def seen(r: Any) -> None:
-            if isinstance(r, engine.Skipped):
-                logging.getLogger("retrieval").warning("skipped %s: %s", shown(r.path), r.reason)
-            bar.advance(task)
-
-        result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)
-        return result
-
-
-def _backbone(model: str, weights: Path | None, device: str | None, dtype: str) -> Any:
-    return engine.open_backbone(BackboneConfig(model, None if weights is None else str(weights), device, dtype))
-
-
-def _inputs(items: list[Path]) -> list[str]:
-    paths = engine.expand_inputs(items)
-    if not paths:
-        raise RetrievalError(f"no image files in {', '.join(map(str, items))}; pass image files or folders holding them")
-    return paths
-
-
-
-IndexDir = Annotated[
-    Path | None,
-    typer.Option("--index", help="Index folder (default: $RETRIEVAL_INDEX, else ~/.local/share/retrieval/index)."),
-]
-
-
-def _index_dir(index: Path | None) -> Path:
-    return index if index is not None else default_index_dir()
-
-
-class _StopAfterBatch:
+class StopAfterBatch:
     """First Ctrl-C: finish the current batch, save, exit. Second Ctrl-C: stop at once."""
 
     def __init__(self) -> None:
         self.requested = False
         self.previous: Any = None
 
-    def __enter__(self) -> _StopAfterBatch:
+    def __enter__(self) -> StopAfterBatch:
         self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

@@ -20,13 +20,15 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..engine.watch import Batch, WatchOptions
 from ..errors import RetrievalError, UsageError
-from ..types import parse_box, shown
-from .app import (DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, _error_line, _errors,
-                  _index_dir, _literal, _progress, _stdout, _StopAfterBatch, app)
+from ..types import Box, parse_box, shown
+from . import checks
+from .app import StopAfterBatch, app, boundary
+from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
+from .output import error_line, literal, print_table, progress_bar
 
 
 @app.command()
-@_errors
+@boundary
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     index: IndexDir = None,
@@ -65,6 +67,9 @@ def index(
                                                         f"--{'' if DEFAULTS.whitening.enabled else 'no-'}whitening).")] = None,
     refit_whitening: Annotated[bool, typer.Option("--refit-whitening", help="Refit whitening from stored descriptors.")] = False,
     retry_skipped: Annotated[bool, typer.Option("--retry-skipped", help="Try previously refused files again.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Files gone are gone for good: drop their rows even when a "
+                                                        "FOLDER holds no image now or no longer exists (refused "
+                                                        "without it: a drive not mounted?).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read and hash every indexed file, not only those whose "
                                                           "size, times or inode changed, and embed again those whose "
                                                           "bytes differ (no model work for the others).")] = False,
@@ -87,15 +92,19 @@ def index(
                                                    "least every this many seconds, for events that were lost "
                                                    "(0: never).")] = WatchOptions.rescan,
 ) -> None:
-    """Index the images under FOLDERS; re-running only embeds new or changed files.
+    """Index the images under each FOLDER; re-running only embeds new or changed files.
 
     Settings left out are the index's own; a new index starts from the defaults named.
     """
     overrides = cli_overrides(config, model=model, weights=weights, device=device, dtype=dtype, size=size,
                               max_pixels=max_pixels, pooling=pooling, multiscale=multiscale, index_kind=kind, dba=dba,
                               whiten_dim=whiten_dim, whitening=whitening, batch=batch, workers=workers, decode=decode)
-    where = _index_dir(index)
-    roots = engine.index_roots(folders)  # resolved once; a mistyped folder creates no index
+    where = index_dir(index)
+    if not prune:  # --prune: a folder deleted for good is how its rows go
+        checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
+    checks.known_model(checks.model_of(overrides))
+    checks.device(device)
+    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once
     if watch and ray is not None:
         raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
     watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
@@ -103,7 +112,7 @@ def index(
     if cluster is not None and not logging.getLogger("retrieval").isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plans and timings; -v shows them
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours show
-    with engine.Index.open_or_create(where, overrides) as idx, _StopAfterBatch() as stop, _progress() as bar:
+    with engine.Index.open_or_create(where, overrides) as idx, StopAfterBatch() as stop, progress_bar() as bar:
         if exclude or clear_excludes:
             idx.exclude(exclude or [], clear=clear_excludes)
         task = bar.add_task("indexing", total=None)
@@ -119,12 +128,18 @@ def index(
             bar.update(hashing[0], completed=done, total=total)
 
         summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
-                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening)
+                             cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening, prune=prune)
         images_now = idx.count()
     log = logging.getLogger("retrieval")
     for path, reason in summary.skipped:
         log.warning("skipped %s: %s", shown(path), reason)
     typer.echo(_summary_line(where, images_now, summary))
+    seen = summary.added + summary.updated + summary.unchanged + summary.moved + len(summary.skipped) + \
+        summary.still_refused
+    if not seen and not summary.interrupted:
+        log.warning("no image files under %s (none with an image extension such as .jpg, .png, .heic or a camera "
+                    "RAW; hidden files and --exclude matches are left out); check the folder", ", ".join(
+                        shlex.quote(shown(str(f))) for f in folders))
     if verify:
         typer.echo(f"verified: {summary.hashed} files hashed, {summary.changed} changed since they were indexed "
                    f"(embedded again)")
@@ -141,9 +156,9 @@ def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_ski
     it lands; Ctrl-C stops between batches (or, in one, after its forward batch: exit 130)."""
     from ..engine.watch import watch
 
-    Console(stderr=True).print(Text.assemble("watching ", _literal(", ".join(roots.real)), " (Ctrl-C stops)"))
+    Console(stderr=True).print(Text.assemble("watching ", literal(", ".join(roots.real)), " (Ctrl-C stops)"))
     cut: list[bool] = []  # a batch that Ctrl-C stopped half-way
-    with engine.Index.open(where, weights=weights, device=device) as idx, _StopAfterBatch() as stop:
+    with engine.Index.open(where, weights=weights, device=device) as idx, StopAfterBatch() as stop:
         def batch(b: Batch) -> None:
             cut.append(b.summary is not None and b.summary.interrupted)
             if b.error is not None:
@@ -175,7 +190,7 @@ def _summary_line(where: Path, images_now: int, summary: engine.UpdateSummary) -
 
 
 @app.command()
-@_errors
+@boundary
 def query(
     images: Annotated[list[Path] | None, typer.Argument(help="Query images (may live outside the indexed folders); "
                                                              "several are embedded together.", show_default=False)] = None,
@@ -189,7 +204,8 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout: the list of {rank, score, path} "
                                                          "(several queries: a list of {query, hits}).")] = False,
     paths_only: Annotated[bool, typer.Option("--paths", "--filepath-only",
-                                             help="Only the result paths, one per line, as the file system's bytes.")] = False,
+                                             help="Only the result paths, one per line, as the file system's bytes "
+                                                  "(several queries: the query, a tab, then the path).")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="The index's weights file, if it moved "
                                                                     "(default: the path the index holds).")] = None,
     device: Device = None,
@@ -202,8 +218,8 @@ def query(
     max_lines: Annotated[int, typer.Option("--max-lines", min=0, help="With --out: verified matches drawn as lines, "
                                            "spread over the query; the rest as dots.")] = DEFAULT_MAX_LINES,
 ) -> None:
-    """Find the indexed images most like IMAGES (or like an indexed file: --like). Model, size, pooling and
-    whitening come from the index."""
+    """Find the indexed images most like each IMAGE (or like an indexed file: --like). Model, size, pooling
+    and whitening come from the index."""
     if as_json and paths_only:
         raise typer.BadParameter("choose one output: --json or --paths", param_hint="--paths")
     if (like is None) == (not images):
@@ -215,36 +231,59 @@ def query(
     if out is not None and len(images) > 1:
         raise typer.BadParameter("maps are written for one query image at a time", param_hint="--out")
     box = None if bbox is None else parse_box(bbox)
+    checks.existing(images, files_only=True)  # before the index opens and torch is imported
+    checks.device(device)
     options = SearchOptions(k=k, rerank=rerank, rerank_k=rerank_k, qe=qe, qe_alpha=qe_alpha)
-    with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
+    with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
         queries: list[Any] = [*images] or [like]
+        if box is not None:
+            _say_cut(images[0], box)
         for result in results:
-            _warn_gone(result, k)
+            if result.gone:
+                _say_gone(result, k)
         if as_json:
             data: Any = results[0].to_json() if len(results) == 1 else [
                 {"query": str(q), "hits": r.to_json()} for q, r in zip(queries, results)]
             typer.echo(json.dumps(data, indent=2))
         elif paths_only:
-            lines = b"".join(os.fsencode(h.path) + b"\n" for r in results for h in r.hits)
+            # several queries: each line says whose result it is, `QUERY<tab>PATH`, as grep names the file
+            lines = b"".join((os.fsencode(q) + b"\t" if len(queries) > 1 else b"") + os.fsencode(h.path) + b"\n"
+                             for q, r in zip(queries, results) for h in r.hits)
             sys.stdout.buffer.write(lines)
             sys.stdout.flush()
         else:
             for q, result in zip(queries, results):
-                _print_hits(result, title=_literal(f"query {q}") if len(queries) > 1 else None)
+                _print_hits(result, title=literal(f"query {q}") if len(queries) > 1 else None)
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
-            Console(stderr=True).print(_literal(f"maps: {maps}"), soft_wrap=True)
+            Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
 
 
-def _warn_gone(result: Any, k: int) -> None:
-    if result.gone:
-        more = "" if result.looked_at is None else \
-            f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
-        logging.getLogger("retrieval").warning(
-            "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer "
-            "regular files), e.g. %s; mount the drive, or prune them: `retrieve index` of their folder, or "
-            "`retrieve remove FOLDER` for a folder gone for good%s", len(result.gone), shown(result.gone[0]), more)
+def _say_cut(path: Path, box: Box) -> None:
+    """A warning when --bbox reaches past the image: the search used the part inside it (crop_pixels)."""
+    from ..images import crop_pixels, decode, pixel_limit
+
+    with pixel_limit(DEFAULT_MAX_PIXELS):
+        _, (w, h) = decode(path, min_side_hint=1)  # a draft decode: only the upright size is wanted
+    if min(box) < 0 or max(box[0], box[2]) > w or max(box[1], box[3]) > h:
+        cut = ",".join(map(str, crop_pixels(box, (w, h))))
+        logging.getLogger("retrieval").warning("--bbox %s reaches past the %dx%d image %s; the query is the part "
+                                               "inside it, %s", ",".join(f"{v:g}" for v in box), w, h, shown(str(path)),
+                                               cut)
+
+
+def _say_gone(result: Any, k: int) -> None:
+    """One warning for the results whose files are gone, with the one way out `retrieve index`'s
+    refusal of an emptied folder names too: `retrieve index FOLDER --prune`."""
+    more = "" if result.looked_at is None else \
+        f"; only the best {result.looked_at} results were looked at, so fewer than {k} are shown"
+    folders = {os.path.dirname(p) for p in result.gone}
+    where = shlex.quote(shown(folders.pop())) if len(folders) == 1 else "FOLDER"
+    logging.getLogger("retrieval").warning(
+        "left out %d result(s) whose files are gone (deleted, moved, on a drive not mounted, or no longer regular "
+        "files), e.g. %s; mount the drive, or if they are gone for good prune them: `retrieve index %s --prune`%s",
+        len(result.gone), shown(result.gone[0]), where, more)
 
 
 def _print_hits(result: Any, *, title: Text | None) -> None:
@@ -261,18 +300,18 @@ def _print_hits(result: Any, *, title: Text | None) -> None:
                   caption=caption, caption_justify="left")
     for h in result.hits:
         inliers = [] if not result.reranked else ["-" if h.inliers is None else str(h.inliers)]
-        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", _literal(h.path))
-    _stdout().print(table)
+        table.add_row(str(h.rank), *inliers, f"{h.score:.4f}", literal(h.path))
+    print_table(table)
 
 
 @app.command()
-@_errors
+@boundary
 def info(
     index: IndexDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """What an index holds: configuration, counts, skipped files, size on disk."""
-    with engine.Index.open(_index_dir(index)) as idx:
+    with engine.Index.open(index_dir(index)) as idx:
         data = idx.info().to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -299,14 +338,14 @@ def info(
 
 
 @app.command()
-@_errors
+@boundary
 def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.", show_default=False)],
     index: IndexDir = None,
 ) -> None:
     """Remove files (or everything under folders) from an index, and keep them out of later
     `retrieve index` runs of their folders (`retrieve index PATH` takes a path back)."""
-    where = _index_dir(index)
+    where = index_dir(index)
     with engine.Index.open(where) as idx:
         n = idx.remove(paths)
         left = idx.count()
@@ -318,36 +357,36 @@ def remove(
 
 
 @app.command()
-@_errors
+@boundary
 def check(
     index: IndexDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
 ) -> None:
     """Check an index: SQLite's integrity check, then every row against the index's own rules and the
     vectors file against the store. One line per finding; exit 1 when something is damaged."""
-    report = engine.check_index(_index_dir(index))
+    report = engine.check_index(index_dir(index))
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
         for f in report.findings:
             typer.echo(f"{f.level:5s}  {f.message}")
     if report.damaged:
-        _error_line(report.summary)
+        error_line(report.summary)
         raise typer.Exit(1)
     if not as_json:
         typer.echo(report.summary)
 
 
 @app.command()
-@_errors
+@boundary
 def backup(
-    dest: Annotated[Path, typer.Argument(help="File to write, or a folder (it gets store.sqlite).",
-                                         show_default=False)],
+    dest: Annotated[str, typer.Argument(help="File to write, or a folder (it gets store.sqlite; written with a "
+                                             "trailing slash, it is created if missing).", show_default=False)],
     index: IndexDir = None,
 ) -> None:
     """Copy the index's store, the one part that cannot be rebuilt, with SQLite's online backup
     (safe while `retrieve index` runs). Restore: copy it into an empty folder as store.sqlite."""
-    out, images = engine.backup_store(_index_dir(index), dest)
+    out, images = engine.backup_store(index_dir(index), dest)
     typer.echo(f"wrote {shown(str(out))}: {images} images indexed; to restore, copy it as store.sqlite into an empty index "
                f"folder (the vectors file is rebuilt from it)")
 

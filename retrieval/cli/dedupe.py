@@ -18,14 +18,17 @@ from .. import engine
 from ..config import DedupeOptions
 from ..errors import UsageError
 from ..types import shown
-from .app import Device, IndexDir, _errors, _index_dir, _inputs, _literal, _stdout, app
+from . import checks
+from .app import app, boundary
+from .options import Device, IndexDir, index_dir
+from .output import literal, print_table
 
 if TYPE_CHECKING:
     from ..engine.dedupe import Arrival, DedupeReport
 
 
 @app.command()
-@_errors
+@boundary
 def dedupe(
     folders: Annotated[list[Path] | None, typer.Argument(
         help="Check these files or folders against the index instead (which of them it already holds); "
@@ -60,9 +63,9 @@ def dedupe(
     if html is not None and folders:
         raise UsageError("--html draws the groups of the index; leave out the folders, or --html")
     options = DedupeOptions(k=k, threshold=threshold, coverage=coverage, similar=similar, exact_only=exact_only)
-    with engine.Index.open(_index_dir(index), weights=weights, device=device) as idx:
+    with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         if folders:
-            arrivals = engine.folder_against_index(idx, _inputs(folders), options)
+            arrivals = engine.folder_against_index(idx, checks.image_inputs(folders), options)
             _print_arrivals(arrivals, as_json=as_json, as_csv=as_csv)
             return
         report = engine.index_duplicates(idx, options)
@@ -71,7 +74,7 @@ def dedupe(
             from ..engine.dedupe_sheet import contact_sheet
 
             page = contact_sheet(idx, report, html)
-            Console(stderr=True).print(_literal(f"contact sheet: {page}"), soft_wrap=True)
+            Console(stderr=True).print(literal(f"contact sheet: {page}"), soft_wrap=True)
 
 
 def _when(ns: int) -> str:
@@ -86,7 +89,6 @@ def _print_report(report: DedupeReport, *, as_json: bool, as_csv: bool) -> None:
                 for n, g in enumerate(report.groups, 1) for m in g.members]
         _csv(["group", "kind", "role", "path", "width", "height", "mtime_ns", "sha256"], rows)
     else:
-        out = _stdout()
         for n, g in enumerate(report.groups, 1):
             best: dict[int, tuple[int, str]] = {}  # each member's strongest link inside the group: what the table says of it
             for x in g.links:
@@ -96,8 +98,8 @@ def _print_report(report: DedupeReport, *, as_json: bool, as_csv: bool) -> None:
                           title=f"group {n}: {g.kind}, {len(g.members)} images", title_justify="left")
             for m in g.members:
                 table.add_row("keep" if m is g.keep else "", f"{m.width}x{m.height}", _when(m.mtime_ns),
-                              best.get(m.id, (0, ""))[1], _literal(m.path))
-            out.print(table)
+                              best.get(m.id, (0, ""))[1], literal(m.path))
+            print_table(table)
     kinds = [g.kind for g in report.groups]
     counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("exact", "near", "similar") if k in kinds) or "none"
     extra = f"; {report.unverifiable} pairs had no patch descriptors to verify" if report.unverifiable else ""
@@ -126,9 +128,9 @@ def _print_arrivals(arrivals: list[Arrival], *, as_json: bool, as_csv: bool) -> 
         table = Table("kind", "inliers", Column("path", overflow="fold"), Column("indexed copy", overflow="fold"),
                       box=None)
         for a in arrivals:
-            other = _literal(a.match.path) if a.match is not None else _literal(a.reason or "")
-            table.add_row(a.kind, str(a.inliers) if a.inliers else "", _literal(a.path), other)
-        _stdout().print(table)
+            other = literal(a.match.path) if a.match is not None else literal(a.reason or "")
+            table.add_row(a.kind, str(a.inliers) if a.inliers else "", literal(a.path), other)
+        print_table(table)
     held = sum(a.kind in ("exact", "near") for a in arrivals)
     Console(stderr=True).print(f"{held} of {len(arrivals)} files are already in the index (exact or near copies)",
                                markup=False, highlight=False, soft_wrap=True)

@@ -12,7 +12,10 @@ from rich.table import Table
 from .. import engine, ground_truth
 from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
-from .app import DEFAULTS, SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers, _errors, _literal, _progress, _stdout, app
+from . import checks
+from .app import app, boundary
+from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, Multiscale, Weights, Workers
+from .output import literal, print_table, progress_bar
 
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
@@ -24,7 +27,7 @@ def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
 
 
 @app.command("eval")
-@_errors
+@boundary
 def eval_(
     dataset: Annotated[str, typer.Argument(help="roxford5k, rparis6k (or any set in that layout under --data), "
                                                 "or a ground-truth .json file.")],
@@ -69,6 +72,8 @@ def eval_(
     for given, option in ((save_ranks, "--save-ranks"), (json_out, "--json-out")):
         if given is not None:
             engine.output_file(given, option)
+    checks.known_model(checks.model_of(overrides))  # before torch is imported
+    checks.device(device)
     crop = not no_crop
     bench = _benchmark(dataset, data, crop)
     source = None
@@ -76,7 +81,7 @@ def eval_(
         source = _benchmark(whiten_from, data, crop)
         if source.name == bench.name:
             raise UsageError("--whiten-from names the test set; say --whiten-from self to do that on purpose")
-    with _progress() as bar:
+    with progress_bar() as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -102,15 +107,15 @@ def eval_(
     if ladder:
         short = {"easy": "E", "medium": "M", "hard": "H", "all": ""}
         heads = [f"{short[p]} {k}".strip() for p in result.metrics for k in keys]
-        table = Table("stage", *heads, "ms/query", box=None, title=_literal(title))
+        table = Table("stage", *heads, "ms/query", box=None, title=literal(title))
         for st in result.stages:
             table.add_row(st.name, *(f"{100 * m[k]:.2f}" for m in st.metrics.values() for k in keys),
                           f"{st.ms_per_query:.1f}")
     else:
-        table = Table("protocol", *keys, box=None, title=_literal(f"{title} | {result.stages[-1].name}"))
+        table = Table("protocol", *keys, box=None, title=literal(f"{title} | {result.stages[-1].name}"))
         for protocol, m in result.metrics.items():
             table.add_row(protocol, *(f"{100 * m[k]:.2f}" for k in keys))
-    _stdout().print(table)
+    print_table(table)
     typer.echo(f"{cfg['backbone']} size {cfg['size']} {cfg['pooling']} | crop {cfg['query_crop']} | "
                f"whitening: {cfg['whitening']}")
     if str(cfg["weights_id"]).startswith("random:"):

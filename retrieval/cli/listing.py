@@ -14,14 +14,15 @@ import typer
 from .. import engine
 from ..errors import RetrievalError
 from ..types import shown
-from .app import IndexDir, _errors, _index_dir, app
+from .app import app, boundary
+from .options import IndexDir, index_dir
 
 LINES_AT_ONCE = 1000  # lines written to stdout in one call
 ID_WIDTH = 7  # the id column's width in the table (longer ids widen their own line only)
 
 
 @app.command("list")
-@_errors
+@boundary
 def list_(
     paths: Annotated[list[Path] | None, typer.Argument(help="Only files at or under these folders or files.",
                                                        show_default=False)] = None,
@@ -33,7 +34,7 @@ def list_(
 ) -> None:
     """What an index holds, by path: id, size, when it was indexed, path (ids are what `retrieve query
     --like` and the server take). Streamed: the first lines come at once, however large the index."""
-    where = _index_dir(index)
+    where = index_dir(index)
     with engine.Index.open(where) as idx:
         rows = idx.files(paths or None, skipped=skipped)
         lines = (_json_line(r, skipped=skipped) for r in rows) if as_json else _table(rows, skipped=skipped)

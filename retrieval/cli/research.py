@@ -4,20 +4,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import engine
-from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageConfig
+from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, BackboneConfig, ImageConfig
 from ..errors import UsageError
 from ..types import shown
-from .app import (Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers, _backbone,
-                  _embed_with_progress, _errors, _inputs, app)
+from . import checks
+from .app import app, boundary
+from .options import Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers
+from .output import progress_bar
+
+
+def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
+    with progress_bar() as bar:
+        task = bar.add_task("embedding", total=len(paths))
+
+        def seen(r: Any) -> None:
+            if isinstance(r, engine.Skipped):
+                logging.getLogger("retrieval").warning("skipped %s: %s", shown(r.path), r.reason)
+            bar.advance(task)
+
+        result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)
+        return result
+
+
+def _backbone(model: str, weights: Path | None, device: str | None, dtype: str) -> Any:
+    return engine.open_backbone(BackboneConfig(model, None if weights is None else str(weights), device, dtype))
 
 
 @app.command()
-@_errors
+@boundary
 def extract(
     inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file.")],
@@ -34,8 +53,10 @@ def extract(
                                         "faster on large photos, tokens not equal (docs/features.md).")] = True,
 ) -> None:
     """Write raw DINOv2 CLS and patch tokens of each image to an .npz file (keys documented in docs/features.md)."""
+    checks.known_model(model)  # before torch (or sqlite-utils) is imported
+    checks.device(device)
+    paths = checks.image_inputs(inputs)
     engine.output_file(out, "--out")
-    paths = _inputs(inputs)
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
     done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch=batch, workers=workers,
@@ -45,7 +66,7 @@ def extract(
 
 
 @app.command()
-@_errors
+@boundary
 def pca(
     inputs: Inputs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")],
@@ -59,8 +80,10 @@ def pca(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Draw the DINOv2 PCA picture: each input beside its first three foreground components as RGB."""
+    checks.known_model(model)
+    checks.device(device)
+    paths = checks.image_inputs(inputs)
     engine.output_file(out, "--out")
-    paths = _inputs(inputs)
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
     image = ImageConfig(size=size, max_pixels=max_pixels)
@@ -74,7 +97,7 @@ def pca(
 
 
 @app.command()
-@_errors
+@boundary
 def match(
     a: Annotated[Path, typer.Argument(help="First image.")],
     b: Annotated[Path, typer.Argument(help="Second image.")],
@@ -91,11 +114,15 @@ def match(
     dtype: Dtype = "fp32",
 ) -> None:
     """Correspondence map of any two images: mutual-NN patch matches verified by RANSAC."""
+    checks.existing([a, b], files_only=True)
+    checks.known_model(model)
+    checks.device(device)
     engine.output_file(out, "--out")
     backbone = _backbone(model, weights, device, dtype)
     p = engine.match_files(a, b, backbone=backbone, image=ImageConfig(size=size), out=out, threshold=threshold,
                            max_lines=max_lines, show_outliers=show_outliers)
-    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {shown(str(out))}")
+    written = ", ".join(shown(str(f)) for f in engine.match_paths(out).values())
+    typer.echo(f"{p.n_matches} matches, {p.n_inliers} inliers -> {written}")
 
 
 

@@ -9,11 +9,13 @@ import typer
 
 from ..errors import UsageError
 from ..types import shown
-from .app import Device, IndexDir, _errors, _index_dir, app
+from . import checks
+from .app import app, boundary
+from .options import Device, IndexDir, index_dir
 
 
 @app.command()
-@_errors
+@boundary
 def serve(
     index: IndexDir = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
@@ -34,6 +36,7 @@ def serve(
     from .. import serve as service  # its names load on first use: the options are checked before torch is imported
 
     limit, limits = service.parse_size(max_upload), service.Limits()
+    checks.device(device)
     service.check_token(token or None)
     service.Hosts.of(host, allow=allow_host or ())  # a malformed --allow-host: one line, before the model
     try:
@@ -47,12 +50,12 @@ def serve(
 
     sockets = service.bind(host.strip("[]"), port)  # before the model loads: a port in use is one line, at once
     try:
-        web = service.create_app(_index_dir(index), token=token or None, max_upload=limit,
+        web = service.create_app(index_dir(index), token=token or None, max_upload=limit,
                                  body_timeout=limits.body_timeout,
                                  weights=None if weights is None else str(weights), device=device,
                                  host=host, allow_hosts=allow_host or ())
         urls = [u + ("?token=..." if token else "") for u in service.urls(host, sockets[0].getsockname()[1])]
-        typer.echo(f"serving {shown(str(_index_dir(index)))} on {urls[0]}  (Ctrl-C stops)"
+        typer.echo(f"serving {shown(str(index_dir(index)))} on {urls[0]}  (Ctrl-C stops)"
                    + "".join(f"\n  also on {u}" for u in urls[1:]))
         server = uvicorn.Server(service.server_config(web, limits))
         try:

@@ -20,7 +20,7 @@ _EXPORTS = {
     "pca_picture": "features", "save_png": "features", "write_features": "features",
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
     "EvalOptions": "evaluation",
-    "Pair": "maps", "explain": "maps", "match_files": "maps",
+    "Pair": "maps", "explain": "maps", "match_files": "maps", "match_paths": "maps",
     "atomic_write": "files", "expand_inputs": "files", "index_roots": "files", "output_file": "files",
     "Cluster": "distributed", "ray_cluster": "distributed",
     "DedupeReport": "dedupe", "folder_against_index": "dedupe",
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .check import CheckReport, Finding, backup_store, check_index
     from .forward import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
-    from .maps import Pair, explain, match_files
+    from .maps import Pair, explain, match_files, match_paths
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features
     from .files import Roots, atomic_write, expand_inputs, index_roots, output_file
     from .index import Index

@@ -29,7 +29,7 @@ from ..local import LocalPCA
 from ..store import SCHEMA_VERSION, Store, descriptor_bytes
 from .commit import LOCAL_PCA, stored_pca
 from .derived import WHITENING, descriptor_dim, fitted, vectors_fingerprint
-from .files import EXACT_FILE, STORE_FILE, VECTORS_FILE
+from .files import EXACT_FILE, STORE_FILE, VECTORS_FILE, backup_target
 
 OK, NOTE, ERROR = "ok", "note", "error"
 NAMED = 5  # rows named per finding; the count says how many there are
@@ -338,7 +338,7 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
 
 def backup_store(path: str | Path, dest: str | Path) -> tuple[Path, int]:
     """Copy the store of the index folder `path` to `dest` (a file, or a folder that then gets
-    store.sqlite) with SQLite's online backup: a consistent snapshot of what was committed, even
+    store.sqlite: files.backup_target) with SQLite's online backup: a consistent snapshot of what was committed, even
     while `retrieve index` writes. The copy must pass SQLite's integrity check before it replaces
     `dest` (temp file, fsync, os.replace), so a damaged store never overwrites a good backup.
     Returns (the file written, indexed images in it)."""
@@ -346,10 +346,7 @@ def backup_store(path: str | Path, dest: str | Path) -> tuple[Path, int]:
     source = path / STORE_FILE
     if not source.is_file():
         raise RetrievalError(f"no index at {path} (no {STORE_FILE}); pass the index folder with --index")
-    dest = Path(dest)
-    out = dest / STORE_FILE if dest.is_dir() else dest
-    if not out.parent.is_dir():
-        raise RetrievalError(f"folder {out.parent} does not exist; create it or choose another destination")
+    out = backup_target(dest)
     if out.exists() and out.resolve() == source.resolve():
         raise RetrievalError(f"{out} is the index's own store; back it up to another file or folder")
     live = [p for p in _sidecars(out) if p.exists()]

@@ -79,14 +79,15 @@ class Roots:
         return list(dict.fromkeys([*self.real, *self.given]))
 
 
-def index_roots(roots: Iterable[str | Path] | Roots) -> Roots:
+def index_roots(roots: Iterable[str | Path] | Roots, *, missing_ok: bool = False) -> Roots:
     """`roots` resolved (see Roots; already resolved ones as they are); RetrievalError naming the
-    first that does not exist (checked before an index folder is created for them)."""
+    first that does not exist (checked before an index folder is created for them), unless
+    `missing_ok` (`--prune`: a folder deleted for good, whose rows go)."""
     if isinstance(roots, Roots):
         return roots
     given = [os.path.abspath(r) for r in roots]
     for r in given:
-        if not os.path.exists(r):
+        if not os.path.exists(r) and not missing_ok:
             raise RetrievalError(f"{shown(r)} does not exist; pass a folder of images")
     return Roots(tuple(os.path.realpath(r) for r in given), tuple(given))
 
@@ -97,12 +98,38 @@ EXACT_FILE = "vectors.f32"  # ivfpq: the exact vectors it re-scores with, memory
 LOCK_FILE = "lock"
 
 
-def index_folder(path: str | Path) -> Path:
-    """An index folder path; RetrievalError when it names an existing file."""
+def backup_target(dest: str | Path) -> Path:
+    """The file `retrieve backup DEST` writes: DEST/store.sqlite when DEST is a folder, or is written
+    as one (a trailing slash: the folder is created if missing), else DEST itself, whose folder must
+    exist. RetrievalError naming the fix when DEST cannot be either."""
+    as_folder = isinstance(dest, str) and dest.endswith(("/", os.sep))
+    path = Path(dest)
+    if as_folder or path.is_dir():
+        if path.exists() and not path.is_dir():
+            raise RetrievalError(f"{shown(str(dest))} names a folder (it ends in a slash) but {shown(str(path))} is a "
+                                 f"file; pass a folder, or the file name without the slash")
+        path.mkdir(parents=True, exist_ok=True)
+        return path / STORE_FILE
+    if path.parent.exists() and not path.parent.is_dir():
+        raise RetrievalError(f"{shown(str(path.parent))} is a file, not a folder, so {shown(str(path))} cannot be "
+                             f"written; choose another destination")
+    if not path.parent.is_dir():
+        raise RetrievalError(f"folder {shown(str(path.parent))} does not exist; create it, or end the destination in "
+                             f"a slash to back up into a folder created for it ({shown(str(path.parent))}/)")
+    return path
+
+
+def index_folder(path: str | Path, *, create: bool = True) -> Path:
+    """An index folder path; RetrievalError when it names an existing file. `create`: the command
+    creates the folder if missing (`retrieve index`), which the message then says; the others
+    read an index that must exist."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RetrievalError(f"index folder {shown(str(path))} is a file", fix="give a folder (created if missing)",
-                             command="--index FOLDER")
+        if create:
+            raise RetrievalError(f"index folder {shown(str(path))} is a file", fix="give a folder (created if missing)",
+                                 command="--index FOLDER")
+        raise RetrievalError(f"index folder {shown(str(path))} is a file", fix="give the folder that indexing made "
+                             "(it holds store.sqlite)", command="--index FOLDER")
     return path
 
 

@@ -64,7 +64,7 @@ class Index:
     @classmethod
     def open(cls, path: str | Path, *, weights: str | Path | None = None, device: str | None = None) -> Index:
         """An existing index; RetrievalError if there is none."""
-        path = index_folder(path)
+        path = index_folder(path, create=False)
         db = path / STORE_FILE
         if not db.is_file():
             raise RetrievalError(f"no index at {path}", fix="index a folder of photos into it first, or give the folder "
@@ -147,13 +147,14 @@ class Index:
                should_stop: Callable[[], bool] = lambda: False,
                on_progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
                verify: bool = False, on_hashed: Callable[[int, int], None] | None = None,
-               refit: bool = False) -> UpdateSummary:
+               refit: bool = False, prune: bool = False) -> UpdateSummary:
         """Bring the index in line with the files under `roots` (engine/update.py, docs/index.md);
         `verify` re-hashes every indexed file, `on_hashed(done, total)` follows that; `refit`
-        refits the whitening even when nothing changed. With a `cluster`
-        (engine.distributed.Cluster) the files are embedded by Ray workers (docs/scale.md)."""
+        refits the whitening even when nothing changed; `prune`: files gone are gone for good, even
+        when a root holds no image now or no longer exists (otherwise refused: a drive not mounted?).
+        With a `cluster` (engine.distributed.Cluster) the files are embedded by Ray workers (docs/scale.md)."""
         options = UpdateOptions(retry_skipped=retry_skipped, verify=verify, refit=refit, cluster=cluster,
-                                should_stop=should_stop, on_progress=on_progress, on_hashed=on_hashed)
+                                should_stop=should_stop, on_progress=on_progress, on_hashed=on_hashed, prune=prune)
         return update(self.store, self.config, self.path, roots, model=self._model, derived=self._derived,
                       options=options)
 

@@ -205,10 +205,15 @@ def match_files(a: str | Path, b: str | Path, *, backbone: Backbone, image: Imag
     p = pair(view(a, backbone=backbone, image=image), view(b, backbone=backbone, image=image), threshold=threshold)
     text = caption(p, model=model_label(backbone))
     pics = render(p, patch_size=backbone.patch_size, max_lines=max_lines, show_outliers=show_outliers, text=text)
-    out = Path(out)
-    _png(pics["matches"], out, " · ".join(text))
-    for kind in ("heatmap", "pca"):
-        _png(pics[kind], out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}"), " · ".join(text))
+    for kind, path in match_paths(out).items():
+        _png(pics[kind], path, " · ".join(text))
     return p
 
-__all__ = ["Pair", "View", "caption", "explain", "match_files", "model_label", "pair", "render"]
+
+def match_paths(out: str | Path) -> dict[str, Path]:
+    """The files `match_files` writes for `out`: the matches there, the heat map and PCA beside it."""
+    out = Path(out)
+    return {"matches": out, **{kind: out.with_name(f"{out.stem}_{kind}{out.suffix or '.png'}")
+                               for kind in ("heatmap", "pca")}}
+
+__all__ = ["Pair", "View", "caption", "explain", "match_files", "match_paths", "model_label", "pair", "render"]

@@ -73,6 +73,7 @@ class UpdateOptions:
     should_stop: Callable[[], bool] = lambda: False
     on_progress: Progress | None = None  # files embedded
     on_hashed: Progress | None = None  # files hashed to compare with their stored hash
+    prune: bool = False  # files gone are gone, even under a root emptied or deleted (--prune)
 
 
 def update(store: Store, config: EngineConfig, folder: Path, roots: Sequence[str | Path] | Roots, *,
@@ -81,7 +82,7 @@ def update(store: Store, config: EngineConfig, folder: Path, roots: Sequence[str
     start = time.monotonic()
     summary = UpdateSummary()
     with writer_lock(folder):
-        roots = index_roots(roots)
+        roots = index_roots(roots, missing_ok=options.prune)
         found, plan = _plan(store, folder, roots, options)
         if plan.deletes or plan.touches or plan.moves:
             store.apply(deletes=plan.deletes, touches=plan.touches, moves=plan.moves)
@@ -110,10 +111,10 @@ def _plan(store: Store, folder: Path, roots: Roots, options: UpdateOptions) -> t
     keep, inside = PathFilter(unreadable), PathFilter(roots.under)  # rows under folders not listed: not "deleted"
     stored = [row for row in store.rows() if row.path not in keep]
     rows = {row.path: row for row in stored if row.path in inside}
-    for root, n in emptied_roots(roots.real, listed, rows):  # gone is not the same as not mounted
+    for root, n in [] if options.prune else emptied_roots(roots.real, listed, rows):  # gone is not not mounted
         raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
-                             f"drive not mounted?); nothing was changed", fix="mount it, or remove the folder "
-                             "from the index", command=f"retrieve remove {shlex.quote(shown(root))}")
+                             f"drive not mounted?); nothing was changed", fix="mount it, or if they are gone for "
+                             "good prune them", command=f"retrieve index {shlex.quote(shown(root))} --prune")
     plan = plan_update(found, rows, retry_skipped=options.retry_skipped, same_bytes=_same_bytes,
                        verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop,
                        sha256_of=_sha256_of, gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
