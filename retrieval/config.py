@@ -154,13 +154,13 @@ class EngineConfig:
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
-    batch_size: int = 16
+    batch: int = 16  # images per forward pass (--batch)
     workers: int | None = None  # decoder processes; 0: threads between forward passes; None: engine.default_workers
     decode: str = "auto"  # where plain JPEGs are decoded: auto (the GPU when the model runs on one) | cpu | gpu
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch < 1:
+            raise UsageError(f"batch must be >= 1, got {self.batch}")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"workers must be >= 0 (0: decode in threads between forward passes), got {self.workers}")
         if self.decode not in DECODERS:
@@ -216,7 +216,15 @@ def _type_name(hint: Any) -> str:
     return "none" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+# keys renamed since an index or a config file could have stored them: old -> new (docs/decisions.md, "Names")
+_RENAMED_KEYS = {"batch_size": "batch"}
+
+
 def _merge(cls: type, base: Any, overrides: dict[str, Any], where: str) -> Any:
+    if cls is EngineConfig:  # an older index's stored config, or an older config file, still reads
+        old = {k: v for k, v in overrides.items() if k in _RENAMED_KEYS}
+        overrides = {**{_RENAMED_KEYS[k]: v for k, v in old.items()},
+                     **{k: v for k, v in overrides.items() if k not in old}}  # the new key wins
     names = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     updates: dict[str, Any] = {}
@@ -306,7 +314,7 @@ _OPTIONS: dict[str, tuple[str | None, str]] = {
     "whiten_dim": ("whitening", "dim"),
     "index_kind": ("index", "kind"),
     "dba": ("index", "dba"),
-    "batch": (None, "batch_size"),
+    "batch": (None, "batch"),
     "workers": (None, "workers"),
     "decode": (None, "decode"),
 }
@@ -325,7 +333,7 @@ def cli_overrides(config_file: str | Path | None = None, *, defaults: dict[str, 
     An option that is None was not given and leaves the file's (or the stored, or the default)
     value alone. `multiscale` True / False means MULTISCALE / one scale; `whiten_dim` 0 means
     keep every dimension; `weights` is made absolute. A value the config refuses is a UsageError
-    that names the option (`--batch`), not the key it sets (`batch_size`), which a file's error names.
+    that names the option (`--index-kind`), not the key it sets (`index.kind`), which a file's error names.
     """
     out = deep_merge(defaults or {}, read_config_file(config_file) if config_file is not None else {})
     flags: dict[str, Any] = {}

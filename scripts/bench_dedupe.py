@@ -174,7 +174,7 @@ def run_knn(n: int, args: argparse.Namespace) -> dict:
     xb[1:2 * planted:2] = xb[0:2 * planted:2] + 0.05 * rng.standard_normal((planted, args.dim), dtype=np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
     t0 = time.perf_counter()
-    vec = vectors.build(xb, np.arange(n, dtype=np.int64), kind=args.kind, fingerprint="bench", generation=1)
+    vec = vectors.build(xb, np.arange(n, dtype=np.int64), kind=args.kind, fingerprint="bench", data_version=1)
     del xb
     t1 = time.perf_counter()
     got: set[int] = set()  # a planted pair is found from both sides: counted once

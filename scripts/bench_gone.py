@@ -60,7 +60,7 @@ def make_store(folder: Path, rows: int, dim: int) -> tuple[Store, vindex.VectorI
                                 descriptor=rng.standard_normal(dim).astype(np.float32)))
         store.apply(batch)
     ids, x = store.descriptors()
-    return store, vindex.build(l2n(x), ids, kind="flat", fingerprint="bench", generation=0)
+    return store, vindex.build(l2n(x), ids, kind="flat", fingerprint="bench", data_version=0)
 
 
 def timed(q: Query, store: Store, vec: Counted, k: int, repeats: int) -> tuple[float, int, int]:

@@ -34,7 +34,7 @@ from bench_query import vectors  # noqa: E402
 from retrieval import vectors as vindex  # noqa: E402
 from retrieval import load_backbone, pooling  # noqa: E402
 from retrieval.config import ImageConfig  # noqa: E402
-from retrieval.engine.embedding import Batch, Decoded, decoded_stream, forward_batches, normalize  # noqa: E402
+from retrieval.engine.forward import ForwardBatch, Decoded, decoded_stream, forward_batches, normalize  # noqa: E402
 
 def test_photos(folder: Path) -> list[Path]:
     out = [make_photo(i, folder) for i in range(4)]  # 12 MP, 2 MP, 12 MP, 2 MP
@@ -57,7 +57,7 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
     image = ImageConfig(size=224)
 
     def run(on: torch.device | None) -> dict:
-        return {r.path: r for r in decoded_stream(paths, backbone=bb, image=image, workers=4, jpegs_on=on, jpeg_batch=8)}
+        return {r.path: r for r in decoded_stream(paths, backbone=bb, image=image, workers=4, jpegs_on=on, jpegs_per_decode=8)}
 
     t0 = time.perf_counter()
     pil = run(None)
@@ -85,8 +85,8 @@ def check_decode(paths: list[str], weights: str, dev: torch.device) -> None:
         print(f"  {Path(p).name:40s} {a.original_wh[0]:5d}x{a.original_wh[1]:<5d} pixel MAD {mad:5.2f}  descriptor cos {cos:.5f}{note}")
         if "corrupt" not in p:
             worst_mad, worst_cos = max(worst_mad, mad), min(worst_cos, cos)
-    ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch_size=16)
-              if isinstance(b, Batch))
+    ran = sum(len(b.items) for b in forward_batches(iter(gpu.values()), backbone=bb, batch=16)
+              if isinstance(b, ForwardBatch))
     print(f"forward passes over GPU- and Pillow-decoded files together: {ran} inputs")
     print(f"decoded on the GPU: {on_gpu} of {sum(isinstance(r, Decoded) for r in gpu.values())}; "
           f"worst pixel MAD {worst_mad:.2f}, worst descriptor cosine {worst_cos:.5f} (corrupt files aside)")
@@ -112,9 +112,9 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
     for n in sizes:
         xb = vectors(n, dim, 0)
         t0 = time.perf_counter()
-        gpu = vindex.place(vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0), use_gpu=True)
+        gpu = vindex.place(vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", data_version=0), use_gpu=True)
         build = time.perf_counter() - t0
-        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", generation=0)
+        cpu = vindex.build(xb, np.arange(n), kind="flat", fingerprint="b", data_version=0)
         placed = f"torch on {gpu.exact_on.vectors.device}" if gpu.exact_on else "faiss CPU"
         gs, gi = gpu.search(xq, 10)
         t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def check_search(sizes: list[int], dim: int = 768) -> None:
               f"max score diff {score_err:.1e}; 1 query {1000 * statistics.median(single):.2f} ms, batched "
               f"{1000 * batch:.3f} ms/query (CPU exact batched {1000 * cpu_batch:.3f} ms/query)")
     blob = vindex.to_bytes(gpu)
-    back = vindex.place(vindex.from_bytes(blob, fingerprint="b", generation=0), use_gpu=True)
+    back = vindex.place(vindex.from_bytes(blob, fingerprint="b", data_version=0), use_gpu=True)
     print(f"  round trip: saved {len(blob) / 1e6:.0f} MB from the GPU index, reloaded on the GPU {back.exact_on is not None}, "
           f"ids equal {np.array_equal(back.search(xq, 10)[1], gi)}")
 

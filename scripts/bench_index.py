@@ -158,7 +158,7 @@ def timed_stages(device: str) -> dict[str, float]:
     import torch
 
     from retrieval import jpeg_gpu
-    from retrieval.engine import descriptors, embedding
+    from retrieval.engine import embedding, forward
     from retrieval.store import Store
 
     spent: dict[str, float] = {}
@@ -178,11 +178,11 @@ def timed_stages(device: str) -> dict[str, float]:
 
         setattr(owner, name, timed)
 
-    wrap(embedding, "wait", "waiting for decoder threads")
+    wrap(forward, "wait", "waiting for decoder threads")
     wrap(jpeg_gpu, "decode", "nvJPEG decode")
     wrap(jpeg_gpu, "resize", "GPU orient + resize")
-    wrap(embedding, "_run", "stack + copy + forward pass")
-    wrap(descriptors, "complete", "pooling + local descriptors")
+    wrap(forward, "_run", "stack + copy + forward pass")
+    wrap(embedding, "complete", "pooling + local descriptors")
     wrap(Store, "apply", "SQLite commits")
     return spent
 
@@ -195,13 +195,13 @@ def part_index(files: list[Path], weights: str, model: str, size: int, dtype: st
     if readers:  # A/B of the decoder pool kind (the engine picks it from the decode mode)
         from functools import partial
 
-        from retrieval.engine import descriptors
+        from retrieval.engine import embedding
 
-        descriptors.decoded_stream = partial(descriptors.decoded_stream,  # type: ignore[assignment]
-                                             threads=readers == "threads")
+        embedding.decoded_stream = partial(embedding.decoded_stream,  # type: ignore[assignment]
+                                           threads=readers == "threads")
 
     cfg = {"backbone": {"name": model, "weights": weights, "dtype": dtype, "device": device},
-           "image": {"size": size}, "batch_size": batch, "workers": workers, "decode": decode,
+           "image": {"size": size}, "batch": batch, "workers": workers, "decode": decode,
            "whitening": {"enabled": False}}
     with Index.open_or_create(out, cfg) as idx:
         idx.backbone()  # load outside the timed region, as (a) and (b) do

@@ -112,7 +112,7 @@ def bench_kind(kind: str, n: int, d: int, xq: np.ndarray, truth: np.ndarray, tmp
         t0 = time.perf_counter()
         # every kind from a training sample and chunks of 20k rows (the same index as `build` gives)
         idx = vindex.build_chunked(sample_rows(db, d, vindex.train_rows(kind, n)), chunks(n, d, db, 20_000),
-                                   n=n, dim=d, kind=kind, fingerprint="b", generation=0, exact_path=exact)
+                                   n=n, dim=d, kind=kind, fingerprint="b", data_version=0, exact_path=exact)
         build = time.perf_counter() - t0
         rss = peak_rss()
         base = {"vectors": n, "kind": kind, "bytes_per_vector": idx.nbytes() / n,

@@ -46,7 +46,7 @@ def part_index(folder: Path, out: Path, *, model: str, weights: str | None, size
     from retrieval.engine import Cluster
     from retrieval.engine.commit import LOCAL_PCA_FILES
 
-    overrides = {"backbone": {"name": model, "weights": weights}, "image": {"size": size}, "batch_size": batch}
+    overrides = {"backbone": {"name": model, "weights": weights}, "image": {"size": size}, "batch": batch}
     stamps: list[tuple[float, int]] = []
     with Index.open_or_create(out, overrides) as idx:
         start = time.perf_counter()
@@ -66,7 +66,7 @@ def part_index(folder: Path, out: Path, *, model: str, weights: str | None, size
 
 def part_commit(out: Path, *, rows: int, batches: list[int]) -> dict:
     from retrieval import local
-    from retrieval.engine.commit import Counts, Embedded, upserts
+    from retrieval.engine.commit import Counts, StoredEmbedding, upserts
     from retrieval.engine.distributed import from_columns, to_columns
     from retrieval.store import Store
     from retrieval.types import ImageRef
@@ -74,11 +74,11 @@ def part_commit(out: Path, *, rows: int, batches: list[int]) -> dict:
     rng = np.random.default_rng(0)
     dim, k, n = 768, local.DEFAULT_DIM, local.DEFAULT_PATCHES
 
-    def result(i: int) -> Embedded:
+    def result(i: int) -> StoredEmbedding:
         desc = rng.normal(size=dim).astype(np.float32)
         feats = rng.normal(size=(n, k)).astype(np.float16).tobytes()
         coords = rng.integers(0, 16, size=(n, 2)).astype(np.uint16).tobytes()
-        return Embedded(f"/photos/{i:08d}.jpg", f"{i:064x}", 4000, 3000, desc / np.linalg.norm(desc), (16, 16),
+        return StoredEmbedding(f"/photos/{i:08d}.jpg", f"{i:064x}", 4000, 3000, desc / np.linalg.norm(desc), (16, 16),
                         feats, coords)
 
     made = [result(i) for i in range(rows)]

@@ -20,7 +20,7 @@ from .conftest import AWKWARD, manifest_rows, synth_photo
 
 runner = CliRunner()
 # the tiny random backbone at a small size: as an index configuration, and as CLI arguments
-TINY_CONFIG = {"backbone": {"name": "test_tiny"}, "image": {"size": 112}, "workers": 0, "batch_size": 4}
+TINY_CONFIG = {"backbone": {"name": "test_tiny"}, "image": {"size": 112}, "workers": 0, "batch": 4}
 TINY_ARGS = ["--model", "test_tiny", "--size", "112", "--workers", "0", "--batch", "4"]
 
 WIDE = {"COLUMNS": "100000"}  # rich folds nothing: one message is one line

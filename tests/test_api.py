@@ -38,7 +38,7 @@ def test_the_api_page_example_runs_as_written(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "examples" / "photos", tmp_path / "examples" / "photos")
     monkeypatch.chdir(tmp_path)
     # decoding in threads, as on 2 cores: this test starts no process (the fast run's rule)
-    monkeypatch.setattr("retrieval.engine.embedding.default_workers", lambda: 0)
+    monkeypatch.setattr("retrieval.engine.forward.default_workers", lambda: 0)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, str(API_DOC), "exec"), {"__name__": "__main__"})

@@ -26,7 +26,9 @@ def test_new_commands_have_help():
 
 def test_check_reports_a_corrupt_store(index):
     store = index / "store.sqlite"
-    corrupt(store)
+    # bytes into the meta table's page (page 2) that leave it readable but wrong: where they land
+    # depends on the stored config's length (6000, not 5000, since the key batch_size became batch)
+    corrupt(store, offset=6000)
     r = run("check", "--index", str(index))
     assert r.exit_code == 1 and clean_exit(r) and "Traceback" not in r.output
     findings = r.stdout.splitlines()
@@ -139,7 +141,7 @@ def test_vectors_file_that_lies_about_its_version_is_an_error(index):
         meta = json.loads(str(z["meta"]))
     xb = np.eye(meta["ntotal"], meta["dim"], dtype=np.float32)
     lying = vindex.build(xb, np.arange(meta["ntotal"]) + 1000, kind="flat", fingerprint=meta["fingerprint"],
-                         generation=meta["generation"])
+                         data_version=meta["generation"])
     vectors.write_bytes(vindex.to_bytes(lying))
     r = run("check", "--index", str(index))
     assert r.exit_code == 1

@@ -27,7 +27,7 @@ class _Other(config.EngineConfig):
     whitening: config.WhiteningConfig = dataclasses.field(
         default_factory=lambda: config.WhiteningConfig(enabled=False, dim=128))
     index: config.IndexConfig = dataclasses.field(default_factory=lambda: config.IndexConfig(kind="hnsw", dba=3))
-    batch_size: int = 48
+    batch: int = 48
     decode: str = "cpu"
 
 
@@ -54,11 +54,11 @@ def _fresh_cli(monkeypatch: Any) -> Any:
 
 
 def _expected(d: config.EngineConfig, eval_dtype: str) -> dict[str, dict[str, str]]:
-    index = {"--model": d.backbone.name, "--batch": str(d.batch_size), "--decode": d.decode,
+    index = {"--model": d.backbone.name, "--batch": str(d.batch), "--decode": d.decode,
              "--dtype": d.backbone.dtype, "--pooling": d.pooling.pooling, "--index-kind": d.index.kind,
              "--dba": str(d.index.dba), "--whiten-dim": str(d.whitening.dim or 0),
              "--whitening": "--whitening" if d.whitening.enabled else "--no-whitening"}
-    evaluation = {"--model": d.backbone.name, "--pooling": d.pooling.pooling, "--batch": str(d.batch_size),
+    evaluation = {"--model": d.backbone.name, "--pooling": d.pooling.pooling, "--batch": str(d.batch),
                   "--dtype": eval_dtype}
     return {"index": index, "eval": evaluation}
 

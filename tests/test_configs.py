@@ -117,7 +117,7 @@ def test_flags_win_over_the_file_and_the_rest_is_kept(folder: Path, tmp_path: Pa
     assert r.exit_code == 0, r.output
     cfg = _info(ix)["config"]
     assert cfg["backbone"]["name"] == "test_tiny" and cfg["backbone"]["dtype"] == "fp32"
-    assert cfg["image"]["size"] == 112 and cfg["pooling"]["scales"] == [1.0] and cfg["batch_size"] == 2
+    assert cfg["image"]["size"] == 112 and cfg["pooling"]["scales"] == [1.0] and cfg["batch"] == 2
     assert cfg["decode"] == "auto" and cfg["pooling"]["pooling"] == "cls+gem"  # not in file nor flags: defaults
 
     ix2 = tmp_path / "index2"
@@ -144,7 +144,7 @@ def test_misspelt_key_names_the_key_and_the_file(folder: Path, tmp_path: Path):
     ("[image\nsize = 224\n", "is not valid TOML"),
     ("[image]\nsize = \"big\"\n", "'image.size' must be int, got 'big'"),
     ("[image]\nsize = 10\n", "size must be 14 to 4096"),
-    ("batch_size = 2.5\n", "'batch_size' must be int"),
+    ("batch = 2.5\n", "'batch' must be int"),
     ("pooling = \"cls\"\n", "'pooling' must be a table"),
     ("[index]\ndba_alpha = 0\n", "dba_alpha must be positive"),
     ("[whitening]\nmin_images = -1\n", "min_images must be >= 0"),

@@ -130,7 +130,7 @@ def _planted_vectors(n: int, d: int = 16, pairs: int = 20, seed: int = 0) -> tup
 def test_knn_graph_is_searched_in_batches_never_n_by_n():
     n, batch, k = 5000, 512, 4
     xb, planted = _planted_vectors(n)
-    rec = _Recording(vectors.build(xb, np.arange(n, dtype=np.int64), kind="flat", fingerprint="f", generation=1))
+    rec = _Recording(vectors.build(xb, np.arange(n, dtype=np.int64), kind="flat", fingerprint="f", data_version=1))
     got = {(int(a), int(b)) for kb in dd.knn_pairs(rec, k=k, threshold=0.95, batch=batch)  # type: ignore[arg-type]
            for a, b in zip(kb.a, kb.b)}
     assert rec.shapes == [(min(batch, n - s), k + 1) for s in range(0, n, batch)]  # at most batch x (k + 1)
@@ -139,7 +139,7 @@ def test_knn_graph_is_searched_in_batches_never_n_by_n():
 
 def test_knn_pairs_match_brute_force():
     xb, _ = _planted_vectors(300, d=8, pairs=5, seed=3)
-    vec = vectors.build(xb, np.arange(300, dtype=np.int64) + 1000, kind="flat", fingerprint="f", generation=1)
+    vec = vectors.build(xb, np.arange(300, dtype=np.int64) + 1000, kind="flat", fingerprint="f", data_version=1)
     got = {(int(a), int(b)) for kb in dd.knn_pairs(vec, k=3, threshold=0.6, batch=64) for a, b in zip(kb.a, kb.b)}
     s = xb @ xb.T
     np.fill_diagonal(s, -np.inf)
@@ -190,7 +190,7 @@ def test_similar_groups_are_reported_apart_only_when_asked():
     a = _feats(rng)
     feats = {1: a, 2: _moved(a, np.arange(70)), 3: _moved(a, np.arange(12), shift=(1.0, 0.0), seed=10), 4: _feats(rng)}
     xb = np.ones((4, 4), np.float32) / 2  # every pair a candidate
-    vec = vectors.build(xb, np.array([1, 2, 3, 4], np.int64), kind="flat", fingerprint="f", generation=1)
+    vec = vectors.build(xb, np.array([1, 2, 3, 4], np.int64), kind="flat", fingerprint="f", data_version=1)
 
     class Store:  # the two queries duplicates asks of a store
         def ids_by_hash(self) -> dict:

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval.backbone import native_dtype, resolve_device
-from retrieval.benchmarks import load_revisited
+from retrieval.ground_truth import load_revisited
 from retrieval.cli import app
 from retrieval.config import SearchOptions
 from retrieval.engine import Index
-from retrieval.evaluate import compute_map, protocol_truth
+from retrieval.metrics import compute_map, protocol_truth
 
 from .conftest import ROOT, synth_photo
 from .helpers import one_line_error

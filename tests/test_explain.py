@@ -85,10 +85,10 @@ def test_query_expansion_and_dba(tmp_path):
         plain = idx.search(files[0], SearchOptions(k=8))
         qe = idx.search(files[0], SearchOptions(k=8, qe=2))
         assert qe.hits[0].path == str(files[0]) and [h.score for h in qe.hits] != [h.score for h in plain.hits]
-        v1 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
+        v1 = idx.ensure_vectors().faiss_index.reconstruct(plain.hits[0].id)
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"dba": 2}}) as idx:
         assert idx.info().vector_index.fresh is False  # a DBA change is a different vector index
-        v2 = idx.vectors().faiss_index.reconstruct(plain.hits[0].id)
+        v2 = idx.ensure_vectors().faiss_index.reconstruct(plain.hits[0].id)
         assert not np.allclose(v1, v2) and abs(np.linalg.norm(v2) - 1) < 1e-5
 
 
@@ -226,7 +226,7 @@ def test_query_expansion_with_approximate_kinds(tmp_path, kind):
     files = make_folder(photos, range(6))
     with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "index": {"kind": kind}}) as idx:
         idx.update([photos])
-        assert idx.vectors().kind == kind
+        assert idx.ensure_vectors().kind == kind
         hits = idx.search(files[2], SearchOptions(k=3, qe=2)).hits
         assert hits[0].path == str(files[2]) and len(hits) == 3
 

@@ -64,7 +64,7 @@ def _unit(n, d, seed):
 @pytest.fixture(scope="module")
 def ivfpq(tmp_path_factory):
     xb = _unit(12000, 32, 0)
-    return vindex.build(xb, np.arange(12000) + 7, kind="ivfpq", fingerprint="f", generation=0,
+    return vindex.build(xb, np.arange(12000) + 7, kind="ivfpq", fingerprint="f", data_version=0,
                         exact_path=tmp_path_factory.mktemp("gpu") / "vectors.f32")
 
 

@@ -11,7 +11,7 @@ from retrieval.engine import Index
 
 # What Index offers (README's Python API, docs/scale.md, the CLI, serve, eval and scripts use these)
 PUBLIC = {"open", "open_or_create", "close", "backbone", "device", "fingerprint", "queries", "local_pca", "update",
-          "whitening", "refresh", "vectors", "search", "search_many", "search_embedded", "remove", "exclusions",
+          "whitening", "refresh", "ensure_vectors", "search", "search_many", "search_embedded", "remove", "exclusions",
           "exclude", "count", "info", "path", "store", "config", "similar", "files", "require_images"}
 LONGEST = 12  # statement lines of a method, its docstring left out: wiring, not logic
 

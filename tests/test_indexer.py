@@ -147,7 +147,7 @@ def test_stale_vector_index_is_rebuilt_not_used(tmp_path, damage):
         assert idx.info().vector_index.fresh is False
         got = ranking(idx, [photos / "img_002.png"])
         assert_same_ranking(got, want_after)
-        assert idx.vectors().ntotal == 6
+        assert idx.ensure_vectors().ntotal == 6
         assert idx.info().vector_index.fresh is True  # rebuilt and saved
 
 
@@ -316,7 +316,7 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
         assert len(rows) == 60 and len({r.path for r in rows}) == 60
         assert idx.store.count("ok") == 60
         resumed = ranking(idx, [photos / "img_010.png"])
-    with Index.open_or_create(tmp_path / "fresh", {**TINY_CONFIG, "batch_size": 2}) as fresh:
+    with Index.open_or_create(tmp_path / "fresh", {**TINY_CONFIG, "batch": 2}) as fresh:
         fresh.update([photos])
         assert_same_ranking(resumed, ranking(fresh, [photos / "img_010.png"]))
 
@@ -518,7 +518,7 @@ def test_local_descriptors_made_where_the_model_ran_equal_the_numpy_ones(tmp_pat
     # 64 patches per image at 112 px: the patch PCA is fitted after the second batch of 2, so the
     # later batches get local descriptors during the run (on a GPU from local.select_many, whose
     # equality with select is tested in test_local; here on the CPU from select per image)
-    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "batch_size": 2}) as idx:
+    with Index.open_or_create(tmp_path / "ix", {**TINY_CONFIG, "batch": 2}) as idx:
         idx.update([photos])
         pca = idx.local_pca()
         assert pca is not None
@@ -549,12 +549,12 @@ def test_an_open_index_sees_a_whitening_set_by_another_connection(index):
 
     with Index.open(index) as idx:
         assert idx.whitening() is None
-        before = idx.vectors()
-        assert idx.vectors() is before  # nothing changed: not re-checked
+        before = idx.ensure_vectors()
+        assert idx.ensure_vectors() is before  # nothing changed: not re-checked
         ids, x = idx.store.descriptors()
         w = wh.fit(np.concatenate([x, -x, x * 0.5 + 0.1]), dim=None)
         with Store(index / "store.sqlite") as other:
             derived.set_whitening(other, idx.config, w, "test")
         got = idx.whitening()
         assert got is not None and got.digest() == w.digest()
-        assert idx.vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening
+        assert idx.ensure_vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from retrieval import images, jpeg_gpu
 from retrieval.errors import BadImageError
 from retrieval.config import ImageConfig
-from retrieval.engine.embedding import Decoded, Skipped, decoded_stream, jpeg_device, normalize
+from retrieval.engine.forward import Decoded, Skipped, decoded_stream, jpeg_device, normalize
 
 from .conftest import synth_photo
 
@@ -75,7 +75,7 @@ def test_read_file_keeps_only_plain_complete_jpegs(tmp_path: Path, awkward_dir: 
 
 
 def _stream(paths: list[str], tiny, jpegs_on: torch.device | None) -> dict[str, Decoded | Skipped]:
-    out = decoded_stream(paths, backbone=tiny, image=ImageConfig(size=224), workers=0, jpegs_on=jpegs_on, jpeg_batch=5)
+    out = decoded_stream(paths, backbone=tiny, image=ImageConfig(size=224), workers=0, jpegs_on=jpegs_on, jpegs_per_decode=5)
     return {r.path: r for r in out}
 
 
@@ -149,14 +149,14 @@ def test_jpeg_device_choice() -> None:
 
 
 def test_a_jpeg_and_a_png_of_one_shape_share_a_batch(tiny, tmp_path: Path) -> None:
-    from retrieval.engine.embedding import forward_batches
+    from retrieval.engine.forward import forward_batches
 
     a, b = tmp_path / "a.jpg", tmp_path / "b.png"
     synth_photo(1).save(a, quality=90)
     synth_photo(1).save(b)
     stream = list(_stream([str(a), str(b)], tiny, CPU).values())
     assert {type(r) for r in stream} == {Decoded}
-    (batch,) = forward_batches(iter(stream), backbone=tiny, batch_size=2)
+    (batch,) = forward_batches(iter(stream), backbone=tiny, batch=2)
     assert len(batch.items) == 2 and batch.tokens.cls.shape[0] == 2
 
 
@@ -167,11 +167,11 @@ def test_decoder_processes_do_not_load_torch(tiny, tmp_path: Path, monkeypatch) 
     import subprocess
     import sys
 
-    from retrieval.engine import embedding
+    from retrieval.engine import forward
 
     seen: dict[str, object] = {}
 
-    class Recorder(embedding.ThreadPoolExecutor):  # runs the jobs in threads, keeps what a process pool got
+    class Recorder(forward.ThreadPoolExecutor):  # runs the jobs in threads, keeps what a process pool got
         def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
             seen["initializer"] = initializer
             super().__init__(max_workers)
@@ -180,7 +180,7 @@ def test_decoder_processes_do_not_load_torch(tiny, tmp_path: Path, monkeypatch) 
             seen["job"] = fn
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(embedding, "ProcessPoolExecutor", Recorder)
+    monkeypatch.setattr(forward, "ProcessPoolExecutor", Recorder)
     paths = []
     for i in range(2):
         paths.append(str(tmp_path / f"{i}.jpg"))

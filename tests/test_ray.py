@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from retrieval import engine
-from retrieval.engine.commit import Embedded
+from retrieval.engine.commit import StoredEmbedding
 from retrieval.engine.distributed import Cluster, Embedder, check_address, from_columns, to_columns
 from retrieval.errors import UsageError
 from retrieval.types import Skipped
@@ -146,7 +146,7 @@ class DiesOnce(Embedder):
 def test_a_worker_that_dies_is_retried_and_no_row_is_lost_or_doubled(ray_runtime, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, range(10))
-    with engine.Index.open_or_create(tmp_path / "index", {**TINY_CONFIG, "batch_size": 1}) as idx:
+    with engine.Index.open_or_create(tmp_path / "index", {**TINY_CONFIG, "batch": 1}) as idx:
         summary = idx.update([photos], cluster=Cluster("local", embedder=DiesOnce))
         assert (tmp_path / "died-once").exists()  # the worker did die
         assert (summary.added, summary.updated, summary.skipped, summary.interrupted) == (10, 0, [], False)
@@ -216,9 +216,9 @@ def test_a_local_runtime_keeps_token_auth_without_rays_warning(tmp_path_factory)
 
 def test_results_cross_as_plain_columns_and_come_back_the_same():
     rng = np.random.default_rng(0)
-    e1 = Embedded("/p/a.jpg", "ab" * 32, 640, 480, rng.normal(size=8).astype(np.float32), (3, 4), b"\x01\x02", b"\x03",
+    e1 = StoredEmbedding("/p/a.jpg", "ab" * 32, 640, 480, rng.normal(size=8).astype(np.float32), (3, 4), b"\x01\x02", b"\x03",
                   None)
-    e2 = Embedded("/p/b.jpg", "cd" * 32, 10, 20, rng.normal(size=8).astype(np.float32), (2, 2), None, None,
+    e2 = StoredEmbedding("/p/b.jpg", "cd" * 32, 10, 20, rng.normal(size=8).astype(np.float32), (2, 2), None, None,
                   rng.normal(size=(4, 6)).astype(np.float32))
     cols = to_columns([(0, e1), (0, Skipped(3, "/p/c.png", "truncated file", "re-save it")), (1, e2)], call="x")
     odd = to_columns([(0, Skipped(0, "/p/" + ODD_NAME, "not an image"))], call="y")
@@ -228,7 +228,7 @@ def test_results_cross_as_plain_columns_and_come_back_the_same():
     groups = from_columns(cols)
     assert [len(g) for g in groups] == [2, 1]
     a, c, b = groups[0][0], groups[0][1], groups[1][0]
-    assert isinstance(a, Embedded) and isinstance(b, Embedded) and isinstance(c, Skipped)
+    assert isinstance(a, StoredEmbedding) and isinstance(b, StoredEmbedding) and isinstance(c, Skipped)
     assert (c.path, c.reason, c.fix) == ("/p/c.png", "truncated file", "re-save it")  # warned with its fix
     for got, want in ((a, e1), (b, e2)):
         assert (got.path, got.sha256, got.width, got.height, got.grid, got.local_feats, got.local_coords) == \

@@ -18,8 +18,8 @@ from PIL import Image
 
 from retrieval import images
 from retrieval.config import ImageConfig
-from retrieval.engine import embedding
-from retrieval.engine.embedding import Decoded, decoded_stream
+from retrieval.engine import forward
+from retrieval.engine.forward import Decoded, decoded_stream
 
 from .conftest import synth_photo
 
@@ -49,7 +49,7 @@ class Recorder:
 
 
 def _reads(rec: Recorder, n: int, *, ahead: bool, window: int = 4):
-    return embedding._reads([str(i) for i in range(n)], rec.read, processes=0, threads=2, window=window,
+    return forward._reads([str(i) for i in range(n)], rec.read, processes=0, threads=2, window=window,
                             scope=rec.scope, ahead=ahead)
 
 
@@ -58,12 +58,12 @@ def submitted(monkeypatch) -> list[str]:
     """The files handed to reader threads so far (no clock involved: the pool records them)."""
     out: list[str] = []
 
-    class Counting(embedding.ThreadPoolExecutor):
+    class Counting(forward.ThreadPoolExecutor):
         def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
             out.append(args[0])
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(embedding, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(forward, "ThreadPoolExecutor", Counting)
     return out
 
 
@@ -112,8 +112,8 @@ def test_an_ahead_stream_decodes_like_inline_and_restores_pillow_settings(tiny, 
         synth_photo(i, (320 + 14 * i, 240)).save(paths[-1], quality=90)
     before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters), warnings.showwarning)
     seen_ahead: list[bool] = []
-    real = embedding._reads
-    monkeypatch.setattr(embedding, "_reads", lambda *a, **k: seen_ahead.append(k["ahead"]) or real(*a, **k))
+    real = forward._reads
+    monkeypatch.setattr(forward, "_reads", lambda *a, **k: seen_ahead.append(k["ahead"]) or real(*a, **k))
     image = ImageConfig(size=112)
     ahead = list(decoded_stream(paths, backbone=OnGpu(), image=image, workers=0))  # type: ignore[arg-type]
     inline = list(decoded_stream(paths, backbone=tiny, image=image, workers=0, threads=False))

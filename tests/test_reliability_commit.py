@@ -69,8 +69,8 @@ def test_a_new_index_holds_a_bounded_sample(tmp_path, monkeypatch, case):
     with Index.open_or_create(tmp_path / "ix", cfg) as idx:
         summary = idx.update([photos])
         assert summary.added == n and idx.count() == n
-        assert len(held) > n // cfg["batch_size"] - 2  # watched every forward batch
-        assert max(held) <= LOCAL_PCA_FILES + cfg["batch_size"], held
+        assert len(held) > n // cfg["batch"] - 2  # watched every forward batch
+        assert max(held) <= LOCAL_PCA_FILES + cfg["batch"], held
         pca = idx.local_pca()
         assert pca is not None
         local = [r for r in idx.store.blob_sizes() if r.status == "ok" and r.local_feats is not None]
@@ -98,10 +98,10 @@ def test_the_sample_held_when_embedding_fails_is_saved(tmp_path, monkeypatch):
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
         with pytest.raises(RetrievalError, match="did not come back"):
             idx.update([photos])
-        assert idx.count() == 2 * TINY_CONFIG["batch_size"]
+        assert idx.count() == 2 * TINY_CONFIG["batch"]
     monkeypatch.undo()
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
-        assert idx.update([photos]).added == 10 - 2 * TINY_CONFIG["batch_size"]
+        assert idx.update([photos]).added == 10 - 2 * TINY_CONFIG["batch"]
 
 
 # `retrieve index ...` in a child that stops, as if busy, once the driver has taken in a number of

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import RetrievalError, benchmarks
-from retrieval.benchmarks import load_json, load_revisited, read_gnd
+from retrieval import RetrievalError, ground_truth
+from retrieval.ground_truth import load_json, load_revisited, read_gnd
 from retrieval.cli import app
 from retrieval.engine.evaluation import eval_index_dir
 
@@ -217,14 +217,14 @@ def test_oversized_pickle_is_refused_unread(tmp_path, monkeypatch):
     gnd = tmp_path / "data" / "roxford5k" / "gnd_roxford5k.pkl"
     gnd.parent.mkdir(parents=True)
     with open(gnd, "wb") as f:  # sparse: no disk used
-        f.truncate(benchmarks.MAX_GND_BYTES + 1)
+        f.truncate(ground_truth.MAX_GND_BYTES + 1)
     r = _eval(["roxford5k", "--data", str(tmp_path / "data")], tmp_path)
     assert r.exit_code == 1 and "unexpected" not in r.output
     assert "over the 64 MiB" in r.output and str(gnd) in r.output
 
 
 def test_bound_is_far_above_the_official_files():
-    assert max((GND / f"gnd_{n}.pkl").stat().st_size for n in ("roxford5k", "rparis6k")) * 100 < benchmarks.MAX_GND_BYTES
+    assert max((GND / f"gnd_{n}.pkl").stat().st_size for n in ("roxford5k", "rparis6k")) * 100 < ground_truth.MAX_GND_BYTES
 
 
 def test_deeply_nested_json_is_one_line(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from retrieval import vectors as vindex
+from retrieval.vectors import exact_file
 from retrieval.config import SearchOptions
 from retrieval.errors import ArtifactMismatchError
 
@@ -67,34 +68,34 @@ def test_damaged_exact_file_fails_check_and_is_rebuilt_at_open(built, pq, tmp_pa
 def test_open_verifies_a_sample_of_a_large_file(tmp_path, monkeypatch):
     """Past VERIFY_ALL_MAX bytes of rows, opening checks VERIFY_SAMPLE blocks picked at random;
     `damaged_blocks` with no count (what check runs) checks them all."""
-    monkeypatch.setattr(vindex, "EXACT_BLOCK", 4096)
+    monkeypatch.setattr(exact_file, "EXACT_BLOCK", 4096)
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((3000, 32)).astype(np.float32)  # 384,000 bytes: 94 blocks
     path = tmp_path / "v.f32"
-    idx = vindex.build(xb, np.arange(3000), kind="ivfpq", fingerprint="f", generation=0, exact_path=path)
+    idx = vindex.build(xb, np.arange(3000), kind="ivfpq", fingerprint="f", data_version=0, exact_path=path)
     blob = vindex.to_bytes(idx)
     assert len(idx.exact_crc) == 94 and vindex.damaged_blocks(idx) == []
-    monkeypatch.setattr(vindex, "VERIFY_ALL_MAX", 0)
-    monkeypatch.setattr(vindex, "VERIFY_SAMPLE", 5)
+    monkeypatch.setattr(exact_file, "VERIFY_ALL_MAX", 0)
+    monkeypatch.setattr(exact_file, "VERIFY_SAMPLE", 5)
     seen = []
     real = vindex.damaged_blocks
-    monkeypatch.setattr(vindex, "damaged_blocks", lambda i, n=None: seen.append(n) or real(i, n))
-    vindex.from_bytes(blob, fingerprint="f", generation=0, exact_path=path)
+    monkeypatch.setattr(exact_file, "damaged_blocks", lambda i, n=None: seen.append(n) or real(i, n))
+    vindex.from_bytes(blob, fingerprint="f", data_version=0, exact_path=path)
     assert seen == [5]  # a sample, not all 94
     _reverse_rows(path, 32)  # every block changes: any sample finds it
     with pytest.raises(ArtifactMismatchError, match="fail their checksum"):
-        vindex.from_bytes(blob, fingerprint="f", generation=0, exact_path=path)
-    back = vindex.from_bytes(blob, fingerprint="f", generation=0, exact_path=path, verify=False)
+        vindex.from_bytes(blob, fingerprint="f", data_version=0, exact_path=path)
+    back = vindex.from_bytes(blob, fingerprint="f", data_version=0, exact_path=path, verify=False)
     assert len(real(back)) == 94
 
 
 def test_an_index_saved_without_checksums_is_rebuilt(tmp_path):
     xb = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     path = tmp_path / "v.f32"
-    idx = vindex.build(xb, np.arange(500), kind="ivfpq", fingerprint="f", generation=0, exact_path=path)
+    idx = vindex.build(xb, np.arange(500), kind="ivfpq", fingerprint="f", data_version=0, exact_path=path)
     old = vindex.to_bytes(dataclasses.replace(idx, exact_crc=None))
     with pytest.raises(ArtifactMismatchError, match="no checksums"):
-        vindex.from_bytes(old, fingerprint="f", generation=0, exact_path=path)
+        vindex.from_bytes(old, fingerprint="f", data_version=0, exact_path=path)
 
 
 # --- results whose files are gone -----------------------------------------------------------------
@@ -127,7 +128,7 @@ def _all_but_one_gone(tmp_path, n=2000, dim=16):
 
     rng = np.random.default_rng(0)
     xb, xq = l2n(rng.standard_normal((n, dim)).astype(np.float32)), l2n(rng.standard_normal((1, dim)).astype(np.float32))
-    vec = _Counted(vindex.build(xb, np.arange(n), kind="flat", fingerprint="f", generation=0))
+    vec = _Counted(vindex.build(xb, np.arange(n), kind="flat", fingerprint="f", data_version=0))
     last = int(np.argmin(xb @ xq[0]))
     (tmp_path / f"{last}.jpg").write_bytes(b"x")
     return vec, Query(raw=xq, patches=np.zeros((1, dim), np.float32), grid=(1, 1)), last

@@ -29,7 +29,7 @@ def test_reranking_takes_the_store_and_makes_only_the_missing_local_descriptors(
         idx.update([photos])
         q = idx.queries([files[4]])[0]
         expected = idx.search_embedded(q, options)
-        vec, whitening = idx.vectors(), idx.whitening()
+        vec, whitening = idx.ensure_vectors(), idx.whitening()
     lost = sorted([str(files[1]), str(files[4])])
     store = Store(ix / STORE_FILE)
     try:
@@ -62,4 +62,4 @@ def test_a_rerank_asked_without_the_stage_is_refused(tmp_path):
         idx.update([photos])
         q = idx.queries([files[0]])[0]
         with pytest.raises(ValueError, match="re-ranking stage"):
-            search(q, store=idx.store, vec=idx.vectors(), whitening=None, options=SearchOptions(rerank=True))
+            search(q, store=idx.store, vec=idx.ensure_vectors(), whitening=None, options=SearchOptions(rerank=True))

@@ -91,3 +91,15 @@ def test_ctrl_c_while_the_libraries_import_ends_quietly():
     assert (r.returncode, r.stderr) == (130, "interrupted\n")
     scripts = (ROOT / "pyproject.toml").read_text()
     assert 'retrieve = "retrieval.__main__:main"' in scripts
+
+
+def test_every_lazy_export_resolves_to_its_home():
+    """Each name that retrieval.engine imports on first use is found in the module its table names
+    (a module renamed without its entries, engine/descriptors.py -> engine/embedding.py, broke them)."""
+    import importlib
+
+    import retrieval.engine as eng
+
+    for name in eng.__all__:
+        home = importlib.import_module(f"retrieval.engine.{eng._EXPORTS[name]}")
+        assert getattr(eng, name) is vars(home)[name], name

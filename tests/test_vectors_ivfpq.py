@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval import vectors as vindex
+from retrieval.vectors import building
 from retrieval.errors import ArtifactMismatchError
 
 
@@ -29,7 +30,7 @@ def data(tmp_path_factory):
     xb, xq = _clustered(8000, 32, 0), _clustered(50, 32, 1)
     ids = np.random.default_rng(5).permutation(10**6)[:8000].astype(np.int64)  # store ids, not 0..n-1
     path = tmp_path_factory.mktemp("ivfpq") / "vectors.f32"
-    idx = vindex.build(xb, ids, kind="ivfpq", fingerprint="f", generation=3, exact_path=path)
+    idx = vindex.build(xb, ids, kind="ivfpq", fingerprint="f", data_version=3, exact_path=path)
     return xb, xq, ids, idx, path
 
 
@@ -70,7 +71,7 @@ def test_vectors_read_back_by_id(data):
 
 def test_huge_k_costs_what_exists(tmp_path):
     xb = _clustered(300, 16, 2)
-    idx = vindex.build(xb, np.arange(300) + 1000, kind="ivfpq", fingerprint="f", generation=0,
+    idx = vindex.build(xb, np.arange(300) + 1000, kind="ivfpq", fingerprint="f", data_version=0,
                        exact_path=tmp_path / "v.f32")
     scores, got = idx.search(xb[:2], 10**9)
     assert got.shape == (2, 300)  # clamped to what exists
@@ -83,31 +84,31 @@ def test_huge_k_costs_what_exists(tmp_path):
 def test_save_load_round_trip_and_stale_exact_file(data, tmp_path):
     xb, xq, ids, idx, path = data
     blob = vindex.to_bytes(idx)
-    back = vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path)
+    back = vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=path)
     for a, b in zip(back.search(xq, 10), idx.search(xq, 10)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(back.ids(), ids)
     with pytest.raises(ValueError, match="exact_path"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3)
+        vindex.from_bytes(blob, fingerprint="f", data_version=3)
     with pytest.raises(ArtifactMismatchError, match="missing"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=tmp_path / "none.f32")
+        vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=tmp_path / "none.f32")
     # another build over the same data (same fingerprint and generation) writes another exact file:
     # the first saved index must refuse it, whatever its contents
     other = tmp_path / "other.f32"
-    small = vindex.build(xb[:500], ids[:500], kind="ivfpq", fingerprint="f", generation=3, exact_path=other)
+    small = vindex.build(xb[:500], ids[:500], kind="ivfpq", fingerprint="f", data_version=3, exact_path=other)
     with pytest.raises(ArtifactMismatchError, match="another build"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=other)
-    stale = vindex.build(xb[:500], ids[:500], kind="ivfpq", fingerprint="f", generation=2, exact_path=other)
+        vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=other)
+    stale = vindex.build(xb[:500], ids[:500], kind="ivfpq", fingerprint="f", data_version=2, exact_path=other)
     with pytest.raises(ArtifactMismatchError, match="stale"):
-        vindex.from_bytes(vindex.to_bytes(small), fingerprint="f", generation=3, exact_path=other)
-    assert stale.generation == 2
+        vindex.from_bytes(vindex.to_bytes(small), fingerprint="f", data_version=3, exact_path=other)
+    assert stale.data_version == 2
     cut = tmp_path / "cut.f32"
     cut.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(ArtifactMismatchError, match="damaged"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=cut)
+        vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=cut)
     cut.write_bytes(b"junk" * 100)
     with pytest.raises(ArtifactMismatchError, match="unreadable"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=cut)
+        vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=cut)
 
 
 @pytest.mark.parametrize(("d", "m"), [(384, 96), (768, 192), (1024, 256), (1536, 256), (32, 8), (6, 1)])
@@ -122,13 +123,13 @@ def test_an_index_with_codes_of_another_size_is_stale(data, tmp_path, monkeypatc
     engine then rebuilds it): its shortlist length is chosen for today's codes."""
     xb, _, ids, _, _ = data
     path = tmp_path / "vectors.f32"
-    monkeypatch.setattr(vindex, "PQ_DIMS", 8)  # 8 dimensions a byte, as the first ivfpq builds had
-    old = vindex.build(xb[:2000], ids[:2000], kind="ivfpq", fingerprint="f", generation=3, exact_path=path)
+    monkeypatch.setattr(building, "PQ_DIMS", 8)  # 8 dimensions a byte, as the first ivfpq builds had
+    old = vindex.build(xb[:2000], ids[:2000], kind="ivfpq", fingerprint="f", data_version=3, exact_path=path)
     blob = vindex.to_bytes(old)
-    assert vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path).faiss_index.pq.M == 4
+    assert vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=path).faiss_index.pq.M == 4
     monkeypatch.undo()
     with pytest.raises(ArtifactMismatchError, match="4-byte codes, this version builds 8"):
-        vindex.from_bytes(blob, fingerprint="f", generation=3, exact_path=path)
+        vindex.from_bytes(blob, fingerprint="f", data_version=3, exact_path=path)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
@@ -136,10 +137,10 @@ def test_chunked_build_equals_one_shot(kind, tmp_path):
     n, d = 6000 if kind == "ivfpq" else 3000, 16
     xb, xq = _clustered(n, d, 3), _clustered(20, d, 4)
     ids = np.arange(n, dtype=np.int64) * 3 + 7
-    one = vindex.build(xb, ids, kind=kind, fingerprint="f", generation=1, exact_path=tmp_path / "one.f32")
+    one = vindex.build(xb, ids, kind=kind, fingerprint="f", data_version=1, exact_path=tmp_path / "one.f32")
     rows = vindex.train_rows(kind, n)
     chunks = ((ids[s:s + 1000], xb[s:s + 1000]) for s in range(0, n, 1000))
-    two = vindex.build_chunked(xb[rows], chunks, n=n, dim=d, kind=kind, fingerprint="f", generation=1,
+    two = vindex.build_chunked(xb[rows], chunks, n=n, dim=d, kind=kind, fingerprint="f", data_version=1,
                                exact_path=tmp_path / "two.f32")
     assert two.kind == one.kind == kind
     for a, b in zip(one.search(xq, 10), two.search(xq, 10)):
@@ -155,13 +156,13 @@ def test_chunked_build_checks_its_chunks(tmp_path):
     xb = _clustered(400, 8, 5)
     with pytest.raises(ValueError, match="announced"):
         vindex.build_chunked(xb, [(np.arange(400), xb)], n=300, dim=8, kind="ivfpq", fingerprint="f",
-                             generation=0, exact_path=tmp_path / "v.f32")
+                             data_version=0, exact_path=tmp_path / "v.f32")
     with pytest.raises(ValueError, match="unique"):
         vindex.build_chunked(xb, [(np.arange(200), xb[:200]), (np.arange(200), xb[200:])], n=400, dim=8,
-                             kind="ivfpq", fingerprint="f", generation=0, exact_path=tmp_path / "v.f32")
+                             kind="ivfpq", fingerprint="f", data_version=0, exact_path=tmp_path / "v.f32")
     assert not list(tmp_path.iterdir())  # nothing half-written is left
     with pytest.raises(ValueError, match="exact_path"):
-        vindex.build(xb, np.arange(400), kind="ivfpq", fingerprint="f", generation=0)
+        vindex.build(xb, np.arange(400), kind="ivfpq", fingerprint="f", data_version=0)
 
 
 def test_auto_switches_to_ivfpq_above_the_exact_limit():
@@ -171,7 +172,7 @@ def test_auto_switches_to_ivfpq_above_the_exact_limit():
 
 def test_empty_ivfpq(tmp_path):
     idx = vindex.build(np.zeros((0, 8), np.float32), np.zeros(0, np.int64), kind="ivfpq", fingerprint="f",
-                       generation=0, exact_path=tmp_path / "v.f32")
+                       data_version=0, exact_path=tmp_path / "v.f32")
     scores, got = idx.search(_clustered(2, 8, 1), 5)
     assert got.shape == scores.shape == (2, 0)
 
@@ -181,7 +182,7 @@ def test_vectors_read_back_by_id_when_ids_ascend(tmp_path):
     id between two stored ones is still refused."""
     xb = _clustered(3000, 16, 3)
     ids = np.arange(0, 6000, 2, dtype=np.int64)  # even ids only
-    idx = vindex.build(xb, ids, kind="ivfpq", fingerprint="f", generation=0, exact_path=tmp_path / "v.f32")
+    idx = vindex.build(xb, ids, kind="ivfpq", fingerprint="f", data_version=0, exact_path=tmp_path / "v.f32")
     np.testing.assert_array_equal(idx.vectors_of(np.array([5998, 0, 2000])), xb[[2999, 0, 1000]])
     with pytest.raises(KeyError):
         idx.vectors_of(np.array([0, 7]))

@@ -40,7 +40,7 @@ def index(
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP}; fixed when the index is created "
                                                             f"(default: the index's, else {DEFAULT_SIZE}).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per forward pass "
-                                                              f"(default: the index's, else {DEFAULTS.batch_size}).")] = None,
+                                                              f"(default: the index's, else {DEFAULTS.batch}).")] = None,
     workers: Workers = None,
     device: Device = None,
     decode: Annotated[str | None, typer.Option("--decode", help="Where JPEGs are decoded: auto (the GPU when the "

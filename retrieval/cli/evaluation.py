@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import benchmarks, engine
+from .. import engine, ground_truth
 from ..config import DEFAULT_SIZE, SearchOptions, cli_overrides, eval_defaults, load_config
 from ..errors import UsageError
 from . import checks
@@ -20,10 +20,10 @@ from .output import literal, print_table, progress_bar
 
 def _benchmark(spec: str, data: Path | None, crop: bool) -> Any:
     if spec.endswith(".json"):
-        return benchmarks.load_json(spec, crop=crop)
+        return ground_truth.load_json(spec, crop=crop)
     if data is None:
         raise UsageError(f"--data DIR is needed for {spec} (DIR/{spec}/gnd_{spec}.pkl and DIR/{spec}/jpg/)")
-    return benchmarks.load_revisited(data, spec, crop=crop)
+    return ground_truth.load_revisited(data, spec, crop=crop)
 
 
 @app.command("eval")
@@ -40,7 +40,7 @@ def eval_(
     size: Annotated[int | None, typer.Option("--size", help=f"{SIZE_HELP} (default: the config's, else {DEFAULT_SIZE}).")] = None,
     pooling: Annotated[str | None, typer.Option("--pooling", help=f"cls+gem, cls or gem (default: the config's, else {DEFAULTS.pooling.pooling}).")] = None,
     multiscale: Multiscale = None,
-    batch: Annotated[int | None, typer.Option("--batch", help=f"Images per forward pass (default: the config's, else {DEFAULTS.batch_size}).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help=f"Images per forward pass (default: the config's, else {DEFAULTS.batch}).")] = None,
     workers: Workers = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp32, auto, or bf16 / fp16 autocast (default: the config's, "

@@ -59,7 +59,7 @@ def extract(
     engine.output_file(out, "--out")
     image = ImageConfig(size=size, max_pixels=max_pixels)
     backbone = _backbone(model, weights, device, dtype)
-    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch_size=batch, workers=workers,
+    done, skipped = _embed_with_progress(paths, backbone=backbone, image=image, batch=batch, workers=workers,
                                          draft=not exact)
     engine.write_features(out, done, skipped, backbone=backbone, image=image, draft=not exact)
     typer.echo(f"wrote {shown(str(out))}: {len(done)} images, {backbone.dim}-d tokens, {len(skipped)} skipped")

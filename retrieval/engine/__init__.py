@@ -14,8 +14,8 @@ _EXPORTS = {
     "Index": "index", "UpdateSummary": "update", "Roots": "files",
     "IndexInfo": "info", "SkippedFile": "info", "VectorIndexInfo": "info", "WhiteningInfo": "info",
     "Hit": "search", "SearchResult": "search", "Query": "search",
-    "Embedding": "descriptors",
-    "Decoded": "embedding", "Skipped": "embedding", "default_workers": "embedding",
+    "Embedding": "embedding",
+    "Decoded": "forward", "Skipped": "forward", "default_workers": "forward",
     "FileTokens": "features", "embed": "features", "embed_all": "features", "open_backbone": "features",
     "pca_picture": "features", "save_png": "features", "write_features": "features",
     "EvalResult": "evaluation", "evaluate": "evaluation", "save_ranks": "evaluation", "save_report": "evaluation",
@@ -31,11 +31,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .descriptors import Embedding
+    from .embedding import Embedding
     from .distributed import Cluster, ray_cluster
     from .dedupe import DedupeReport, folder_against_index, index_duplicates
     from .check import CheckReport, Finding, backup_store, check_index
-    from .embedding import Decoded, Skipped, default_workers
+    from .forward import Decoded, Skipped, default_workers
     from .evaluation import EvalOptions, EvalResult, evaluate, save_ranks, save_report
     from .maps import Pair, explain, match_files, match_paths
     from .features import FileTokens, embed, embed_all, open_backbone, pca_picture, save_png, write_features

@@ -74,6 +74,7 @@ class CheckReport:
                 + (f" ({notes} note{'s' * (notes > 1)})" if notes else ""))
 
     def to_json(self) -> dict[str, Any]:
+        """`retrieve check --json`'s object (a JSON-ready value, as every to_json here returns)."""
         return {"index": str(self.index), "store": str(self.store), "healthy": not self.damaged,
                 "images": self.images, "skipped": self.skipped,
                 "findings": [{"level": f.level, "message": f.message} for f in self.findings]}
@@ -255,6 +256,13 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
                  f"{skipped} skipped rows")
     elif not ok_ids:
         found.ok(f"no indexed rows; {skipped} skipped rows")
+    _report_local(store, found, pca, local_rows, local_bad, local_orphans)
+    return np.array(sorted(ok_ids), np.int64)
+
+
+def _report_local(store: Store, found: _Findings, pca: LocalPCA | None, local_rows: int, local_bad: list[int],
+                  local_orphans: list[int]) -> None:
+    """What `_check_rows` found of the rows' local descriptors (`local_rows` of them have some)."""
     if local_orphans:
         found.error(f"{_rows(len(local_orphans))} local descriptors but the store has no patch PCA to read them "
                     f"with: {_named(store, local_orphans)}; restore a backup or index the folders again into a new "
@@ -265,7 +273,6 @@ def _check_rows(store: Store, config: EngineConfig, desc_dim: int | None, pca: L
                     f"`retrieve remove PATH` and run `retrieve index` again")
     if local_rows and pca is not None and not local_bad:
         found.ok(f"{_rows(local_rows)} local descriptors consistent with their grids")
-    return np.array(sorted(ok_ids), np.int64)
 
 
 def _rows(n: int, kind: str = "") -> str:
@@ -302,7 +309,7 @@ def _check_vectors(path: Path, store: Store, config: EngineConfig, ids: np.ndarr
     fingerprint = vectors_fingerprint(store, config)
     try:
         with open(file, "rb") as f:  # ivfpq's exact file: its checksums are verified below, all of them
-            vec = vindex.from_file(f, fingerprint=fingerprint, generation=store.data_version, source=str(file),
+            vec = vindex.from_file(f, fingerprint=fingerprint, data_version=store.data_version, source=str(file),
                                    exact_path=path / EXACT_FILE, verify=False)
     except ArtifactMismatchError as e:  # stale, from another setup, or unreadable: the engine rebuilds it
         found.note(f"{e}; it is rebuilt from the store on next use")

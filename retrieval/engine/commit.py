@@ -1,7 +1,7 @@
 """Turning embedding results into store rows, per forward batch; the index's patch PCA.
 
 The single-process path and the Ray path (engine/distributed.py) both commit through here:
-results become `Embedded` records, and `upserts` turns a group of them into one transaction."""
+results become `StoredEmbedding` records, and `upserts` turns a group of them into one transaction."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..types import ImageRef, Skipped
 from .derived import read_meta
 
 if TYPE_CHECKING:
-    from .descriptors import Embedding
+    from .embedding import Embedding
 
 LOCAL_PCA_FILES = 16  # a new index learns its patch PCA from the tokens of the first images it embeds
 LOCAL_PCA_SAMPLE = 50_000  # at most this many of their patch tokens
@@ -36,7 +36,7 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class Embedded:
+class StoredEmbedding:
     """What the store keeps of one embedded file, in plain numpy and bytes: the light record that
     crosses processes (engine/distributed.py) and that `upserts` turns into a row.
 
@@ -57,20 +57,20 @@ class Embedded:
 
 # embed(paths, pca): the results grouped per forward batch, as the store takes them (this
 # process's embedding, engine/update.py, or Ray workers', engine/distributed.py)
-Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Embedded | Skipped]]]
+Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[StoredEmbedding | Skipped]]]
 
 
-def stored(item: Embedding | Skipped) -> Embedded | Skipped:
+def stored(item: Embedding | Skipped) -> StoredEmbedding | Skipped:
     """The light record of one embedding result (a refused file passes through)."""
     if isinstance(item, Skipped):
         return item
     d = item.decoded
     feats, coords = local.pack(item.features) if item.features is not None else (None, None)
-    return Embedded(d.path, d.sha256, d.original_wh[0], d.original_wh[1], item.descriptor, item.grid, feats, coords,
-                    item.patches)
+    return StoredEmbedding(d.path, d.sha256, d.original_wh[0], d.original_wh[1], item.descriptor, item.grid, feats,
+                           coords, item.patches)
 
 
-def featured(item: Embedded | Skipped, pca: LocalPCA | None) -> Embedded | Skipped:
+def featured(item: StoredEmbedding | Skipped, pca: LocalPCA | None) -> StoredEmbedding | Skipped:
     """A result embedded with its patch tokens, given its local descriptors by `pca` (the tokens
     dropped); anything else unchanged."""
     if pca is None or isinstance(item, Skipped) or item.patches is None:
@@ -79,7 +79,7 @@ def featured(item: Embedded | Skipped, pca: LocalPCA | None) -> Embedded | Skipp
     return dataclasses.replace(item, local_feats=feats, local_coords=coords, patches=None)
 
 
-def upserts(group: Sequence[Embedded | Skipped], refs: dict[str, ImageRef], known: set[str],
+def upserts(group: Sequence[StoredEmbedding | Skipped], refs: dict[str, ImageRef], known: set[str],
             counts: Counts) -> list[Upsert]:
     """Store rows for one group of results, counting added / updated / skipped into `counts`.
     Results without local descriptors (an index too small to learn its patch PCA yet) get none:
@@ -148,23 +148,23 @@ class PatchSample:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.pca = stored_pca(store)
-        self.held: list[list[Embedded]] = []  # waiting for the PCA, with their tokens, per forward batch
+        self.held: list[list[StoredEmbedding]] = []  # waiting for the PCA, with their tokens, per forward batch
         self.tokens: list[np.ndarray] = []  # (h*w, d) float32 each: the held ones' (and tiny ones' let go before)
         self.images = 0  # how many images' tokens were sampled
 
-    def take(self, group: Sequence[Embedded | Skipped]) -> list[list[Embedded | Skipped]]:
+    def take(self, group: Sequence[StoredEmbedding | Skipped]) -> list[list[StoredEmbedding | Skipped]]:
         """What of one forward batch's results to commit now, as batches (the rest is held)."""
         if self.pca is not None:
             return [[featured(e, self.pca) for e in group]]
-        new = [e for e in group if isinstance(e, Embedded) and e.patches is not None]
-        now: list[Embedded | Skipped] = [e for e in group if not (isinstance(e, Embedded) and e.patches is not None)]
+        new = [e for e in group if isinstance(e, StoredEmbedding) and e.patches is not None]
+        now: list[StoredEmbedding | Skipped] = [e for e in group if not (isinstance(e, StoredEmbedding) and e.patches is not None)]
         if new:
             self.held.append(new)
             self.tokens += [e.patches for e in new if e.patches is not None]
             self.images += len(new)
         return [now] + (self.release() if self.images >= LOCAL_PCA_FILES else [])
 
-    def release(self) -> list[list[Embedded | Skipped]]:
+    def release(self) -> list[list[StoredEmbedding | Skipped]]:
         """The held batches, with local descriptors when the sample's tokens fit the PCA (fitted
         here, once, and stored), else without them (their tokens kept for the next try)."""
         self.pca = fit_local_pca(self.store, self.tokens)
@@ -172,7 +172,7 @@ class PatchSample:
             self.tokens = []
         return self.abandon()
 
-    def abandon(self) -> list[list[Embedded | Skipped]]:
+    def abandon(self) -> list[list[StoredEmbedding | Skipped]]:
         """The held batches as they are (with local descriptors when the PCA is known): what a run
         that stops early commits."""
         held, self.held = self.held, []

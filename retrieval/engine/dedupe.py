@@ -294,7 +294,7 @@ def against_index(paths: Sequence[str], *, store: Store, vec: VectorIndex | None
 
 def _nearest(e: Any, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, pca: Any,
              local_of: LocalOf, options: DedupeOptions) -> Arrival:
-    """The best verified indexed copy of one embedded file (engine.descriptors.Embedding), else new."""
+    """The best verified indexed copy of one embedded file (engine.embedding.Embedding), else new."""
     xq = e.descriptor[None] if whitening is None else whitening.apply(e.descriptor[None])
     scores, ids = vec.search(xq, options.k)
     cands = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and s >= options.threshold]
@@ -318,17 +318,17 @@ def index_duplicates(idx: Index, options: DedupeOptions = DedupeOptions()) -> De
     """`duplicates` of an open index (its vectors rebuilt first if stale). Pairs whose rows hold
     no stored patch descriptors are counted as unverifiable, not embedded again."""
     idx.require_images()
-    vec = None if options.exact_only else idx.vectors()
+    vec = None if options.exact_only else idx.ensure_vectors()
     return duplicates(idx.store, vec, idx.local_pca(), partial(stored_features, idx.store), options)
 
 
 def folder_against_index(idx: Index, paths: Sequence[str], options: DedupeOptions = DedupeOptions()) -> list[Arrival]:
     """`against_index` with an open index's vectors, whitening and model (loaded only when a file
     is not an exact copy)."""
-    from .descriptors import embed_files
+    from .embedding import embed_files
 
     idx.require_images()
-    vec = None if options.exact_only else idx.vectors()
+    vec = None if options.exact_only else idx.ensure_vectors()
 
     def embed(todo: Sequence[str], pca: LocalPCA | None) -> Iterable[list[Any]]:
         return embed_files(todo, backbone=idx.backbone(), config=idx.config, workers=0, pca=pca)

@@ -134,14 +134,14 @@ def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
                    "dba": [icfg.dba, icfg.dba_alpha] if icfg.dba else None})
 
 
-def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
-            data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+def ensure_vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.VectorIndex | None = None,
+                   data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
     """The FAISS index (in host memory) for the store's current data version: `cached` if it is
     that, else the saved file if it is, else rebuilt from the store and saved atomically (kept in
     memory only when the store is read-only: nothing beside it is rewritten).
     data: the store's (ids, raw descriptors) when the caller has just read them."""
     gen, fp = store.data_version, vectors_fingerprint(store, config)
-    if cached is not None and cached.generation == gen and cached.fingerprint == fp:
+    if cached is not None and cached.data_version == gen and cached.fingerprint == fp:
         return cached
     file = folder / VECTORS_FILE
     try:
@@ -165,10 +165,10 @@ def vectors(store: Store, config: EngineConfig, folder: Path, *, cached: vecs.Ve
         ids, x = data if data is not None else store.descriptors()
         xb = np.zeros((0, 1), np.float32) if len(ids) == 0 else (w.apply(x) if w is not None else l2n(x))
         if config.index.dba > 0 and len(ids) > 1:
-            exact = vecs.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", generation=0)
+            exact = vecs.build(xb, np.arange(len(xb)), kind="flat", fingerprint="dba", data_version=0)
             sims, nbrs = exact.search(xb, config.index.dba + 1)
             xb = rr.database_augmentation(xb, nbrs, sims, alpha=config.index.dba_alpha)
-        built = vecs.build(xb, ids, kind="flat" if kind == "ivfpq" else kind, fingerprint=fp, generation=gen)
+        built = vecs.build(xb, ids, kind="flat" if kind == "ivfpq" else kind, fingerprint=fp, data_version=gen)
     log.debug("vector index built: %s, %d vectors of dimension %d", built.kind, built.ntotal, built.dim)
     if store.readonly:
         log.warning("%s is read-only: the vector index was rebuilt in memory for this run only; open the index once "
@@ -196,7 +196,7 @@ def _streamed(store: Store, w: wh.Whitening | None, n: int, fp: str, gen: int, e
     chunks = ((i, prep(x)) for i, x in store.descriptors_chunks(STREAM_CHUNK))
     try:
         return vecs.build_chunked(sample, chunks, n=len(ids), dim=sample.shape[1], kind="ivfpq", fingerprint=fp,
-                                  generation=gen, exact_path=exact)
+                                  data_version=gen, exact_path=exact)
     except OSError as e:  # the exact file is needed to search: no index without it
         if e.errno == errno.ENOSPC:
             raise DiskFullError(exact, e.strerror or str(e)) from e
@@ -212,7 +212,7 @@ def read_vectors(store: Store, config: EngineConfig, folder: Path, *, header_onl
     try:
         with open(file, "rb") as f:
             if header_only:
-                return vecs.header(f, fingerprint=fp, generation=version, source=source)
-            return vecs.from_file(f, fingerprint=fp, generation=version, source=source, exact_path=folder / EXACT_FILE)
+                return vecs.header(f, fingerprint=fp, data_version=version, source=source)
+            return vecs.from_file(f, fingerprint=fp, data_version=version, source=source, exact_path=folder / EXACT_FILE)
     except OSError as e:
         raise ArtifactMismatchError(f"vector index {file} is missing ({e.strerror or e})") from e

@@ -43,16 +43,16 @@ class DerivedCache:
         sure the FAISS index matches the store's data version: (whether it refitted, the whitening
         in force)."""
         done = derived.refit(self.store, config, force=refit)
-        self.vectors(config, data=done.data)
+        self.ensure_vectors(config, data=done.data)
         return done.fitted, self.whitening()
 
-    def vectors(self, config: EngineConfig, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
+    def ensure_vectors(self, config: EngineConfig, *, data: tuple[np.ndarray, np.ndarray] | None = None) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
         and saved. data: the store's (ids, raw descriptors) when the caller has just read them."""
         key = (self.store.generation, config)
         if data is None and self._vectors is not None and self._vectors_for == key:
             return self._vectors  # nothing was committed or set since it was checked
-        self._vectors = derived.vectors(self.store, config, self.folder, cached=self._vectors, data=data)
+        self._vectors = derived.ensure_vectors(self.store, config, self.folder, cached=self._vectors, data=data)
         self._vectors_for = key
         return self._vectors
 
@@ -60,7 +60,7 @@ class DerivedCache:
         """`vectors`, searched on the GPU when there is one (exact indexes; IndexConfig.gpu).
         placed=False: the host's vectors unless they were placed already or the config asks for a
         GPU (one query from a process without a model: placing imports torch and copies them)."""
-        vec = self.vectors(config)
+        vec = self.ensure_vectors(config)
         if not placed and self._searcher is None and not config.index.gpu:
             return vec
         if self._searcher is None or self._searcher.faiss_index is not vec.faiss_index:

@@ -8,7 +8,7 @@ Data does the embedding in between:
                       -> Embedder: an actor pool, one model per actor (a GPU each where there are
                          GPUs), forward passes grouped as without Ray, pooling, local descriptors
                       -> plain columns (numpy, bytes: what the store keeps) streamed back
-                      -> commit.Embedded records, committed per forward batch by the driver
+                      -> commit.StoredEmbedding records, committed per forward batch by the driver
 
 Workers load the model themselves, from the same place this machine would: the index's weights
 file path (`--weights`, else the path stored in the index), else the official checkpoint in the
@@ -42,7 +42,7 @@ from ..errors import ArtifactMismatchError, BadImageError, RetrievalError, Usage
 from ..local import LocalPCA
 from ..types import Skipped, shown
 from . import ray_reaper
-from .commit import Embed, Embedded
+from .commit import Embed, StoredEmbedding
 
 if TYPE_CHECKING:
     from .weights_identity import Weights
@@ -157,7 +157,7 @@ class WorkerSpec:
 
 
 def embed_on_ray(paths: Sequence[str], pca: LocalPCA | None, *, spec: WorkerSpec, embedder: type[Embedder],
-                 seen: set[str]) -> Iterator[list[Embedded | Skipped]]:
+                 seen: set[str]) -> Iterator[list[StoredEmbedding | Skipped]]:
     """Results for `paths` grouped per forward batch, in the order Ray finishes them. A result for
     a path already given in this run (`seen`: a retried task whose first output also arrived) is
     dropped, so no row is written twice; a path that never comes back is an error once the stream
@@ -165,20 +165,21 @@ def embed_on_ray(paths: Sequence[str], pca: LocalPCA | None, *, spec: WorkerSpec
     import pyarrow as pa  # Ray Data's own dependency
     import ray
 
-    per_call = CALLS_PER_BATCH * spec.config.batch_size  # paths go as bytes: names need not be UTF-8
+    files_per_call = CALLS_PER_BATCH * spec.config.batch  # paths go as bytes: names need not be UTF-8
     embed_args, decode_args, actors = pool(ray)
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # the caller shows progress; datasets keep a copy of the context
     try:
-        # blocks of exactly per_call files, one per worker call (Ray Data would merge smaller ones
+        # blocks of exactly files_per_call files, one per worker call (Ray Data would merge smaller ones
         # into one call, whose results then reach the driver only when all of it is done)
         ds: Any = ray.data.from_arrow([pa.table({"index": pa.array(range(i, i + len(chunk)), pa.int64()),
                                                  "path": pa.array([os.fsencode(p) for p in chunk], pa.binary())})
-                                       for i in range(0, len(paths), per_call) for chunk in [paths[i:i + per_call]]])
-        ds = ds.map_batches(decode_batch, batch_size=per_call, batch_format="numpy",
+                                       for i in range(0, len(paths), files_per_call)
+                                       for chunk in [paths[i:i + files_per_call]]])
+        ds = ds.map_batches(decode_batch, batch_size=files_per_call, batch_format="numpy",
                             fn_kwargs={"config": spec.config}, **decode_args)
-        ds = ds.map_batches(embedder, batch_size=per_call, batch_format="numpy",
+        ds = ds.map_batches(embedder, batch_size=files_per_call, batch_format="numpy",
                             fn_constructor_kwargs={"spec": spec, "pca": pca},
                             compute=ray.data.ActorPoolStrategy(size=actors), **embed_args)
     finally:
@@ -286,7 +287,7 @@ def _cores() -> int:
 
 class Embedder:
     """Ray Data actor: the index's model, loaded once; each call embeds a batch of decoded files
-    exactly as the single-process path does (descriptors.embed_stream: forward passes over equal
+    exactly as the single-process path does (embedding.embed_stream: forward passes over equal
     shapes, pooling, local descriptors with `pca`, else the patch tokens of the PCA sample) and
     returns the light records (commit.stored) as columns."""
 
@@ -309,9 +310,9 @@ class Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .commit import stored
-        from .descriptors import embed_stream
+        from .embedding import embed_stream
 
-        rows: list[tuple[int, Embedded | Skipped]] = []
+        rows: list[tuple[int, StoredEmbedding | Skipped]] = []
         for g, group in enumerate(embed_stream(iter(_decoded(batch, len(self.config.pooling.scales))),
                                                backbone=self.backbone, config=self.config, pca=self.pca)):
             rows.extend((g, stored(e)) for e in group)
@@ -320,7 +321,7 @@ class Embedder:
 
 def _decoded(batch: dict[str, np.ndarray], scales: int) -> Iterator[Any]:
     """decode_batch's columns back into the Decoded files (and Skipped ones) embed_stream takes."""
-    from .embedding import from_prepared
+    from .forward import from_prepared
 
     for j, name in enumerate(batch["path"]):
         i, path, reason = int(batch["index"][j]), os.fsdecode(name), os.fsdecode(batch["reason"][j])
@@ -336,7 +337,7 @@ def _decoded(batch: dict[str, np.ndarray], scales: int) -> Iterator[Any]:
 
 
 # --- results as columns -----------------------------------------------------------------------
-def to_columns(rows: Sequence[tuple[int, Embedded | Skipped]], *, call: str) -> dict[str, np.ndarray]:
+def to_columns(rows: Sequence[tuple[int, StoredEmbedding | Skipped]], *, call: str) -> dict[str, np.ndarray]:
     """(forward-batch number, result) rows of one worker call as plain columns: strings, integers
     and bytes (paths and reasons as the file system's bytes, since Arrow strings must be UTF-8;
     descriptor float32, local descriptors as stored, patch tokens float32 or empty)."""
@@ -365,18 +366,18 @@ def to_columns(rows: Sequence[tuple[int, Embedded | Skipped]], *, call: str) -> 
     }
 
 
-def from_columns(block: dict[str, np.ndarray]) -> list[list[Embedded | Skipped]]:
+def from_columns(block: dict[str, np.ndarray]) -> list[list[StoredEmbedding | Skipped]]:
     """Inverse of to_columns: the results of a block, grouped per forward batch (first-seen order)."""
-    groups: dict[str, list[Embedded | Skipped]] = {}
+    groups: dict[str, list[StoredEmbedding | Skipped]] = {}
     for j, name in enumerate(block["path"]):
         path, reason = os.fsdecode(bytes(name)), os.fsdecode(bytes(block["reason"][j]))
-        item: Embedded | Skipped
+        item: StoredEmbedding | Skipped
         if reason:
             item = Skipped(-1, path, reason, str(block["fix"][j]) or None)
         else:
             grid = (int(block["grid_h"][j]), int(block["grid_w"][j]))
             patches = bytes(block["patches"][j])
-            item = Embedded(path, str(block["sha256"][j]), int(block["width"][j]), int(block["height"][j]),
+            item = StoredEmbedding(path, str(block["sha256"][j]), int(block["width"][j]), int(block["height"][j]),
                             np.frombuffer(bytes(block["descriptor"][j]), np.float32).copy(), grid,
                             bytes(block["local_feats"][j]) if block["has_local"][j] else None,
                             bytes(block["local_coords"][j]) if block["has_local"][j] else None,

@@ -17,12 +17,12 @@ import numpy as np
 
 from .. import __version__
 from .. import whitening as wh
-from ..benchmarks import Benchmark
+from ..ground_truth import Benchmark
 from ..config import EngineConfig, SearchOptions, deep_merge, default_index_dir
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..store import PathFilter
 from ..types import shown
-from ..evaluate import KAPPAS, QueryTruth, compute_map, protocol_truth
+from ..metrics import KAPPAS, QueryTruth, compute_map, protocol_truth
 from . import derived
 from .files import atomic_write
 from .index import Index
@@ -148,16 +148,8 @@ def evaluate(
 
     extra = [str(Path(d).resolve()) for d in distractors]
     where = index_dir or eval_index_dir(bench, overrides, distractors=extra)
-    w: wh.Whitening | None = None
-    whitening_source = "none (L2 only)"
-    if whiten_from is not None:
-        src_dir = eval_index_dir(whiten_from, overrides)
-        if index_dir is not None:  # beside the given index, keyed as the cache is
-            src_dir = index_dir.parent / f"{index_dir.name}-whiten-{src_dir.name}"
-        with Index.open_or_create(src_dir, overrides) as src:
-            xw, _, _ = _database(src, whiten_from.database, [], progress("whitening set"))
-        w = wh.fit(xw, dim=src.config.whitening.dim)
-        whitening_source = f"{whiten_from.name} ({len(xw)} database images)"
+    w, whitening_source = (None, "none (L2 only)") if whiten_from is None else _whitening_from(
+        whiten_from, overrides, index_dir, progress("whitening set"))
     with Index.open_or_create(where, overrides) as idx:
         xb, ids, n_distractors = _database(idx, bench.database, extra, progress("database"))
         if whiten_self:
@@ -174,8 +166,30 @@ def evaluate(
         weights_id = idx.store.get_meta("weights_id")
         config = idx.config
     last = done[-1]
+    report = _report(bench, config, weights_id, last, n_distractors=n_distractors, crop=crop,
+                     whitening=whitening_source, whitening_dim=None if w is None else w.dim_out)
+    if stages:
+        report["ladder"] = [{"stage": s.name, **s.metrics, "ms_per_query": s.ms_per_query,
+                             "options": s.options.to_dict()} for s in done]
+    return EvalResult(last.metrics, ranks, report, tuple(done))
+
+
+def _whitening_from(bench: Benchmark, overrides: dict[str, Any], index_dir: Path | None,
+                    progress: Callable[[int, int], None] | None) -> tuple[wh.Whitening, str]:
+    """The whitening learned on another benchmark's database (its own cached index), and its name."""
+    src_dir = eval_index_dir(bench, overrides)
+    if index_dir is not None:  # beside the given index, keyed as the cache is
+        src_dir = index_dir.parent / f"{index_dir.name}-whiten-{src_dir.name}"
+    with Index.open_or_create(src_dir, overrides) as src:
+        xw, _, _ = _database(src, bench.database, [], progress)
+    return wh.fit(xw, dim=src.config.whitening.dim), f"{bench.name} ({len(xw)} database images)"
+
+
+def _report(bench: Benchmark, config: EngineConfig, weights_id: Any, last: Stage, *, n_distractors: int,
+            crop: bool, whitening: str, whitening_dim: int | None) -> dict[str, Any]:
+    """The JSON report of the final stage: its metrics, the sets' sizes and what produced them."""
     search = last.options.search
-    report = {
+    return {
         **last.metrics,
         "dataset": bench.name,
         "n_database": len(bench.database),
@@ -191,8 +205,8 @@ def evaluate(
             "gem_p": config.pooling.gem_p,
             "scales": list(config.pooling.scales),
             "query_crop": crop,
-            "whitening": whitening_source,
-            "whitening_dim": None if w is None else w.dim_out,
+            "whitening": whitening,
+            "whitening_dim": whitening_dim,
             "rerank": {"top": search.rerank_k} if search.rerank else None,
             "query_expansion": {"k": search.qe, "alpha": search.qe_alpha} if search.qe else None,
             "dba": last.options.dba or None,
@@ -201,10 +215,6 @@ def evaluate(
             "retrieval_version": __version__,
         },
     }
-    if stages:
-        report["ladder"] = [{"stage": s.name, **s.metrics, "ms_per_query": s.ms_per_query,
-                             "options": s.options.to_dict()} for s in done]
-    return EvalResult(last.metrics, ranks, report, tuple(done))
 
 
 def _embed_queries(idx: Index, bench: Benchmark, progress: Callable[[int, int], None] | None) -> list[Query]:
@@ -228,7 +238,7 @@ def _rank(idx: Index, queries: Sequence[Query], position: dict[int, int], opts: 
     `opts` exactly as `retrieve query` searches, and the seconds the searches took."""
     idx.config = dataclasses.replace(idx.config, index=dataclasses.replace(idx.config.index, dba=opts.dba))
     n = len(position)
-    idx.vectors()  # built (DBA is a property of the database vectors) before the clock starts
+    idx.ensure_vectors()  # built (DBA is a property of the database vectors) before the clock starts
     columns, seconds = [], 0.0
     every = dataclasses.replace(opts.search, k=n)
     for q in queries:

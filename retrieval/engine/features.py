@@ -13,7 +13,7 @@ from .. import images, pca_maps
 from ..backbone import Backbone, load_backbone
 from ..config import BackboneConfig, ImageConfig
 from ..errors import RetrievalError
-from .embedding import Batch, Skipped, decoded_stream, forward_batches, jpeg_device
+from .forward import ForwardBatch, Skipped, decoded_stream, forward_batches, jpeg_device
 from .files import atomic_write
 
 
@@ -35,7 +35,7 @@ class FileTokens:
     registers: np.ndarray
 
 
-def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch_size: int = 16,
+def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig, batch: int = 16,
           workers: int | None = None, decode: str = "cpu", draft: bool = True) -> Iterator[FileTokens | Skipped]:
     """Tokens of each file at one scale, as batches complete (not in input order).
 
@@ -45,8 +45,8 @@ def embed(paths: Sequence[str | Path], *, backbone: Backbone, image: ImageConfig
     tokens are those of the official transform (`retrieve extract`'s default; docs/features.md).
     """
     stream = decoded_stream([str(p) for p in paths], backbone=backbone, image=image, workers=workers,
-                            jpegs_on=jpeg_device(decode, backbone.device), jpeg_batch=batch_size, draft=draft)
-    for out in forward_batches(stream, backbone=backbone, batch_size=batch_size):
+                            jpegs_on=jpeg_device(decode, backbone.device), jpegs_per_decode=batch, draft=draft)
+    for out in forward_batches(stream, backbone=backbone, batch=batch):
         if isinstance(out, Skipped):
             yield out
             continue
@@ -120,4 +120,4 @@ def save_png(picture: Image.Image, out: str | Path) -> Path:
     return atomic_write(out, lambda f: picture.save(f, format="PNG"))
 
 
-__all__ = ["Batch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "register_key", "save_png", "write_features"]
+__all__ = ["ForwardBatch", "FileTokens", "open_backbone", "embed", "embed_all", "pca_picture", "register_key", "save_png", "write_features"]

@@ -129,7 +129,7 @@ class Index:
         with its first-scale patch tokens (a box crops the single query given): what `search`,
         `search_many`, `search_embedded` and eval search with. BadImageError for the first
         unusable query. (Uploads' bytes: engine.serving.embed_explained.)"""
-        from .descriptors import embed_queries
+        from .embedding import embed_queries
 
         if bbox is not None and len(paths) != 1:
             raise UsageError("a box crops one query image", fix="give a single query image with the box")
@@ -168,10 +168,10 @@ class Index:
         sure the FAISS index matches the store's data version; returns the whitening in force."""
         return self._derived.refresh(self.config, refit=refit)[1]
 
-    def vectors(self) -> vecs.VectorIndex:
+    def ensure_vectors(self) -> vecs.VectorIndex:
         """The FAISS index for the store's current data version (host memory): loaded, or rebuilt
         and saved."""
-        return self._derived.vectors(self.config)
+        return self._derived.ensure_vectors(self.config)
 
     # --- query ------------------------------------------------------------------------------
     def search(self, path: str | Path, options: SearchOptions = SearchOptions(), *,

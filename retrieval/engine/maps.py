@@ -18,7 +18,7 @@ from ..backbone import Backbone
 from ..config import EngineConfig, ImageConfig
 from ..errors import BadImageError, RetrievalError
 from ..types import Box, shown
-from .descriptors import embed_queries
+from .embedding import embed_queries
 from .files import atomic_write
 from .index import Index
 from .search import SearchResult
@@ -61,9 +61,9 @@ class Pair:
 
 def view(path: str | Path, *, backbone: Backbone, image: ImageConfig, bbox: Box | None = None) -> View:
     """One file as the index sees it at its first scale, embedded by the one pipeline
-    (engine/descriptors.py), with a readable-size picture of it for drawing; BadImageError when it
+    (engine/embedding.py), with a readable-size picture of it for drawing; BadImageError when it
     cannot be used."""
-    config = EngineConfig(image=image, batch_size=1, workers=0, decode="cpu")  # one scale: (1.0,)
+    config = EngineConfig(image=image, batch=1, workers=0, decode="cpu")  # one scale: (1.0,)
     e = embed_queries([str(path)], backbone=backbone, config=config, box=bbox)[0]
     return View(e.picture(), e.tokens(), e.grid, display_picture(path, image, bbox))
 

@@ -56,6 +56,26 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
     the rows that a file not hashed yet may have moved from."""
     plan = Plan()
     left = dict(rows)
+    suspects, new = _sort_found(plan, found, left, retry_skipped=retry_skipped, verify=verify)
+    sources = _move_sources(new, left.values(), elsewhere, gone) if sha256_of is not None else {}
+    moving = [ref for ref in new if ref.nbytes in sources]
+    plan.embed += [ref.path for ref in new if ref.nbytes not in sources]
+    total = len(suspects) + len(moving)
+    progress = None if on_hashed is None else (lambda done: on_hashed(done, total))
+    _hash(plan, suspects, same_bytes, progress, should_stop)
+    if moving and not plan.stopped:
+        assert sha256_of is not None
+        _hash_moves(plan, moving, sources, sha256_of, progress, should_stop)
+    kept = {r.id for by in sources.values() for rs in by.values() for r in rs} if plan.stopped else set()  # may be one
+    moved = {m.id for m in plan.moves}
+    plan.deletes = [r.id for r in left.values() if r.id not in moved and r.id not in kept]
+    return plan
+
+
+def _sort_found(plan: Plan, found: Iterable[ImageRef], left: dict[str, FileRow], *, retry_skipped: bool,
+                verify: bool) -> tuple[list[tuple[ImageRef, FileRow]], list[ImageRef]]:
+    """Each found file with a row (popped from `left`) into the plan (unchanged, to embed) or the
+    files to hash against their rows; returns those and the files without a row."""
     suspects: list[tuple[ImageRef, FileRow]] = []  # to hash
     new: list[ImageRef] = []
     for ref in found:
@@ -77,19 +97,7 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
         else:
             plan.changed += row.sha256 is not None
             plan.embed.append(ref.path)
-    sources = _move_sources(new, left.values(), elsewhere, gone) if sha256_of is not None else {}
-    moving = [ref for ref in new if ref.nbytes in sources]
-    plan.embed += [ref.path for ref in new if ref.nbytes not in sources]
-    total = len(suspects) + len(moving)
-    progress = None if on_hashed is None else (lambda done: on_hashed(done, total))
-    _hash(plan, suspects, same_bytes, progress, should_stop)
-    if moving and not plan.stopped:
-        assert sha256_of is not None
-        _hash_moves(plan, moving, sources, sha256_of, progress, should_stop)
-    kept = {r.id for by in sources.values() for rs in by.values() for r in rs} if plan.stopped else set()  # may be one
-    moved = {m.id for m in plan.moves}
-    plan.deletes = [r.id for r in left.values() if r.id not in moved and r.id not in kept]
-    return plan
+    return suspects, new
 
 
 def _move_sources(new: Sequence[ImageRef], left: Iterable[FileRow], elsewhere: Iterable[FileRow],

@@ -79,7 +79,7 @@ def made_local(paths: Sequence[str], pca: LocalPCA, *, backbone: Backbone, confi
                ) -> dict[str, LocalFeatures]:
     """Local descriptors of files made by `backbone` as the index makes them, by path (files that
     cannot be read left out): the `local_of` an index gives its re-ranking stage."""
-    from .descriptors import Embedding, embed_files
+    from .embedding import Embedding, embed_files
 
     out: dict[str, LocalFeatures] = {}
     for group in embed_files(paths, backbone=backbone, config=config, workers=0, pca=pca):

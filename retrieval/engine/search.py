@@ -1,6 +1,6 @@
 """Searching an index with embedded queries: global similarity, optional alpha-query expansion,
 optional re-ranking by verified patch matches, and results whose files are gone left out.
-numpy and FAISS; queries arrive embedded (engine/descriptors.py)."""
+numpy and FAISS; queries arrive embedded (engine/embedding.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..vectors import VectorIndex
 from .reranking import Reranking
 
 if TYPE_CHECKING:
-    from .descriptors import Embedding
+    from .embedding import Embedding
 
 # Results whose files are gone are replaced from further down the ranking: each round asks for
 # GONE_GROWTH times as many, at most GONE_ROUNDS rounds (k 4^7 results in the last: 163,840 for k = 10)

@@ -26,8 +26,8 @@ from ..rerank import MIN_INLIERS
 from ..store import Store
 from ..types import Box, box_inside
 from ..visualize import MAX_LINES, line_colours
-from .descriptors import Embedding, embed_stream
-from .embedding import from_prepared
+from .embedding import Embedding, embed_stream
+from .forward import from_prepared
 from .index import Index
 from .maps import Pair, View, caption, display_picture, drawn_lines, model_label, pair, render, view
 from .search import Query, SearchResult

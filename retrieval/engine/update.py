@@ -32,7 +32,7 @@ from ..errors import RetrievalError
 from ..local import LocalPCA
 from ..store import PathFilter, Store
 from ..types import ImageRef, Skipped, shown
-from .commit import LOCAL_PCA_FILES, Counts, Embed, Embedded, PatchSample, stored, upserts
+from .commit import LOCAL_PCA_FILES, Counts, Embed, StoredEmbedding, PatchSample, stored, upserts
 from .derived_cache import DerivedCache
 from .files import Roots, index_roots, writer_lock
 from .plan import Exclusions, Plan, emptied_roots, plan_update
@@ -140,9 +140,9 @@ def _embedding(model: IndexModel, cluster: Cluster | None) -> AbstractContextMan
     return cluster.session(model.config, model.checked(), device=model.device)
 
 
-def embedded_here(model: IndexModel, paths: Sequence[str], pca: LocalPCA | None) -> Iterator[list[Embedded | Skipped]]:
+def embedded_here(model: IndexModel, paths: Sequence[str], pca: LocalPCA | None) -> Iterator[list[StoredEmbedding | Skipped]]:
     """This process's embedding of `paths`, as the light records the store takes."""
-    from .descriptors import embed_files
+    from .embedding import embed_files
 
     for group in embed_files(paths, backbone=model.backbone(), config=model.config, pca=pca):
         yield [stored(e) for e in group]
@@ -163,7 +163,7 @@ def embed_and_commit(store: Store, todo: list[str], refs: dict[str, ImageRef], k
     sample = PatchSample(store)
     done, start, window = 0, 0, LOCAL_PCA_FILES
 
-    def commit(groups: list[list[Embedded | Skipped]]) -> None:
+    def commit(groups: list[list[StoredEmbedding | Skipped]]) -> None:
         for rows in groups:  # one transaction each
             if rows:
                 store.apply(upserts(rows, refs, known, counts))

@@ -255,7 +255,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 def create_app(index_path: str | Path, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                weights: str | None = None, device: str | None = None, cache_size: int = 64,
                cache_bytes: int = DEFAULT_CACHE_BYTES, body_timeout: float = Limits.body_timeout,
-               window: float = 0.0, max_batch: int = 16, on_embed: OnEmbed | None = None,
+               window: float = 0.0, max_queries: int = 16, on_embed: OnEmbed | None = None,
                host: str = "127.0.0.1", allow_hosts: Sequence[str] = ()) -> Starlette:
     """An ASGI app over the index at `index_path`, opened (and its model loaded) now, on its own
     thread; closed when the app shuts down. token: every /api/ request must carry
@@ -272,7 +272,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
                     exception_handlers={HTTPException: _http_error, RetrievalError: _retrieval_error,
                                         ClientDisconnect: _disconnected, Exception: _unexpected})
     app.state.service = _open(index_path, weights=weights, device=device, cache_size=cache_size,
-                              cache_bytes=cache_bytes, window=window, max_batch=max_batch, on_embed=on_embed,
+                              cache_bytes=cache_bytes, window=window, max_queries=max_queries, on_embed=on_embed,
                               max_upload=max_upload, body_timeout=body_timeout,
                               api=document(token=token is not None, max_upload=max_upload))
     app.add_middleware(Guard, token=token, hosts=hosts)
@@ -280,7 +280,7 @@ def create_app(index_path: str | Path, *, token: str | None = None, max_upload: 
 
 
 def _open(index_path: str | Path, *, weights: str | None, device: str | None, cache_size: int, cache_bytes: int,
-          window: float, max_batch: int, on_embed: OnEmbed | None, max_upload: int, body_timeout: float,
+          window: float, max_queries: int, on_embed: OnEmbed | None, max_upload: int, body_timeout: float,
           api: dict[str, Any]) -> Service:
     """The index opened on its own thread, and everything the handlers share around it."""
     thread = IndexThread(index_path, weights=weights, device=device)
@@ -290,7 +290,7 @@ def _open(index_path: str | Path, *, weights: str | None, device: str | None, ca
     except BaseException:
         thread.close()
         raise
-    return Service(thread, census, Batcher(thread, window=window, max_batch=max_batch, on_embed=on_embed),
+    return Service(thread, census, Batcher(thread, window=window, max_queries=max_queries, on_embed=on_embed),
                    QueryCache(cache_size, cache_bytes), reader,
                    ThreadPoolExecutor(max_workers=UPLOAD_WORKERS, thread_name_prefix="retrieval-upload"),
                    ThreadPoolExecutor(max_workers=PICTURE_WORKERS, thread_name_prefix="retrieval-picture"),

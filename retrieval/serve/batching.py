@@ -100,7 +100,7 @@ def _open(path: str | Path, weights: str | None, device: str | None) -> Index:
     try:
         idx.backbone()
         if idx.count() > 0:
-            idx.vectors()
+            idx.ensure_vectors()
     except BaseException:
         idx.close()
         raise
@@ -144,9 +144,9 @@ class Batcher:
     more queries before a batch starts (0: only those that queued while the previous batch ran);
     on_embed(n): called with the number of queries of each embedding call (a metric)."""
 
-    def __init__(self, thread: IndexThread, *, window: float = 0.0, max_batch: int = 16,
+    def __init__(self, thread: IndexThread, *, window: float = 0.0, max_queries: int = 16,
                  on_embed: OnEmbed | None = None) -> None:
-        self.thread, self.window, self.max_batch = thread, window, max_batch
+        self.thread, self.window, self.max_queries = thread, window, max_queries
         self.on_embed = on_embed or _uncounted
         self._pending: list[tuple[SearchJob, asyncio.Future[Searched]]] = []
         self._draining = False
@@ -163,7 +163,7 @@ class Batcher:
         try:
             while self._pending:
                 await asyncio.sleep(self.window)
-                take, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+                take, self._pending = self._pending[: self.max_queries], self._pending[self.max_queries:]
                 jobs = [j for j, _ in take]
                 try:
                     run = partial(_run, jobs=jobs, on_embed=self.on_embed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Sequence
+from typing import Any
 
 
 def _path_in(path: str) -> str | bytes:
@@ -47,3 +48,21 @@ class PathFilter:
 
 def _parts(path: str) -> tuple[str, ...]:
     return tuple(x for x in path.split("/") if x)
+
+
+def _ranges(roots: Sequence[str] | None) -> list[tuple[str, list[Any]]]:
+    """WHERE clauses (with their arguments) that together select the paths equal to or inside one of
+    `roots`, each one range of the path index: per root the path itself, then `root/` up to `root0`
+    ('0' is the byte after '/'), once as TEXT and once as the file system's bytes (SQLite orders all
+    TEXT before any BLOB, so each range holds only its own kind). Roots inside others are dropped."""
+    kept = None if roots is None else PathFilter(roots).roots()
+    if kept is None or "" in kept:  # everything (the file system's root holds every path)
+        return [("1", [])]
+    out: list[tuple[str, list[Any]]] = []
+    for root in kept:
+        for kind in (root, os.fsencode(root)):
+            if isinstance(kind, str) and _path_in(kind) != kind:  # not UTF-8: no TEXT path lies under it
+                continue
+            slash, zero = ("/", "0") if isinstance(kind, str) else (b"/", b"0")
+            out += [("path = ?", [kind]), ("path >= ? AND path < ?", [kind + slash, kind + zero])]  # type: ignore[operator]
+    return out

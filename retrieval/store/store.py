@@ -21,105 +21,24 @@ full", "damaged" and similar failures leave this module as one-line `StoreError`
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import sqlite_utils
 
 from ..errors import SchemaVersionError, StoreCorruptError, StoreError
-from ..types import int64_id, int64_time, shown
+from ..types import shown
 from .connection import _connect, _connect_readonly, _Transaction, writable
-from .paths import PathFilter, _path_in, _path_out
+from .paths import PathFilter, _path_in, _path_out, _ranges
+from .rows import _ROW, DESCRIPTOR_DTYPE, BlobSizes, FileRow, ImageFacts, Move, Touch, Upsert, _file_row, _stat
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
-DESCRIPTOR_DTYPE = np.dtype(np.float32)  # a raw global descriptor is stored as D of these (Store._stacked reads them)
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
 ROWS_AT_ONCE = 1000  # rows a listing takes from its cursor at a time
-_ROW = "id, path, size, mtime_ns, sha256, status, error, ctime_ns, inode, indexed_ns"  # FileRow's columns
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: int
-    path: str
-    nbytes: int  # the file's size in bytes (column `size`)
-    mtime_ns: int
-    sha256: str | None
-    status: str
-    error: str | None
-    ctime_ns: int | None = None  # None: not known (a row from schema 2, filled in by the next update)
-    inode: int | None = None
-    indexed_ns: int | None = None  # when it was last embedded or refused; None: before schema 4
-
-
-class ImageFacts(NamedTuple):
-    id: int
-    path: str
-    width: int | None
-    height: int | None
-    mtime_ns: int
-    sha256: str | None
-
-
-class Touch(NamedTuple):
-    """A file's new size and times (and inode) where its bytes are what the row holds."""
-
-    id: int
-    nbytes: int
-    mtime_ns: int
-    ctime_ns: int | None = None
-    inode: int | None = None
-
-
-class Move(NamedTuple):
-    """A file found at a new path with the bytes a row holds: the row takes the path and the stat;
-    its id and descriptors stay (the vector index is unchanged)."""
-
-    id: int
-    path: str
-    nbytes: int
-    mtime_ns: int
-    ctime_ns: int | None = None
-    inode: int | None = None
-
-
-@dataclass(frozen=True)
-class Upsert:
-    """A file's new state. descriptor is None for skipped files."""
-
-    path: str
-    nbytes: int  # the file's size in bytes (column `size`)
-    mtime_ns: int
-    sha256: str | None
-    status: str
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    descriptor: np.ndarray | None = None
-    local_feats: bytes | None = None
-    local_coords: bytes | None = None
-    grid: tuple[int, int] | None = None
-    ctime_ns: int | None = None
-    inode: int | None = None
-
-
-@dataclass(frozen=True)
-class BlobSizes:
-    """Sizes in bytes of one row's blobs (None where NULL), for `retrieve check`."""
-
-    id: int
-    status: str
-    descriptor: int | None
-    local_feats: int | None
-    local_coords: int | None
-    grid_h: int | None
-    grid_w: int | None
 
 
 class Store:
@@ -234,6 +153,8 @@ class Store:
 
     @property
     def generation(self) -> int:
+        """Changes with every committed change, rows or meta (a touched timestamp, a new whitening):
+        what in-memory caches are keyed on. Files derived from the rows key on `data_version`."""
         return int(self.get_meta("generation", 0))
 
     def _bump(self) -> None:
@@ -431,37 +352,3 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return [(_path_out(p), e) for p, e in self.db.execute(
             "SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path").fetchall()]
-
-
-def _file_row(r: Sequence[Any]) -> FileRow:
-    return FileRow(r[0], _path_out(r[1]), *r[2:])
-
-
-def _ranges(roots: Sequence[str] | None) -> list[tuple[str, list[Any]]]:
-    """WHERE clauses (with their arguments) that together select the paths equal to or inside one of
-    `roots`, each one range of the path index: per root the path itself, then `root/` up to `root0`
-    ('0' is the byte after '/'), once as TEXT and once as the file system's bytes (SQLite orders all
-    TEXT before any BLOB, so each range holds only its own kind). Roots inside others are dropped."""
-    kept = None if roots is None else PathFilter(roots).roots()
-    if kept is None or "" in kept:  # everything (the file system's root holds every path)
-        return [("1", [])]
-    out: list[tuple[str, list[Any]]] = []
-    for root in kept:
-        for kind in (root, os.fsencode(root)):
-            if isinstance(kind, str) and _path_in(kind) != kind:  # not UTF-8: no TEXT path lies under it
-                continue
-            slash, zero = ("/", "0") if isinstance(kind, str) else (b"/", b"0")
-            out += [("path = ?", [kind]), ("path >= ? AND path < ?", [kind + slash, kind + zero])]  # type: ignore[operator]
-    return out
-
-
-def descriptor_bytes(dim: int) -> int:
-    """Size in bytes of a stored global descriptor of `dim` values."""
-    return dim * DESCRIPTOR_DTYPE.itemsize
-
-
-def _stat(mtime_ns: int, ctime_ns: int | None, inode: int | None) -> tuple[int, int | None, int | None]:
-    """A file's times and inode as SQLite INTEGERs (int64), None kept as NULL: whatever a caller
-    passes, one file's odd metadata never fails the transaction it is in."""
-    return (int64_time(mtime_ns), None if ctime_ns is None else int64_time(ctime_ns),
-            None if inode is None else int64_id(inode))

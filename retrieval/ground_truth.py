@@ -1,4 +1,5 @@
-"""Benchmark ground truth: the revisited Oxford/Paris pickles and a plain JSON format."""
+"""Benchmark ground truth (what `retrieve eval` scores against): the revisited Oxford/Paris pickles and a plain JSON
+format. The speed benchmarks are scripts/bench_*.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retrieval import RetrievalError
-from retrieval.benchmarks import load_json, load_revisited, read_gnd
+from retrieval.ground_truth import load_json, load_revisited, read_gnd
 
 from .conftest import ROOT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.evaluate import QueryTruth, average_precision, compute_map, protocol_truth
+from retrieval.metrics import QueryTruth, average_precision, compute_map, protocol_truth
 
 
 def reference(ranks: np.ndarray, truth: list[QueryTruth], kappas=(1, 5, 10)):
