@@ -205,3 +205,20 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+def old_store(path: Path, version: int) -> Path:
+    """A store file as schema `version` wrote it (the migrations up to it, run by hand), holding one
+    indexed row for /a.jpg; opening it with Store migrates it to today's schema."""
+    import sqlite_utils
+
+    from retrieval.store import schema
+
+    db = sqlite_utils.Database(path)
+    for step in (schema._v1, schema._v2, schema._v3)[:version]:
+        step(db)
+    db.execute("INSERT INTO images(path, size, mtime_ns, sha256, status) VALUES ('/a.jpg', 1, 2, 'h', 'ok')")
+    db.execute(f"PRAGMA user_version = {version}")
+    db.conn.commit()
+    db.conn.close()
+    return path

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from retrieval.store import SCHEMA_VERSION, Store, Touch, Upsert
 
-from .helpers import run
+from .helpers import old_store, run
 
 
 @pytest.fixture()
@@ -102,18 +102,7 @@ def test_indexed_time_set_when_embedded_kept_when_touched(store):
 
 
 def test_v3_store_migrates_with_indexed_time_unknown(tmp_path):
-    import sqlite_utils
-
-    from retrieval.store.schema import _v1, _v2, _v3
-
-    p = tmp_path / "old.sqlite"
-    db = sqlite_utils.Database(p)
-    for step in (_v1, _v2, _v3):
-        step(db)
-    db.execute("INSERT INTO images(path, size, mtime_ns, sha256, status) VALUES ('/a.jpg', 1, 2, 'h', 'ok')")
-    db.execute("PRAGMA user_version = 3")
-    db.conn.commit()
-    db.conn.close()
+    p = old_store(tmp_path / "old.sqlite", 3)
     with Store(p) as s:
         assert s.schema_version == SCHEMA_VERSION >= 4
         (row,) = s.listing()

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from retrieval.errors import SchemaVersionError
 from retrieval.store import SCHEMA_VERSION, Store, Touch, Upsert
 
+from .helpers import old_store
+
 
 @pytest.fixture()
 def store(tmp_path):
@@ -116,18 +118,7 @@ def test_v1_store_migrates_to_current(tmp_path):
 def test_v2_store_migrates_with_ctime_and_inode_unknown(tmp_path):
     """Schema 3 adds each file's ctime and inode; rows from schema 2 hold NULL (not known) until
     the next update records them."""
-    import sqlite_utils
-
-    from retrieval.store.schema import _v1, _v2
-
-    p = tmp_path / "old.sqlite"
-    db = sqlite_utils.Database(p)
-    _v1(db)
-    _v2(db)
-    db.execute("INSERT INTO images(path, size, mtime_ns, sha256, status) VALUES ('/a.jpg', 1, 2, 'h', 'ok')")
-    db.execute("PRAGMA user_version = 2")
-    db.conn.commit()
-    db.conn.close()
+    p = old_store(tmp_path / "old.sqlite", 2)
     with Store(p) as s:
         assert s.schema_version == SCHEMA_VERSION >= 3
         (row,) = s.rows()
