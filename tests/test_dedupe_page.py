@@ -1,5 +1,6 @@
 """The web page's Duplicates part (index view): GET /api/duplicates' groups as thumbnails, the
-keeper first, with a token-guarded server (images fetched with the token)."""
+keeper first, with a token-guarded server (images fetched with the token); hovering over or
+focusing a copy shows its patch matches with the keeper (GET /api/pairs/{a}/{b}/matches)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from retrieval.serve import create_app
 from .conftest import synth_photo
 from .helpers import Server, index_tiny
 from .test_serve_browser import _launch
+from .test_serve_page import _serious
 
 pytestmark = pytest.mark.browser  # Chromium, a process of its own: left out of the fast run (README)
 
@@ -30,6 +32,7 @@ def test_index_view_shows_duplicate_groups_keeper_first(tmp_path):
     shutil.copy(photos / "p1.jpg", photos / "q1_same.jpg")
     index_tiny(photos, tmp_path / "ix")
     errors: list[str] = []
+    asked: list[str] = []  # the pair pictures the page asked for
     with Server(create_app(tmp_path / "ix", token=TOKEN)) as url, sync_playwright() as p:
         browser = _launch(p)
         page = browser.new_page(bypass_csp=True)
@@ -44,7 +47,19 @@ def test_index_view_shows_duplicate_groups_keeper_first(tmp_path):
         captions = page.locator("#dups figcaption").all_inner_texts()
         assert sum(c.startswith("keep: ") for c in captions) == 2
         assert any(c.startswith("keep: ") and "p0.jpg" in c for c in captions)
-        page.wait_for_function("[...document.querySelectorAll('#dups img')].every((i) => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function("[...document.querySelectorAll('#dups figure img')].every((i) => i.complete && i.naturalWidth > 0)")
         assert "groups of copies" in page.inner_text("#dups-summary")
+        page.on("request", lambda r: asked.append(r.url.split("/api/", 1)[-1]) if "/api/pairs/" in r.url else None)
+        for n, how in enumerate(("hover", "focus")):  # the mouse over a copy, or the keyboard on it
+            group = groups.nth(n)
+            assert group.locator("img.dup-pair").is_hidden()
+            getattr(group.locator("figure").nth(1), how)()
+            group.locator("img.dup-pair").wait_for(state="visible")
+            page.wait_for_function("(g) => { const i = g.querySelector('img.dup-pair'); "
+                                   "return i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'); }",
+                                   arg=group.element_handle())
+            assert "(keep) and" in group.locator("img.dup-pair").get_attribute("alt")
+        assert _serious(page) == []  # axe: the focusable copies and their pictures included
+        assert len(asked) == 2 and all(a.startswith("pairs/") and a.endswith("/matches?format=png") for a in asked)
         browser.close()
     assert errors == []

@@ -101,7 +101,8 @@ def _real(url: str, headers: dict[str, str] | None) -> dict[str, list[str]]:
     r = httpx.post(f"{url}/api/search", files={"image": ("q.jpg", _jpeg(3, (80, 60)), "image/jpeg")},
                    data={"k": "4"}, headers=headers)
     assert r.status_code == 200, r.text
-    return {"qid": [r.json()["query"]], "id": [str(h["id"]) for h in r.json()["hits"]]}
+    ids = [str(h["id"]) for h in r.json()["hits"]]
+    return {"qid": [r.json()["query"]], "id": ids, "a": ids, "b": ids}  # a, b: the two images of a pair
 
 
 def _fuzz(api: Any, method: str, path: str, headers: dict[str, str] | None = None) -> list[int]:

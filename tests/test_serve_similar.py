@@ -1,5 +1,8 @@
 """GET /api/similar/{id} (issue 24, "More like this" in serve): `retrieve query --like id:N` over
-HTTP, answered as a search (its query id opens the hits' correspondences), refusals as documented."""
+HTTP, answered as a search (its query id opens the hits' correspondences), refusals as documented.
+GET /api/pairs/{a}/{b}/matches (issue 24, the Duplicates view's patch matches on hover): two indexed
+images' correspondences, the keeper `a` as the query, made by the engine function the contact sheet
+of `retrieve dedupe --html` draws with (maps.pair of the two files' views)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typer.testing import CliRunner
 
 from retrieval.cli import app as cli
 from retrieval.engine import Index
+from retrieval.engine.maps import pair, view
+from retrieval.engine.serving import pair_correspondences
 from retrieval.serve import create_app
 
 LOCAL = "http://127.0.0.1"
@@ -68,3 +73,34 @@ def test_similar_refusals(client, served):
     assert r.status_code == 400 and "k must be at least 1" in r.json()["error"]
     r = client.get("/api/similar/1", params={"rerank": "maybe"})
     assert r.status_code == 400 and "rerank must be true or false" in r.json()["error"]
+
+
+def test_pair_json_is_the_engines_pair(client, served):
+    ids = _ids(served)
+    pa, pb = str(served["photos"] / "p3.jpg"), str(served["photos"] / "rotated.jpg")
+    r = client.get(f"/api/pairs/{ids[pa]}/{ids[pb]}/matches")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    with Index.open(served["index"]) as idx:
+        ref = pair_correspondences(idx, ids[pa], ids[pb])
+        bb = idx.backbone()
+        sheet = pair(view(pa, backbone=bb, image=idx.config.image), view(pb, backbone=bb, image=idx.config.image))
+    assert ref is not None and body == ref.to_json()
+    assert (body["matches"], body["inliers"]) == (sheet.n_matches, sheet.n_inliers)  # what the sheet draws
+    assert body["matches"] > 0 and len(body["pairs"]) == body["inliers"]
+    assert body["query_size"] == [320, 240] and body["query_box"] is None  # p3, the query side, is 320 x 240
+    png = client.get(f"/api/pairs/{ids[pa]}/{ids[pb]}/matches", params={"format": "png", "kind": "heatmap"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG")
+
+
+def test_pair_refusals(client, served):
+    known = next(iter(_ids(served).values()))
+    for a, b in ((99999, known), (known, 99999)):
+        r = client.get(f"/api/pairs/{a}/{b}/matches")
+        assert r.status_code == 404 and r.json() == {"error": f"no indexed image with id {a} or {b}"}
+    assert client.get(f"/api/pairs/x1/{known}/matches").status_code == 404
+    r = client.get(f"/api/pairs/{known}/{known}/matches", params={"format": "gif"})
+    assert r.status_code == 400 and r.json() == {"error": "format must be json or png, got 'gif'"}
+    r = client.get(f"/api/pairs/{known}/{known}/matches", params={"format": "png", "kind": "lines"})
+    assert r.status_code == 400 and "kind must be one of matches, heatmap, pca" in r.json()["error"]

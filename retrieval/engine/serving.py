@@ -230,6 +230,16 @@ def correspondences(idx: Index, q: ExplainedQuery | IndexedQuery, image_id: int)
     return Correspondences(pair(mine, other), bb.patch_size, q.size, q.box, size, model_label(bb))
 
 
+def pair_correspondences(idx: Index, a: int, b: int) -> Correspondences | None:
+    """Two indexed images' verified patch matches, `a` as the query (a duplicate group's keeper,
+    `b` a member): drawn from both files as `retrieve dedupe --html` and `retrieve match` draw a
+    pair; None when either is not indexed."""
+    size, path = idx.store.size_of(a), indexed_path(idx, a)
+    if size is None or path is None:
+        return None
+    return correspondences(idx, IndexedQuery(a, path, size), b)
+
+
 def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
     """Pixels of the model's picture (w, h) -> pixels of the upright original (w, h), through the
     crop the box made (images.crop_pixels: clamped, rounded outwards)."""
@@ -242,5 +252,6 @@ def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int]
 
 
 __all__ = ["Census", "Correspondences", "ExplainedQuery", "IndexedQuery", "PICTURE_KINDS", "Upload",
-           "UploadReader", "correspondences", "embed_explained", "indexed_path", "jpeg_bytes", "similar",
+           "UploadReader", "correspondences", "embed_explained", "indexed_path", "jpeg_bytes", "pair_correspondences",
+           "similar",
            "BadImageError"]

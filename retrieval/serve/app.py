@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import DedupeOptions
 from ..engine.dedupe import index_duplicates
 from ..engine.serving import (PICTURE_KINDS, Correspondences, UploadReader, correspondences, indexed_path,
-                              jpeg_bytes, similar)
+                              jpeg_bytes, pair_correspondences, similar)
 from ..errors import BadImageError, RetrievalError, UsageError
 from ..types import shown
 from .batching import Batcher, CensusThread, IndexThread, OnEmbed, Searched, SearchJob
@@ -200,15 +200,36 @@ async def image(request: Request) -> Response:
 async def matches(request: Request) -> Response:
     s = _service(request)
     searched, wanted = s.queries.get(request.path_params["qid"]), image_id(request)
+    fmt, kind = _picture_params(request)
+    c = await s.index.call(lambda idx: correspondences(idx, searched.query, wanted))
+    if c is None:
+        raise HTTPException(404, f"no indexed image with id {wanted}")
+    return await _correspondences(s, c, fmt, kind)
+
+
+async def pair_matches(request: Request) -> Response:
+    """Two indexed images' correspondences (the Duplicates view: a group's keeper `a` and one of
+    its members `b`), on the index thread as `retrieve dedupe --html` draws them."""
+    s, a, b = _service(request), image_id(request, "a"), image_id(request, "b")
+    fmt, kind = _picture_params(request)
+    c = await s.index.call(lambda idx: pair_correspondences(idx, a, b))
+    if c is None:
+        raise HTTPException(404, f"no indexed image with id {a} or {b}")
+    return await _correspondences(s, c, fmt, kind)
+
+
+def _picture_params(request: Request) -> tuple[str, str]:
+    """?format=json|png and ?kind= (PICTURE_KINDS) of a correspondences route; 400 for others."""
     fmt = request.query_params.get("format", "json")
     kind = request.query_params.get("kind", "matches")
     if fmt not in ("json", "png"):
         raise HTTPException(400, f"format must be json or png, got {fmt!r}")
     if kind not in PICTURE_KINDS:
         raise HTTPException(400, f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
-    c = await s.index.call(lambda idx: correspondences(idx, searched.query, wanted))
-    if c is None:
-        raise HTTPException(404, f"no indexed image with id {wanted}")
+    return fmt, kind
+
+
+async def _correspondences(s: Service, c: Correspondences, fmt: str, kind: str) -> Response:
     if fmt == "json":
         return _JSON(c.to_json())
     return Response(await s.run(s.pictures, partial(_png, c, kind)), media_type="image/png")
@@ -232,6 +253,7 @@ ROUTES = (
     Route("/api/duplicates", duplicates),
     Route("/api/images/{id}", image),
     Route("/api/queries/{qid}/matches/{id}", matches),
+    Route("/api/pairs/{a}/{b}/matches", pair_matches),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 )
 

@@ -134,9 +134,9 @@ def int_param(request: Request, name: str, *, low: int, high: int) -> int | None
     return None if text is None else whole_number(text, name, low=low, high=high)
 
 
-def image_id(request: Request) -> int:
-    """The id in the path; 404 for anything that cannot be an indexed image's id."""
-    text = request.path_params["id"]
+def image_id(request: Request, name: str = "id") -> int:
+    """The id in the path (parameter `name`); 404 for anything that cannot be an indexed image's id."""
+    text = request.path_params[name]
     if not _ID.fullmatch(text) or int(text) > MAX_ID:
         raise HTTPException(404, f"no indexed image with id {clip(text)}")
     return int(text)

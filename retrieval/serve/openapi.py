@@ -161,10 +161,13 @@ def _matches() -> Schema:
 
 
 def _paths(token: bool, max_upload: int) -> Schema:
-    image_id = _path("id", {"type": "integer", "minimum": 0, "maximum": MAX_ID})
+    id_schema = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+    image_id = _path("id", id_schema)
     form = {"required": True, "content": {"multipart/form-data": {
         "schema": search_form(), "encoding": {"image": {"contentType": "image/*"}}}}}
     picture = {"type": "string", "format": "binary"}
+    correspondences = _answer("pairs as JSON, or the picture `retrieve match` draws",
+                              {"application/json": _matches(), "image/png": picture})
     hits = _json("hits, as `retrieve query --json`", _hits())
     hits["links"] = {  # what a client does next with a search's answer (the page does all three)
         "image": {"operationId": "image", "parameters": {"id": "$response.body#/hits/0/id"}},
@@ -198,15 +201,21 @@ def _paths(token: bool, max_upload: int) -> Schema:
             {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[image_id, _query(
                 "max", {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE}, "longer side in pixels")])},
         "/api/queries/{qid}/matches/{id}": {"get": _operation(
-            "matches", "a recent query's verified correspondences with an indexed image",
-            _answer("pairs as JSON, or the picture `retrieve match` draws",
-                    {"application/json": _matches(), "image/png": picture}),
-            {**INDEX_ERROR, **NOT_FOUND}, token=token, parameters=[
-                _path("qid", {"type": "string"}), image_id,
-                _query("format", {"enum": ["json", "png"], "default": "json"}, "the answer's form"),
-                _query("kind", {"enum": list(PICTURE_KINDS), "default": PICTURE_KINDS[0]},
-                       "with format=png: which picture")])},
+            "matches", "a recent query's verified correspondences with an indexed image", correspondences,
+            {**INDEX_ERROR, **NOT_FOUND}, token=token,
+            parameters=[_path("qid", {"type": "string"}), image_id, *_picture_parameters()])},
+        "/api/pairs/{a}/{b}/matches": {"get": _operation(
+            "pair_matches", "two indexed images' verified correspondences (a duplicate group's keeper a and a member "
+            "b), as `retrieve dedupe --html` draws them", correspondences,
+            {**INDEX_ERROR, 404: "no indexed image with id a or b"}, token=token,
+            parameters=[_path("a", id_schema), _path("b", id_schema), *_picture_parameters()])},
     }
+
+
+def _picture_parameters() -> list[Schema]:
+    """?format= and ?kind= of the correspondences routes."""
+    return [_query("format", {"enum": ["json", "png"], "default": "json"}, "the answer's form"),
+            _query("kind", {"enum": list(PICTURE_KINDS), "default": PICTURE_KINDS[0]}, "with format=png: which picture")]
 
 
 def document(*, token: bool, max_upload: int) -> Schema:

@@ -543,13 +543,23 @@ async function loadDuplicates() {
     for (const g of d.groups) {
       const row = el("div", { class: "dup-group" });
       row.append(el("h4", { text: g.kind + ", " + g.members.length + " images" }));
+      const pair = el("img", { class: "dup-pair", hidden: "" });
       for (const [i, m] of g.members.entries()) {
         const img = el("img", { alt: baseName(m.path) });
         imageURL("/api/images/" + m.id + "?max=160").then((u) => { img.src = u; }).catch(() => {});
-        row.append(el("figure", {}, img, el("figcaption", {
+        const fig = el("figure", {}, img, el("figcaption", {
           text: (i === 0 ? "keep: " : "") + m.width + "x" + m.height + " " + baseName(shown(m.path)),
-        })));
+        }));
+        if (i > 0) {  // a copy: hovering or focusing it shows its patch matches with the keeper
+          fig.tabIndex = 0;
+          fig.title = "patch matches with the image to keep";
+          const showPair = () => showDuplicatePair(pair, g.members[0], m);
+          fig.addEventListener("mouseenter", showPair);
+          fig.addEventListener("focus", showPair);
+        }
+        row.append(fig);
       }
+      row.append(pair);
       box.append(row);
     }
   } catch (err) {
@@ -559,6 +569,22 @@ async function loadDuplicates() {
   }
 }
 $("find-dups").addEventListener("click", loadDuplicates);
+
+// The picture `retrieve dedupe --html` draws for a pair (GET /api/pairs/{a}/{b}/matches), the
+// keeper on the left; only the latest one asked for is shown when several are on their way.
+async function showDuplicatePair(img, keep, member) {
+  const path = "/api/pairs/" + keep.id + "/" + member.id + "/matches?format=png";
+  img.dataset.want = path;
+  try {
+    const u = await imageURL(path);
+    if (img.dataset.want !== path) return;
+    img.alt = "patch matches: " + baseName(shown(keep.path)) + " (keep) and " + baseName(shown(member.path));
+    img.src = u;
+    img.hidden = false;
+  } catch (err) {
+    if (img.dataset.want === path) $("dups-summary").textContent = err.message;
+  }
+}
 
 function health() {
   api("/api/health").then((r) => r.json()).then((h) => status(h.images + " images indexed"))
