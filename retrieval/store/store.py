@@ -34,7 +34,8 @@ from ..errors import SchemaVersionError, StoreCorruptError, StoreError
 from ..types import shown
 from .connection import _connect, _connect_readonly, _Transaction, writable
 from .paths import PathFilter, _path_in, _path_out, _ranges
-from .rows import _ROW, DESCRIPTOR_DTYPE, BlobSizes, FileRow, ImageFacts, Move, Touch, Upsert, _file_row, _stat
+from .rows import (_ROW, DESCRIPTOR_DTYPE, BlobSizes, FileRow, ImageFacts, Move, Touch, Upsert, _file_row, _stat,
+                   descriptor_bytes)
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 IDS_AT_ONCE = 10_000  # ids in one `WHERE id IN (...)` (SQLite's limit on a statement's variables is 32,766)
@@ -256,18 +257,13 @@ class Store:
                     return
                 last = rows[-1][0]
                 chunk = self._stacked(rows, nbytes)
-                nbytes = chunk[1].shape[1] * DESCRIPTOR_DTYPE.itemsize  # every chunk's rows as long as the first's
+                nbytes = descriptor_bytes(chunk[1].shape[1])  # every chunk's rows as long as the first's
                 yield chunk
 
     def descriptors_of(self, ids: Iterable[int]) -> np.ndarray:
         """(len(ids), d) float32: the raw descriptors of these indexed ids, in the order given."""
         ids = [int(i) for i in ids]
-        got: dict[int, bytes] = {}
-        for s in range(0, len(ids), 500):  # under SQLite's bound-variable limit
-            part = ids[s:s + 500]
-            rows = self.db.execute(f"SELECT id, descriptor FROM images WHERE status = 'ok' AND id IN "
-                                   f"({','.join('?' * len(part))})", part).fetchall()
-            got.update((r[0], r[1]) for r in rows)
+        got: dict[int, bytes] = dict(self._where_in("id, descriptor", "id", ids, also="status = 'ok'"))
         missing = [i for i in ids if i not in got]
         if missing:
             raise KeyError(f"no indexed descriptor for ids {missing[:5]}")
@@ -291,27 +287,28 @@ class Store:
                 np.stack([np.frombuffer(blob, DESCRIPTOR_DTYPE) for _, blob in rows]))  # type: ignore[arg-type]  # None refused above
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
-        return {i: _path_out(p) for i, p in self._where_id_in("id, path", ids)}
+        return {i: _path_out(p) for i, p in self._where_in("id, path", "id", map(int, ids))}
 
     def local(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, tuple[int, int]] | None]:
         """id -> (feats blob, coords blob, grid) or None where the row has no local descriptors."""
-        rows = self._where_id_in("id, local_feats, local_coords, grid_h, grid_w", ids)
+        rows = self._where_in("id, local_feats, local_coords, grid_h, grid_w", "id", map(int, ids))
         return {r[0]: None if r[1] is None else (r[1], r[2], (r[3], r[4])) for r in rows}
 
-    def _where_id_in(self, columns: str, ids: Iterable[int]) -> list[Any]:
-        """The rows with these ids, asked IDS_AT_ONCE at a time: a statement holds at most 32,766
-        variables in SQLite, and eval or a query over mostly-gone files asks for more."""
-        ids = [int(i) for i in ids]
+    def _where_in(self, columns: str, key: str, values: Iterable[Any], *, also: str = "") -> list[Any]:
+        """The rows whose `key` column is one of `values` (and that meet `also`, an SQL condition),
+        asked IDS_AT_ONCE at a time: a statement holds at most 32,766 variables in SQLite, and eval
+        or a query over mostly-gone files asks for more."""
+        values, where = list(values), f"{also} AND " if also else ""
         rows: list[Any] = []
-        for start in range(0, len(ids), IDS_AT_ONCE):
-            part = ids[start: start + IDS_AT_ONCE]
-            rows += self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(part))})",
-                                    part).fetchall()
+        for start in range(0, len(values), IDS_AT_ONCE):
+            part = values[start: start + IDS_AT_ONCE]
+            rows += self.db.execute(f"SELECT {columns} FROM images WHERE {where}{key} IN "
+                                    f"({','.join('?' * len(part))})", part).fetchall()
         return rows
 
     def facts(self, ids: Iterable[int]) -> dict[int, ImageFacts]:
         """What choosing among copies needs of these rows (dedupe): path, pixels, mtime, hash."""
-        rows = self._where_id_in("id, path, width, height, mtime_ns, sha256", ids)
+        rows = self._where_in("id, path, width, height, mtime_ns, sha256", "id", map(int, ids))
         return {r[0]: ImageFacts(r[0], _path_out(r[1]), *r[2:]) for r in rows}
 
     def ids_by_hash(self, hashes: Iterable[str] | None = None) -> dict[str, list[int]]:
@@ -322,11 +319,8 @@ class Store:
                                    "FROM images WHERE status = 'ok' GROUP BY sha256 HAVING count(*) > 1) "
                                    "ORDER BY sha256, id").fetchall()
         else:
-            wanted, rows = list(dict.fromkeys(hashes)), []
-            for start in range(0, len(wanted), IDS_AT_ONCE):
-                part = wanted[start: start + IDS_AT_ONCE]
-                rows += self.db.execute(f"SELECT sha256, id FROM images WHERE status = 'ok' AND sha256 IN "
-                                        f"({','.join('?' * len(part))}) ORDER BY id", part).fetchall()
+            rows = sorted(self._where_in("sha256, id", "sha256", dict.fromkeys(hashes), also="status = 'ok'"),
+                          key=lambda r: r[1])
         out: dict[str, list[int]] = {}
         for sha, i in rows:
             out.setdefault(sha, []).append(int(i))
