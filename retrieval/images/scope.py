@@ -44,11 +44,11 @@ def pixel_limit(max_pixels: int) -> Iterator[None]:
     through. When the last closes, only settings still as the scopes left them are restored: one
     changed meanwhile by someone else stays theirs (the hook left behind passes everything on).
     """
-    _OPEN.enter(max(max_pixels, DEFAULT_MAX_PIXELS))
+    _OPEN.enter(max_pixels)
     try:
         yield
     finally:
-        _OPEN.leave(max(max_pixels, DEFAULT_MAX_PIXELS))
+        _OPEN.leave(max_pixels)
 
 
 class _Hook:
@@ -79,6 +79,9 @@ class _OpenScopes:
         self._hook: _Hook | None = None
 
     def enter(self, limit: int) -> None:
+        """Open a scope that needs `limit` pixels (counted as at least DEFAULT_MAX_PIXELS: leave
+        with the same `limit`)."""
+        limit = max(limit, DEFAULT_MAX_PIXELS)
         with self._lock:
             if not self._limits:
                 self._saved_limit, self._hook = Image.MAX_IMAGE_PIXELS, _Hook(warnings.showwarning)
@@ -87,6 +90,7 @@ class _OpenScopes:
             self._limit = Image.MAX_IMAGE_PIXELS = max(self._limits)
 
     def leave(self, limit: int) -> None:
+        limit = max(limit, DEFAULT_MAX_PIXELS)
         with self._lock:
             self._limits[limit] -= 1
             if not self._limits[limit]:
@@ -134,4 +138,4 @@ def worker_init(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:  # pragma: no cov
     here, not in the engine, because a spawned worker imports the initialiser's module: from the
     engine that would load torch in every one (seconds each, and far more memory; docs/throughput.md)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, between batches
-    _OPEN.enter(max(max_pixels, DEFAULT_MAX_PIXELS))
+    _OPEN.enter(max_pixels)
