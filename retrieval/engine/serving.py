@@ -75,11 +75,18 @@ class IndexedQuery:
 def similar(idx: Index, image_id: int, options: SearchOptions) -> tuple[IndexedQuery, SearchResult] | None:
     """More like the indexed image `image_id` (Index.similar: its stored descriptor, itself left
     out), with the query to explain its results by; None when no such image is indexed."""
-    size, path = idx.store.size_of(image_id), indexed_path(idx, image_id)
-    if size is None or path is None:
-        return None
-    return IndexedQuery(image_id, path, size), idx.similar(image_id, options)
+    q = indexed_query(idx, image_id)
+    return None if q is None else (q, idx.similar(image_id, options))
 
+
+def indexed_query(idx: Index, image_id: int) -> IndexedQuery | None:
+    """An indexed image (status ok) as a query: its file and upright size; None when no such image
+    is indexed."""
+    size = idx.store.size_of(image_id)
+    if size is None:
+        return None
+    path = idx.store.paths([image_id]).get(image_id)
+    return None if path is None else IndexedQuery(image_id, path, size)
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,8 @@ def embed_explained(idx: Index, uploads: Sequence[Upload], *, name: str = "uploa
 
 def indexed_path(idx: Index, image_id: int) -> str | None:
     """The file of an indexed image (status ok), or None when no such image is indexed."""
-    return None if idx.store.size_of(image_id) is None else idx.store.paths([image_id]).get(image_id)
+    q = indexed_query(idx, image_id)
+    return None if q is None else q.path
 
 
 def jpeg_bytes(path: str | Path, *, max_pixels: int, max_side: int | None = None) -> bytes:
@@ -221,23 +229,21 @@ class Correspondences:
 def correspondences(idx: Index, q: ExplainedQuery | IndexedQuery, image_id: int) -> Correspondences | None:
     """The verified patch matches between a query (an upload, or an indexed image) and an indexed
     image (None: no such image), made as `retrieve match` makes them."""
-    size, path = idx.store.size_of(image_id), indexed_path(idx, image_id)
-    if size is None or path is None:
+    found = indexed_query(idx, image_id)
+    if found is None:
         return None
     bb = idx.backbone()
-    other = view(path, backbone=bb, image=idx.config.image)
+    other = view(found.path, backbone=bb, image=idx.config.image)
     mine = q.view() if isinstance(q, ExplainedQuery) else view(q.path, backbone=bb, image=idx.config.image)
-    return Correspondences(pair(mine, other), bb.patch_size, q.size, q.box, size, model_label(bb))
+    return Correspondences(pair(mine, other), bb.patch_size, q.size, q.box, found.size, model_label(bb))
 
 
 def pair_correspondences(idx: Index, a: int, b: int) -> Correspondences | None:
     """Two indexed images' verified patch matches, `a` as the query (a duplicate group's keeper,
     `b` a member): drawn from both files as `retrieve dedupe --html` and `retrieve match` draw a
     pair; None when either is not indexed."""
-    size, path = idx.store.size_of(a), indexed_path(idx, a)
-    if size is None or path is None:
-        return None
-    return correspondences(idx, IndexedQuery(a, path, size), b)
+    q = indexed_query(idx, a)
+    return None if q is None else correspondences(idx, q, b)
 
 
 def _to_original(xy: np.ndarray, picture: tuple[int, int], size: tuple[int, int], box: Box | None) -> np.ndarray:
