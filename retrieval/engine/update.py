@@ -201,7 +201,7 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
         targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
         rows = list(store.rows(under=targets))
         if rows:
-            hit = [t for t in targets if any(r.path in PathFilter([t]) for r in rows)]
+            hit = [t for t, f in ((t, PathFilter([t])) for t in targets) if any(r.path in f for r in rows)]
             store.set_meta(exclude=Exclusions.from_meta(store.get_meta("exclude")).with_paths(hit).to_meta())
             store.apply(deletes=[r.id for r in rows])
         derived.refresh(config)

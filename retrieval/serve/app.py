@@ -179,8 +179,9 @@ async def duplicates(request: Request) -> Response:
     group says its kind); on the index thread, so an index past MAX_DEDUPE_IMAGES is sent to the
     command instead of holding every search up."""
     def groups(idx: Any) -> dict[str, Any]:
-        if idx.count() > MAX_DEDUPE_IMAGES:
-            raise RetrievalError(f"the index holds {idx.count()} images, more than this server groups "
+        n = idx.count()
+        if n > MAX_DEDUPE_IMAGES:
+            raise RetrievalError(f"the index holds {n} images, more than this server groups "
                                  f"({MAX_DEDUPE_IMAGES}); run `retrieve dedupe --json` instead")
         return index_duplicates(idx, DedupeOptions(similar=True)).to_json()
 
