@@ -249,7 +249,7 @@ class Arrival:
     reason: str | None = None
 
 
-Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Any]]]  # Index.embed_files' groups
+Embed = Callable[[Sequence[str], LocalPCA | None], Iterable[list[Any]]]  # embedding.embed_files' groups
 
 
 def against_index(paths: Sequence[str], *, store: Store, vec: VectorIndex | None, whitening: wh.Whitening | None,
