@@ -558,3 +558,19 @@ def test_an_open_index_sees_a_whitening_set_by_another_connection(index):
         got = idx.whitening()
         assert got is not None and got.digest() == w.digest()
         assert idx.ensure_vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening
+
+
+def test_a_vector_rebuild_decodes_the_whitening_once(index, monkeypatch):
+    """The fingerprint, the saved file's check and the rebuild share one decoded whitening record."""
+    from retrieval import Index
+    from retrieval import whitening as wh
+    from retrieval.engine.files import VECTORS_FILE
+
+    decode, calls = wh.decode, []
+    monkeypatch.setattr(wh, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    with Index.open(index) as idx:
+        assert idx.store.get_meta("whitening") is not None  # a record to decode (one saying: none fitted)
+        (index / VECTORS_FILE).unlink()
+        calls.clear()
+        assert idx.ensure_vectors().ntotal > 0  # rebuilt: no file, nothing cached
+        assert len(calls) == 1
