@@ -115,9 +115,9 @@ def _plan(store: Store, folder: Path, roots: Roots, options: UpdateOptions) -> t
         raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                              f"drive not mounted?); nothing was changed", fix="mount it, or if they are gone for "
                              "good prune them", command=f"retrieve index {shlex.quote(shown(root))} --prune")
-    plan = plan_update(found, rows, retry_skipped=options.retry_skipped, same_bytes=_same_bytes,
+    plan = plan_update(found, rows, retry_skipped=options.retry_skipped, sha256_of=_sha256_of,
                        verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop,
-                       sha256_of=_sha256_of, gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
+                       gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
     return found, plan
 
 
@@ -206,11 +206,6 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
             store.apply(deletes=[r.id for r in rows])
         derived.refresh(config)
         return len(rows)
-
-
-def _same_bytes(path: str, sha256: str) -> bool:
-    """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
-    return _sha256_of(path) == sha256
 
 
 def _sha256_of(path: str) -> str | None:
