@@ -9,7 +9,6 @@ needs its file read again to be re-ranked; the caller does that (`Index.similar`
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from ..errors import UsageError
 from ..store import FileRow, Store
 from ..types import shown
 from .commit import stored_pca
+from .files import stored_names
 from .search import Query
 
 _ID = re.compile(r"(?:id:)?([0-9]+)")
@@ -44,8 +44,7 @@ def resolve(store: Store, ref: str | int, *, index: Path) -> FileRow:
     if isinstance(ref, int):
         row, what = store.row(ref), f"id {ref}"
     else:
-        names = dict.fromkeys([os.path.realpath(ref), os.path.abspath(ref)])
-        row, what = next((r for r in map(store.row, names) if r is not None), None), shown(ref)
+        row, what = next((r for r in map(store.row, stored_names([ref])) if r is not None), None), shown(ref)
     where = shlex.quote(shown(str(index)))
     if row is None:
         raise UsageError(f"{what}: no such file in the index at {where}", fix="look up what the index holds (Index.files "
@@ -73,8 +72,7 @@ def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query | None:
 def listing(store: Store, paths: Sequence[str | Path] | None, *, skipped: bool = False) -> Iterator[FileRow]:
     """Indexed files (skipped: refused ones) by path, at or under `paths` (each by its real path and
     as given made absolute) or all: a generator over SQLite cursors, never the whole table in memory."""
-    under = None if paths is None else list(dict.fromkeys(
-        t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
+    under = None if paths is None else stored_names(paths)
     return store.listing(under=under, status="skipped" if skipped else "ok")
 
 

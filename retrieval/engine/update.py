@@ -34,7 +34,7 @@ from ..store import PathFilter, Store
 from ..types import ImageRef, Skipped, shown
 from .commit import LOCAL_PCA_FILES, Counts, Embed, StoredEmbedding, PatchSample, stored, upserts
 from .derived_cache import DerivedCache
-from .files import Roots, index_roots, writer_lock
+from .files import Roots, index_roots, stored_names, writer_lock
 from .plan import Exclusions, Plan, emptied_roots, plan_update
 from .weights_identity import IndexModel
 
@@ -198,7 +198,7 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
     excluded."""
     with writer_lock(folder):
         # a path through a link names the rows stored under its real path (and any under its own)
-        targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
+        targets = stored_names(paths)
         rows = list(store.rows(under=targets))
         if rows:
             hit = [t for t, f in ((t, PathFilter([t])) for t in targets) if any(r.path in f for r in rows)]
