@@ -484,6 +484,38 @@ def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch):
     assert len(calls) == 1  # touched: hashed again (and still the same bytes, so accepted)
 
 
+class _ReadOnlyStore:
+    readonly = True
+
+    def __init__(self, meta: dict) -> None:
+        self.meta = meta
+
+    def get_meta(self, key: str):
+        return self.meta.get(key)
+
+    def set_meta(self, **values) -> None:
+        raise AssertionError(f"a read-only store was written: {values}")
+
+
+def test_weights_checked_on_a_read_only_index_hand_on_the_hash_they_computed(tmp_path, monkeypatch):
+    """A read-only store cannot remember a weights file's hash; the driver's check still hands the
+    hash it computed to the Ray workers (Weights.hashes), which then do not read the file again."""
+    from retrieval.backbone import weights as W
+    from retrieval.config import BackboneConfig, EngineConfig
+    from retrieval.engine import weights_identity
+
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"weights of a test")
+    store = _ReadOnlyStore({"weights_id": "sha256:" + W.file_sha256(ckpt)})
+    config = EngineConfig(backbone=BackboneConfig(name="dinov2_vits14", weights=str(ckpt)))
+    got = weights_identity.checked(store, config, tmp_path, weights=None)  # type: ignore[arg-type]
+    calls: list[str] = []
+    real = W.file_sha256
+    monkeypatch.setattr(W, "file_sha256", lambda p: calls.append(p) or real(p))
+    assert W.file_id(ckpt, dict(got.hashes)) == got.id  # what a worker does with them
+    assert calls == []
+
+
 def test_auto_dtype_is_resolved_once_and_stored(tmp_path, monkeypatch):
     import torch
 
