@@ -20,7 +20,7 @@ from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..engine.watch import Batch, WatchOptions
 from ..errors import RetrievalError, UsageError
-from ..types import Box, parse_box, shown
+from ..types import parse_box, shown
 from . import checks
 from .app import StopAfterBatch, app, boundary
 from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
@@ -237,8 +237,6 @@ def query(
     with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
         queries: list[Any] = [*images] or [like]
-        if box is not None:
-            _say_cut(images[0], box)
         for result in results:
             if result.gone:
                 _say_gone(result, k)
@@ -258,19 +256,6 @@ def query(
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
-
-
-def _say_cut(path: Path, box: Box) -> None:
-    """A warning when --bbox reaches past the image: the search used the part inside it (crop_pixels)."""
-    from ..images import crop_pixels, decode, pixel_limit
-
-    with pixel_limit(DEFAULT_MAX_PIXELS):
-        _, (w, h) = decode(path, min_side_hint=1)  # a draft decode: only the upright size is wanted
-    if min(box) < 0 or max(box[0], box[2]) > w or max(box[1], box[3]) > h:
-        cut = ",".join(map(str, crop_pixels(box, (w, h))))
-        logging.getLogger("retrieval").warning("--bbox %s reaches past the %dx%d image %s; the query is the part "
-                                               "inside it, %s", ",".join(f"{v:g}" for v in box), w, h, shown(str(path)),
-                                               cut)
 
 
 def _say_gone(result: Any, k: int) -> None:

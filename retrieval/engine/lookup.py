@@ -56,15 +56,15 @@ def resolve(store: Store, ref: str | int, *, index: Path) -> FileRow:
     return row
 
 
-def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query | None:
+def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query:
     """The query of an indexed file, from what the store holds: its raw descriptor and (for re-ranking)
-    its stored local descriptors. None when re-ranking needs local descriptors the row lacks."""
+    its stored local descriptors as `features`, None where the row has none (the caller reads its
+    file for patch tokens, keeping the descriptor read here)."""
     raw = store.descriptors_of([row.id])
-    if not rerank:
-        return Query(raw, np.zeros((0, 0), np.float32), (0, 0), indexed_id=row.id)
-    pca, blob = stored_pca(store), store.local([row.id]).get(row.id)
+    pca = stored_pca(store) if rerank else None
+    blob = None if pca is None else store.local([row.id]).get(row.id)
     if pca is None or blob is None:
-        return None
+        return Query(raw, np.zeros((0, 0), np.float32), (0, 0), indexed_id=row.id)
     feats = local.unpack(blob[0], blob[1], blob[2], pca.dim)
     return Query(raw, np.zeros((0, pca.mean.size), np.float32), feats.grid, features=feats, indexed_id=row.id)
 
