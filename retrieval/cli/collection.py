@@ -19,12 +19,12 @@ from rich.text import Text
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..engine.watch import Batch, WatchOptions
-from ..errors import RetrievalError, UsageError
+from ..errors import UsageError
 from ..types import parse_box, shown
 from . import checks
 from .app import StopAfterBatch, app, boundary
 from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
-from .output import error_line, literal, print_table, progress_bar
+from .output import error_line, literal, nothing_under, print_table, progress_bar, say_skipped
 
 
 @app.command()
@@ -104,7 +104,7 @@ def index(
         checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
     checks.known_model(checks.model_of(overrides))
     checks.device(device)
-    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once
+    roots = engine.index_roots(folders, missing_ok=True)  # resolved once; checked above (--prune: gone for good)
     if watch and ray is not None:
         raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
     watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
@@ -130,9 +130,8 @@ def index(
         summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
                              cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening, prune=prune)
         images_now = idx.count()
+    say_skipped(summary.skipped)
     log = logging.getLogger("retrieval")
-    for path, reason in summary.skipped:
-        log.warning("skipped %s: %s", shown(path), reason)
     typer.echo(_summary_line(where, images_now, summary))
     seen = summary.added + summary.updated + summary.unchanged + summary.moved + len(summary.skipped) + \
         summary.still_refused
@@ -165,8 +164,7 @@ def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_ski
                 logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
             elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
                 typer.echo(_summary_line(where, idx.count(), b.summary))
-                for path, reason in b.summary.skipped:
-                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+                say_skipped(b.summary.skipped)
 
         watch(lambda: idx.update(roots, retry_skipped=retry_skipped, should_stop=stop), roots.real, ignore=[where],
               options=options, should_stop=stop, on_batch=batch)
@@ -335,8 +333,7 @@ def remove(
         n = idx.remove(paths)
         left = idx.count()
     if n == 0:
-        raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
+        raise nothing_under(where, paths)
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 
