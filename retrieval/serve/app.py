@@ -47,7 +47,7 @@ from ..types import shown
 from .batching import Batcher, CensusThread, IndexThread, OnEmbed, Searched, SearchJob
 from .forms import image_id, int_param, search_form, search_options
 from .guard import Guard, Hosts, check_token
-from .limits import MAX_SIDE, MIN_SIDE, Limits, clip
+from .limits import MAX_SIDE, MIN_SIDE, PICTURE_FORMATS, Limits, clip
 from .openapi import document
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,10 @@ async def pair_matches(request: Request) -> Response:
 
 def _picture_params(request: Request) -> tuple[str, str]:
     """?format=json|png and ?kind= (PICTURE_KINDS) of a correspondences route; 400 for others."""
-    fmt = request.query_params.get("format", "json")
-    kind = request.query_params.get("kind", "matches")
-    if fmt not in ("json", "png"):
-        raise HTTPException(400, f"format must be json or png, got {fmt!r}")
+    fmt = request.query_params.get("format", PICTURE_FORMATS[0])
+    kind = request.query_params.get("kind", PICTURE_KINDS[0])
+    if fmt not in PICTURE_FORMATS:
+        raise HTTPException(400, f"format must be {' or '.join(PICTURE_FORMATS)}, got {fmt!r}")
     if kind not in PICTURE_KINDS:
         raise HTTPException(400, f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
     return fmt, kind
