@@ -104,7 +104,7 @@ def index(
         checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
     checks.known_model(checks.model_of(overrides))
     checks.device(device)
-    roots = engine.index_roots(folders, missing_ok=True)  # resolved once; checked above (--prune: gone for good)
+    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once; refuses a link to nowhere (--prune: gone for good)
     if watch and ray is not None:
         raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
     watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
