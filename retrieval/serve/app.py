@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import secrets
-import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,11 +59,6 @@ PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releas
 # decode (images.pixel_limit's scopes are shared and counted, so concurrent reads are safe).
 UPLOAD_WORKERS = 2
 MAX_DEDUPE_IMAGES = 20_000  # GET /api/duplicates: its kNN graph runs on the index thread (docs/dedupe.md)
-# Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005). A search
-# crosses four threads (event loop, upload reader, index thread, back); each hand-off can wait out
-# the interval while another thread runs Python, so the server shortens it while it runs
-# (docs/throughput.md, "Hand-offs").
-SWITCH_INTERVAL = 0.0005
 
 T = TypeVar("T")
 
@@ -273,15 +267,11 @@ def _png(c: Correspondences, kind: str) -> bytes:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Nothing to open (create_app opened the index, so that a bad index is refused before the
-    server announces itself); the GIL's switch interval is SWITCH_INTERVAL at most while the server
-    runs; the Service is closed and the interval restored when it stops."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, SWITCH_INTERVAL))
+    """Nothing to start (create_app opened the index, so that a bad index is refused before the
+    server announces itself); the Service is closed when the server stops."""
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
         await asyncio.get_running_loop().run_in_executor(None, app.state.service.close)
 
 
