@@ -175,6 +175,8 @@ def test_knn_graph_above_graph_min_searches_its_own_index_and_finds_what_brute_f
 
 
 def test_graph_index_scans_the_same_number_of_vectors_per_image_whatever_n():
+    """Lists of ~list_size vectors, nprobe of them searched, at any n; built again (in other
+    chunks), the same answers: the k-means sample is seeded."""
     shape = []
     for n in (2000, 8000):
         xb, planted = _planted_vectors(n, d=32, pairs=50, seed=n)
@@ -186,6 +188,8 @@ def test_graph_index_scans_the_same_number_of_vectors_per_image_whatever_n():
             assert [int(f[1]) if f[0] == i else int(f[0]) for i, f in zip(range(0, 100, 2), found)] == \
                 list(range(1, 100, 2))  # each planted copy is its original's nearest other
             assert g.nbytes() == n * (4 * 32 + 8) + g.nlist * 32 * 4
+            again = vectors.graph_index(vec, list_size=100, nprobe=3, flat_quantizer_max=flat_max, chunk=4096)
+            assert all(np.array_equal(x, y) for x, y in zip(g.search(xb[:500], 5), again.search(xb[:500], 5)))
     assert shape == [(2000, 20, 3), (2000, 20, 3), (8000, 80, 3), (8000, 80, 3)]  # lists of ~100, 3 probed
 
 
