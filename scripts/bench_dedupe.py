@@ -2,7 +2,7 @@
 """`retrieve dedupe` on a planted set, beside imagededup; and its kNN stage alone as n grows.
 
     python scripts/bench_dedupe.py planted [--scenes 30] [--model test_tiny] [--size 224] [--coverage 0.35]
-    python scripts/bench_dedupe.py knn [--sizes 100000,300000] [--kind ivf] [--dim 768] [--batch 256]
+    python scripts/bench_dedupe.py knn [--sizes 100000,1000000] [--kind flat] [--dim 768] [--batch 256] [--graph-min N]
 
 planted: each synthetic scene is shot once (the original), copied under every transform below, and
 shot again from a step to the side (parallax, fresh sensor noise: a *different shot of the same
@@ -14,9 +14,11 @@ scenes whose other shot was grouped with the original (lower is better). Each me
 child process: seconds and peak RSS are its own.
 
 knn: the kNN graph stage alone (`engine.dedupe.knn_pairs`) over n synthetic unit vectors with
-planted near copies, in a child process per n: seconds to build the vector index, seconds of
-the graph, peak RSS, and how many planted pairs it found; time and memory per n are printed as
-ratios against the smallest n, beside n's own ratio.
+planted near copies, in a child process per n: seconds to build the query index (`--kind`),
+seconds of the graph (its temporary IVF built and searched from --graph-min vectors on, the
+query index's own search below), peak RSS, and how many planted pairs it found; time and memory
+per n are printed as ratios against the smallest n, beside n's own ratio, with the load average
+before and after.
 
 imagededup is not a dependency of retrieval: `pip install imagededup` (or `pip install
 "retrieval[bench]"`). Its CNN method downloads MobileNetV3 weights through torchvision on first
@@ -40,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from retrieval.vectors import GRAPH_MIN
 
 TRANSFORMS = ("exact", "reencode", "resize", "recompress", "crop", "rotate", "flip", "edit")
 HARD = "other_shot"
@@ -178,7 +182,7 @@ def run_knn(n: int, args: argparse.Namespace) -> dict:
     del xb
     t1 = time.perf_counter()
     got: set[int] = set()  # a planted pair is found from both sides: counted once
-    for kb in knn_pairs(vec, k=8, threshold=0.9, batch=args.batch):
+    for kb in knn_pairs(vec, k=8, threshold=0.9, batch=args.batch, graph_min=args.graph_min):
         got.update(kb.a[(kb.b - kb.a == 1) & (kb.a % 2 == 0) & (kb.a < 2 * planted)].tolist())
     return {"n": n, "build_seconds": t1 - t0, "graph_seconds": time.perf_counter() - t1,
             "found": len(got), "planted": planted}
@@ -223,12 +227,14 @@ def planted_report(args: argparse.Namespace) -> None:
 
 def knn_report(args: argparse.Namespace) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"kNN graph stage alone: {args.kind} index, {args.dim}-d unit vectors, k 8, batch {args.batch}")
+    print(f"kNN graph stage alone: {args.kind} query index, {args.dim}-d synthetic unit vectors, k 8, batch "
+          f"{args.batch}, graph index from {args.graph_min} vectors; load average before: {_load()}")
     print(f"  {'n':>9s} {'build s':>8s} {'graph s':>8s} {'peak MB':>8s} {'planted found':>14s} "
           f"{'n ratio':>8s} {'time ratio':>10s} {'RSS ratio':>9s}")
     first = None
     for n in sizes:
-        r = child(["knn", str(n), "--dim", str(args.dim), "--kind", args.kind, "--batch", str(args.batch)])
+        r = child(["knn", str(n), "--dim", str(args.dim), "--kind", args.kind, "--batch", str(args.batch),
+                   "--graph-min", str(args.graph_min)])
         if "error" in r:
             print(f"  {n:9d} failed: {r['error']}")
             continue
@@ -236,6 +242,14 @@ def knn_report(args: argparse.Namespace) -> None:
         print(f"  {n:9d} {r['build_seconds']:8.1f} {r['graph_seconds']:8.1f} {r['rss_mb']:8.0f} "
               f"{r['found']:>6d} / {r['planted']:<6d} {n / first['n']:8.1f} "
               f"{r['graph_seconds'] / first['graph_seconds']:10.1f} {r['rss_mb'] / first['rss_mb']:9.1f}")
+    print(f"load average after: {_load()}")
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: times depend on them)."""
+    import os
+
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -245,7 +259,8 @@ def main() -> None:
         ap.add_argument("target")
         for flag, kind, default in (("--model", str, "test_tiny"), ("--size", int, 224), ("--weights", str, None),
                                     ("--coverage", float, 0.35), ("--threshold", float, 0.5),
-                                    ("--dim", int, 768), ("--kind", str, "ivf"), ("--batch", int, 256)):
+                                    ("--dim", int, 768), ("--kind", str, "flat"), ("--batch", int, 256),
+                                    ("--graph-min", int, GRAPH_MIN)):
             ap.add_argument(flag, type=kind, default=default)
         a = ap.parse_args(rest)
         if what == "ours":
@@ -265,8 +280,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--coverage", type=float, default=0.35)
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--sizes", default="100000,300000")
-    ap.add_argument("--kind", default="ivf", choices=("flat", "ivf", "hnsw"))
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--kind", default="flat", choices=("flat", "ivf", "hnsw"))
+    ap.add_argument("--graph-min", type=int, default=GRAPH_MIN,
+                    help="vectors from which the graph gets its own IVF (larger than every n: the query index's search)")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()

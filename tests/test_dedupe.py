@@ -151,6 +151,51 @@ def test_knn_pairs_match_brute_force():
     assert got == want
 
 
+def _brute_force_pairs(xb: np.ndarray, ids: np.ndarray, k: int, threshold: float) -> set[tuple[int, int]]:
+    """Each row's k nearest others at or above threshold, by numpy in blocks (the reference)."""
+    want = set()
+    for start in range(0, len(xb), 1000):
+        s = xb[start:start + 1000] @ xb.T
+        s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf
+        top = np.argpartition(-s, k, axis=1)[:, :k]  # the k best of each row, in any order
+        want |= {(int(min(ids[start + i], ids[j])), int(max(ids[start + i], ids[j])))
+                 for i in range(len(s)) for j in top[i] if s[i, j] >= threshold}
+    return want
+
+
+def test_knn_graph_above_graph_min_searches_its_own_index_and_finds_what_brute_force_finds():
+    n, batch, k = 12_000, 1000, 4
+    xb, planted = _planted_vectors(n, d=64, pairs=300, seed=5)
+    ids = np.arange(n, dtype=np.int64) * 3 + 7  # external ids, not row numbers
+    rec = _Recording(vectors.build(xb, ids, kind="flat", fingerprint="f", data_version=1))
+    kbs = list(dd.knn_pairs(rec, k=k, threshold=0.9, batch=batch, graph_min=5_000))  # type: ignore[arg-type]
+    got = {(int(a), int(b)) for kb in kbs for a, b in zip(kb.a, kb.b)}
+    assert rec.shapes == []  # the query index was only read, never searched n times
+    assert [kb.rows for kb in kbs] == [batch] * (n // batch)  # still batch x (k + 1) results at a time
+    want = _brute_force_pairs(xb, ids, k, 0.9)
+    assert want == {(int(ids[i]), int(ids[j])) for i, j in planted}  # random 64-d vectors are never 0.9 alike
+    assert got == want
+
+
+def test_graph_index_scans_the_same_number_of_vectors_per_image_whatever_n():
+    """Lists of ~list_size vectors, nprobe of them searched, at any n; built again (in other
+    chunks), the same answers: the k-means sample is seeded."""
+    shape = []
+    for n in (2000, 8000):
+        xb, planted = _planted_vectors(n, d=32, pairs=50, seed=n)
+        vec = vectors.build(xb, np.arange(n, dtype=np.int64), kind="flat", fingerprint="f", data_version=1)
+        for flat_max in (1000, 10):  # a flat quantizer, and the HNSW one past flat_quantizer_max lists
+            g = vectors.graph_index(vec, list_size=100, nprobe=3, flat_quantizer_max=flat_max, chunk=999)
+            shape.append((g.ntotal, g.nlist, g.nprobe))
+            _, found = g.search(xb[0:100:2], 2)
+            assert [int(f[1]) if f[0] == i else int(f[0]) for i, f in zip(range(0, 100, 2), found)] == \
+                list(range(1, 100, 2))  # each planted copy is its original's nearest other
+            assert g.nbytes() == n * (4 * 32 + 8) + g.nlist * 32 * 4
+            again = vectors.graph_index(vec, list_size=100, nprobe=3, flat_quantizer_max=flat_max, chunk=4096)
+            assert all(np.array_equal(x, y) for x, y in zip(g.search(xb[:500], 5), again.search(xb[:500], 5)))
+    assert shape == [(2000, 20, 3), (2000, 20, 3), (8000, 80, 3), (8000, 80, 3)]  # lists of ~100, 3 probed
+
+
 # --- verification levels on hand-made patch sets ----------------------------------------------
 
 def _feats(rng: np.random.Generator, grid=(10, 10)) -> LocalFeatures:

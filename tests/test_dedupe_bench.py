@@ -31,7 +31,7 @@ def test_planted_table_has_every_transform_and_says_random_weights():
 
 
 def test_knn_stage_prints_ratios_and_finds_the_planted_pairs():
-    out = _run("knn", "--sizes", "1000,2000", "--dim", "16", "--kind", "flat")
+    out = _run("knn", "--sizes", "1000,2000", "--dim", "16", "--kind", "flat", "--graph-min", "1500")  # 2000: graph index
     rows = re.findall(r"^\s+(\d+)\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+) / (\d+)\s+([\d.]+)", out, re.M)
     assert [(n, found == planted, ratio) for n, found, planted, ratio in rows] == [
         ("1000", True, "1.0"), ("2000", True, "2.0")]

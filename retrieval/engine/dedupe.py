@@ -1,12 +1,14 @@
 """Copies of the same photo inside an index (`retrieve dedupe`), never an N x N matrix.
 
     exact    same bytes: the stored sha256, one SQL query
-    near     a verified copy: a candidate pair from a k-nearest-neighbour graph of the vector
-             index (asked `batch` images at a time: memory batch x k, whatever the index size)
-             whose stored patch descriptors agree under one similarity transform (the
-             verification `--rerank` uses, also tried mirrored) over at least `coverage` of the
-             smaller image's patches: a re-encoded, resized, cropped or flipped copy keeps most
-             of them where they were, another shot of the same scene moves them (parallax)
+    near     a verified copy: a candidate pair from a k-nearest-neighbour graph of the indexed
+             vectors (`batch` images at a time: memory batch x k, whatever the index size; from
+             vectors.GRAPH_MIN images on searched in a temporary IVF of constant-size lists, so
+             time grows about linearly with n) whose stored patch descriptors agree under one
+             similarity transform (the verification `--rerank` uses, also tried mirrored) over at
+             least `coverage` of the smaller image's patches: a re-encoded, resized, cropped or
+             flipped copy keeps most of them where they were, another shot of the same scene
+             moves them (parallax)
     similar  verified, but over less than `coverage`: another shot of the same scene, or a heavy
              edit; only reported when asked, apart from the copies
 
@@ -33,7 +35,7 @@ from ..store import ImageFacts, Store
 from ..types import Skipped
 from .index import Index
 from .reranking import stored_local
-from ..vectors import VectorIndex
+from ..vectors import GRAPH_MIN, GraphIndex, VectorIndex, graph_index
 
 KINDS = ("exact", "near", "similar")
 LocalOf = Callable[[Sequence[int], LocalPCA], dict[int, LocalFeatures]]
@@ -121,15 +123,20 @@ class KnnBatch(NamedTuple):
     scores: np.ndarray
 
 
-def knn_pairs(vec: VectorIndex, *, k: int, threshold: float, batch: int) -> Iterator[KnnBatch]:
+def knn_pairs(vec: VectorIndex, *, k: int, threshold: float, batch: int,
+              graph_min: int = GRAPH_MIN) -> Iterator[KnnBatch]:
     """The kNN graph in batches: for each `batch` indexed vectors, their k nearest others with
     cosine >= threshold (a pair comes once per side that finds it; `duplicates` keeps one).
-    Holds batch x (k + 1) results at a time, never n x n."""
+    Holds batch x (k + 1) results at a time, never n x n. From `graph_min` vectors on, the
+    neighbours come from a temporary IVF over a copy of the vectors (vectors.graph_index: a
+    constant number of them scanned per image, whatever n is), dropped when the graph is done;
+    below, from the index's own search."""
     ids = vec.ids()
     want = min(k + 1, vec.ntotal)  # the image itself comes back too
+    graph: VectorIndex | GraphIndex = vec if len(ids) < graph_min else graph_index(vec)
     for start in range(0, len(ids), batch):
         xq_ids = ids[start: start + batch]
-        scores, found = vec.search(vec.vectors_of(xq_ids), want)
+        scores, found = graph.search(vec.vectors_of(xq_ids), want)
         a = np.repeat(xq_ids, found.shape[1])
         b, s = found.reshape(-1), scores.reshape(-1)
         keep = (b >= 0) & (a != b) & (s >= threshold)

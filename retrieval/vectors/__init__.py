@@ -18,7 +18,8 @@ vector at once.
 
 One module a concern: `vector_index` (VectorIndex, searching, `place`), `building` (the kinds and
 how each is built), `exact_file` (ivfpq's memory-mapped exact vectors and their checksums),
-`saving` (to and from bytes). Callers import from the package.
+`saving` (to and from bytes), `graph` (a temporary IVF for the kNN graph of the index's own vectors,
+`retrieve dedupe`). Callers import from the package.
 """
 
 from .building import (
@@ -45,12 +46,14 @@ from .exact_file import (
     damage,
     damaged_blocks,
 )
+from .graph import GRAPH_MIN, GraphIndex, graph_index
 from .saving import from_bytes, from_file, header, to_bytes
 from .vector_index import GPU_MAX_K, RESCORE_FACTOR, RESCORE_MIN, TorchExact, VectorIndex, place
 
 __all__ = [
-    "AUTO_EXACT_MAX", "EXACT_BLOCK", "EXACT_HEADER", "EXACT_MAGIC", "GPU_MAX_K", "IVFPQ_NPROBE", "NLIST_MAX",
-    "PQ_BYTES_MAX", "PQ_DIMS", "RESCORE_FACTOR", "RESCORE_MIN", "TRAIN_PER_LIST", "VERIFY_ALL_MAX", "VERIFY_SAMPLE",
-    "TorchExact", "VectorIndex", "attach_exact", "build", "build_chunked", "choose_kind", "damage", "damaged_blocks",
-    "from_bytes", "from_file", "header", "pq_bytes", "place", "to_bytes", "train_rows", "train_size",
+    "AUTO_EXACT_MAX", "EXACT_BLOCK", "EXACT_HEADER", "EXACT_MAGIC", "GPU_MAX_K", "GRAPH_MIN", "IVFPQ_NPROBE",
+    "NLIST_MAX", "PQ_BYTES_MAX", "PQ_DIMS", "RESCORE_FACTOR", "RESCORE_MIN", "TRAIN_PER_LIST", "VERIFY_ALL_MAX",
+    "VERIFY_SAMPLE", "GraphIndex", "TorchExact", "VectorIndex", "attach_exact", "build", "build_chunked",
+    "choose_kind", "damage", "damaged_blocks", "from_bytes", "from_file", "graph_index", "header", "pq_bytes",
+    "place", "to_bytes", "train_rows", "train_size",
 ]
