@@ -182,6 +182,7 @@ def _timm_diff(model, ours, x: torch.Tensor) -> float:
     return max((out.cls - ref[:, 0]).abs().max().item(), (out.patches - ref[:, 5:]).abs().max().item()) / scale
 
 
+@pytest.mark.fidelity  # ViT-S at full depth against timm: left out of the fast run
 @pytest.mark.parametrize("name,timm_name,args", [
     ("dinov3_vits16", "vit_small_patch16_dinov3_qkvb", {}),
     ("dinov3_vits16plus", "vit_small_plus_patch16_dinov3_qkvb", {"depth": 2}),
