@@ -90,6 +90,30 @@ def pytest_runtest_teardown(item: pytest.Item):  # noqa: ANN201
     return (yield from _guarded(item))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_click_command_per_app() -> Iterator[None]:
+    """CliRunner.invoke(app, ...) has typer build the app's click command anew each time, evaluating
+    every command's annotations: about 20 ms of CPU a call, several hundred calls a run. The command
+    is built once per app object instead (a re-imported app, as test_cli_defaults makes, is another
+    object and gets its own); click runs a command any number of times."""
+    import weakref
+
+    import typer.main
+    import typer.testing
+
+    real = typer.main.get_command
+    commands: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get_command(typer_instance: typer.Typer):  # noqa: ANN202
+        if typer_instance not in commands:
+            commands[typer_instance] = real(typer_instance)
+        return commands[typer_instance]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing, "_get_command", get_command)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from retrieval import load_backbone
