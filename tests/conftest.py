@@ -122,6 +122,22 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def vits_state_dict():  # noqa: ANN201
+    """A function giving a private copy of helpers.official_like_small_state_dict(registers): timm's
+    random initialisation of a ViT-S (about 1.7 s of CPU) runs once per register count a session."""
+    from .helpers import official_like_small_state_dict
+
+    made: dict[int, dict] = {}
+
+    def state_dict(registers: int = 0) -> dict:
+        if registers not in made:
+            made[registers] = official_like_small_state_dict(registers)
+        return {k: v.clone() for k, v in made[registers].items()}
+
+    return state_dict
+
+
+@pytest.fixture(scope="session")
 def awkward_dir() -> Path:
     if not (AWKWARD / "MANIFEST.tsv").is_file():
         pytest.fail(f"test data missing: {AWKWARD} (part of the repository; is the clone complete?)")
