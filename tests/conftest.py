@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,6 +120,32 @@ def tiny():
     from retrieval import load_backbone
 
     return load_backbone("test_tiny", device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_tls_context() -> Iterator[None]:
+    """Every httpx client makes a TLS context, parsing certifi's CA bundle (about 20 ms of CPU), though
+    the tests speak plain HTTP to 127.0.0.1; the serve tests make hundreds of clients (16 at once in
+    the concurrency tests), so the clients with httpx's default verification share one instead."""
+    import threading
+
+    from httpx._transports import default
+
+    real = default.create_ssl_context
+    made: dict[bool, Any] = {}
+    lock = threading.Lock()
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return real(verify=verify, cert=cert, trust_env=trust_env)
+        with lock:
+            if trust_env not in made:
+                made[trust_env] = real(verify=True, cert=None, trust_env=trust_env)
+            return made[trust_env]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(default, "create_ssl_context", create_ssl_context)
+        yield
 
 
 @pytest.fixture(scope="session")
