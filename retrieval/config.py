@@ -125,6 +125,12 @@ class SearchOptions:
             raise UsageError(f"qe_alpha (--qe-alpha) must be a finite number above 0, got {self.qe_alpha:g}")
 
 
+# DedupeOptions' bounds, which `retrieve dedupe`'s options take as theirs (cli/dedupe.py)
+DEDUPE_MIN_K = 1
+DEDUPE_THRESHOLDS = (-1.0, 1.0)  # a global cosine: both ends included
+DEDUPE_COVERAGES = (0.0, 1.0)  # a share of the patches: above the first (a copy shares some), up to the second
+
+
 @dataclass(frozen=True)
 class DedupeOptions:
     """k: neighbours asked per image; threshold: global cosine (of the indexed vectors) for a pair
@@ -140,11 +146,12 @@ class DedupeOptions:
     exact_only: bool = False  # same bytes only: no kNN graph, no model
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.batch < 1:
-            raise UsageError(f"-k and the batch must be at least 1, got {self.k} and {self.batch}")
-        if not -1.0 <= self.threshold <= 1.0 or not 0.0 < self.coverage <= 1.0:
-            raise UsageError(f"--threshold must lie in [-1, 1] and --coverage in (0, 1], got {self.threshold:g} "
-                             f"and {self.coverage:g}")
+        (low, high), (above, most) = DEDUPE_THRESHOLDS, DEDUPE_COVERAGES
+        if self.k < DEDUPE_MIN_K or self.batch < 1:
+            raise UsageError(f"-k and the batch must be at least {DEDUPE_MIN_K}, got {self.k} and {self.batch}")
+        if not low <= self.threshold <= high or not above < self.coverage <= most:
+            raise UsageError(f"--threshold must lie in [{low:g}, {high:g}] and --coverage in ({above:g}, {most:g}], "
+                             f"got {self.threshold:g} and {self.coverage:g}")
 
 
 @dataclass(frozen=True)

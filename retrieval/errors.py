@@ -53,8 +53,8 @@ class UsageError(RetrievalError, ValueError):
     Python callers that catch ValueError keep working."""
 
 
-class UnknownBackboneError(RetrievalError, ValueError):
-    """A backbone name that is not in the registry."""
+class UnknownBackboneError(UsageError):
+    """A backbone name that is not in the registry: a value the user gave, so a UsageError (exit 2)."""
 
     def __init__(self, name: str, valid: list[str]) -> None:
         self.name = name

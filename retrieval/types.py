@@ -69,10 +69,16 @@ def parse_box(text: str, *, name: str = "--bbox", quoted: str | None = None) -> 
     return x1, y1, x2, y2
 
 
-def box_inside(box: Box, size: tuple[int, int], *, name: str = "bbox") -> None:
-    """UsageError unless the box lies inside an image of size (w, h), edges included."""
+def box_fits(box: Box, size: tuple[int, int]) -> bool:
+    """Whether the box lies inside an image of size (w, h), edges included."""
     (x1, y1, x2, y2), (w, h) = box, size
-    if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+    return 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+
+
+def box_inside(box: Box, size: tuple[int, int], *, name: str = "bbox") -> None:
+    """UsageError unless the box lies inside an image of size (w, h), edges included (box_fits)."""
+    (x1, y1, x2, y2), (w, h) = box, size
+    if not box_fits(box, size):
         raise UsageError(f"{name} {x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image; "
                          f"pass x1,y1,x2,y2 with 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
 

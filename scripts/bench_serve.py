@@ -5,7 +5,8 @@ health probe's latency while 16 clients search (a 17th client polls /api/health)
 without some of them fetching heat-map pictures of their top hit after each search.
 
     python scripts/bench_serve.py [--images 200] [--size 224] [--model dinov2_vits14] [--weights FILE]
-                                  [--clients 1,4,16] [--requests 48] [--window 0] [--mixed 16] [--drawers 4]
+                                  [--clients 1,4,16] [--requests 48] [--rounds 3] [--window 0]
+                                  [--mixed 16] [--drawers 4]
 
 The index holds synthetic JPEGs embedded with a random checkpoint in the official layout
 (bench_index.random_checkpoint; speed does not depend on the values). Each client posts query
@@ -13,13 +14,19 @@ files (not indexed, 640x480 JPEGs) one after another; latency is per request as 
 it (upload, embed, search, JSON), throughput is requests over wall time, and the queries per
 forward pass are the server's own count (create_app's on_embed, read before and after each level). The server runs in its
 own process (uvicorn), as `retrieve serve` would, and nothing else runs meanwhile.
+
+The in-process loop and the levels take turns (`--rounds`), so that a machine whose speed drifts
+(a shared or virtual one) slows both sides of each ratio alike; the ratios are printed over all
+rounds and as each round's spread. Each round also times the index thread's own work in this
+process with no server (embed a pass of uploads already read, then search each), one query alone
+and at the batch size the top level made: the top level's throughput cannot pass what that work
+allows, so the printed bound says whether a throughput goal is within reach on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,12 +37,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import photos, random_checkpoint  # noqa: E402
+from bench_index import cpu_name, photos, random_checkpoint  # noqa: E402
 
 from retrieval import Index, SearchOptions  # noqa: E402
 
@@ -65,15 +73,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def in_process(ix: Path, weights: str, queries: list[Path], n: int) -> list[float]:
+def in_process(idx: Index, queries: list[Path], n: int, start: int = 0) -> list[float]:
+    """`Index.search` of n query files in turn on an open index: latencies."""
     times = []
-    with Index.open(ix, weights=weights or None) as idx:
-        idx.search(queries[0], SearchOptions(k=10))  # warm: model loaded, vectors read
-        for i in range(n):
-            t0 = time.perf_counter()
-            idx.search(queries[i % len(queries)], SearchOptions(k=10))
-            times.append(time.perf_counter() - t0)
+    for i in range(start, start + n):
+        t0 = time.perf_counter()
+        idx.search(queries[i % len(queries)], SearchOptions(k=10))
+        times.append(time.perf_counter() - t0)
     return times
+
+
+def thread_work(idx: Index, data: list[bytes], batch: int, repeat: int = 2) -> float:
+    """Seconds per query of what the server's index thread does for a pass of `batch` uploads
+    (embed them together, then search each), uploads already read, on this process's open index;
+    the median of `repeat` passes. The server's throughput cannot pass batch / (this x batch)."""
+    from retrieval.engine.serving import UploadReader, embed_explained
+
+    reader = UploadReader.of(idx)
+    uploads = [reader.read(data[i % len(data)]) for i in range(batch)]
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for q in embed_explained(idx, uploads):
+            idx.search_embedded(q.query, SearchOptions(k=10))
+        times.append((time.perf_counter() - t0) / batch)
+    return statistics.median(times)
 
 
 def load(url: str, queries: list[bytes], clients: int, total: int) -> tuple[list[float], float]:
@@ -167,6 +191,116 @@ def print_mixed(runs: list[tuple[str, dict[str, list[float]]]], clients: int) ->
               f"{statistics.median(runs[1][1]['search']) / statistics.median(runs[0][1]['search']):.2f}x")
 
 
+class Level(NamedTuple):
+    """One concurrency level's requests over all rounds: latencies, wall time, the server's
+    embedding calls and the queries in them, and each round's (latencies, wall time)."""
+
+    clients: int
+    lat: list[float]
+    wall: float
+    calls: int
+    queries: int
+    rounds: list[tuple[list[float], float]]
+
+    @property
+    def qps(self) -> float:
+        return len(self.lat) / self.wall
+
+
+def start_server(ix: Path, weights: str, window: float) -> tuple[subprocess.Popen[str], str]:
+    """The server in its own process, as `retrieve serve` runs it, once it answers /api/health."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(ix), weights, str(port), str(window)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/api/health", timeout=5).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+
+
+def measure(idx: Index, ix: Path, weights: str, queries: list[Path], levels: list[int], args: argparse.Namespace):
+    """The in-process loop, each level, and the index thread's own work per query alone and at the
+    top level's batch size, in turn, `args.rounds` times; then the mixed runs."""
+    server, url = start_server(ix, weights, args.window)
+    try:
+        data = [q.read_bytes() for q in queries]
+        load(url, data, 1, 4)  # warm-up
+        local: list[float] = []
+        rounds: list[list[float]] = []
+        done: dict[int, list[tuple[list[float], float, int, int]]] = {c: [] for c in levels}
+        work: list[tuple[int, float, float]] = []  # batch size, index thread's seconds a query alone, in that batch
+        for r in range(args.rounds):
+            rounds.append(in_process(idx, queries, max(8, args.requests // args.rounds), start=r))
+            local += rounds[-1]
+            for c in levels:
+                before = embedded(server)
+                lat, wall = load(url, data, c, max(args.requests // args.rounds, 2 * c))
+                after = embedded(server)
+                done[c].append((lat, wall, after[0] - before[0], after[1] - before[1]))
+            *_, calls, held = done[levels[-1]][-1]
+            batch = max(1, round(held / max(calls, 1)))
+            work.append((batch, thread_work(idx, data, 1), thread_work(idx, data, batch)))
+        rows = [Level(c, [x for lat, *_ in d for x in lat], sum(w for _, w, *_ in d), sum(k for *_, k, _ in d),
+                      sum(q for *_, q in d), [(lat, w) for lat, w, *_ in d]) for c, d in done.items()]
+        runs = []
+        if args.mixed:
+            n = max(args.requests, 2 * args.mixed)
+            runs.append(("searches only", mixed(url, data, args.mixed, n, drawers=0)[0]))
+            if args.drawers:
+                runs.append((f"{args.drawers} of them also fetch a heat-map PNG",
+                             mixed(url, data, args.mixed, n, drawers=args.drawers)[0]))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    ceiling = (max(b for b, _, _ in work), statistics.median(a for _, a, _ in work),
+               statistics.median(t for _, _, t in work))
+    return local, rows, rounds, runs, ceiling
+
+
+def print_levels(local: list[float], rows: list[Level]) -> None:
+    base = statistics.median(local)
+    print()
+    print("| clients | p50 latency (ms) | p95 latency (ms) | queries/s | queries per forward pass |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| in-process `Index.search` loop | {base * 1000:.1f} | {pct(local, 95) * 1000:.1f} | {1 / base:.2f} | 1 |")
+    for row in rows:
+        print(f"| {row.clients} | {pct(row.lat, 50) * 1000:.1f} | {pct(row.lat, 95) * 1000:.1f} | {row.qps:.2f} | "
+              f"{row.queries / max(row.calls, 1):.1f} ({row.queries} in {row.calls}) |")
+    print()
+
+
+def spread(xs: list[float]) -> str:
+    return f"rounds {min(xs):.2f}-{max(xs):.2f}x"
+
+
+def print_ratios(rows: list[Level], rounds: list[list[float]], ceiling: tuple[int, float, float]) -> None:
+    """The goals' two ratios over all rounds, with each round's spread, and the throughput the
+    index thread's own work allows."""
+    one = next((row for row in rows if row.clients == 1), None)
+    base = statistics.median([x for r in rounds for x in r])
+    if one is not None:
+        each = [statistics.median(lat) / statistics.median(r) for (lat, _), r in zip(one.rounds, rounds)]
+        print(f"single-client p50 / in-process search: {statistics.median(one.lat) / base:.2f}x "
+              f"({spread(each)}; goal <= 1.15x)")
+    top = rows[-1]
+    if one is not None and top is not one:
+        each = [len(t) / tw / (len(o) / ow) for (t, tw), (o, ow) in zip(top.rounds, one.rounds)]
+        print(f"{top.clients}-client throughput / single-client: {top.qps / one.qps:.2f}x ({spread(each)}; goal >= 1.5x)")
+        batch, alone, batched = ceiling
+        print(f"the index thread's own work (embed, then search), in this process with no server: "
+              f"{alone * 1000:.1f} ms a query one at a time, {batched * 1000:.1f} ms a query {batch} at a time; "
+              f"so {top.clients} clients cannot pass {1 / batched:.1f} queries/s, "
+              f"{1 / batched / one.qps:.2f}x the single client's throughput")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200)
@@ -178,7 +312,11 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=0.0, help="server's batching window in seconds")
     ap.add_argument("--mixed", type=int, default=16, help="searching clients while /api/health is polled (0: skip)")
     ap.add_argument("--drawers", type=int, default=4, help="of those, clients that also fetch a heat-map PNG")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the in-process loop and the levels take turns this many times (a drifting machine "
+                         "speed then slows them alike); each round's ratios are printed too")
     args = ap.parse_args()
+    load_before = f"{os.getloadavg()[0]:.2f}"
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -198,63 +336,15 @@ def main() -> None:
             dtype = idx.config.backbone.dtype
         index_s = time.perf_counter() - t0
 
-        local = in_process(ix, weights, queries, max(20, args.requests // 2))
-        base = statistics.median(local)
+        with Index.open(ix, weights=weights or None) as idx:
+            idx.search(queries[0], SearchOptions(k=10))  # warm: model loaded, vectors read
+            local, rows, rounds, runs, ceiling = measure(idx, ix, weights, queries, levels, args)
 
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(ix), weights, str(port), str(args.window)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(url + "/api/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.2)
-            data = [q.read_bytes() for q in queries]
-            load(url, data, 1, 4)  # warm-up
-            rows = []
-            for c in levels:
-                before = embedded(server)
-                lat, wall = load(url, data, c, max(args.requests, 2 * c))
-                after = embedded(server)
-                rows.append((c, lat, wall, (after[0] - before[0], after[1] - before[1])))
-            runs = []
-            if args.mixed:
-                n = max(args.requests, 2 * args.mixed)
-                runs.append(("searches only", mixed(url, data, args.mixed, n, drawers=0)[0]))
-                if args.drawers:
-                    runs.append((f"{args.drawers} of them also fetch a heat-map PNG",
-                                 mixed(url, data, args.mixed, n, drawers=args.drawers)[0]))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{args.model} {args.size} px ({dtype}), {args.images} images indexed in {index_s:.1f} s; "
-          f"server window {args.window * 1000:.0f} ms")
-    print()
-    print("| clients | p50 latency (ms) | p95 latency (ms) | queries/s | queries per forward pass |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| in-process `Index.search` loop | {base * 1000:.1f} | {pct(local, 95) * 1000:.1f} | {1 / base:.2f} | 1 |")
-    single = None
-    for c, lat, wall, (calls, queries) in rows:
-        qps = len(lat) / wall
-        single = single or qps
-        print(f"| {c} | {pct(lat, 50) * 1000:.1f} | {pct(lat, 95) * 1000:.1f} | {qps:.2f} | "
-              f"{queries / max(calls, 1):.1f} ({queries} in {calls}) |")
-    print()
-    one = next((statistics.median(lat) for c, lat, _, _ in rows if c == 1), None)
-    if one is not None:
-        print(f"single-client p50 / in-process search: {one / base:.2f}x (goal <= 1.15x)")
-    top = rows[-1]
-    if single and len(rows) > 1:
-        print(f"{top[0]}-client throughput / single-client: {len(top[1]) / top[2] / single:.2f}x (goal >= 1.5x)")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average {load_before} before, "
+          f"{os.getloadavg()[0]:.2f} after; {args.model} {args.size} px ({dtype}), {args.images} images "
+          f"indexed in {index_s:.1f} s; server window {args.window * 1000:.0f} ms; {args.rounds} rounds")
+    print_levels(local, rows)
+    print_ratios(rows, rounds, ceiling)
     if runs:
         print_mixed(runs, args.mixed)
 

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from retrieval import UnknownBackboneError, WeightsError, backbone_names, load_backbone
+from retrieval import UnknownBackboneError, UsageError, WeightsError, backbone_names, load_backbone
 from retrieval.backbone import interpolate_pos_embed, registry
 from retrieval.backbone import weights as W
 
@@ -24,6 +24,7 @@ def test_unknown_name_lists_valid():
     with pytest.raises(UnknownBackboneError) as info:
         load_backbone("dinov9_vits16")
     assert "dinov2_vits14_reg" in str(info.value) and "test_tiny" in str(info.value)
+    assert isinstance(info.value, UsageError)  # `except UsageError` (and the CLI's exit 2) covers it
 
 
 def test_tiny_encode_shapes(tiny):

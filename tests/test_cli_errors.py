@@ -71,6 +71,15 @@ def test_mistyped_folder_creates_and_changes_no_index(folder, tmp_path):
     assert (old / "store.sqlite").read_bytes() == before  # its settings too: nothing was stored
 
 
+def test_a_folder_that_links_to_nowhere_creates_no_index(tmp_path):
+    link = tmp_path / "card"
+    link.symlink_to(tmp_path / "unmounted")
+    ix = tmp_path / "new-index"
+    one_line_error(runner.invoke(app, ["index", str(link), "--index", str(ix), "--model", "test_tiny"]),
+                   f"{link} does not exist")
+    assert not ix.exists()
+
+
 def test_bad_values_exit_2_and_bugs_are_not_dressed_as_bad_input(folder, tmp_path, monkeypatch):
     ix = tmp_path / "ix"
     index_tiny(folder, ix)

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image, ImageEnhance
 
 from retrieval import vectors
+from retrieval.cli import app
 from retrieval.engine import Index
 from retrieval.config import DedupeOptions
 from retrieval.engine import dedupe as dd
+from retrieval.errors import UsageError
 from retrieval.local import LocalFeatures, grid_xy
 from retrieval.store import ImageFacts
 
@@ -297,6 +300,26 @@ def test_cli_refuses_bad_options_in_one_line(planted, args, named):
     assert r.exit_code == 2 and clean_exit(r), r.output
     one_line_error(r)
     assert named in r.stderr
+
+
+@pytest.mark.parametrize(("option", "field", "value"), [
+    ("--threshold", "threshold", -1.0), ("--threshold", "threshold", 1.0), ("--threshold", "threshold", -1.0001),
+    ("--threshold", "threshold", 1.0001), ("--coverage", "coverage", 0.0), ("--coverage", "coverage", 1e-9),
+    ("--coverage", "coverage", 1.0), ("--coverage", "coverage", 1.0001), ("-k", "k", 1), ("-k", "k", 0)])
+def test_cli_bounds_are_dedupe_options_bounds(option, field, value):
+    """A value `retrieve dedupe` parses is one DedupeOptions takes, and the other way round, at each end."""
+    command = typer.main.get_command(app).commands["dedupe"]  # parsing alone: no index is opened
+    try:
+        command.make_context("dedupe", [option, str(value)])
+        parsed = True
+    except typer.BadParameter:
+        parsed = False
+    try:
+        DedupeOptions(**{field: value})
+        taken = True
+    except UsageError:
+        taken = False
+    assert parsed == taken, (option, value, parsed, taken)
 
 
 def test_cli_html_is_for_the_index_groups_only(planted, tmp_path):

@@ -484,6 +484,38 @@ def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch, vits_state_
     assert len(calls) == 1  # touched: hashed again (and still the same bytes, so accepted)
 
 
+class _ReadOnlyStore:
+    readonly = True
+
+    def __init__(self, meta: dict) -> None:
+        self.meta = meta
+
+    def get_meta(self, key: str):
+        return self.meta.get(key)
+
+    def set_meta(self, **values) -> None:
+        raise AssertionError(f"a read-only store was written: {values}")
+
+
+def test_weights_checked_on_a_read_only_index_hand_on_the_hash_they_computed(tmp_path, monkeypatch):
+    """A read-only store cannot remember a weights file's hash; the driver's check still hands the
+    hash it computed to the Ray workers (Weights.hashes), which then do not read the file again."""
+    from retrieval.backbone import weights as W
+    from retrieval.config import BackboneConfig, EngineConfig
+    from retrieval.engine import weights_identity
+
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"weights of a test")
+    store = _ReadOnlyStore({"weights_id": "sha256:" + W.file_sha256(ckpt)})
+    config = EngineConfig(backbone=BackboneConfig(name="dinov2_vits14", weights=str(ckpt)))
+    got = weights_identity.checked(store, config, tmp_path, weights=None)  # type: ignore[arg-type]
+    calls: list[str] = []
+    real = W.file_sha256
+    monkeypatch.setattr(W, "file_sha256", lambda p: calls.append(p) or real(p))
+    assert W.file_id(ckpt, dict(got.hashes)) == got.id  # what a worker does with them
+    assert calls == []
+
+
 def test_auto_dtype_is_resolved_once_and_stored(tmp_path, monkeypatch):
     import torch
 
@@ -558,3 +590,19 @@ def test_an_open_index_sees_a_whitening_set_by_another_connection(index):
         got = idx.whitening()
         assert got is not None and got.digest() == w.digest()
         assert idx.ensure_vectors().fingerprint != before.fingerprint  # rebuilt for the new whitening
+
+
+def test_a_vector_rebuild_decodes_the_whitening_once(index, monkeypatch):
+    """The fingerprint, the saved file's check and the rebuild share one decoded whitening record."""
+    from retrieval import Index
+    from retrieval import whitening as wh
+    from retrieval.engine.files import VECTORS_FILE
+
+    decode, calls = wh.decode, []
+    monkeypatch.setattr(wh, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    with Index.open(index) as idx:
+        assert idx.store.get_meta("whitening") is not None  # a record to decode (one saying: none fitted)
+        (index / VECTORS_FILE).unlink()
+        calls.clear()
+        assert idx.ensure_vectors().ntotal > 0  # rebuilt: no file, nothing cached
+        assert len(calls) == 1

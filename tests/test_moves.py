@@ -38,8 +38,7 @@ def _hasher(hashes: dict[str, str]):
 
 def _plan(found, rows, hashes, **kw):
     sha256_of, read = _hasher(hashes)
-    plan = plan_update(found, {r.path: r for r in rows}, retry_skipped=False, same_bytes=lambda p, h: True,
-                       sha256_of=sha256_of, **kw)
+    plan = plan_update(found, {r.path: r for r in rows}, retry_skipped=False, sha256_of=sha256_of, **kw)
     return plan, read
 
 
@@ -97,18 +96,12 @@ def test_a_file_moved_in_from_outside_the_roots_moves_its_row_when_the_old_path_
     assert (plan.moves, plan.embed) == ([], ["/p/a.jpg"])  # a copy of a file kept elsewhere
 
 
-def test_without_a_hasher_nothing_is_a_move():
-    plan = plan_update([ImageRef("/p/b.jpg", 10, 9)], {"/p/a.jpg": _row(1, "/p/a.jpg", "h1")}, retry_skipped=False,
-                       same_bytes=lambda p, h: True)
-    assert (plan.moves, plan.embed, plan.deletes) == ([], ["/p/b.jpg"], [1])
-
-
 def test_a_stop_while_hashing_possible_moves_deletes_none_of_their_sources():
     rows = [_row(1, "/p/a.jpg", "h1"), _row(2, "/p/b.jpg", "h2"), _row(3, "/p/c.jpg", "h3", nbytes=50)]
     found = [ImageRef("/p/n/a.jpg", 10, 9), ImageRef("/p/n/b.jpg", 10, 9)]
     sha256_of, read = _hasher({"/p/n/a.jpg": "h1", "/p/n/b.jpg": "h2"})
-    plan = plan_update(found, {r.path: r for r in rows}, retry_skipped=False, same_bytes=lambda p, h: True,
-                       sha256_of=sha256_of, should_stop=lambda: bool(read))
+    plan = plan_update(found, {r.path: r for r in rows}, retry_skipped=False, sha256_of=sha256_of,
+                       should_stop=lambda: bool(read))
     assert plan.stopped and read == ["/p/n/a.jpg"]
     assert ([m.id for m in plan.moves], plan.deletes) == ([1], [3])  # b may have moved: kept for the next run
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +150,19 @@ def test_connections_are_answered_without_waiting_for_the_clients_ack():
                 writer.close()
 
     assert asyncio.run(nodelay()) != 0
+
+
+def test_the_gils_switch_interval_is_short_while_the_server_runs(served):
+    """A search crosses threads four times; each hand-off may wait out the GIL's switch interval
+    while another thread runs Python, so the server shortens it while it runs, and gives the
+    process its own value back when it stops."""
+    from retrieval.serve.app import SWITCH_INTERVAL
+
+    found = sys.getswitchinterval()  # this module's client fixture may be serving already
+    sys.setswitchinterval(0.005)  # Python's default
+    try:
+        with TestClient(create_app(served["index"]), base_url=LOCAL):
+            assert sys.getswitchinterval() == SWITCH_INTERVAL < 0.005
+        assert sys.getswitchinterval() == 0.005
+    finally:
+        sys.setswitchinterval(found)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..errors import RetrievalError, UnknownBackboneError, UsageError
+from ..errors import RetrievalError, UsageError
 from .options import plain_metavars
 from .output import error_line
 
@@ -182,7 +182,7 @@ def boundary(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UsageError, UnknownBackboneError) as e:
+        except UsageError as e:  # UnknownBackboneError among them
             error_line(_said(e))
             raise typer.Exit(2) from None
         except RetrievalError as e:

@@ -19,12 +19,12 @@ from rich.text import Text
 from .. import engine
 from ..config import DEFAULT_MAX_LINES, DEFAULT_MAX_PIXELS, DEFAULT_SIZE, SearchOptions, cli_overrides
 from ..engine.watch import Batch, WatchOptions
-from ..errors import RetrievalError, UsageError
-from ..types import Box, parse_box, shown
+from ..errors import UsageError
+from ..types import parse_box, shown
 from . import checks
 from .app import StopAfterBatch, app, boundary
 from .options import DEFAULTS, SIZE_HELP, ConfigFile, Device, IndexDir, Multiscale, Weights, Workers, index_dir
-from .output import error_line, literal, print_table, progress_bar
+from .output import error_line, literal, nothing_under, print_table, progress_bar, say_skipped
 
 
 @app.command()
@@ -104,7 +104,7 @@ def index(
         checks.existing(folders)  # before torch is imported: a mistyped folder is refused at once, creating no index
     checks.known_model(checks.model_of(overrides))
     checks.device(device)
-    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once
+    roots = engine.index_roots(folders, missing_ok=prune)  # resolved once; refuses a link to nowhere (--prune: gone for good)
     if watch and ray is not None:
         raise UsageError("--watch with --ray: watch with this machine's model, or index with --ray from a timer")
     watching = WatchOptions(rescan=rescan_interval) if watch else None  # a bad interval is refused first
@@ -130,9 +130,8 @@ def index(
         summary = idx.update(roots, retry_skipped=retry_skipped, should_stop=stop, on_progress=progress,
                              cluster=cluster, verify=verify, on_hashed=hashed, refit=refit_whitening, prune=prune)
         images_now = idx.count()
+    say_skipped(summary.skipped)
     log = logging.getLogger("retrieval")
-    for path, reason in summary.skipped:
-        log.warning("skipped %s: %s", shown(path), reason)
     typer.echo(_summary_line(where, images_now, summary))
     seen = summary.added + summary.updated + summary.unchanged + summary.moved + len(summary.skipped) + \
         summary.still_refused
@@ -165,8 +164,7 @@ def _watch(where: Path, roots: engine.Roots, options: WatchOptions, *, retry_ski
                 logging.getLogger("retrieval").warning("%s (tried again later)", b.error)
             elif b.summary is not None and (b.reason == "events" or _changed(b.summary)):
                 typer.echo(_summary_line(where, idx.count(), b.summary))
-                for path, reason in b.summary.skipped:
-                    logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+                say_skipped(b.summary.skipped)
 
         watch(lambda: idx.update(roots, retry_skipped=retry_skipped, should_stop=stop), roots.real, ignore=[where],
               options=options, should_stop=stop, on_batch=batch)
@@ -237,8 +235,6 @@ def query(
     with engine.Index.open(index_dir(index), weights=weights, device=device) as idx:
         results = [idx.similar(like, options)] if like is not None else idx.search_many(images, options, bbox=box)
         queries: list[Any] = [*images] or [like]
-        if box is not None:
-            _say_cut(images[0], box)
         for result in results:
             if result.gone:
                 _say_gone(result, k)
@@ -258,19 +254,6 @@ def query(
         if out is not None:  # after the results are out: a slow or failing map never hides them
             maps = engine.explain(idx, images[0], results[0], out, bbox=box, max_lines=max_lines)
             Console(stderr=True).print(literal(f"maps: {maps}"), soft_wrap=True)
-
-
-def _say_cut(path: Path, box: Box) -> None:
-    """A warning when --bbox reaches past the image: the search used the part inside it (crop_pixels)."""
-    from ..images import crop_pixels, decode, pixel_limit
-
-    with pixel_limit(DEFAULT_MAX_PIXELS):
-        _, (w, h) = decode(path, min_side_hint=1)  # a draft decode: only the upright size is wanted
-    if min(box) < 0 or max(box[0], box[2]) > w or max(box[1], box[3]) > h:
-        cut = ",".join(map(str, crop_pixels(box, (w, h))))
-        logging.getLogger("retrieval").warning("--bbox %s reaches past the %dx%d image %s; the query is the part "
-                                               "inside it, %s", ",".join(f"{v:g}" for v in box), w, h, shown(str(path)),
-                                               cut)
 
 
 def _say_gone(result: Any, k: int) -> None:
@@ -350,8 +333,7 @@ def remove(
         n = idx.remove(paths)
         left = idx.count()
     if n == 0:
-        raise RetrievalError(f"nothing in the index at {shown(str(where))} is at or under "
-                             f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
+        raise nothing_under(where, paths)
     typer.echo(f"removed {n} entries; {left} images indexed; later `retrieve index` runs of their folders leave "
                f"them out (`retrieve index PATH` takes a path back)")
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from .. import engine
-from ..config import DedupeOptions
+from ..config import DEDUPE_COVERAGES, DEDUPE_MIN_K, DEDUPE_THRESHOLDS, DedupeOptions
 from ..errors import UsageError
 from ..types import shown
 from . import checks
@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from ..engine.dedupe import Arrival, DedupeReport
 
 
+def _coverage(value: float) -> float:
+    """--coverage's open lower end, which typer's `min` (an end included) cannot say."""
+    if not value > DEDUPE_COVERAGES[0]:
+        raise typer.BadParameter(f"Input should be greater than {DEDUPE_COVERAGES[0]:g}")
+    return value
+
+
 @app.command()
 @boundary
 def dedupe(
@@ -34,14 +41,15 @@ def dedupe(
         help="Check these files or folders against the index instead (which of them it already holds); "
              "nothing is indexed.", show_default=False)] = None,
     index: IndexDir = None,
-    threshold: Annotated[float, typer.Option("--threshold", min=-1.0, max=1.0,
+    threshold: Annotated[float, typer.Option("--threshold", min=DEDUPE_THRESHOLDS[0], max=DEDUPE_THRESHOLDS[1],
                                              help="Global similarity at which a pair of neighbours is verified at "
                                                   "all (lower: more pairs checked, slower).")] = DedupeOptions.threshold,
-    coverage: Annotated[float, typer.Option("--coverage", min=0.0, max=1.0,
+    coverage: Annotated[float, typer.Option("--coverage", max=DEDUPE_COVERAGES[1], callback=_coverage,
                                             help="Verification level: share of the smaller image's patches that must "
                                                  "agree under one transform for a copy; verified pairs below it are "
                                                  "`similar`.")] = DedupeOptions.coverage,
-    k: Annotated[int, typer.Option("-k", "--neighbours", min=1, help="Nearest neighbours looked at per image.")] = DedupeOptions.k,
+    k: Annotated[int, typer.Option("-k", "--neighbours", min=DEDUPE_MIN_K,
+                                   help="Nearest neighbours looked at per image.")] = DedupeOptions.k,
     similar: Annotated[bool, typer.Option("--similar", help="Also list similar groups (other shots of the same "
                                                             "scene, heavy edits), apart from the copies.")] = False,
     exact_only: Annotated[bool, typer.Option("--exact-only", help="Identical bytes only: no neighbours, no model.")]

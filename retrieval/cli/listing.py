@@ -12,10 +12,10 @@ from typing import Annotated, Any
 import typer
 
 from .. import engine
-from ..errors import RetrievalError
 from ..types import shown
 from .app import app, boundary
 from .options import IndexDir, index_dir
+from .output import nothing_under
 
 LINES_AT_ONCE = 1000  # lines written to stdout in one call
 ID_WIDTH = 7  # the id column's width in the table (longer ids widen their own line only)
@@ -40,9 +40,7 @@ def list_(
         lines = (_json_line(r, skipped=skipped) for r in rows) if as_json else _table(rows, skipped=skipped)
         written = _write(lines)
     if written == 0 and paths:
-        raise RetrievalError(f"nothing {'refused' if skipped else 'indexed'} in the index at {shown(str(where))} is "
-                             f"at or under {', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is "
-                             f"indexed")
+        raise nothing_under(where, paths, what="refused" if skipped else "indexed")
 
 
 def _write(lines: Iterable[str]) -> int:

@@ -3,9 +3,11 @@ a row, no padding, when piped), and progress (a bar on a terminal, plain lines i
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -13,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import RetrievalError
 from ..types import shown
 
 PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
@@ -21,6 +24,19 @@ PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a ter
 def error_line(message: str) -> None:
     """`error: message` on stderr, one line; the paths in it are text (see literal)."""
     Console(stderr=True).print(Text.assemble(("error:", "red"), " ", literal(message)), soft_wrap=True)
+
+
+def say_skipped(skipped: Iterable[tuple[str, str]]) -> None:
+    """A warning for each file refused, `skipped PATH: reason; fix: ...` (index, --watch, extract)."""
+    for path, reason in skipped:
+        logging.getLogger("retrieval").warning("skipped %s: %s", shown(path), reason)
+
+
+def nothing_under(where: Path, paths: Iterable[Path], *, what: str = "") -> RetrievalError:
+    """The refusal of `retrieve list PATH` and `retrieve remove PATH` when nothing (`what`: refused,
+    indexed) in the index at `where` is at or under the paths."""
+    return RetrievalError(f"nothing {what + ' ' if what else ''}in the index at {shown(str(where))} is at or under "
+                          f"{', '.join(shown(str(p)) for p in paths)}; `retrieve list` shows what is indexed")
 
 
 def literal(text: str) -> Text:

@@ -15,7 +15,7 @@ from ..types import shown
 from . import checks
 from .app import app, boundary
 from .options import Batch, Device, Dtype, Inputs, MaxPixels, Model, Size, Weights, Workers
-from .output import progress_bar
+from .output import progress_bar, say_skipped
 
 
 def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], list[Any]]:
@@ -24,7 +24,7 @@ def _embed_with_progress(paths: list[str], **kwargs: Any) -> tuple[list[Any], li
 
         def seen(r: Any) -> None:
             if isinstance(r, engine.Skipped):
-                logging.getLogger("retrieval").warning("skipped %s: %s", shown(r.path), r.reason)
+                say_skipped([(r.path, r.reason)])
             bar.advance(task)
 
         result: tuple[list[Any], list[Any]] = engine.embed_all(paths, on_result=seen, **kwargs)

@@ -127,7 +127,11 @@ def _fit(x: np.ndarray, config: EngineConfig) -> wh.Whitening | None:
 
 
 def vectors_fingerprint(store: Store, config: EngineConfig) -> str:
-    state = fitted(store)
+    return _fingerprint(store, config, fitted(store))
+
+
+def _fingerprint(store: Store, config: EngineConfig, state: wh.Fitted | None) -> str:
+    """vectors_fingerprint with the whitening record already decoded (`state`)."""
     icfg = config.index
     return digest({"store": fingerprint(config, store.get_meta("weights_id")), "store_id": store.get_meta("store_id"),
                    "whitening": None if state is None else state.digest, "kind": icfg.kind,
@@ -140,16 +144,17 @@ def ensure_vectors(store: Store, config: EngineConfig, folder: Path, *, cached: 
     that, else the saved file if it is, else rebuilt from the store and saved atomically (kept in
     memory only when the store is read-only: nothing beside it is rewritten).
     data: the store's (ids, raw descriptors) when the caller has just read them."""
-    gen, fp = store.data_version, vectors_fingerprint(store, config)
+    state = fitted(store, dim_in=descriptor_dim(config))  # decoded once: the fingerprint's, and the rebuild's
+    gen, fp = store.data_version, _fingerprint(store, config, state)
     if cached is not None and cached.data_version == gen and cached.fingerprint == fp:
         return cached
     file = folder / VECTORS_FILE
     try:
-        return read_vectors(store, config, folder)
+        return _read(store, folder, fp)
     except ArtifactMismatchError as e:
         if file.exists():  # stale after every change of the rows: routine, so debug detail (-v)
             log.debug("rebuilding the vector index from the store: %s", e)
-    w = whitening(store, dim_in=descriptor_dim(config))
+    w = None if state is None else state.whitening
     n = store.count("ok") if data is None else len(data[0])
     kind = vecs.choose_kind(config.index.kind, n)
     if kind == "ivfpq" and config.index.dba > 0:  # auto past AUTO_EXACT_MAX (config refuses ivfpq + dba)
@@ -207,8 +212,13 @@ def _streamed(store: Store, w: wh.Whitening | None, n: int, fp: str, gen: int, e
 def read_vectors(store: Store, config: EngineConfig, folder: Path, *, header_only: bool = False) -> Any:
     """The saved FAISS index if it matches the store (its header alone with header_only);
     ArtifactMismatchError otherwise. A stale file is recognised without reading its vectors."""
+    return _read(store, folder, vectors_fingerprint(store, config), header_only=header_only)
+
+
+def _read(store: Store, folder: Path, fp: str, *, header_only: bool = False) -> Any:
+    """read_vectors against the fingerprint `fp` (the caller's, made from a decoded whitening)."""
     file = folder / VECTORS_FILE
-    fp, version, source = vectors_fingerprint(store, config), store.data_version, f"vector index {file}"
+    version, source = store.data_version, f"vector index {file}"
     try:
         with open(file, "rb") as f:
             if header_only:

@@ -79,6 +79,13 @@ class Roots:
         return list(dict.fromkeys([*self.real, *self.given]))
 
 
+def stored_names(paths: Iterable[str | Path]) -> list[str]:
+    """The names the index may hold each of `paths` under: its real path (as `retrieve index`
+    stores a file, links resolved), then as given made absolute (a row stored through a link);
+    each once, in order."""
+    return list(dict.fromkeys(name for p in paths for name in (os.path.realpath(p), os.path.abspath(p))))
+
+
 def index_roots(roots: Iterable[str | Path] | Roots, *, missing_ok: bool = False) -> Roots:
     """`roots` resolved (see Roots; already resolved ones as they are); RetrievalError naming the
     first that does not exist (checked before an index folder is created for them), unless

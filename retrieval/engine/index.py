@@ -13,6 +13,8 @@ must be embedded.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ from ..config import EngineConfig, SearchOptions
 from ..errors import RetrievalError, UsageError
 from ..local import LocalFeatures, LocalPCA
 from ..store import FileRow, Store
-from ..types import Box
+from ..types import Box, box_fits, shown
 from . import settings
 from .derived_cache import DerivedCache
 from .files import STORE_FILE, Roots, index_folder, require_writable
@@ -38,6 +40,8 @@ from .weights_identity import IndexModel
 if TYPE_CHECKING:
     from ..backbone import Backbone
     from .distributed import Cluster
+
+log = logging.getLogger(__name__)
 
 
 class Index:
@@ -189,15 +193,23 @@ class Index:
         """`search` for several query files, embedded together in batched forward passes (a box
         applies to a single query only). Raises BadImageError for the first unusable query."""
         self.require_images()
-        return [self.search_embedded(q, options) for q in self.queries(paths, bbox=bbox)]
+        queries = self.queries(paths, bbox=bbox)
+        if bbox is not None and queries[0].original_wh is not None:
+            _say_cut(paths[0], bbox, queries[0].original_wh)
+        return [self.search_embedded(q, options) for q in queries]
 
     def search_embedded(self, q: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
         """`search` for a query already embedded (by `queries`, or serve's embed_explained): the
         search stage (engine/search.py) over this index's vectors, re-ranking through the
         re-ranking stage (engine/reranking.py) with this index's model for candidates stored
         without local descriptors."""
-        return search(q, store=self.store, vec=self._derived.searcher(self.config), whitening=self.whitening(),
-                      options=options, rerank=Reranking(self.store, self._local_of))
+        return self._search(q, options)
+
+    def _search(self, q: Query, options: SearchOptions, *, placed: bool = True) -> SearchResult:
+        """search_embedded; placed=False: on the host's vectors unless a search placed them on a GPU
+        already or the index asks for one (DerivedCache.searcher)."""
+        return search(q, store=self.store, vec=self._derived.searcher(self.config, placed=placed),
+                      whitening=self.whitening(), options=options, rerank=Reranking(self.store, self._local_of))
 
     def similar(self, ref: str | int, options: SearchOptions = SearchOptions()) -> SearchResult:
         """More like an indexed file (a path, or an id: N or `id:N`), searched with the descriptor the
@@ -209,11 +221,10 @@ class Index:
 
         row = resolve(self.store, ref, index=self.path)
         q = like_query(self.store, row, rerank=options.rerank)
-        if q is None:  # re-ranking a row stored without local descriptors: its file is read
+        if options.rerank and q.features is None:  # a row stored without local descriptors: its file is read
             tokens = self.queries([row.path])[0]
-            q = Query(self.store.descriptors_of([row.id]), tokens.patches, tokens.grid, indexed_id=row.id)
-        return search(q, store=self.store, vec=self._derived.searcher(self.config, placed=False),
-                      whitening=self.whitening(), options=options, rerank=Reranking(self.store, self._local_of))
+            q = dataclasses.replace(q, patches=tokens.patches, grid=tokens.grid)
+        return self._search(q, options, placed=False)
 
     def files(self, paths: Sequence[str | Path] | None = None, *, skipped: bool = False) -> Iterator[FileRow]:
         """Indexed files (skipped: refused ones) by path, at or under `paths` or all, streamed
@@ -260,6 +271,16 @@ class Index:
         return gather(self.path, self.store, self.config, whitening=self.whitening(), exclusions=self.exclusions(),
                       fingerprint=self.fingerprint())
 
+
+
+def _say_cut(path: str | Path, box: Box, size: tuple[int, int]) -> None:
+    """A warning when a query's box reaches past its picture of `size` (w, h): the search used the
+    part inside it (images.crop_pixels)."""
+    if not box_fits(box, size):
+        from ..images import crop_pixels
+
+        log.warning("--bbox %s reaches past the %dx%d image %s; the query is the part inside it, %s",
+                    ",".join(f"{v:g}" for v in box), *size, shown(str(path)), ",".join(map(str, crop_pixels(box, size))))
 
 
 __all__ = ["Index", "UpdateSummary"]

@@ -9,7 +9,6 @@ needs its file read again to be re-ranked; the caller does that (`Index.similar`
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from ..errors import UsageError
 from ..store import FileRow, Store
 from ..types import shown
 from .commit import stored_pca
+from .files import stored_names
 from .search import Query
 
 _ID = re.compile(r"(?:id:)?([0-9]+)")
@@ -44,8 +44,7 @@ def resolve(store: Store, ref: str | int, *, index: Path) -> FileRow:
     if isinstance(ref, int):
         row, what = store.row(ref), f"id {ref}"
     else:
-        names = dict.fromkeys([os.path.realpath(ref), os.path.abspath(ref)])
-        row, what = next((r for r in map(store.row, names) if r is not None), None), shown(ref)
+        row, what = next((r for r in map(store.row, stored_names([ref])) if r is not None), None), shown(ref)
     where = shlex.quote(shown(str(index)))
     if row is None:
         raise UsageError(f"{what}: no such file in the index at {where}", fix="look up what the index holds (Index.files "
@@ -57,15 +56,15 @@ def resolve(store: Store, ref: str | int, *, index: Path) -> FileRow:
     return row
 
 
-def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query | None:
+def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query:
     """The query of an indexed file, from what the store holds: its raw descriptor and (for re-ranking)
-    its stored local descriptors. None when re-ranking needs local descriptors the row lacks."""
+    its stored local descriptors as `features`, None where the row has none (the caller reads its
+    file for patch tokens, keeping the descriptor read here)."""
     raw = store.descriptors_of([row.id])
-    if not rerank:
-        return Query(raw, np.zeros((0, 0), np.float32), (0, 0), indexed_id=row.id)
-    pca, blob = stored_pca(store), store.local([row.id]).get(row.id)
+    pca = stored_pca(store) if rerank else None
+    blob = None if pca is None else store.local([row.id]).get(row.id)
     if pca is None or blob is None:
-        return None
+        return Query(raw, np.zeros((0, 0), np.float32), (0, 0), indexed_id=row.id)
     feats = local.unpack(blob[0], blob[1], blob[2], pca.dim)
     return Query(raw, np.zeros((0, pca.mean.size), np.float32), feats.grid, features=feats, indexed_id=row.id)
 
@@ -73,8 +72,7 @@ def like_query(store: Store, row: FileRow, *, rerank: bool) -> Query | None:
 def listing(store: Store, paths: Sequence[str | Path] | None, *, skipped: bool = False) -> Iterator[FileRow]:
     """Indexed files (skipped: refused ones) by path, at or under `paths` (each by its real path and
     as given made absolute) or all: a generator over SQLite cursors, never the whole table in memory."""
-    under = None if paths is None else list(dict.fromkeys(
-        t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
+    under = None if paths is None else stored_names(paths)
     return store.listing(under=under, status="skipped" if skipped else "ok")
 
 

@@ -30,17 +30,16 @@ class Plan:
 
 
 def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_skipped: bool,
-                same_bytes: Callable[[str, str], bool], verify: bool = False,
+                sha256_of: Callable[[str], str | None], verify: bool = False,
                 on_hashed: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False,
-                sha256_of: Callable[[str], str | None] | None = None, elsewhere: Iterable[FileRow] = (),
+                should_stop: Callable[[], bool] = lambda: False, elsewhere: Iterable[FileRow] = (),
                 gone: Callable[[str], bool] = lambda path: False) -> Plan:
     """found: the files under the roots now; rows: the stored rows under the same roots, by path
     (rows in folders that could not be listed left out: unknown is not gone).
 
     A file whose size, mtime, ctime and inode are the stored ones is unchanged, without reading
     it (a row that has no ctime or inode yet, from schema 2, gets them recorded). An indexed file
-    of the same size whose stat differs is hashed, `same_bytes(path, sha256)`: the same bytes only
+    of the same size whose stat differs is hashed, `sha256_of(path)` (None: unreadable): the same bytes only
     update the stored stat, other bytes are embedded; so are files of another size, and files
     refused because they could not be read (permissions come back without a new mtime). With
     `verify` every indexed file is hashed. `on_hashed(done, total)` follows the hashing, which
@@ -48,23 +47,22 @@ def plan_update(found: Iterable[ImageRef], rows: dict[str, FileRow], *, retry_sk
 
     A new file whose size is that of an indexed file that is gone (a row under the roots not
     found, or a row of `elsewhere`, the index's other rows, whose path `gone(path)` says no longer
-    exists) is hashed, `sha256_of(path)` (None: unreadable); the same hash makes it a move: the
+    exists) is hashed too; the same hash makes it a move: the
     gone row takes the new path and stat, its id and descriptors stay, nothing is embedded. A copy
     whose original is still there is a new file; of two gone rows with the same bytes each moved
     file takes one (the one with its file name first); a moved file whose bytes changed too is a
-    delete and an add. Without `sha256_of` nothing is a move. A stop while hashing deletes none of
+    delete and an add. A stop while hashing deletes none of
     the rows that a file not hashed yet may have moved from."""
     plan = Plan()
     left = dict(rows)
     suspects, new = _sort_found(plan, found, left, retry_skipped=retry_skipped, verify=verify)
-    sources = _move_sources(new, left.values(), elsewhere, gone) if sha256_of is not None else {}
+    sources = _move_sources(new, left.values(), elsewhere, gone)
     moving = [ref for ref in new if ref.nbytes in sources]
     plan.embed += [ref.path for ref in new if ref.nbytes not in sources]
     total = len(suspects) + len(moving)
     progress = None if on_hashed is None else (lambda done: on_hashed(done, total))
-    _hash(plan, suspects, same_bytes, progress, should_stop)
+    _hash(plan, suspects, sha256_of, progress, should_stop)
     if moving and not plan.stopped:
-        assert sha256_of is not None
         _hash_moves(plan, moving, sources, sha256_of, progress, should_stop)
     kept = {r.id for by in sources.values() for rs in by.values() for r in rs} if plan.stopped else set()  # may be one
     moved = {m.id for m in plan.moves}
@@ -154,7 +152,7 @@ def _touch(plan: Plan, row: FileRow, ref: ImageRef) -> None:
         plan.touches.append(touch)
 
 
-def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], same_bytes: Callable[[str, str], bool],
+def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], sha256_of: Callable[[str], str | None],
           progress: Callable[[int], None] | None, should_stop: Callable[[], bool]) -> None:
     for ref, row in suspects:
         if should_stop():
@@ -162,7 +160,7 @@ def _hash(plan: Plan, suspects: Sequence[tuple[ImageRef, FileRow]], same_bytes: 
             return
         assert row.sha256 is not None
         plan.hashed += 1
-        if same_bytes(ref.path, row.sha256):
+        if sha256_of(ref.path) == row.sha256:  # the same bytes: a touched file
             plan.unchanged += 1
             _touch(plan, row, ref)
         else:

@@ -76,11 +76,12 @@ class Query:
     grid: tuple[int, int]
     features: LocalFeatures | None = None
     indexed_id: int | None = None
+    original_wh: tuple[int, int] | None = None  # a file's query: the whole picture's upright (width, height)
 
     @classmethod
     def of(cls, e: Embedding) -> Query:
         """The query a file embedded with its patch tokens makes (the one place a Query is built)."""
-        return cls(e.descriptor[None], e.tokens(), e.grid)
+        return cls(e.descriptor[None], e.tokens(), e.grid, original_wh=e.decoded.original_wh)
 
 
 def search(q: Query, *, store: Store, vec: VectorIndex, whitening: wh.Whitening | None, options: SearchOptions,

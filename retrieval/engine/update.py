@@ -34,7 +34,7 @@ from ..store import PathFilter, Store
 from ..types import ImageRef, Skipped, shown
 from .commit import LOCAL_PCA_FILES, Counts, Embed, StoredEmbedding, PatchSample, stored, upserts
 from .derived_cache import DerivedCache
-from .files import Roots, index_roots, writer_lock
+from .files import Roots, index_roots, stored_names, writer_lock
 from .plan import Exclusions, Plan, emptied_roots, plan_update
 from .weights_identity import IndexModel
 
@@ -115,9 +115,9 @@ def _plan(store: Store, folder: Path, roots: Roots, options: UpdateOptions) -> t
         raise RetrievalError(f"{shown(root)} holds no image files now, but the index has {n} from it (a "
                              f"drive not mounted?); nothing was changed", fix="mount it, or if they are gone for "
                              "good prune them", command=f"retrieve index {shlex.quote(shown(root))} --prune")
-    plan = plan_update(found, rows, retry_skipped=options.retry_skipped, same_bytes=_same_bytes,
+    plan = plan_update(found, rows, retry_skipped=options.retry_skipped, sha256_of=_sha256_of,
                        verify=options.verify, on_hashed=options.on_hashed, should_stop=options.should_stop,
-                       sha256_of=_sha256_of, gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
+                       gone=_gone, elsewhere=(row for row in stored if row.path not in inside))
     return found, plan
 
 
@@ -198,7 +198,7 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
     excluded."""
     with writer_lock(folder):
         # a path through a link names the rows stored under its real path (and any under its own)
-        targets = list(dict.fromkeys(t for p in paths for t in (os.path.realpath(p), os.path.abspath(p))))
+        targets = stored_names(paths)
         rows = list(store.rows(under=targets))
         if rows:
             hit = [t for t, f in ((t, PathFilter([t])) for t in targets) if any(r.path in f for r in rows)]
@@ -206,11 +206,6 @@ def remove(store: Store, config: EngineConfig, folder: Path, paths: Sequence[str
             store.apply(deletes=[r.id for r in rows])
         derived.refresh(config)
         return len(rows)
-
-
-def _same_bytes(path: str, sha256: str) -> bool:
-    """Whether the file at `path` hashes to `sha256` (a touched file: new timestamp, same bytes)."""
-    return _sha256_of(path) == sha256
 
 
 def _sha256_of(path: str) -> str | None:

@@ -85,14 +85,16 @@ def load_checked(store: Store, config: EngineConfig, folder: Path, *, weights: s
 
 def checked(store: Store, config: EngineConfig, folder: Path, *, weights: str | None) -> Weights:
     """This run's weights (hashed, or their hash remembered), checked as `load_checked` checks
-    them, without building the model: what a driver does before its workers load the model."""
+    them, without building the model: what a driver does before its workers load the model. The
+    hashes it hands on include the one it computed, so workers never hash the file again, even
+    where the store is read-only and cannot remember it."""
     from ..backbone import weights_id
 
     hashes = remembered(store)
     file = weights_file(config, weights)
     wid = weights_id(config.backbone.name, weights=file, hash_cache=hashes)
     _adopt(store, config, folder, wid, weights, hashes)
-    return Weights(file, wid, remembered(store))
+    return Weights(file, wid, hashes)  # what was learned here too: a read-only store does not remember it
 
 
 def _adopt(store: Store, config: EngineConfig, folder: Path, weights_id: str, weights: str | None,

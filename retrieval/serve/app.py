@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import secrets
+import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ from ..types import shown
 from .batching import Batcher, CensusThread, IndexThread, OnEmbed, Searched, SearchJob
 from .forms import image_id, int_param, search_form, search_options
 from .guard import Guard, Hosts, check_token
-from .limits import MAX_SIDE, MIN_SIDE, Limits, clip
+from .limits import MAX_SIDE, MIN_SIDE, PICTURE_FORMATS, Limits, clip
 from .openapi import document
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ PICTURE_WORKERS = 2  # threads that decode, draw and encode pictures (PIL releas
 # decode (images.pixel_limit's scopes are shared and counted, so concurrent reads are safe).
 UPLOAD_WORKERS = 2
 MAX_DEDUPE_IMAGES = 20_000  # GET /api/duplicates: its kNN graph runs on the index thread (docs/dedupe.md)
+# Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005). A search
+# crosses four threads (event loop, upload reader, index thread, back); each hand-off can wait out
+# the interval while another thread runs Python, so the server shortens it while it runs
+# (docs/throughput.md, "Hand-offs").
+SWITCH_INTERVAL = 0.0005
 
 T = TypeVar("T")
 
@@ -221,10 +227,10 @@ async def pair_matches(request: Request) -> Response:
 
 def _picture_params(request: Request) -> tuple[str, str]:
     """?format=json|png and ?kind= (PICTURE_KINDS) of a correspondences route; 400 for others."""
-    fmt = request.query_params.get("format", "json")
-    kind = request.query_params.get("kind", "matches")
-    if fmt not in ("json", "png"):
-        raise HTTPException(400, f"format must be json or png, got {fmt!r}")
+    fmt = request.query_params.get("format", PICTURE_FORMATS[0])
+    kind = request.query_params.get("kind", PICTURE_KINDS[0])
+    if fmt not in PICTURE_FORMATS:
+        raise HTTPException(400, f"format must be {' or '.join(PICTURE_FORMATS)}, got {fmt!r}")
     if kind not in PICTURE_KINDS:
         raise HTTPException(400, f"kind must be one of {', '.join(PICTURE_KINDS)}, got {kind!r}")
     return fmt, kind
@@ -267,11 +273,15 @@ def _png(c: Correspondences, kind: str) -> bytes:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Nothing to start (create_app opened the index, so that a bad index is refused before the
-    server announces itself); the Service is closed when the server stops."""
+    """Nothing to open (create_app opened the index, so that a bad index is refused before the
+    server announces itself); the GIL's switch interval is SWITCH_INTERVAL at most while the server
+    runs; the Service is closed and the interval restored when it stops."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, SWITCH_INTERVAL))
     try:
         yield
     finally:
+        sys.setswitchinterval(before)
         await asyncio.get_running_loop().run_in_executor(None, app.state.service.close)
 
 

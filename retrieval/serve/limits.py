@@ -17,6 +17,7 @@ MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger number names no image
 DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # a bbox coordinate: ASCII, no sign, exponent or '_'
 BBOX = rf"\s*{DECIMAL}\s*(?:,\s*{DECIMAL}\s*){{3}}"  # x1,y1,x2,y2 (a regular expression, matched whole)
 SHOWN = 40  # characters of a client's value echoed back in an error
+PICTURE_FORMATS = ("json", "png")  # ?format= of a correspondences route (the first the default)
 
 _NUMBER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes '٣', '1_0' and '+3'
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE | re.ASCII)

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import SearchOptions
 from ..engine.dedupe import KINDS
 from ..engine.serving import PICTURE_KINDS
-from .limits import BBOX, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, Limits
+from .limits import BBOX, MAX_ALPHA, MAX_ID, MAX_K, MAX_SIDE, MIN_SIDE, PICTURE_FORMATS, Limits
 
 Schema = dict[str, Any]
 
@@ -214,7 +214,8 @@ def _paths(token: bool, max_upload: int) -> Schema:
 
 def _picture_parameters() -> list[Schema]:
     """?format= and ?kind= of the correspondences routes."""
-    return [_query("format", {"enum": ["json", "png"], "default": "json"}, "the answer's form"),
+    formats = {"enum": list(PICTURE_FORMATS), "default": PICTURE_FORMATS[0]}
+    return [_query("format", formats, "the answer's form"),
             _query("kind", {"enum": list(PICTURE_KINDS), "default": PICTURE_KINDS[0]}, "with format=png: which picture")]
 
 
