@@ -150,8 +150,8 @@ def _one_tls_context() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def vits_state_dict():  # noqa: ANN201
-    """A function giving a private copy of helpers.official_like_small_state_dict(registers): timm's
-    random initialisation of a ViT-S (about 1.7 s of CPU) runs once per register count a session."""
+    """A function giving a private copy of helpers.official_like_small_state_dict(registers): the
+    random initialisation of a ViT-S runs once per register count a session, not once per test."""
     from .helpers import official_like_small_state_dict
 
     made: dict[int, dict] = {}
