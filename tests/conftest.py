@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,11 +91,77 @@ def pytest_runtest_teardown(item: pytest.Item):  # noqa: ANN201
     return (yield from _guarded(item))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_click_command_per_app() -> Iterator[None]:
+    """CliRunner.invoke(app, ...) has typer build the app's click command anew each time, evaluating
+    every command's annotations: about 20 ms of CPU a call, several hundred calls a run. The command
+    is built once per app object instead (a re-imported app, as test_cli_defaults makes, is another
+    object and gets its own); click runs a command any number of times."""
+    import weakref
+
+    import typer.main
+    import typer.testing
+
+    real = typer.main.get_command
+    commands: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get_command(typer_instance: typer.Typer):  # noqa: ANN202
+        if typer_instance not in commands:
+            commands[typer_instance] = real(typer_instance)
+        return commands[typer_instance]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing, "_get_command", get_command)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from retrieval import load_backbone
 
     return load_backbone("test_tiny", device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_tls_context() -> Iterator[None]:
+    """Every httpx client makes a TLS context, parsing certifi's CA bundle (about 20 ms of CPU), though
+    the tests speak plain HTTP to 127.0.0.1; the serve tests make hundreds of clients (16 at once in
+    the concurrency tests), so the clients with httpx's default verification share one instead."""
+    import threading
+
+    from httpx._transports import default
+
+    real = default.create_ssl_context
+    made: dict[bool, Any] = {}
+    lock = threading.Lock()
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return real(verify=verify, cert=cert, trust_env=trust_env)
+        with lock:
+            if trust_env not in made:
+                made[trust_env] = real(verify=True, cert=None, trust_env=trust_env)
+            return made[trust_env]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(default, "create_ssl_context", create_ssl_context)
+        yield
+
+
+@pytest.fixture(scope="session")
+def vits_state_dict():  # noqa: ANN201
+    """A function giving a private copy of helpers.official_like_small_state_dict(registers): the
+    random initialisation of a ViT-S runs once per register count a session, not once per test."""
+    from .helpers import official_like_small_state_dict
+
+    made: dict[int, dict] = {}
+
+    def state_dict(registers: int = 0) -> dict:
+        if registers not in made:
+            made[registers] = official_like_small_state_dict(registers)
+        return {k: v.clone() for k, v in made[registers].items()}
+
+    return state_dict
 
 
 @pytest.fixture(scope="session")

@@ -151,11 +151,13 @@ def index_with_full_disk(tmp_path: Path, monkeypatch, n: int = 10):  # noqa: ANN
 
 
 def official_like_small_state_dict(registers: int = 0) -> dict[str, torch.Tensor]:
-    """A ViT-S state dict in the official key layout, made from our own model's keys."""
-    import timm
+    """A ViT-S state dict in the official key layout, made from our own model's keys and random
+    values (timm's layout and initialisation, as test_vit checks, without importing timm: about 3 s of
+    CPU with torchvision). Tests take it through conftest's vits_state_dict, made once a session."""
+    from retrieval.backbone import registry
+    from retrieval.backbone.vit import build_vit
 
-    name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
-    model = timm.create_model(name, pretrained=False, img_size=518, num_classes=0)
+    model = build_vit(registry()["dinov2_vits14_reg" if registers else "dinov2_vits14"], init=True)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     sd["mask_token"] = torch.zeros(1, 384)
     if registers:

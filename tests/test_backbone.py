@@ -9,7 +9,6 @@ from retrieval import UnknownBackboneError, UsageError, WeightsError, backbone_n
 from retrieval.backbone import interpolate_pos_embed, registry
 from retrieval.backbone import weights as W
 
-from .helpers import official_like_small_state_dict
 
 
 def test_registry_names():
@@ -103,9 +102,9 @@ def test_pos_embed_constant_field_stays_constant():
 # --- weights ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory) -> str:
+def small_ckpt(tmp_path_factory, vits_state_dict) -> str:
     path = tmp_path_factory.mktemp("w") / "dinov2_vits14_pretrain.pth"
-    torch.save(official_like_small_state_dict(), path)
+    torch.save(vits_state_dict(), path)
     return str(path)
 
 
@@ -148,8 +147,8 @@ def test_safetensors_equals_pth(small_ckpt, tmp_path):
     assert torch.equal(a.patches, b.patches)
 
 
-def test_register_layout_folds_class_position(tmp_path):
-    sd = official_like_small_state_dict(registers=4)
+def test_register_layout_folds_class_position(tmp_path, vits_state_dict):
+    sd = vits_state_dict(registers=4)
     p = tmp_path / "r.pth"
     torch.save(sd, p)
     bb = load_backbone("dinov2_vits14_reg", weights=p)
@@ -184,10 +183,10 @@ def test_offline_download_fails_fast_with_instructions(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
 
-def test_timm_layout_safetensors(tmp_path):
+def test_timm_layout_safetensors(tmp_path, vits_state_dict):
     from safetensors.torch import save_file
 
-    sd = official_like_small_state_dict(registers=4)
+    sd = vits_state_dict(registers=4)
     p = tmp_path / "r.pth"
     torch.save(sd, p)
     official = load_backbone("dinov2_vits14_reg", weights=p)

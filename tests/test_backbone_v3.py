@@ -182,6 +182,7 @@ def _timm_diff(model, ours, x: torch.Tensor) -> float:
     return max((out.cls - ref[:, 0]).abs().max().item(), (out.patches - ref[:, 5:]).abs().max().item()) / scale
 
 
+@pytest.mark.fidelity  # ViT-S at full depth against timm: left out of the fast run
 @pytest.mark.parametrize("name,timm_name,args", [
     ("dinov3_vits16", "vit_small_patch16_dinov3_qkvb", {}),
     ("dinov3_vits16plus", "vit_small_plus_patch16_dinov3_qkvb", {"depth": 2}),
@@ -288,11 +289,9 @@ def test_unreachable_url_is_one_line_naming_it(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_dinov2_file_for_a_dinov3_name_names_both(tmp_path):
-    from .helpers import official_like_small_state_dict
-
+def test_dinov2_file_for_a_dinov3_name_names_both(tmp_path, vits_state_dict):
     p = tmp_path / "v2.pth"
-    torch.save(official_like_small_state_dict(registers=4), p)
+    torch.save(vits_state_dict(registers=4), p)
     with pytest.raises(WeightsError) as info:
         load_backbone("dinov3_vits16", weights=p)
     msg = str(info.value)

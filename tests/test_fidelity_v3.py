@@ -10,6 +10,9 @@ S and B at full depth (B at 512x512 too); each other block type at reduced size,
 settings otherwise: S+ and H+ (SwiGLU, align 8) at 2 blocks, full width; the 7B (no qkv bias,
 SwiGLU aligned to 64, its untied `local_cls_norm`) at 2 blocks and width 512 with 4 heads, keeping
 its head size of 128 (so its 32 RoPE periods) and its FFN ratio 3.
+
+The comparisons carry the `fidelity` marker (the fast run leaves them out, README's Development);
+test_backbone_v3 keeps cheaper ones against Meta at 2 blocks in it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def pairs(tmp_path_factory):
 CASES = [(name, hw) for name in REDUCED for hw in SIZES if name != "dinov3_vith16plus" or hw in SIZES[::3]]
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize("name,hw", CASES, ids=[f"{n.removeprefix('dinov3_')}-{h}x{w}" for n, (h, w) in CASES])
 def test_tokens_match_meta(pairs, name, hw):
     """H+ at 224 and 250x330 only: its blocks are S+'s type (SwiGLU, align 8) at a larger width."""
@@ -105,6 +109,7 @@ def test_tokens_match_meta(pairs, name, hw):
     assert rel_diff(ref, ours, images(hw)) <= TOL
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize("name", list(REDUCED))
 def test_faint_image_batch_matches_meta(pairs, name):
     ref, ours = pairs(name)
@@ -121,6 +126,7 @@ def test_periods_are_metas_bf16_training_values():
         assert not torch.equal(default_periods(head_dim), default_periods(head_dim, dtype=torch.float32))
 
 
+@pytest.mark.fidelity
 def test_control_fp32_periods_break_it(pairs):
     ref, ours = pairs("dinov3_vits16")
     periods = ours.vit.rope_embed.periods
@@ -142,6 +148,7 @@ class SwappedRope(Rope):
         return sin.view(n, 4, d // 4)[:, order].reshape(n, d), cos.view(n, 4, d // 4)[:, order].reshape(n, d)
 
 
+@pytest.mark.fidelity
 def test_control_swapped_rope_axes_break_it(pairs):
     ref, ours = pairs("dinov3_vits16")
     rope = ours.vit.rope_embed
@@ -154,6 +161,7 @@ def test_control_swapped_rope_axes_break_it(pairs):
         ours.vit.rope_embed = rope
 
 
+@pytest.mark.fidelity
 def test_control_dinov2_eps_breaks_it(pairs):
     ref, ours = pairs("dinov3_vits16")
     norms = [m for m in ours.vit.modules() if isinstance(m, torch.nn.LayerNorm)]

@@ -25,7 +25,7 @@ from retrieval.images import load_image
 from retrieval.errors import ArtifactMismatchError
 
 from .conftest import synth_photo
-from .helpers import CHOSEN, ROWS, TINY_CONFIG, expected, make_folder, official_like_small_state_dict
+from .helpers import CHOSEN, ROWS, TINY_CONFIG, expected, make_folder
 
 
 
@@ -322,13 +322,13 @@ def test_killed_run_loses_nothing_committed(tmp_path, sig):
 
 
 @pytest.mark.subprocess
-def test_full_size_weights_file_index_and_query(tmp_path):
+def test_full_size_weights_file_index_and_query(tmp_path, vits_state_dict):
     """`retrieve index DIR --weights FILE` then `retrieve query IMG` with a full-size ViT-S
     checkpoint in the official key layout (random values: no real weights exist here)."""
     import torch
 
     ckpt = tmp_path / "dinov2_vits14_pretrain.pth"
-    torch.save(official_like_small_state_dict(), ckpt)
+    torch.save(vits_state_dict(), ckpt)
     photos = tmp_path / "photos"
     make_folder(photos, range(3))
     env = {**os.environ, "RETRIEVAL_INDEX": str(tmp_path / "ix")}
@@ -355,11 +355,11 @@ def test_full_size_weights_file_index_and_query(tmp_path):
 
 # --- regressions found in review ---------------------------------------------------------------
 
-def test_emptied_index_can_change_model(tmp_path):
+def test_emptied_index_can_change_model(tmp_path, vits_state_dict):
     import torch
 
     ckpt = tmp_path / "s.pth"
-    torch.save(official_like_small_state_dict(), ckpt)
+    torch.save(vits_state_dict(), ckpt)
     photos = tmp_path / "photos"
     files = make_folder(photos, range(2))
     with Index.open_or_create(tmp_path / "ix", TINY_CONFIG) as idx:
@@ -441,12 +441,12 @@ def test_query_is_embedded_like_the_database(tmp_path):
         np.testing.assert_allclose(idx.queries([big])[0].raw, stored, atol=1e-5)
 
 
-def test_wrong_weights_path_is_refused_not_saved(tmp_path):
+def test_wrong_weights_path_is_refused_not_saved(tmp_path, vits_state_dict):
     import torch
 
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
-    torch.save(official_like_small_state_dict(), a)
-    sd = official_like_small_state_dict()
+    torch.save(vits_state_dict(), a)
+    sd = vits_state_dict()
     sd["norm.weight"] = sd["norm.weight"] + 1
     torch.save(sd, b)
     photos = tmp_path / "photos"
@@ -460,13 +460,13 @@ def test_wrong_weights_path_is_refused_not_saved(tmp_path):
         assert idx.config.backbone.weights == str(a)
 
 
-def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch):
+def test_weights_file_hashed_once_per_version(tmp_path, monkeypatch, vits_state_dict):
     from retrieval.backbone import weights as W
 
     import torch
 
     ckpt = tmp_path / "s.pth"
-    torch.save(official_like_small_state_dict(), ckpt)
+    torch.save(vits_state_dict(), ckpt)
     photos = tmp_path / "photos"
     files = make_folder(photos, range(2))
     cfg = {"backbone": {"name": "dinov2_vits14", "weights": str(ckpt)}, "image": {"size": 112}, "workers": 0}

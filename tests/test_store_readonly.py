@@ -181,15 +181,15 @@ def test_read_only_store_with_committed_rows_in_its_wal(built, index, tmp_path, 
     assert "store.sqlite-wal" in line and "copy the index folder" in line
 
 
-def test_read_only_index_queried_with_its_weights_file_moved(tmp_path, as_reader):
+def test_read_only_index_queried_with_its_weights_file_moved(tmp_path, as_reader, vits_state_dict):
     """A mounted copy used on another machine: its weights file is elsewhere, so its hash is not
     among those the index remembers (a write it must skip when read-only, not fail on)."""
     import torch
 
-    from .helpers import make_folder, official_like_small_state_dict, run
+    from .helpers import make_folder, run
 
     ckpt = tmp_path / "dinov2_vits14_pretrain.pth"
-    torch.save(official_like_small_state_dict(), ckpt)
+    torch.save(vits_state_dict(), ckpt)
     photos, index = tmp_path / "photos", tmp_path / "index"
     make_folder(photos, range(3))
     r = run("index", str(photos), "--index", str(index), "--weights", str(ckpt), "--size", "112", "--workers", "0")

@@ -20,9 +20,13 @@ from retrieval import load_backbone
 from retrieval.backbone import interpolate_pos_embed, registry
 from retrieval.backbone import vit as V
 
-timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[test]'")
-
 SIZES = [(518, 518), (224, 308)]
+
+
+def _timm():  # noqa: ANN202
+    """timm, imported by the tests that compare with it: with torchvision it costs about 3 s of CPU,
+    so those tests carry the fidelity marker and the fast run (README, Development) never imports it."""
+    return pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[test]'")
 
 
 def _trained_like(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -47,7 +51,7 @@ def _trained_like(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module", params=["dinov2_vits14", "dinov2_vits14_reg"])
 def pair(request, tmp_path_factory):
     arch = registry()[request.param]
-    ref = timm.create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0, dynamic_img_size=True)
+    ref = _timm().create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0, dynamic_img_size=True)
     sd = _trained_like(ref.state_dict())
     ref.load_state_dict(sd)
     assert all(b.attn.fused_attn for b in ref.blocks)  # timm's default: scaled_dot_product_attention
@@ -81,13 +85,12 @@ def test_tokens_equal_timm_bit_for_bit(pair, hw):
     assert want.abs().max() > 1  # values of trained-like spread, not near-identity blocks
 
 
+@pytest.mark.fidelity
 def test_swiglu_equals_timm_and_the_official_width():
-    from timm.layers import SwiGLUPacked
-
     dim = 48
     hidden = V.swiglu_hidden(dim)
     assert V.swiglu_hidden(1536) == 4096  # ViT-g: the official SwiGLUFFNFused width
-    ref = SwiGLUPacked(in_features=dim, hidden_features=2 * hidden).eval()
+    ref = _timm().layers.SwiGLUPacked(in_features=dim, hidden_features=2 * hidden).eval()
     ours = V.SwiGLU(dim, hidden).eval()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     ours.load_state_dict(_trained_like(ref.state_dict()))
@@ -97,12 +100,13 @@ def test_swiglu_equals_timm_and_the_official_width():
         assert torch.equal(ours(x), ref(x))
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize("name", ["dinov2_vits14", "dinov2_vitg14_reg"])
 def test_key_layout_is_timms(name):
     arch = registry()[name]
     ours = V.build_vit(arch, init=False)
     with torch.device("meta"):
-        ref = timm.create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0)
+        ref = _timm().create_model(arch.timm_name, pretrained=False, img_size=518, num_classes=0)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
 
 
