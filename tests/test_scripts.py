@@ -91,7 +91,8 @@ def test_bench_serve_prints_its_table():
                "--clients", "1,2", "--requests", "4")
     assert "| 2 |" in out and "in-process" in out
     assert re.search(r"single-client p50 / in-process search: [\d.]+x", out)
-    assert re.search(r"2-client throughput / single-client: [\d.]+x", out)
+    assert re.search(r"2-client throughput / single-client: [\d.]+x \(rounds [\d.]+-[\d.]+x", out)
+    assert re.search(r"2 clients cannot pass [\d.]+ queries/s, [\d.]+x the single client's", out)
 
 
 def test_make_doc_images_writes_the_pictures_the_docs_show(tmp_path):
