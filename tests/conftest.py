@@ -91,6 +91,18 @@ def pytest_runtest_teardown(item: pytest.Item):  # noqa: ANN201
     return (yield from _guarded(item))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`, the fast run in README's Development), each worker's PyTorch gets
+    its share of the cores, not all of them: N workers each running OpenMP's full team spin-wait
+    against each other (on 2 cores, `-n 2` took 124 s of CPU with full teams and 80 s with one
+    thread each, for the same tests). A test that wants every core (test_fidelity) says so itself."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_click_command_per_app() -> Iterator[None]:
     """CliRunner.invoke(app, ...) has typer build the app's click command anew each time, evaluating

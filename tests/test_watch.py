@@ -115,7 +115,7 @@ def test_a_failed_batch_keeps_its_events_and_is_tried_again(tmp_path):
 
 
 def test_a_batch_that_keeps_failing_is_tried_less_and_less_often(tmp_path):
-    """An unmounted drive fails every batch: the wait doubles (0.2, 0.4, 0.8, 1.6 s...), so the
+    """An unmounted drive fails every batch: the wait doubles (0.05, 0.1, 0.2, 0.4 s...), so the
     warnings thin out instead of coming every `retry` seconds."""
     obs, tries = FakeObserver(), []
 
@@ -125,7 +125,7 @@ def test_a_batch_that_keeps_failing_is_tried_less_and_less_often(tmp_path):
 
     stop = threading.Event()
     t = threading.Thread(target=watch, args=(update, [str(tmp_path)]),
-                         kwargs={"options": WatchOptions(settle=0.01, rescan=0, retry=0.2), "observer": obs,
+                         kwargs={"options": WatchOptions(settle=0.01, rescan=0, retry=0.05), "observer": obs,
                                  "should_stop": stop.is_set, "tick": 0.01})
     t.start()
     try:
