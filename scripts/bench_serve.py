@@ -15,6 +15,15 @@ it (upload, embed, search, JSON), throughput is requests over wall time, and the
 forward pass are the server's own count (create_app's on_embed, read before and after each level). The server runs in its
 own process (uvicorn), as `retrieve serve` would, and nothing else runs meanwhile.
 
+The clients are coroutines on one thread of this process, each with a keep-alive connection that
+writes requests prepared once (the multipart body of each query file) and reads answers by their
+Content-Length: about 0.1 ms of CPU a request. httpx clients in 16 threads cost 6.7 ms of CPU a
+request, a quarter of what a request costs the whole 2-core machine, taken from the server's
+cores; real clients are on other machines. Each level also reports the CPU time a request cost,
+read from /proc: the server's index thread, its native threads (PyTorch's OpenMP workers), its
+other threads (the event loop: HTTP, the form, decoding, JSON; the census and picture threads) and
+the clients.
+
 The in-process loop and the levels take turns (`--rounds`), so that a machine whose speed drifts
 (a shared or virtual one) slows both sides of each ratio alike; the ratios are printed over all
 rounds and as each round's spread. Each round also times the index thread's own work in this
@@ -26,18 +35,19 @@ allows, so the printed bound says whether a throughput goal is within reach on t
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -50,14 +60,15 @@ from retrieval import Index, SearchOptions  # noqa: E402
 SERVER = """
 import sys, threading, uvicorn
 from retrieval.serve import bind, create_app, server_config
-embedded = [0, 0]  # embedding calls, queries in them (create_app's on_embed, on the index thread)
+embedded = [0, 0, 0]  # embedding calls, queries in them, the index thread's id (create_app's on_embed, on that thread)
 def count(n):
     embedded[0] += 1
     embedded[1] += n
+    embedded[2] = threading.get_native_id()
 app = create_app(sys.argv[1], weights=sys.argv[2] or None, window=float(sys.argv[4]), on_embed=count)
-def census():  # a line in: the two counters out
+def census():  # a line in: the counters, the index thread's id and the ids of Python's threads out
     for _ in sys.stdin:
-        print(*embedded, flush=True)
+        print(*embedded, ",".join(str(t.native_id) for t in threading.enumerate()), flush=True)
 threading.Thread(target=census, daemon=True).start()
 uvicorn.Server(server_config(app)).run(sockets=bind("127.0.0.1", int(sys.argv[3])))  # as `retrieve serve` runs it
 """
@@ -100,6 +111,51 @@ def thread_work(idx: Index, data: list[bytes], batch: int, repeat: int = 2) -> f
     return statistics.median(times)
 
 
+class Connection:
+    """One client's keep-alive HTTP/1.1 connection: writes a whole prepared request, reads the
+    answer by its Content-Length (every answer of this server's that the benchmark asks for has
+    one) and fails on any status but 200."""
+
+    def __init__(self, url: str) -> None:
+        self.url = urlsplit(url)
+
+    async def __aenter__(self) -> Connection:
+        self.reader, self.writer = await asyncio.open_connection(self.url.hostname, self.url.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    async def ask(self, request: bytes) -> bytes:
+        self.writer.write(request)
+        status = await self.reader.readline()
+        length = None
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"an answer without Content-Length: {status!r}")
+        body = await self.reader.readexactly(length)
+        if status.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"{status.decode().strip()}: {body[:200]!r}")
+        return body
+
+    def get(self, target: str) -> bytes:
+        return f"GET {target} HTTP/1.1\r\nHost: {self.url.netloc}\r\n\r\n".encode()
+
+    def search(self, image: bytes, fields: dict[str, str]) -> bytes:
+        """POST /api/search with `image` and `fields` as a multipart form, made once and sent many times."""
+        sep = "bench-serve-7b1f0c"
+        parts = [f'--{sep}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                 for k, v in fields.items()]
+        parts.append(f'--{sep}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                     f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+        body = b"".join(parts) + f"--{sep}--\r\n".encode()
+        return (f"POST /api/search HTTP/1.1\r\nHost: {self.url.netloc}\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: multipart/form-data; boundary={sep}\r\n\r\n").encode() + body
+
+
 def load(url: str, queries: list[bytes], clients: int, total: int) -> tuple[list[float], float]:
     """`clients` clients post `total` searches between them: latencies and wall time."""
     lat, wall = mixed(url, queries, clients, total, drawers=0, probe=False)
@@ -112,62 +168,81 @@ def mixed(url: str, queries: list[bytes], clients: int, total: int, *, drawers: 
     the heat-map PNG of their top hit after each search, while (probe) one more client polls
     /api/health every 20 ms, as a load balancer's probe would, only faster; latencies by kind of
     request, and the searches' wall time."""
+    return asyncio.run(_mixed(url, queries, clients, total, drawers=drawers, probe=probe))
+
+
+async def _mixed(url: str, queries: list[bytes], clients: int, total: int, *, drawers: int,
+                 probe: bool) -> tuple[dict[str, list[float]], float]:
     lat: dict[str, list[float]] = {"search": [], "png": [], "health": []}
-    lock = threading.Lock()
     counter = iter(range(total))
-    done = threading.Event()
+    done = asyncio.Event()
+    posts = [Connection(url).search(q, {"k": "10"}) for q in queries]
 
-    def timed(kind: str, request: Callable[[], httpx.Response]) -> httpx.Response:
+    async def timed(kind: str, c: Connection, request: bytes) -> bytes:
         t0 = time.perf_counter()
-        r = request()
-        dt = time.perf_counter() - t0
-        r.raise_for_status()
-        with lock:
-            lat[kind].append(dt)
-        return r
+        body = await c.ask(request)
+        lat[kind].append(time.perf_counter() - t0)
+        return body
 
-    def client(draws: bool) -> None:
-        with httpx.Client(base_url=url, timeout=300) as c:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                query = queries[i % len(queries)]
-                body = timed("search", partial(c.post, "/api/search", data={"k": "10"},
-                                               files={"image": ("q.jpg", query)})).json()
+    async def client(draws: bool) -> None:
+        async with Connection(url) as c:
+            for i in counter:
+                body = json.loads(await timed("search", c, posts[i % len(posts)]))
                 if draws:
-                    timed("png", partial(c.get, f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}",
-                                         params={"format": "png", "kind": "heatmap"}))
+                    await timed("png", c, c.get(f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}"
+                                                f"?format=png&kind=heatmap"))
 
-    def prober() -> None:
-        with httpx.Client(base_url=url, timeout=300) as c:
-            while not done.wait(0.02):
-                timed("health", partial(c.get, "/api/health"))
+    async def prober() -> None:
+        async with Connection(url) as c:
+            while not done.is_set():
+                await asyncio.sleep(0.02)
+                await timed("health", c, c.get("/api/health"))
 
-    threads = [threading.Thread(target=client, args=(n < drawers,)) for n in range(clients)]
-    poller = threading.Thread(target=prober)
-    if probe:
-        poller.start()
+    poller = asyncio.create_task(prober()) if probe else None
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    await asyncio.gather(*(client(n < drawers) for n in range(clients)))
     wall = time.perf_counter() - t0
     done.set()
-    if probe:
-        poller.join()
+    if poller is not None:
+        await poller
     return lat, wall
 
 
-def embedded(server: subprocess.Popen[str]) -> tuple[int, int]:
-    """The server's embedding calls and the queries they held so far (create_app's on_embed)."""
+@dataclass(frozen=True)
+class Census:
+    """What the server says of itself (its SERVER script) and CPU seconds read from /proc: its
+    embedding calls and the queries in them so far; CPU seconds of its index thread, its native
+    threads (not Python's: PyTorch's OpenMP workers), its other Python threads; this process's."""
+
+    calls: int = 0
+    queries: int = 0
+    index_s: float = 0.0
+    native_s: float = 0.0
+    python_s: float = 0.0
+    clients_s: float = 0.0
+
+    def __sub__(self, other: Census) -> Census:
+        return Census(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def __add__(self, other: Census) -> Census:
+        return Census(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+def census(server: subprocess.Popen[str]) -> Census:
     assert server.stdin is not None and server.stdout is not None
     server.stdin.write("\n")
     server.stdin.flush()
-    calls, queries = server.stdout.readline().split()
-    return int(calls), int(queries)
+    calls, queries, index_tid, python_tids = server.stdout.readline().split()
+    python = {int(t) for t in python_tids.split(",")}
+    cpu = {"index": 0.0, "native": 0.0, "python": 0.0}
+    for tid in os.listdir(f"/proc/{server.pid}/task"):
+        try:  # the first field: nanoseconds on a CPU (the kernel's own count; /stat's are 10 ms ticks)
+            ns = int(Path(f"/proc/{server.pid}/task/{tid}/schedstat").read_text().split()[0])
+        except OSError:  # the thread ended meanwhile
+            continue
+        kind = "index" if tid == index_tid else "python" if int(tid) in python else "native"
+        cpu[kind] += ns / 1e9
+    return Census(int(calls), int(queries), cpu["index"], cpu["native"], cpu["python"], time.process_time())
 
 
 def ms(xs: list[float], q: float) -> str:
@@ -192,14 +267,14 @@ def print_mixed(runs: list[tuple[str, dict[str, list[float]]]], clients: int) ->
 
 
 class Level(NamedTuple):
-    """One concurrency level's requests over all rounds: latencies, wall time, the server's
-    embedding calls and the queries in them, and each round's (latencies, wall time)."""
+    """One concurrency level's requests over all rounds: latencies, wall time, what the server
+    counted and the CPU seconds spent (Census, the differences summed), and each round's
+    (latencies, wall time)."""
 
     clients: int
     lat: list[float]
     wall: float
-    calls: int
-    queries: int
+    spent: Census
     rounds: list[tuple[list[float], float]]
 
     @property
@@ -235,21 +310,21 @@ def measure(idx: Index, ix: Path, weights: str, queries: list[Path], levels: lis
         load(url, data, 1, 4)  # warm-up
         local: list[float] = []
         rounds: list[list[float]] = []
-        done: dict[int, list[tuple[list[float], float, int, int]]] = {c: [] for c in levels}
+        done: dict[int, list[tuple[list[float], float, Census]]] = {c: [] for c in levels}
         work: list[tuple[int, float, float]] = []  # batch size, index thread's seconds a query alone, in that batch
         for r in range(args.rounds):
             rounds.append(in_process(idx, queries, max(8, args.requests // args.rounds), start=r))
             local += rounds[-1]
             for c in levels:
-                before = embedded(server)
+                before = census(server)
                 lat, wall = load(url, data, c, max(args.requests // args.rounds, 2 * c))
-                after = embedded(server)
-                done[c].append((lat, wall, after[0] - before[0], after[1] - before[1]))
-            *_, calls, held = done[levels[-1]][-1]
-            batch = max(1, round(held / max(calls, 1)))
+                done[c].append((lat, wall, census(server) - before))
+            spent = done[levels[-1]][-1][2]
+            batch = max(1, round(spent.queries / max(spent.calls, 1)))
             work.append((batch, thread_work(idx, data, 1), thread_work(idx, data, batch)))
-        rows = [Level(c, [x for lat, *_ in d for x in lat], sum(w for _, w, *_ in d), sum(k for *_, k, _ in d),
-                      sum(q for *_, q in d), [(lat, w) for lat, w, *_ in d]) for c, d in done.items()]
+        rows = [Level(c, [x for lat, *_ in d for x in lat], sum(w for _, w, _ in d),
+                      sum((k for *_, k in d), Census()), [(lat, w) for lat, w, _ in d])
+                for c, d in done.items()]
         runs = []
         if args.mixed:
             n = max(args.requests, 2 * args.mixed)
@@ -272,8 +347,21 @@ def print_levels(local: list[float], rows: list[Level]) -> None:
     print("| --- | --- | --- | --- | --- |")
     print(f"| in-process `Index.search` loop | {base * 1000:.1f} | {pct(local, 95) * 1000:.1f} | {1 / base:.2f} | 1 |")
     for row in rows:
+        k = row.spent
         print(f"| {row.clients} | {pct(row.lat, 50) * 1000:.1f} | {pct(row.lat, 95) * 1000:.1f} | {row.qps:.2f} | "
-              f"{row.queries / max(row.calls, 1):.1f} ({row.queries} in {row.calls}) |")
+              f"{k.queries / max(k.calls, 1):.1f} ({k.queries} in {k.calls}) |")
+    print()
+    print("CPU time a request cost, ms (from /proc; the machine has "
+          f"{os.cpu_count()} cores, so all of it can reach {os.cpu_count()} x the wall time a request):")
+    print()
+    print("| clients | server: index thread | server: native threads (OpenMP) | server: other threads "
+          "(event loop: HTTP, form, decoding, JSON) | clients (this process) | all | wall time a request |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        k, n = row.spent, len(row.lat) / 1000
+        every = k.index_s + k.native_s + k.python_s + k.clients_s
+        print(f"| {row.clients} | {k.index_s / n:.1f} | {k.native_s / n:.1f} | {k.python_s / n:.1f} | "
+              f"{k.clients_s / n:.1f} | {every / n:.1f} | {row.wall / n:.1f} |")
     print()
 
 
@@ -299,6 +387,12 @@ def print_ratios(rows: list[Level], rounds: list[list[float]], ceiling: tuple[in
               f"{alone * 1000:.1f} ms a query one at a time, {batched * 1000:.1f} ms a query {batch} at a time; "
               f"so {top.clients} clients cannot pass {1 / batched:.1f} queries/s, "
               f"{1 / batched / one.qps:.2f}x the single client's throughput")
+        k, cores = top.spent, os.cpu_count() or 1
+        other = (k.python_s + k.clients_s) / len(top.lat)
+        shared = 1 / (batched + other / cores)
+        print(f"with the rest of a request's work at {top.clients} clients ({other * 1000:.1f} ms of CPU: HTTP, form, "
+              f"decoding, JSON, the clients) sharing the {cores} cores with it: {shared:.1f} queries/s, "
+              f"{shared / one.qps:.2f}x")
 
 
 def main() -> None:

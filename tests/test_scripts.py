@@ -93,6 +93,16 @@ def test_bench_serve_prints_its_table():
     assert re.search(r"single-client p50 / in-process search: [\d.]+x", out)
     assert re.search(r"2-client throughput / single-client: [\d.]+x \(rounds [\d.]+-[\d.]+x", out)
     assert re.search(r"2 clients cannot pass [\d.]+ queries/s, [\d.]+x the single client's", out)
+    assert re.search(r"sharing the \d+ cores with it: [\d.]+ queries/s, [\d.]+x$", out, re.M)
+    cpu = out[out.index("CPU time a request cost"):]
+    rows = {r[0]: [float(x) for x in r[1:]] for r in (line.strip("| ").split(" | ") for line in cpu.splitlines()
+                                                      if re.match(r"\| \d+ \|", line))}
+    assert sorted(rows) == ["1", "2"]
+    for index, native, other, clients, every, wall in rows.values():
+        assert index > 0 and other > 0  # the model's thread, and the event loop that parsed each request
+        assert every == pytest.approx(index + native + other + clients, abs=0.25) and wall > 0
+    # the mixed runs' clients fetched heat-map PNGs and polled the health probe through the same connections
+    assert re.search(r"\| 4 of them also fetch a heat-map PNG \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out)
 
 
 def test_make_doc_images_writes_the_pictures_the_docs_show(tmp_path):
