@@ -44,8 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
