@@ -17,8 +17,8 @@ own process (uvicorn), as `retrieve serve` would, and nothing else runs meanwhil
 
 The clients are coroutines on one thread of this process, each with a keep-alive connection that
 writes requests prepared once (the multipart body of each query file) and reads answers by their
-Content-Length: about 0.1 ms of CPU a request. httpx clients in 16 threads cost 6.7 ms of CPU a
-request, a quarter of what a request costs the whole 2-core machine, taken from the server's
+Content-Length: 0.1-0.2 ms of CPU a request at 16 clients. httpx clients in 16 threads cost 6.7 ms of
+CPU a request, a quarter of what a request costs the whole 2-core machine, taken from the server's
 cores; real clients are on other machines. Each level also reports the CPU time a request cost,
 read from /proc: the server's index thread, its native threads (PyTorch's OpenMP workers), its
 other threads (the event loop: HTTP, the form, decoding, JSON; the census and picture threads) and
@@ -141,19 +141,21 @@ class Connection:
             raise RuntimeError(f"{status.decode().strip()}: {body[:200]!r}")
         return body
 
-    def get(self, target: str) -> bytes:
-        return f"GET {target} HTTP/1.1\r\nHost: {self.url.netloc}\r\n\r\n".encode()
 
-    def search(self, image: bytes, fields: dict[str, str]) -> bytes:
-        """POST /api/search with `image` and `fields` as a multipart form, made once and sent many times."""
-        sep = "bench-serve-7b1f0c"
-        parts = [f'--{sep}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                 for k, v in fields.items()]
-        parts.append(f'--{sep}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-                     f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
-        body = b"".join(parts) + f"--{sep}--\r\n".encode()
-        return (f"POST /api/search HTTP/1.1\r\nHost: {self.url.netloc}\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: multipart/form-data; boundary={sep}\r\n\r\n").encode() + body
+def get_request(host: str, target: str) -> bytes:
+    return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def search_request(host: str, image: bytes, fields: dict[str, str]) -> bytes:
+    """POST /api/search with `image` and `fields` as a multipart form, made once and sent many times."""
+    sep = "bench-serve-7b1f0c"
+    parts = [f'--{sep}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{sep}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+                 f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+    body = b"".join(parts) + f"--{sep}--\r\n".encode()
+    return (f"POST /api/search HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={sep}\r\n\r\n").encode() + body
 
 
 def load(url: str, queries: list[bytes], clients: int, total: int) -> tuple[list[float], float]:
@@ -176,7 +178,8 @@ async def _mixed(url: str, queries: list[bytes], clients: int, total: int, *, dr
     lat: dict[str, list[float]] = {"search": [], "png": [], "health": []}
     counter = iter(range(total))
     done = asyncio.Event()
-    posts = [Connection(url).search(q, {"k": "10"}) for q in queries]
+    host = urlsplit(url).netloc
+    posts = [search_request(host, q, {"k": "10"}) for q in queries]
 
     async def timed(kind: str, c: Connection, request: bytes) -> bytes:
         t0 = time.perf_counter()
@@ -189,14 +192,14 @@ async def _mixed(url: str, queries: list[bytes], clients: int, total: int, *, dr
             for i in counter:
                 body = json.loads(await timed("search", c, posts[i % len(posts)]))
                 if draws:
-                    await timed("png", c, c.get(f"/api/queries/{body['query']}/matches/{body['hits'][0]['id']}"
-                                                f"?format=png&kind=heatmap"))
+                    await timed("png", c, get_request(host, f"/api/queries/{body['query']}/matches/"
+                                                             f"{body['hits'][0]['id']}?format=png&kind=heatmap"))
 
     async def prober() -> None:
         async with Connection(url) as c:
             while not done.is_set():
                 await asyncio.sleep(0.02)
-                await timed("health", c, c.get("/api/health"))
+                await timed("health", c, get_request(host, "/api/health"))
 
     poller = asyncio.create_task(prober()) if probe else None
     t0 = time.perf_counter()
